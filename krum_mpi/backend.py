@@ -1,0 +1,97 @@
+"""Array backend: NumPy everywhere, CuPy where a GPU is present.
+
+This is the only module that decides between NumPy and CuPy. Kernels never branch on it: they take
+``xp = array_namespace(x)`` from their inputs and call ``xp.*`` (CuPy's one-code-path habit).
+Transfers happen only at the edges (``to_device`` before aggregation, ``to_host`` after).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import DeviceError
+
+
+def cupy_or_none():
+    """The cupy module if it imports and sees at least one CUDA device, else None."""
+    try:
+        import cupy
+    except Exception:
+        return None
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+    except Exception:
+        return None
+    return cupy
+
+
+def gpu_unavailable_reason() -> str | None:
+    """Why the GPU path cannot run here (None when it can): used by tests to skip clearly."""
+    try:
+        import cupy
+    except Exception as exc:
+        return f"CuPy is not installed ({type(exc).__name__}): pip install 'krum-mpi[gpu]'"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return f"CuPy finds no CUDA driver or device ({' '.join(str(exc).split())})"
+    return None if count >= 1 else "CuPy sees no CUDA device"
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' -> 'gpu' when CuPy and a device are present, else 'cpu'; 'gpu' fails clearly without one."""
+    if requested == "cpu":
+        return "cpu"
+    reason = gpu_unavailable_reason()
+    if requested == "gpu":
+        if reason is not None:
+            raise DeviceError(f"--device gpu requested but {reason}; use --device cpu or auto")
+        return "gpu"
+    if requested == "auto":
+        return "cpu" if reason is not None else "gpu"
+    raise DeviceError(f"unknown device {requested!r}: use auto, cpu or gpu")
+
+
+def namespace(device: str):
+    """The array module for a resolved device name."""
+    if device == "gpu":
+        import cupy
+        return cupy
+    return np
+
+
+def array_namespace(x):
+    """numpy or cupy, whichever owns ``x`` (NumPy for anything that is not a CuPy array)."""
+    mod = type(x).__module__
+    if mod.startswith("cupy"):
+        import cupy
+        return cupy
+    return np
+
+
+def to_device(x, xp):
+    """Move a host array to ``xp``'s device (no copy when ``xp`` is NumPy)."""
+    return x if xp is np else xp.asarray(x)
+
+
+def to_host(x) -> np.ndarray:
+    """A NumPy array from either namespace (copies a CuPy array to the host)."""
+    if isinstance(x, np.ndarray):
+        return x
+    get = getattr(x, "get", None)
+    return get() if get is not None else np.asarray(x)
+
+
+def synchronize(xp) -> None:
+    """Wait for queued GPU work, so timers and MPI calls see finished results."""
+    if xp is not np:
+        xp.cuda.get_current_stream().synchronize()
+
+
+def device_description(device: str) -> str:
+    if device == "gpu":
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return f"gpu:{name}"
+    return "cpu"

@@ -1,0 +1,135 @@
+"""The ``krum-mpi`` command line.
+
+    krum-mpi run CONFIG [--set key=value ...] [--out FILE.h5] [--device auto|cpu|gpu] [--force]
+    krum-mpi demo [--ranks 4]          the quick-start comparison: Krum vs averaging, 0 and 6 Byzantine
+    krum-mpi summary FILE.h5 ...       one line per results file
+    krum-mpi bench | data | study | report ...   (see ``krum-mpi SUB --help``)
+
+User errors print one line, ``krum-mpi: error: ...``, and exit with status 2. Under MPI, an
+unexpected exception on any rank aborts the whole job (as ``python -m mpi4py`` does), so a run never
+hangs with one rank gone.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import KrumMPIError
+
+DELEGATED = {  # subcommand -> module with main(argv) -> int
+    "bench": "krum_mpi.bench",
+    "data": "krum_mpi.data.cli",
+    "study": "krum_mpi.study.cli",
+    "report": "krum_mpi.analysis.report",
+}
+
+
+def _error(message: str) -> int:
+    print(f"krum-mpi: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad flags in our one-line form (exit 2)."""
+
+    def error(self, message):
+        self.exit(2, f"krum-mpi: error: {message} (see '{self.prog} --help')\n")
+
+
+def default_out(cfg: dict, config_path) -> Path:
+    from .config import run_id
+
+    stem = cfg["run"]["name"] or (Path(config_path).stem if config_path else "run")
+    return Path("results") / f"{stem}-{run_id(cfg)}.h5"
+
+
+def cmd_run(argv) -> int:
+    p = _Parser(prog="krum-mpi run", description="Train with robust aggregation over MPI ranks "
+                "(launch with mpiexec -n R or srun).")
+    p.add_argument("config", help="run config (.toml or .yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set run.steps=100 (repeatable)")
+    p.add_argument("--out", help="results file (.h5); default results/<name>-<run id>.h5")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), help="aggregation device (sets run.device)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing results file")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    args = p.parse_args(argv)
+
+    from . import config, results, train
+    from .comm import Comm
+
+    overrides = list(args.overrides) + ([f"run.device={args.device}"] if args.device else [])
+    cfg = config.load_config(args.config, overrides)   # same on every rank: all fail alike
+    out = Path(args.out) if args.out else default_out(cfg, args.config)
+    comm = Comm(cfg["workers"]["n"])
+    if comm.is_root:
+        error = None
+        try:
+            results.check_can_write(out, args.force)
+        except KrumMPIError as exc:
+            error = exc
+        if comm.bcast_flag(error is not None):
+            raise error
+    elif comm.bcast_flag(0):
+        raise SystemExit(2)
+    try:
+        summary = train.run(cfg, out, comm)
+    except (KrumMPIError, SystemExit):
+        raise
+    except BaseException:
+        if comm.size > 1:  # one rank failing alone would leave the others blocked in a collective
+            traceback.print_exc()
+            comm.abort(1)
+        raise
+    if summary and not args.quiet:
+        from .summary import format_table
+        print(format_table([summary]))
+        print(f"results: {summary['path']}")
+    return 0
+
+
+def cmd_summary(argv) -> int:
+    p = _Parser(prog="krum-mpi summary", description="One line per results file.")
+    p.add_argument("files", nargs="+")
+    args = p.parse_args(argv)
+    from .summary import format_table, summarize_file
+    print(format_table([summarize_file(f) for f in args.files]))
+    return 0
+
+
+def cmd_demo(argv) -> int:
+    from .demo import main as demo_main
+    return demo_main(argv)
+
+
+COMMANDS = {"run": cmd_run, "summary": cmd_summary, "demo": cmd_demo}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = sorted(list(COMMANDS) + list(DELEGATED))
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from . import __version__
+        print(f"krum-mpi {__version__}")
+        return 0
+    sub, rest = argv[0], argv[1:]
+    try:
+        if sub in COMMANDS:
+            return COMMANDS[sub](rest)
+        if sub in DELEGATED:
+            return importlib.import_module(DELEGATED[sub]).main(rest)
+        return _error(f"unknown command {sub!r}: use one of {', '.join(names)}")
+    except KrumMPIError as exc:
+        return _error(" ".join(str(exc).split()))
+    except KeyboardInterrupt:
+        return _error("interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

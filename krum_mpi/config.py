@@ -1,0 +1,309 @@
+"""Run configuration: load (TOML or YAML, parsed safely), override, validate.
+
+A resolved config is a nested plain dict (JSON-serialisable) holding every key of ``DEFAULTS``.
+Every key is checked; a bad one raises ``ConfigError`` with a one-line message naming the key, the
+value given and what to do. The sections ``aggregator`` and ``attack`` are open: keys other than
+their fixed ones are options of the rule or attack, checked by ``aggregators.make`` / ``attacks.make``.
+
+    cfg = load_config("configs/paper-fig4-krum-f6.toml", ["run.steps=100", "aggregator.name=average"])
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import numbers
+import tomllib
+from pathlib import Path
+
+from .errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------
+# Defaults: every key a run config may hold, with its default. Comments say units and choices.
+DEFAULTS: dict = {
+    "run": {
+        "steps": 500,            # synchronous SGD steps
+        "seed": 0,               # every random draw derives from it (recorded in the results)
+        "eval_every": 10,        # evaluate test accuracy every K steps (and at the last step)
+        "device": "auto",        # aggregation device on rank 0: auto | cpu | gpu
+        "name": "",              # free label, stored with the results
+        "checkpoint_every": 0,   # steps between results flushes / checkpoints (0: every eval)
+    },
+    "workers": {
+        "n": 20,                 # logical workers, spread over the MPI ranks
+        "byzantine": 0,          # ACTUAL number of Byzantine workers
+        "batch_size": 3,         # minibatch per worker per step
+        "device": "cpu",         # where workers compute gradients: cpu | gpu
+    },
+    "data": {
+        "name": "spambase",      # spambase | mnist | synthetic | hdf5
+        "path": "",              # file or folder; "" = default location (KRUM_MPI_DATA or cache)
+        "test_fraction": 0.2,    # held-out part, for datasets without a test split
+        "split": "iid",          # iid | dirichlet | gamma (heterogeneity across workers)
+        "alpha": 1.0,            # Dirichlet concentration (split = dirichlet)
+        "gamma": 1.0,            # IID fraction of each worker's data (split = gamma)
+        "generator": "teacher",  # synthetic: teacher | mixture
+        "n_train": 100_000,      # synthetic: training samples
+        "n_test": 2_000,         # synthetic: test samples
+        "n_features": 20,        # synthetic: features
+        "n_classes": 2,          # synthetic: classes
+        "noise": 0.0,            # synthetic: label noise / class overlap
+        "standardize": True,     # standardise features with training statistics
+        "max_train": 0,          # cap on training samples used (0: all)
+    },
+    "model": {
+        "name": "mlp",           # logistic | softmax | mlp
+        "hidden": [20, 20],      # MLP hidden widths
+    },
+    "optimizer": {
+        "lr": 0.05,              # SGD learning rate
+        "momentum": 0.0,         # heavy-ball coefficient (0: plain SGD)
+        "momentum_at": "server",  # server (on the aggregate) | worker (each worker sends momentum)
+    },
+    "aggregator": {
+        "name": "average",       # see krum_mpi.aggregators.names()
+        "f": -1,                 # declared f given to the rule; -1: workers.byzantine
+    },
+    "attack": {
+        "name": "none",          # see krum_mpi.attacks.names()
+        "adversary": "omniscient",  # omniscient (crafted at the gather) | colluding (Byzantine ranks)
+    },
+}
+
+OPEN_SECTIONS = ("aggregator", "attack")
+
+CHOICES = {
+    "run.device": ("auto", "cpu", "gpu"),
+    "workers.device": ("cpu", "gpu"),
+    "data.name": ("spambase", "mnist", "synthetic", "hdf5"),
+    "data.split": ("iid", "dirichlet", "gamma"),
+    "data.generator": ("teacher", "mixture"),
+    "model.name": ("logistic", "softmax", "mlp"),
+    "optimizer.momentum_at": ("server", "worker"),
+    "attack.adversary": ("omniscient", "colluding"),
+}
+
+# (minimum, maximum) for numbers; None = unbounded
+BOUNDS = {
+    "run.steps": (1, None),
+    "run.eval_every": (1, None),
+    "run.checkpoint_every": (0, None),
+    "workers.n": (1, None),
+    "workers.byzantine": (0, None),
+    "workers.batch_size": (1, None),
+    "data.test_fraction": (0.0, 1.0),
+    "data.alpha": (0.0, None),
+    "data.gamma": (0.0, 1.0),
+    "data.n_train": (1, None),
+    "data.n_test": (1, None),
+    "data.n_features": (1, None),
+    "data.n_classes": (2, None),
+    "data.noise": (0.0, 1.0),
+    "data.max_train": (0, None),
+    "optimizer.lr": (0.0, None),
+    "optimizer.momentum": (0.0, 1.0),
+    "aggregator.f": (-1, None),
+}
+STRICTLY_POSITIVE = {"optimizer.lr", "data.alpha", "data.test_fraction"}
+
+
+# ---------------------------------------------------------------------------------------------
+def load_file(path) -> dict:
+    """Parse a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into a dict, safely."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found: give the path of a .toml or .yaml file")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(f"{path}: YAML needs PyYAML (pip install pyyaml), or write the config as TOML")
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}")
+    else:
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}")
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a table of sections like [run], [workers]")
+    return raw
+
+
+def parse_value(text: str):
+    """A ``--set`` value: a TOML literal (1, 0.5, true, [20, 20], "x"), else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides) -> dict:
+    """Return a copy of ``raw`` with each ``section.key=value`` override applied."""
+    out = copy.deepcopy(raw)
+    for item in overrides or ():
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or "." not in key:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. run.steps=100)")
+        section, _, name = key.partition(".")
+        if not name or "." in name:
+            raise ConfigError(f"override key {key!r} must be section.key, e.g. run.steps")
+        target = out.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"override {key!r}: {section} is not a section")
+        target[name] = parse_value(value.strip())
+    return out
+
+
+def _check_type(key, value, default):
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} must be true or false")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ConfigError(f"{key} = {value!r} must be an integer")
+        value = int(value)
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ConfigError(f"{key} = {value!r} must be a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} = {value!r} must be a finite number")
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} = {value!r} must be a string")
+    elif isinstance(default, list):
+        if not isinstance(value, list) or not all(
+                isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value):
+            raise ConfigError(f"{key} = {value!r} must be a list of positive integers, e.g. [20, 20]")
+        value = [int(v) for v in value]
+    return value
+
+
+def _check_value(key, value):
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{key} = {value!r} is not one of {', '.join(CHOICES[key])}")
+    if key in BOUNDS:
+        lo, hi = BOUNDS[key]
+        if lo is not None and (value < lo or (key in STRICTLY_POSITIVE and value <= lo)):
+            op = ">" if key in STRICTLY_POSITIVE else ">="
+            raise ConfigError(f"{key} = {value!r} must be {op} {lo}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{key} = {value!r} must be <= {hi}")
+
+
+def _check_option(key, value):
+    """Open-section options must be plain TOML scalars or lists of them (JSON-able)."""
+    ok = isinstance(value, (bool, int, float, str)) or (
+        isinstance(value, list) and all(isinstance(v, (bool, int, float, str)) for v in value))
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} must be a number, string, boolean or list of those")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} = {value!r} must be a finite number")
+
+
+def validate(raw: dict) -> dict:
+    """Fill defaults, check every key and value, check the pieces fit; return the resolved config."""
+    if not isinstance(raw, dict):
+        raise ConfigError("a config must be a table of sections like [run], [workers]")
+    cfg = copy.deepcopy(DEFAULTS)
+    for section, body in raw.items():
+        if section not in DEFAULTS:
+            raise ConfigError(f"unknown config section [{section}]: use one of {', '.join(DEFAULTS)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"[{section}] must be a table of keys, got {body!r}")
+        for name, value in body.items():
+            key = f"{section}.{name}"
+            if name in DEFAULTS[section]:
+                value = _check_type(key, value, DEFAULTS[section][name])
+                _check_value(key, value)
+            elif section in OPEN_SECTIONS:
+                _check_option(key, value)
+            else:
+                raise ConfigError(
+                    f"unknown config key {key}: known keys of [{section}] are {', '.join(DEFAULTS[section])}")
+            cfg[section][name] = value
+    _check_consistency(cfg)
+    return cfg
+
+
+def _check_consistency(cfg: dict) -> None:
+    n, byz = cfg["workers"]["n"], cfg["workers"]["byzantine"]
+    if byz > n:
+        raise ConfigError(f"workers.byzantine = {byz} exceeds workers.n = {n}: lower it or add workers")
+    if cfg["aggregator"]["f"] == -1:
+        cfg["aggregator"]["f"] = byz
+    f = cfg["aggregator"]["f"]
+    if byz > f:
+        raise ConfigError(f"workers.byzantine = {byz} exceeds the declared aggregator.f = {f}: "
+                          "raise aggregator.f (the rule must be told how many workers may be Byzantine)")
+    if byz > 0 and cfg["attack"]["name"] == "none":
+        raise ConfigError(f"workers.byzantine = {byz} but attack.name = 'none': choose an attack "
+                          "(e.g. attack.name=gaussian) or set workers.byzantine=0")
+    if byz == 0 and cfg["attack"]["name"] != "none":
+        raise ConfigError(f"attack.name = {cfg['attack']['name']!r} but workers.byzantine = 0: "
+                          "set workers.byzantine > 0 or attack.name=none")
+    _check_rule_and_attack(cfg)
+
+
+def _options(section: dict, fixed) -> dict:
+    return {k: v for k, v in section.items() if k not in fixed}
+
+
+def aggregator_options(cfg: dict) -> dict:
+    return _options(cfg["aggregator"], DEFAULTS["aggregator"])
+
+
+def attack_params(cfg: dict) -> dict:
+    return _options(cfg["attack"], DEFAULTS["attack"])
+
+
+def _check_rule_and_attack(cfg: dict) -> None:
+    """Build the rule and the attack once, so bad names and options fail before any MPI work."""
+    from . import aggregators, attacks
+
+    n, byz, f = cfg["workers"]["n"], cfg["workers"]["byzantine"], cfg["aggregator"]["f"]
+    try:
+        aggregators.make(cfg["aggregator"]["name"], n, f, **aggregator_options(cfg))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"aggregator: {_one_line(exc)}")
+    try:
+        attacks.make(cfg["attack"]["name"], n, byz, f, **attack_params(cfg))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"attack: {_one_line(exc)}")
+
+
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split())
+
+
+def load_config(path, overrides=()) -> dict:
+    """Load a config file (or none: defaults), apply ``--set`` overrides, validate."""
+    raw = load_file(path) if path is not None else {}
+    return validate(apply_overrides(raw, overrides))
+
+
+def flatten(cfg: dict) -> dict:
+    """{"run": {"steps": 5}} -> {"run.steps": 5}; lists become JSON strings for table columns."""
+    flat = {}
+    for section, body in cfg.items():
+        for name, value in body.items():
+            flat[f"{section}.{name}"] = json.dumps(value) if isinstance(value, list) else value
+    return flat
+
+
+def to_json(cfg: dict) -> str:
+    return json.dumps(cfg, sort_keys=True)
+
+
+def run_id(cfg: dict) -> str:
+    """A stable short id of a resolved config (the hash of its canonical JSON)."""
+    import hashlib
+
+    return hashlib.sha256(to_json(cfg).encode()).hexdigest()[:12]

@@ -1,0 +1,208 @@
+"""The training loop: a synchronous parameter server over MPI.
+
+    rank 0                                   every rank (rank 0 hosts workers too)
+    theta --Bcast----------------------->    theta
+                                             for each local worker w:
+                                                 batch = shard_w.batch(step)   (seeded by seed, w, step)
+                                                 g_w   = model gradient (label-flipped for data attacks)
+    X[n, d] <--Gatherv (float32)---------    g_w rows
+    Byzantine rows <- attack.craft(honest rows)   (omniscient adversary: crafted where gradients meet)
+    g = aggregator(X)        (NumPy or CuPy)
+    theta <- SGD step (momentum at the server or at the workers)
+    record step metrics, timings, selections -> HDF5 (rank 0, atomic flush)
+
+Every random draw derives from ``run.seed``: parameters from (seed, 0), the Byzantine set from
+(seed, 3), attack noise from (seed, 2, step), batches from the data module's (seed, worker, step).
+So a rerun with the same seed gives the same selections.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import aggregators, attacks, backend, config, data, models, results
+from .comm import Comm, mpi_library_version
+from .errors import ConfigError, KrumMPIError
+
+SEED_PARAMS, SEED_ATTACK, SEED_BYZANTINE = 0, 2, 3
+
+
+def byzantine_mask(n: int, n_byzantine: int, seed: int) -> np.ndarray:
+    """Which workers are Byzantine: a seeded random subset of size n_byzantine."""
+    mask = np.zeros(n, dtype=bool)
+    if n_byzantine:
+        rng = np.random.default_rng([seed, SEED_BYZANTINE])
+        mask[rng.choice(n, size=n_byzantine, replace=False)] = True
+    return mask
+
+
+class Setup:
+    """What every rank builds before the first collective; errors here are caught collectively."""
+
+    def __init__(self, cfg: dict, comm: Comm):
+        run, workers = cfg["run"], cfg["workers"]
+        self.cfg = cfg
+        self.seed = run["seed"]
+        self.n = workers["n"]
+        self.dataset = data.open_dataset(cfg["data"], seed=self.seed)
+        self.model = models.make(cfg["model"], self.dataset.n_features, self.dataset.n_classes)
+        self.d = self.model.n_params
+        self.byzantine = byzantine_mask(self.n, workers["byzantine"], self.seed)
+        self.attack = attacks.make(cfg["attack"]["name"], self.n, workers["byzantine"], cfg["aggregator"]["f"],
+                                   **config.attack_params(cfg))
+        if cfg["attack"]["adversary"] != "omniscient":
+            raise ConfigError("attack.adversary = 'colluding' is not available yet: use 'omniscient'")
+        self.local_workers = list(comm.worker_range())
+        self.shards = [self.dataset.shard(w, self.n) for w in self.local_workers]
+        self.worker_xp = backend.namespace(backend.resolve_device(workers["device"]))
+        if comm.is_root:
+            self.device = backend.resolve_device(run["device"])
+            self.xp = backend.namespace(self.device)
+            self.aggregator = aggregators.make(cfg["aggregator"]["name"], self.n, cfg["aggregator"]["f"],
+                                               **config.aggregator_options(cfg))
+            self.test_X, self.test_y = self.dataset.test_set()
+
+
+def _agree_on_setup(cfg: dict, comm: Comm) -> Setup:
+    """Build the setup on every rank; if any rank fails, the lowest failing rank reports and all stop."""
+    error = None
+    try:
+        setup = Setup(cfg, comm)
+    except KrumMPIError as exc:
+        error, setup = exc, None
+    first = comm.first_rank_where(error is not None)
+    if first < comm.size:
+        if comm.rank == first:
+            raise error
+        raise SystemExit(2)
+    return setup
+
+
+def run(cfg: dict, out_path, comm: Comm | None = None, log=print) -> dict | None:
+    """Train under ``cfg``; rank 0 writes ``out_path`` and returns a summary dict (others: None)."""
+    comm = comm or Comm(cfg["workers"]["n"])
+    s = _agree_on_setup(cfg, comm)
+    run_cfg, opt = cfg["run"], cfg["optimizer"]
+    steps, eval_every, batch_size = run_cfg["steps"], run_cfg["eval_every"], cfg["workers"]["batch_size"]
+    flush_every = run_cfg["checkpoint_every"] or eval_every
+    lr, mu, worker_momentum = opt["lr"], opt["momentum"], opt["momentum_at"] == "worker"
+    n, d, k = s.n, s.d, len(s.local_workers)
+    local_is_byz = s.byzantine[s.local_workers]
+    flip_labels = s.attack.kind == "data"
+
+    theta = np.empty(d, dtype=np.float32)
+    local = np.empty((k, d), dtype=np.float32)           # this rank's gradients, one row per worker
+    local_meta = np.empty((k, 2), dtype=np.float64)      # per worker: minibatch loss, compute seconds
+    worker_mom = np.zeros((k, d), dtype=np.float32) if (worker_momentum and mu > 0) else None
+    hostnames = comm.hostnames()
+
+    writer = None
+    if comm.is_root:
+        theta[:] = s.model.init(np.random.default_rng([s.seed, SEED_PARAMS]))
+        X = np.empty((n, d), dtype=np.float32)            # the gather buffer lives on rank 0 only
+        meta = np.empty((n, 2), dtype=np.float64)
+        server_mom = np.zeros(d, dtype=np.float32)
+        honest = ~s.byzantine
+        crafted_rows = np.flatnonzero(s.byzantine) if s.attack.kind not in ("none", "data") else []
+        rule = aggregators.get(cfg["aggregator"]["name"])
+        rule_opts = config.aggregator_options(cfg)
+        f_declared = cfg["aggregator"]["f"]
+
+        def aggregate_fn(Z):  # the rule in use, as a pure function, for attacks that search against it
+            return rule(Z, f_declared, **rule_opts)
+
+        prov = results.provenance(mpi_library_version(), hostnames, comm.size, n, backend.device_description(s.device))
+        prov["dataset"] = s.dataset.provenance
+        prov["n_params"] = d
+        writer = results.ResultsWriter(out_path, cfg, config.run_id(cfg), prov, s.byzantine,
+                                       s.aggregator.max_selected, record_weights=False)
+        writer.flush("running")
+    else:
+        X = meta = None
+
+    try:
+        for step in range(steps):
+            t_step = comm.wtime()
+            comm.bcast_params(theta)
+            theta_w = backend.to_device(theta, s.worker_xp)
+            for j, w in enumerate(s.local_workers):
+                t0 = time.perf_counter()
+                xb, yb = s.shards[j].batch(step, batch_size)
+                if flip_labels and local_is_byz[j]:
+                    yb = s.attack.label_map(yb, s.dataset.n_classes)
+                loss, grad = s.model.loss_and_grad(theta_w, backend.to_device(xb, s.worker_xp),
+                                                   backend.to_device(yb, s.worker_xp))
+                grad = backend.to_host(grad)
+                if worker_mom is not None:
+                    worker_mom[j] = mu * worker_mom[j] + grad
+                    grad = worker_mom[j]
+                local[j] = grad
+                local_meta[j] = (loss, time.perf_counter() - t0)
+            t_gather = comm.wtime()
+            comm.gather_rows(local, X)
+            comm.gather_rows(local_meta, meta)
+            gather_s = comm.wtime() - t_gather
+            if not comm.is_root:
+                continue
+
+            if len(crafted_rows):
+                rng = np.random.default_rng([s.seed, SEED_ATTACK, step])
+                X[crafted_rows] = backend.to_host(
+                    s.attack.craft(X[honest], len(crafted_rows), rng, aggregate=aggregate_fn))
+            t_agg = comm.wtime()
+            Xd = backend.to_device(X, s.xp)
+            agg = s.aggregator(Xd)
+            g = backend.to_host(agg.vector).astype(np.float32, copy=False)
+            backend.synchronize(s.xp)
+            aggregate_s = comm.wtime() - t_agg
+
+            t_upd = comm.wtime()
+            if mu > 0 and not worker_momentum:
+                server_mom *= mu
+                server_mom += g
+                g = server_mom
+            theta -= np.float32(lr) * g
+            update_s = comm.wtime() - t_upd
+            step_s = comm.wtime() - t_step
+
+            last = step == steps - 1
+            acc = np.nan
+            if (step + 1) % eval_every == 0 or last:
+                acc = s.model.accuracy(theta, s.test_X, s.test_y)
+            honest_loss = float(np.mean(meta[honest, 0])) if honest.any() else float("nan")
+            timing = {"compute_s": float(meta[:, 1].max()), "gather_s": gather_s,
+                      "aggregate_s": aggregate_s, "update_s": update_s, "step_s": step_s}
+            writer.record(step, honest_loss, acc, timing, agg.selected, agg.weights)
+            if (step + 1) % flush_every == 0 and not last:
+                writer.flush("running")
+    except BaseException:
+        if writer is not None:
+            writer.flush("failed")
+        raise
+
+    if not comm.is_root:
+        return None
+    writer.flush("complete")
+    return summarize(writer, s.byzantine)
+
+
+def summarize(writer: results.ResultsWriter, byzantine: np.ndarray) -> dict:
+    k = writer.done
+    acc = writer.metrics["test_accuracy"][:k]
+    evaluated = acc[~np.isnan(acc)]
+    sel = writer.selected[:k]
+    byz_ids = np.flatnonzero(byzantine)
+    byz_selected = np.isin(sel, byz_ids).any(axis=1) if byz_ids.size else np.zeros(k, dtype=bool)
+    return {
+        "path": str(writer.path),
+        "aggregator": writer.cfg["aggregator"]["name"],
+        "attack": writer.cfg["attack"]["name"],
+        "byzantine": int(byzantine.sum()),
+        "steps": k,
+        "final_loss": float(writer.metrics["loss"][k - 1]),
+        "final_test_accuracy": float(evaluated[-1]) if evaluated.size else float("nan"),
+        "byzantine_selected_steps": int(byz_selected.sum()),
+        "mean_step_s": float(np.mean(writer.timing["step_s"][:k])),
+        "mean_aggregate_s": float(np.mean(writer.timing["aggregate_s"][:k])),
+    }

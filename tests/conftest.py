@@ -1,0 +1,84 @@
+"""Shared test fixtures: real datasets, real mpiexec, the installed CLI."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_root():
+    env = os.environ.get("KRUM_MPI_DATA")
+    return Path(env) if env else None
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    """Folder with the real datasets (``spambase/spambase.data``, ``mnist-t10k/...``).
+
+    Found through ``KRUM_MPI_DATA``; tests that need it skip with the reason when it is absent.
+    """
+    root = _data_root()
+    if root is None or not root.is_dir():
+        pytest.skip("real datasets not found: set KRUM_MPI_DATA to a folder holding spambase/ and mnist-t10k/")
+    return root
+
+
+@pytest.fixture(scope="session")
+def spambase_file(data_root):
+    path = data_root / "spambase" / "spambase.data"
+    if not path.is_file():
+        pytest.skip(f"spambase not found at {path}: run 'krum-mpi data download spambase'")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(data_root):
+    path = data_root / "mnist-t10k"
+    if not (path / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"MNIST test set not found in {path}")
+    return path
+
+
+def mpiexec_path():
+    """The mpiexec next to this Python (the mpich wheel installs it there), else on PATH."""
+    env = os.environ.get("MPIEXEC")
+    if env:
+        return env
+    local = Path(sys.executable).parent / "mpiexec"
+    if local.exists():
+        return str(local)
+    return shutil.which("mpiexec")
+
+
+@pytest.fixture(scope="session")
+def mpiexec():
+    path = mpiexec_path()
+    if path is None:
+        pytest.skip("no mpiexec found: pip install mpich (or set MPIEXEC)")
+    return path
+
+
+def krum_mpi_cmd():
+    """Command prefix that runs the krum-mpi CLI with this interpreter."""
+    return [sys.executable, "-m", "krum_mpi"]
+
+
+def run_cli(args, ranks=None, timeout=300, env=None, cwd=None):
+    """Run ``krum-mpi ARGS`` (under ``mpiexec -n RANKS`` when ranks is given); return CompletedProcess."""
+    cmd = krum_mpi_cmd() + [str(a) for a in args]
+    if ranks is not None:
+        cmd = [mpiexec_path(), "-n", str(ranks)] + cmd
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=cwd or REPO)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
