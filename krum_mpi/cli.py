@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from pathlib import Path
 
 from .errors import KrumMPIError
+
+EXIT_INTERRUPTED = 3   # stopped by SIGTERM/SIGUSR1 with a checkpoint: job scripts requeue on it
 
 DELEGATED = {  # subcommand -> module with main(argv) -> int
     "bench": "krum_mpi.bench",
@@ -25,6 +28,15 @@ DELEGATED = {  # subcommand -> module with main(argv) -> int
     "study": "krum_mpi.study.cli",
     "report": "krum_mpi.analysis.report",
 }
+
+
+def launcher_rank() -> int:
+    """This process's rank as the MPI launcher set it (0 when not launched by one), read from the
+    environment so that errors found before MPI starts are printed once, by rank 0, not by every rank."""
+    for key in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
 
 
 def _error(message: str) -> int:
@@ -36,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports bad flags in our one-line form (exit 2)."""
 
     def error(self, message):
-        self.exit(2, f"krum-mpi: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"krum-mpi: error: {message} (see '{self.prog} --help')\n" if launcher_rank() == 0 else None)
 
 
 def default_out(cfg: dict, config_path) -> Path:
@@ -55,28 +67,43 @@ def cmd_run(argv) -> int:
     p.add_argument("--out", help="results file (.h5); default results/<name>-<run id>.h5")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), help="aggregation device (sets run.device)")
     p.add_argument("--force", action="store_true", help="overwrite an existing results file")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --out if there is one (else start); for requeued jobs")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     args = p.parse_args(argv)
+
+    import signal
 
     from . import config, results, train
     from .comm import Comm
 
+    if args.resume and not args.out:
+        raise KrumMPIError("--resume needs --out FILE.h5: the results file that holds the checkpoint")
+
     overrides = list(args.overrides) + ([f"run.device={args.device}"] if args.device else [])
-    cfg = config.load_config(args.config, overrides)   # same on every rank: all fail alike
+    try:
+        cfg = config.load_config(args.config, overrides)   # same on every rank: all fail alike
+    except KrumMPIError:
+        if launcher_rank() != 0:
+            raise SystemExit(2)                             # rank 0 reports it
+        raise
     out = Path(args.out) if args.out else default_out(cfg, args.config)
     comm = Comm(cfg["workers"]["n"])
     if comm.is_root:
         error = None
         try:
-            results.check_can_write(out, args.force)
+            results.check_can_write(out, args.force or args.resume)
         except KrumMPIError as exc:
             error = exc
         if comm.bcast_flag(error is not None):
             raise error
     elif comm.bcast_flag(0):
         raise SystemExit(2)
+    stop = train.StopRequest()
+    for signum in (signal.SIGTERM, signal.SIGUSR1):   # SLURM time limits and preemption
+        signal.signal(signum, stop)
     try:
-        summary = train.run(cfg, out, comm)
+        summary = train.run(cfg, out, comm, resume=args.resume, stop=stop)
     except (KrumMPIError, SystemExit):
         raise
     except BaseException:
@@ -84,10 +111,15 @@ def cmd_run(argv) -> int:
             traceback.print_exc()
             comm.abort(1)
         raise
-    if summary and not args.quiet:
+    if comm.is_root and not args.quiet and summary["status"] == "complete":
         from .summary import format_table
         print(format_table([summary]))
         print(f"results: {summary['path']}")
+    if summary["status"] == "interrupted":
+        if comm.is_root:
+            print(f"krum-mpi: interrupted by a signal after step {summary['steps'] - 1}: checkpoint saved in "
+                  f"{out}; continue with the same command plus --resume", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     return 0
 
 

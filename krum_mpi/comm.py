@@ -68,6 +68,16 @@ class Comm:
         else:
             self.world.Gatherv(send, None, root=0)
 
+    def scatter_rows(self, full: np.ndarray | None, local: np.ndarray) -> None:
+        """Inverse of ``gather_rows``: rank 0's (n, d) ``full`` is split into each rank's ``local`` rows."""
+        width = local.shape[1] if local.ndim == 2 else 1
+        mpi_type = self.MPI.FLOAT if local.dtype == np.float32 else self.MPI.DOUBLE
+        recv = [local, local.size, mpi_type]
+        if self.is_root:
+            self.world.Scatterv([full, self.counts * width, self.displs * width, mpi_type], recv, root=0)
+        else:
+            self.world.Scatterv(None, recv, root=0)
+
     def bcast_flag(self, value: int) -> int:
         """Broadcast one integer from rank 0 (e.g. a stop flag)."""
         buf = np.array([value], dtype=np.int64)

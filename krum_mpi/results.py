@@ -11,6 +11,8 @@ Schema (version 1; docs/results-schema.md is the reference for users):
     /selection/selected     int32   (steps_done, max_selected)  worker ids, best first, -1 padded
     /selection/weights      float32 (steps_done, n)  only for rules that weight workers
     /selection/byzantine    bool    (n,)
+    /checkpoint/            attrs: step (the last step done); datasets: params float32 (d,), and where
+                            used server_momentum (d,), worker_momentum (n, d), aggregator state
 
 Crash safety: the writer keeps the run in memory and, at every flush, writes the whole file to
 ``<out>.tmp`` and renames it over ``<out>`` (rename is atomic on POSIX). So the file on disk is
@@ -57,6 +59,33 @@ class ResultsWriter:
         self.selected = np.full((steps, max_selected), -1, dtype=np.int32)
         self.weights = np.full((steps, n), np.nan, dtype=np.float32) if record_weights else None
         self.extra_attrs: dict = {}
+        self.checkpoint: dict | None = None   # set by the training loop before each flush
+
+    @classmethod
+    def resume(cls, path, cfg: dict, run_id: str, provenance: dict, byzantine, max_selected: int,
+               record_weights: bool) -> tuple["ResultsWriter", dict]:
+        """Reopen an interrupted run's file: the records up to its checkpoint, and the checkpoint."""
+        old = read_run(path)
+        attrs = old["attrs"]
+        if attrs["run_id"] != run_id:
+            raise ResultsError(f"{path} holds another run (run_id {attrs['run_id']}, this config is {run_id}): "
+                               "resume with the same config and overrides, or choose another --out")
+        if "checkpoint" not in old:
+            raise ResultsError(f"{path} has no checkpoint to resume from: rerun without --resume (and --force)")
+        w = cls(path, cfg, run_id, provenance, byzantine, max_selected, record_weights)
+        w.created = attrs["created"]
+        k = int(old["checkpoint"]["step"]) + 1   # records past the checkpoint are redone
+        w.done = k
+        w.step[:k] = old["metrics"]["step"][:k]
+        for name in METRICS:
+            w.metrics[name][:k] = old["metrics"][name][:k]
+        for name in TIMINGS:
+            w.timing[name][:k] = old["timing"][name][:k]
+        w.selected[:k] = old["selection"]["selected"][:k]
+        if w.weights is not None and "weights" in old["selection"]:
+            w.weights[:k] = old["selection"]["weights"][:k]
+        w.extra_attrs["resumed_at_steps"] = list(attrs.get("resumed_at_steps", [])) + [k]
+        return w, old["checkpoint"]
 
     def record(self, step: int, loss: float, test_accuracy: float, timing: dict,
                selected, weights=None) -> None:
@@ -110,8 +139,18 @@ class ResultsWriter:
             if self.weights is not None:
                 g.create_dataset("weights", data=self.weights[:k])
             g.create_dataset("byzantine", data=self.byzantine)
+            if self.checkpoint is not None:
+                g = h5.create_group("checkpoint")
+                for name, value in self.checkpoint.items():
+                    if value is None:
+                        continue
+                    if name == "step":
+                        g.attrs["step"] = int(value)
+                    else:
+                        g.create_dataset(name, data=value)
             h5.flush()
-            os.fsync(h5.id.get_vfd_handle()) if hasattr(h5.id, "get_vfd_handle") else None
+        with open(self.tmp, "rb+") as fh:   # data on disk before the rename makes it visible
+            os.fsync(fh.fileno())
         os.replace(self.tmp, self.path)
 
 
@@ -149,6 +188,10 @@ def read_run(path) -> dict:
             out = {"attrs": attrs}
             for group in ("metrics", "timing", "selection"):
                 out[group] = {name: ds[()] for name, ds in h5[group].items()}
+            if "checkpoint" in h5:
+                ck = h5["checkpoint"]
+                out["checkpoint"] = {name: ds[()] for name, ds in ck.items()}
+                out["checkpoint"]["step"] = int(ck.attrs["step"])
         except (KeyError, ValueError) as exc:
             raise ResultsError(f"{path}: incomplete results file ({exc}): rerun the run")
     return out

@@ -18,6 +18,7 @@ So a rerun with the same seed gives the same selections.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -79,9 +80,26 @@ def _agree_on_setup(cfg: dict, comm: Comm) -> Setup:
     return setup
 
 
-def run(cfg: dict, out_path, comm: Comm | None = None, log=print) -> dict | None:
-    """Train under ``cfg``; rank 0 writes ``out_path`` and returns a summary dict (others: None)."""
+class StopRequest:
+    """Set by a signal handler (SIGTERM, SIGUSR1); checked collectively once per step."""
+
+    def __init__(self):
+        self.signal = 0
+
+    def __call__(self, signum, frame=None):
+        self.signal = signum
+
+
+def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
+        stop: StopRequest | None = None) -> dict | None:
+    """Train under ``cfg``; rank 0 writes ``out_path`` and returns a summary dict (others: the status).
+
+    With ``resume``, a run continues from the checkpoint in ``out_path`` when there is one. When
+    ``stop`` is set on any rank, every rank leaves at the same step, rank 0 checkpoints, and the
+    summary says ``interrupted``.
+    """
     comm = comm or Comm(cfg["workers"]["n"])
+    stop = stop or StopRequest()
     s = _agree_on_setup(cfg, comm)
     run_cfg, opt = cfg["run"], cfg["optimizer"]
     steps, eval_every, batch_size = run_cfg["steps"], run_cfg["eval_every"], cfg["workers"]["batch_size"]
@@ -97,12 +115,12 @@ def run(cfg: dict, out_path, comm: Comm | None = None, log=print) -> dict | None
     worker_mom = np.zeros((k, d), dtype=np.float32) if (worker_momentum and mu > 0) else None
     hostnames = comm.hostnames()
 
-    writer = None
+    writer = checkpoint = None
+    X = meta = None
     if comm.is_root:
-        theta[:] = s.model.init(np.random.default_rng([s.seed, SEED_PARAMS]))
         X = np.empty((n, d), dtype=np.float32)            # the gather buffer lives on rank 0 only
         meta = np.empty((n, 2), dtype=np.float64)
-        server_mom = np.zeros(d, dtype=np.float32)
+        server_mom = np.zeros(d, dtype=np.float32) if (mu > 0 and not worker_momentum) else None
         honest = ~s.byzantine
         crafted_rows = np.flatnonzero(s.byzantine) if s.attack.kind not in ("none", "data") else []
         rule = aggregators.get(cfg["aggregator"]["name"])
@@ -115,14 +133,57 @@ def run(cfg: dict, out_path, comm: Comm | None = None, log=print) -> dict | None
         prov = results.provenance(mpi_library_version(), hostnames, comm.size, n, backend.device_description(s.device))
         prov["dataset"] = s.dataset.provenance
         prov["n_params"] = d
-        writer = results.ResultsWriter(out_path, cfg, config.run_id(cfg), prov, s.byzantine,
-                                       s.aggregator.max_selected, record_weights=False)
-        writer.flush("running")
+        args = (out_path, cfg, config.run_id(cfg), prov, s.byzantine, s.aggregator.max_selected, False)
+        error = None
+        try:
+            if resume and Path(out_path).exists():
+                writer, checkpoint = results.ResultsWriter.resume(*args)
+            else:
+                writer = results.ResultsWriter(*args)
+        except KrumMPIError as exc:
+            error = exc
+        start = comm.bcast_flag(-1 if error else (checkpoint["step"] + 1 if checkpoint else 0))
+        if error:
+            raise error
+        if checkpoint:
+            theta[:] = checkpoint["params"]
+            if server_mom is not None:
+                server_mom[:] = checkpoint["server_momentum"]
+            if hasattr(s.aggregator, "load_state_dict") and "aggregator_state" in checkpoint:
+                s.aggregator.load_state_dict(checkpoint["aggregator_state"])
+        else:
+            theta[:] = s.model.init(np.random.default_rng([s.seed, SEED_PARAMS]))
     else:
-        X = meta = None
+        start = comm.bcast_flag(0)
+        if start < 0:
+            raise SystemExit(2)
+    if worker_mom is not None and start > 0:
+        comm.scatter_rows(checkpoint["worker_momentum"] if comm.is_root else None, worker_mom)
 
+    def save(step_done: int, status: str) -> None:
+        """Collective: gather what a resume needs; rank 0 flushes results and checkpoint atomically."""
+        all_mom = None
+        if worker_mom is not None:
+            all_mom = np.empty((n, d), dtype=np.float32) if comm.is_root else None
+            comm.gather_rows(worker_mom, all_mom)
+        if not comm.is_root:
+            return
+        state = s.aggregator.state_dict() if hasattr(s.aggregator, "state_dict") else None
+        writer.checkpoint = {"step": step_done, "params": theta.copy(),
+                             "server_momentum": None if server_mom is None else server_mom.copy(),
+                             "worker_momentum": all_mom, "aggregator_state": state}
+        writer.flush(status)
+
+    if comm.is_root and start == 0:
+        writer.flush("running")
+    interrupted = 0
+    step = start - 1
     try:
-        for step in range(steps):
+        for step in range(start, steps):
+            if comm.any_true(stop.signal != 0):
+                interrupted = stop.signal or -1
+                step -= 1
+                break
             t_step = comm.wtime()
             comm.bcast_params(theta)
             theta_w = backend.to_device(theta, s.worker_xp)
@@ -135,7 +196,8 @@ def run(cfg: dict, out_path, comm: Comm | None = None, log=print) -> dict | None
                                                    backend.to_device(yb, s.worker_xp))
                 grad = backend.to_host(grad)
                 if worker_mom is not None:
-                    worker_mom[j] = mu * worker_mom[j] + grad
+                    worker_mom[j] *= mu
+                    worker_mom[j] += grad
                     grad = worker_mom[j]
                 local[j] = grad
                 local_meta[j] = (loss, time.perf_counter() - t0)
@@ -143,48 +205,47 @@ def run(cfg: dict, out_path, comm: Comm | None = None, log=print) -> dict | None
             comm.gather_rows(local, X)
             comm.gather_rows(local_meta, meta)
             gather_s = comm.wtime() - t_gather
-            if not comm.is_root:
-                continue
 
-            if len(crafted_rows):
-                rng = np.random.default_rng([s.seed, SEED_ATTACK, step])
-                X[crafted_rows] = backend.to_host(
-                    s.attack.craft(X[honest], len(crafted_rows), rng, aggregate=aggregate_fn))
-            t_agg = comm.wtime()
-            Xd = backend.to_device(X, s.xp)
-            agg = s.aggregator(Xd)
-            g = backend.to_host(agg.vector).astype(np.float32, copy=False)
-            backend.synchronize(s.xp)
-            aggregate_s = comm.wtime() - t_agg
+            if comm.is_root:
+                if len(crafted_rows):
+                    rng = np.random.default_rng([s.seed, SEED_ATTACK, step])
+                    X[crafted_rows] = backend.to_host(
+                        s.attack.craft(X[honest], len(crafted_rows), rng, aggregate=aggregate_fn))
+                t_agg = comm.wtime()
+                agg = s.aggregator(backend.to_device(X, s.xp))
+                g = backend.to_host(agg.vector).astype(np.float32, copy=False)
+                backend.synchronize(s.xp)
+                aggregate_s = comm.wtime() - t_agg
 
-            t_upd = comm.wtime()
-            if mu > 0 and not worker_momentum:
-                server_mom *= mu
-                server_mom += g
-                g = server_mom
-            theta -= np.float32(lr) * g
-            update_s = comm.wtime() - t_upd
-            step_s = comm.wtime() - t_step
+                t_upd = comm.wtime()
+                if server_mom is not None:
+                    server_mom *= mu
+                    server_mom += g
+                    g = server_mom
+                theta -= np.float32(lr) * g
+                update_s = comm.wtime() - t_upd
+                step_s = comm.wtime() - t_step
 
-            last = step == steps - 1
-            acc = np.nan
-            if (step + 1) % eval_every == 0 or last:
-                acc = s.model.accuracy(theta, s.test_X, s.test_y)
-            honest_loss = float(np.mean(meta[honest, 0])) if honest.any() else float("nan")
-            timing = {"compute_s": float(meta[:, 1].max()), "gather_s": gather_s,
-                      "aggregate_s": aggregate_s, "update_s": update_s, "step_s": step_s}
-            writer.record(step, honest_loss, acc, timing, agg.selected, agg.weights)
-            if (step + 1) % flush_every == 0 and not last:
-                writer.flush("running")
+                acc = np.nan
+                if (step + 1) % eval_every == 0 or step == steps - 1:
+                    acc = s.model.accuracy(theta, s.test_X, s.test_y)
+                honest_loss = float(np.mean(meta[honest, 0])) if honest.any() else float("nan")
+                timing = {"compute_s": float(meta[:, 1].max()), "gather_s": gather_s,
+                          "aggregate_s": aggregate_s, "update_s": update_s, "step_s": step_s}
+                writer.record(step, honest_loss, acc, timing, agg.selected, agg.weights)
+            if (step + 1) % flush_every == 0 and step != steps - 1:
+                save(step, "running")
     except BaseException:
         if writer is not None:
-            writer.flush("failed")
+            writer.flush("failed")   # records so far; the last checkpoint stays the one on disk
         raise
 
+    save(step, "interrupted" if interrupted else "complete")
     if not comm.is_root:
-        return None
-    writer.flush("complete")
-    return summarize(writer, s.byzantine)
+        return {"status": "interrupted" if interrupted else "complete"}
+    summary = summarize(writer, s.byzantine)
+    summary["status"] = "interrupted" if interrupted else "complete"
+    return summary
 
 
 def summarize(writer: results.ResultsWriter, byzantine: np.ndarray) -> dict:
