@@ -34,9 +34,31 @@ class Comm:
         self.rank = self.world.Get_rank()
         self.size = self.world.Get_size()
         self.n_workers = n_workers
-        base, extra = divmod(n_workers, self.size)
-        self.counts = np.array([base + (r < extra) for r in range(self.size)], dtype=np.int64)
+        self.set_layout(block_counts(n_workers, self.size))
+        self.audit = [] if os.environ.get("KRUM_MPI_AUDIT_DIR") else None
+
+    def set_layout(self, counts) -> None:
+        """Rank r hosts ``counts[r]`` consecutive workers (the gathered rows are in worker order)."""
+        self.counts = np.asarray(counts, dtype=np.int64)
+        assert self.counts.size == self.size and self.counts.sum() == self.n_workers
         self.displs = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+
+    def _log(self, op: str, sources) -> None:
+        """Audit trail (when KRUM_MPI_AUDIT_DIR is set): which world ranks' data reached this rank."""
+        if self.audit is not None:
+            self.audit.append({"op": op, "from": sorted(int(r) for r in sources)})
+
+    def write_audit(self) -> None:
+        if self.audit is None:
+            return
+        import json
+        from pathlib import Path
+        folder = Path(os.environ["KRUM_MPI_AUDIT_DIR"])
+        folder.mkdir(parents=True, exist_ok=True)
+        unique = {json.dumps(a, sort_keys=True) for a in self.audit}
+        received = [json.loads(u) for u in sorted(unique)]
+        record = {"rank": self.rank, "workers": list(self.worker_range()), "received": received}
+        (folder / f"rank{self.rank}.json").write_text(json.dumps(record))
 
     @property
     def is_root(self) -> bool:
@@ -51,6 +73,7 @@ class Comm:
     def bcast_params(self, params: np.ndarray) -> None:
         """Broadcast rank 0's float32 parameter vector into every rank's ``params`` (in place)."""
         self.world.Bcast([params, self.MPI.FLOAT], root=0)
+        self._log("bcast_params", [0])
 
     def gather_rows(self, local: np.ndarray, out: np.ndarray | None) -> None:
         """Gather each rank's (k_r, d) block into rank 0's preallocated (n, d) ``out``.
@@ -65,6 +88,7 @@ class Comm:
             counts = self.counts * width
             displs = self.displs * width
             self.world.Gatherv(send, [out, counts, displs, mpi_type], root=0)
+            self._log("gather_rows", range(self.size))
         else:
             self.world.Gatherv(send, None, root=0)
 
@@ -77,6 +101,25 @@ class Comm:
             self.world.Scatterv([full, self.counts * width, self.displs * width, mpi_type], recv, root=0)
         else:
             self.world.Scatterv(None, recv, root=0)
+
+    # -- the colluding adversary's own channel ---------------------------------------------
+    def split_byzantine(self, is_byzantine_rank: bool):
+        """A sub-communicator of the ranks that host Byzantine workers (None on the others)."""
+        sub = self.world.Split(color=1 if is_byzantine_rank else self.MPI.UNDEFINED, key=self.rank)
+        if sub == self.MPI.COMM_NULL:
+            return None
+        members = np.empty(sub.Get_size(), dtype=np.int64)
+        sub.Allgather([np.array([self.rank], dtype=np.int64), self.MPI.INT64_T], [members, self.MPI.INT64_T])
+        self.byzantine_world_ranks = members   # for the audit trail
+        return sub
+
+    def allgather_rows_in(self, sub, local: np.ndarray, out: np.ndarray, counts) -> None:
+        """Every member of ``sub`` gets every member's float32 rows (Byzantine statistics sharing)."""
+        width = local.shape[1]
+        counts = np.asarray(counts, dtype=np.int64) * width
+        displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        sub.Allgatherv([local, local.size, self.MPI.FLOAT], [out, counts, displs, self.MPI.FLOAT])
+        self._log("byzantine_allgather", self.byzantine_world_ranks)
 
     def bcast_flag(self, value: int) -> int:
         """Broadcast one integer from rank 0 (e.g. a stop flag)."""
@@ -127,6 +170,12 @@ class Comm:
 
     def wtime(self) -> float:
         return self.MPI.Wtime()
+
+
+def block_counts(n_workers: int, n_ranks: int) -> list[int]:
+    """n workers over R ranks in contiguous blocks; the first n % R ranks get one more."""
+    base, extra = divmod(n_workers, n_ranks)
+    return [base + (r < extra) for r in range(n_ranks)]
 
 
 def mpi_library_version() -> str:

@@ -11,6 +11,7 @@ Schema (version 1; docs/results-schema.md is the reference for users):
     /selection/selected     int32   (steps_done, max_selected)  worker ids, best first, -1 padded
     /selection/weights      float32 (steps_done, n)  only for rules that weight workers
     /selection/byzantine    bool    (n,)
+    /selection/worker_rank  int32   (n,)  the MPI rank that hosted each worker
     /checkpoint/            attrs: step (the last step done); datasets: params float32 (d,), and where
                             used server_momentum (d,), worker_momentum (n, d), aggregator state
 
@@ -60,6 +61,7 @@ class ResultsWriter:
         self.weights = np.full((steps, n), np.nan, dtype=np.float32) if record_weights else None
         self.extra_attrs: dict = {}
         self.checkpoint: dict | None = None   # set by the training loop before each flush
+        self.extra_selection: dict = {}       # per-worker arrays, e.g. worker_rank
 
     @classmethod
     def resume(cls, path, cfg: dict, run_id: str, provenance: dict, byzantine, max_selected: int,
@@ -139,6 +141,8 @@ class ResultsWriter:
             if self.weights is not None:
                 g.create_dataset("weights", data=self.weights[:k])
             g.create_dataset("byzantine", data=self.byzantine)
+            for name, value in self.extra_selection.items():
+                g.create_dataset(name, data=value)
             if self.checkpoint is not None:
                 g = h5.create_group("checkpoint")
                 for name, value in self.checkpoint.items():

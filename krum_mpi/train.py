@@ -24,6 +24,7 @@ import numpy as np
 
 from . import aggregators, attacks, backend, config, data, models, results
 from .comm import Comm, mpi_library_version
+from .comm import block_counts as comm_block_counts
 from .errors import ConfigError, KrumMPIError
 
 SEED_PARAMS, SEED_ATTACK, SEED_BYZANTINE = 0, 2, 3
@@ -38,6 +39,23 @@ def byzantine_mask(n: int, n_byzantine: int, seed: int) -> np.ndarray:
     return mask
 
 
+def colluding_layout(n: int, n_byzantine: int, n_ranks: int):
+    """Worker counts per rank and Byzantine mask for the colluding adversary.
+
+    The Byzantine workers (the last ``n_byzantine`` ids) live on ranks of their own, never rank 0
+    (the server sees every gradient), so no honest gradient ever reaches a Byzantine process: the
+    adversary knows only its own honest gradients and what it shares among its ranks.
+    """
+    if n_ranks < 2:
+        raise ConfigError("attack.adversary = 'colluding' needs at least 2 MPI ranks (honest and Byzantine "
+                          "workers on separate processes): launch with mpiexec -n 2 or more")
+    byz_ranks = min(max(1, round(n_ranks * n_byzantine / n)), n_ranks - 1, n_byzantine)
+    counts = comm_block_counts(n - n_byzantine, n_ranks - byz_ranks) + comm_block_counts(n_byzantine, byz_ranks)
+    mask = np.zeros(n, dtype=bool)
+    mask[n - n_byzantine:] = True
+    return counts, mask
+
+
 class Setup:
     """What every rank builds before the first collective; errors here are caught collectively."""
 
@@ -49,11 +67,14 @@ class Setup:
         self.dataset = data.open_dataset(cfg["data"], seed=self.seed)
         self.model = models.make(cfg["model"], self.dataset.n_features, self.dataset.n_classes)
         self.d = self.model.n_params
-        self.byzantine = byzantine_mask(self.n, workers["byzantine"], self.seed)
         self.attack = attacks.make(cfg["attack"]["name"], self.n, workers["byzantine"], cfg["aggregator"]["f"],
                                    **config.attack_params(cfg))
-        if cfg["attack"]["adversary"] != "omniscient":
-            raise ConfigError("attack.adversary = 'colluding' is not available yet: use 'omniscient'")
+        self.colluding = cfg["attack"]["adversary"] == "colluding" and self.attack.kind not in ("none", "data")
+        if self.colluding:
+            counts, self.byzantine = colluding_layout(self.n, workers["byzantine"], comm.size)
+            comm.set_layout(counts)
+        else:
+            self.byzantine = byzantine_mask(self.n, workers["byzantine"], self.seed)
         self.local_workers = list(comm.worker_range())
         self.shards = [self.dataset.shard(w, self.n) for w in self.local_workers]
         self.worker_xp = backend.namespace(backend.resolve_device(workers["device"]))
@@ -108,6 +129,13 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     n, d, k = s.n, s.d, len(s.local_workers)
     local_is_byz = s.byzantine[s.local_workers]
     flip_labels = s.attack.kind == "data"
+    byz_comm = comm.split_byzantine(bool(local_is_byz.any())) if s.colluding else None
+    if byz_comm is not None:   # this rank crafts, with its fellow Byzantine ranks, from their own gradients
+        byz_counts = comm.counts[comm.counts.size - byz_comm.Get_size():]
+        byz_offset = int(comm.displs[comm.rank] - (n - int(s.byzantine.sum())))
+        known = np.empty((int(s.byzantine.sum()), d), dtype=np.float32)
+        rule_for_attack = aggregators.get(cfg["aggregator"]["name"])
+        attack_opts = config.aggregator_options(cfg)
 
     theta = np.empty(d, dtype=np.float32)
     local = np.empty((k, d), dtype=np.float32)           # this rank's gradients, one row per worker
@@ -122,7 +150,8 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
         meta = np.empty((n, 2), dtype=np.float64)
         server_mom = np.zeros(d, dtype=np.float32) if (mu > 0 and not worker_momentum) else None
         honest = ~s.byzantine
-        crafted_rows = np.flatnonzero(s.byzantine) if s.attack.kind not in ("none", "data") else []
+        crafted_rows = np.flatnonzero(s.byzantine) \
+            if (s.attack.kind not in ("none", "data") and not s.colluding) else []
         rule = aggregators.get(cfg["aggregator"]["name"])
         rule_opts = config.aggregator_options(cfg)
         f_declared = cfg["aggregator"]["f"]
@@ -133,7 +162,9 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
         prov = results.provenance(mpi_library_version(), hostnames, comm.size, n, backend.device_description(s.device))
         prov["dataset"] = s.dataset.provenance
         prov["n_params"] = d
+        prov["adversary"] = cfg["attack"]["adversary"]
         args = (out_path, cfg, config.run_id(cfg), prov, s.byzantine, s.aggregator.max_selected, False)
+        worker_rank = np.repeat(np.arange(comm.size, dtype=np.int32), comm.counts)
         error = None
         try:
             if resume and Path(out_path).exists():
@@ -145,6 +176,8 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
         start = comm.bcast_flag(-1 if error else (checkpoint["step"] + 1 if checkpoint else 0))
         if error:
             raise error
+        writer.extra_attrs["adversary"] = cfg["attack"]["adversary"] if s.colluding else "omniscient"
+        writer.extra_selection["worker_rank"] = worker_rank
         if checkpoint:
             theta[:] = checkpoint["params"]
             if server_mom is not None:
@@ -201,6 +234,12 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
                     grad = worker_mom[j]
                 local[j] = grad
                 local_meta[j] = (loss, time.perf_counter() - t0)
+            if byz_comm is not None:
+                comm.allgather_rows_in(byz_comm, local, known, byz_counts)
+                rng = np.random.default_rng([s.seed, SEED_ATTACK, step])
+                crafted = s.attack.craft(known, known.shape[0], rng,
+                                         aggregate=lambda Z: rule_for_attack(Z, cfg["aggregator"]["f"], **attack_opts))
+                local[:] = backend.to_host(crafted)[byz_offset:byz_offset + k]
             t_gather = comm.wtime()
             comm.gather_rows(local, X)
             comm.gather_rows(local_meta, meta)
@@ -241,6 +280,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
         raise
 
     save(step, "interrupted" if interrupted else "complete")
+    comm.write_audit()
     if not comm.is_root:
         return {"status": "interrupted" if interrupted else "complete"}
     summary = summarize(writer, s.byzantine)
