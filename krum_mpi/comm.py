@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 
 import numpy as np
 
 HOSTNAME_BYTES = 64
+TAG_ROWS, TAG_META = 11, 12
 
 
 def _mpi():
@@ -120,6 +122,50 @@ class Comm:
         displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
         sub.Allgatherv([local, local.size, self.MPI.FLOAT], [out, counts, displs, self.MPI.FLOAT])
         self._log("byzantine_allgather", self.byzantine_world_ranks)
+
+    # -- gather with a deadline (silent and slow workers) -----------------------------------
+    def gather_rows_deadline(self, local, local_meta, out, out_meta, deadline_s: float):
+        """Like two ``gather_rows`` calls, but rank 0 waits at most ``deadline_s`` for each rank.
+
+        Returns, on rank 0, a bool array (size,) of the ranks whose rows arrived in time (None on
+        the others). A late rank's receives stay posted into its (ignored) rows and complete later,
+        before the next gather; so a slow rank delays nothing but itself, and a rank that never
+        answers leaves the run waiting only where the watchdog sees it.
+        """
+        if not self.is_root:
+            self.world.Send([local, self.MPI.FLOAT], dest=0, tag=TAG_ROWS)
+            self.world.Send([local_meta, self.MPI.DOUBLE], dest=0, tag=TAG_META)
+            return None
+        self.finish_late()
+        lo, hi = int(self.displs[0]), int(self.displs[0] + self.counts[0])
+        out[lo:hi] = local
+        out_meta[lo:hi] = local_meta
+        requests = {}
+        for r in range(1, self.size):
+            a, b = int(self.displs[r]), int(self.displs[r] + self.counts[r])
+            requests[r] = [self.world.Irecv([out[a:b], self.MPI.FLOAT], source=r, tag=TAG_ROWS),
+                           self.world.Irecv([out_meta[a:b], self.MPI.DOUBLE], source=r, tag=TAG_META)]
+        pending = set(requests)
+        end = self.MPI.Wtime() + deadline_s
+        while pending:
+            for r in list(pending):
+                if self.MPI.Request.Testall(requests[r]):
+                    pending.discard(r)
+            if not pending or self.MPI.Wtime() >= end:
+                break
+            time.sleep(1e-4)
+        self._late = [req for r in pending for req in requests[r]]
+        self._log("gather_rows", [r for r in range(self.size) if r not in pending])
+        present = np.ones(self.size, dtype=bool)
+        present[list(pending)] = False
+        return present
+
+    def finish_late(self) -> None:
+        """Complete the receives of ranks that missed the last deadline (their data is discarded)."""
+        late = getattr(self, "_late", None)
+        if late:
+            self.MPI.Request.Waitall(late)
+        self._late = []
 
     def bcast_flag(self, value: int) -> int:
         """Broadcast one integer from rank 0 (e.g. a stop flag)."""

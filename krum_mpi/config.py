@@ -28,6 +28,8 @@ DEFAULTS: dict = {
         "device": "auto",        # aggregation device on rank 0: auto | cpu | gpu
         "name": "",              # free label, stored with the results
         "checkpoint_every": 0,   # steps between results flushes / checkpoints (0: every eval)
+        "gather_deadline_s": 0.0,  # > 0: rank 0 waits at most this long for each rank's gradients
+        "watchdog_s": 0.0,       # > 0: end the run (checkpoint kept) after this long without a step
     },
     "workers": {
         "n": 20,                 # logical workers, spread over the MPI ranks
@@ -68,6 +70,12 @@ DEFAULTS: dict = {
         "name": "none",          # see krum_mpi.attacks.names()
         "adversary": "omniscient",  # omniscient (crafted at the gather) | colluding (Byzantine ranks)
     },
+    "faults": {                  # injected faults, to test the reliability paths (docs/reliability.md)
+        "slow_rank": -1,         # this MPI rank sleeps before sending its gradients ...
+        "slow_from": 0,          # ... at steps slow_from <= step < slow_until
+        "slow_until": 0,
+        "slow_delay_s": 0.0,     # ... for this long
+    },
 }
 
 OPEN_SECTIONS = ("aggregator", "attack")
@@ -103,6 +111,12 @@ BOUNDS = {
     "optimizer.lr": (0.0, None),
     "optimizer.momentum": (0.0, 1.0),
     "aggregator.f": (-1, None),
+    "run.gather_deadline_s": (0.0, None),
+    "run.watchdog_s": (0.0, None),
+    "faults.slow_rank": (-1, None),
+    "faults.slow_from": (0, None),
+    "faults.slow_until": (0, None),
+    "faults.slow_delay_s": (0.0, None),
 }
 STRICTLY_POSITIVE = {"optimizer.lr", "data.alpha", "data.test_fraction"}
 

@@ -12,6 +12,7 @@ Schema (version 1; docs/results-schema.md is the reference for users):
     /selection/weights      float32 (steps_done, n)  only for rules that weight workers
     /selection/byzantine    bool    (n,)
     /selection/worker_rank  int32   (n,)  the MPI rank that hosted each worker
+    /selection/absent       bool    (steps_done, n)  workers that missed the gather deadline (with one)
     /checkpoint/            attrs: step (the last step done); datasets: params float32 (d,), and where
                             used server_momentum (d,), worker_momentum (n, d), aggregator state
 
@@ -46,7 +47,7 @@ class ResultsWriter:
     """Collects per-step records in preallocated arrays and flushes them atomically to HDF5."""
 
     def __init__(self, path, cfg: dict, run_id: str, provenance: dict, byzantine: np.ndarray,
-                 max_selected: int, record_weights: bool):
+                 max_selected: int, record_weights: bool, record_absent: bool = False):
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         steps, n = cfg["run"]["steps"], cfg["workers"]["n"]
@@ -59,13 +60,14 @@ class ResultsWriter:
         self.timing = {k: np.full(steps, np.nan) for k in TIMINGS}
         self.selected = np.full((steps, max_selected), -1, dtype=np.int32)
         self.weights = np.full((steps, n), np.nan, dtype=np.float32) if record_weights else None
+        self.absent = np.zeros((steps, n), dtype=bool) if record_absent else None
         self.extra_attrs: dict = {}
         self.checkpoint: dict | None = None   # set by the training loop before each flush
         self.extra_selection: dict = {}       # per-worker arrays, e.g. worker_rank
 
     @classmethod
     def resume(cls, path, cfg: dict, run_id: str, provenance: dict, byzantine, max_selected: int,
-               record_weights: bool) -> tuple["ResultsWriter", dict]:
+               record_weights: bool, record_absent: bool = False) -> tuple["ResultsWriter", dict]:
         """Reopen an interrupted run's file: the records up to its checkpoint, and the checkpoint."""
         old = read_run(path)
         attrs = old["attrs"]
@@ -74,7 +76,7 @@ class ResultsWriter:
                                "resume with the same config and overrides, or choose another --out")
         if "checkpoint" not in old:
             raise ResultsError(f"{path} has no checkpoint to resume from: rerun without --resume (and --force)")
-        w = cls(path, cfg, run_id, provenance, byzantine, max_selected, record_weights)
+        w = cls(path, cfg, run_id, provenance, byzantine, max_selected, record_weights, record_absent)
         w.created = attrs["created"]
         k = int(old["checkpoint"]["step"]) + 1   # records past the checkpoint are redone
         w.done = k
@@ -86,11 +88,13 @@ class ResultsWriter:
         w.selected[:k] = old["selection"]["selected"][:k]
         if w.weights is not None and "weights" in old["selection"]:
             w.weights[:k] = old["selection"]["weights"][:k]
+        if w.absent is not None and "absent" in old["selection"]:
+            w.absent[:k] = old["selection"]["absent"][:k]
         w.extra_attrs["resumed_at_steps"] = list(attrs.get("resumed_at_steps", [])) + [k]
         return w, old["checkpoint"]
 
     def record(self, step: int, loss: float, test_accuracy: float, timing: dict,
-               selected, weights=None) -> None:
+               selected, weights=None, absent=None) -> None:
         i = self.done
         self.step[i] = step
         self.metrics["loss"][i] = loss
@@ -102,6 +106,8 @@ class ResultsWriter:
             self.selected[i, : sel.size] = sel
         if self.weights is not None and weights is not None:
             self.weights[i] = weights
+        if self.absent is not None and absent is not None:
+            self.absent[i] = absent
         self.done += 1
 
     def flush(self, status: str = "running") -> None:
@@ -140,6 +146,8 @@ class ResultsWriter:
             g.create_dataset("selected", data=self.selected[:k])
             if self.weights is not None:
                 g.create_dataset("weights", data=self.weights[:k])
+            if self.absent is not None:
+                g.create_dataset("absent", data=self.absent[:k])
             g.create_dataset("byzantine", data=self.byzantine)
             for name, value in self.extra_selection.items():
                 g.create_dataset(name, data=value)

@@ -17,6 +17,8 @@ So a rerun with the same seed gives the same selections.
 """
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -101,6 +103,34 @@ def _agree_on_setup(cfg: dict, comm: Comm) -> Setup:
     return setup
 
 
+class Watchdog(threading.Thread):
+    """Ends a run that stops making progress (a hung rank, a lost message): rank 0 keeps the last
+    checkpoint on disk, says what happened in one line, and aborts every rank."""
+
+    def __init__(self, timeout_s: float, writer, comm: Comm):
+        super().__init__(daemon=True, name="krum-mpi-watchdog")
+        self.timeout_s, self.writer, self.comm = timeout_s, writer, comm
+        self.last = time.monotonic()
+        self._stopped = threading.Event()
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def run(self) -> None:
+        while not self._stopped.wait(min(1.0, self.timeout_s / 4)):
+            if time.monotonic() - self.last > self.timeout_s:
+                done = self.writer.done
+                self.writer.flush("failed")
+                print(f"krum-mpi: error: no step finished for {self.timeout_s:g} s after step {done - 1} "
+                      f"(a rank is hung or dead): results and last checkpoint kept in {self.writer.path}; "
+                      "fix the cause, then rerun with --resume", file=sys.stderr, flush=True)
+                self.comm.abort(4)
+                return
+
+
 class StopRequest:
     """Set by a signal handler (SIGTERM, SIGUSR1); checked collectively once per step."""
 
@@ -125,6 +155,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     run_cfg, opt = cfg["run"], cfg["optimizer"]
     steps, eval_every, batch_size = run_cfg["steps"], run_cfg["eval_every"], cfg["workers"]["batch_size"]
     flush_every = run_cfg["checkpoint_every"] or eval_every
+    deadline, faults = run_cfg["gather_deadline_s"], cfg["faults"]
     lr, mu, worker_momentum = opt["lr"], opt["momentum"], opt["momentum_at"] == "worker"
     n, d, k = s.n, s.d, len(s.local_workers)
     local_is_byz = s.byzantine[s.local_workers]
@@ -159,11 +190,34 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
         def aggregate_fn(Z):  # the rule in use, as a pure function, for attacks that search against it
             return rule(Z, f_declared, **rule_opts)
 
+        everyone = np.ones(n, dtype=bool)
+        zero_update = np.zeros(d, dtype=np.float32)
+        rules_by_count = {n: s.aggregator}
+
+        def aggregate_present(X, present):
+            """The rule on the rows that arrived (all of them unless a deadline was missed).
+
+            With absent workers the rule runs on the m vectors received with the same declared f;
+            if m is below the rule's bound the step applies no update (selected stays empty)."""
+            if present.all():
+                agg = s.aggregator(backend.to_device(X, s.xp))
+                return agg, agg.selected
+            ids = np.flatnonzero(present)
+            try:
+                if ids.size not in rules_by_count:
+                    rules_by_count[ids.size] = aggregators.make(cfg["aggregator"]["name"], ids.size, f_declared,
+                                                                **rule_opts)
+            except ValueError:
+                return None, None
+            agg = rules_by_count[ids.size](backend.to_device(X[ids], s.xp))
+            return agg, (None if agg.selected is None else ids[np.asarray(agg.selected)])
+
         prov = results.provenance(mpi_library_version(), hostnames, comm.size, n, backend.device_description(s.device))
         prov["dataset"] = s.dataset.provenance
         prov["n_params"] = d
         prov["adversary"] = cfg["attack"]["adversary"]
-        args = (out_path, cfg, config.run_id(cfg), prov, s.byzantine, s.aggregator.max_selected, False)
+        args = (out_path, cfg, config.run_id(cfg), prov, s.byzantine, s.aggregator.max_selected, False,
+                deadline > 0)
         worker_rank = np.repeat(np.arange(comm.size, dtype=np.int32), comm.counts)
         error = None
         try:
@@ -209,6 +263,10 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
 
     if comm.is_root and start == 0:
         writer.flush("running")
+    watchdog = None
+    if comm.is_root and run_cfg["watchdog_s"] > 0:
+        watchdog = Watchdog(run_cfg["watchdog_s"], writer, comm)
+        watchdog.start()
     interrupted = 0
     step = start - 1
     try:
@@ -240,19 +298,26 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
                 crafted = s.attack.craft(known, known.shape[0], rng,
                                          aggregate=lambda Z: rule_for_attack(Z, cfg["aggregator"]["f"], **attack_opts))
                 local[:] = backend.to_host(crafted)[byz_offset:byz_offset + k]
+            if comm.rank == faults["slow_rank"] and faults["slow_from"] <= step < faults["slow_until"]:
+                time.sleep(faults["slow_delay_s"])          # injected fault: a slow or silent worker
             t_gather = comm.wtime()
-            comm.gather_rows(local, X)
-            comm.gather_rows(local_meta, meta)
+            if deadline > 0:
+                present_ranks = comm.gather_rows_deadline(local, local_meta, X, meta, deadline)
+            else:
+                comm.gather_rows(local, X)
+                comm.gather_rows(local_meta, meta)
+                present_ranks = None
             gather_s = comm.wtime() - t_gather
 
             if comm.is_root:
+                present = np.repeat(present_ranks, comm.counts) if present_ranks is not None else everyone
                 if len(crafted_rows):
                     rng = np.random.default_rng([s.seed, SEED_ATTACK, step])
                     X[crafted_rows] = backend.to_host(
-                        s.attack.craft(X[honest], len(crafted_rows), rng, aggregate=aggregate_fn))
+                        s.attack.craft(X[honest & present], len(crafted_rows), rng, aggregate=aggregate_fn))
                 t_agg = comm.wtime()
-                agg = s.aggregator(backend.to_device(X, s.xp))
-                g = backend.to_host(agg.vector).astype(np.float32, copy=False)
+                agg, selected = aggregate_present(X, present)
+                g = zero_update if agg is None else backend.to_host(agg.vector).astype(np.float32, copy=False)
                 backend.synchronize(s.xp)
                 aggregate_s = comm.wtime() - t_agg
 
@@ -268,10 +333,14 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
                 acc = np.nan
                 if (step + 1) % eval_every == 0 or step == steps - 1:
                     acc = s.model.accuracy(theta, s.test_X, s.test_y)
-                honest_loss = float(np.mean(meta[honest, 0])) if honest.any() else float("nan")
-                timing = {"compute_s": float(meta[:, 1].max()), "gather_s": gather_s,
+                counted = honest & present
+                honest_loss = float(np.mean(meta[counted, 0])) if counted.any() else float("nan")
+                timing = {"compute_s": float(meta[present, 1].max()), "gather_s": gather_s,
                           "aggregate_s": aggregate_s, "update_s": update_s, "step_s": step_s}
-                writer.record(step, honest_loss, acc, timing, agg.selected, agg.weights)
+                writer.record(step, honest_loss, acc, timing, selected, None if agg is None else agg.weights,
+                              absent=~present)
+                if watchdog is not None:
+                    watchdog.beat()
             if (step + 1) % flush_every == 0 and step != steps - 1:
                 save(step, "running")
     except BaseException:
@@ -279,6 +348,9 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
             writer.flush("failed")   # records so far; the last checkpoint stays the one on disk
         raise
 
+    if watchdog is not None:
+        watchdog.stop()
+    comm.finish_late()
     save(step, "interrupted" if interrupted else "complete")
     comm.write_audit()
     if not comm.is_root:
