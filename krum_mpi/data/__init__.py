@@ -1,0 +1,41 @@
+"""Datasets for krum-mpi: find, load, shard, batch.
+
+    ds = open_dataset(cfg["data"], seed=cfg["run"]["seed"])
+    shard = ds.shard(worker, n_workers)          # this worker's part of the training set
+    X, y = shard.batch(step, batch_size)         # float32 (b, p), int64 (b,): same seed, same batch
+    X_test, y_test = ds.test_set()
+
+``data.name`` picks the source: ``spambase`` (UCI CSV), ``mnist`` (IDX gzip), ``synthetic`` (generated
+on the fly, any size) or ``hdf5`` (the on-disk format of ``krum_mpi.data.store``, read row by row).
+"""
+from __future__ import annotations
+
+from ..errors import DataError
+from .base import ArrayDataset, Dataset, Shard
+from .paths import data_dir
+
+
+def _with_defaults(data_cfg: dict) -> dict:
+    from ..config import DEFAULTS
+
+    return {**DEFAULTS["data"], **(data_cfg or {})}
+
+
+def open_dataset(data_cfg: dict, seed: int = 0) -> Dataset:
+    """The dataset described by a (resolved) ``data`` config section. Raises DataError (one line)."""
+    cfg = _with_defaults(data_cfg)
+    name = cfg["name"]
+    if name == "spambase":
+        from . import spambase as module
+    elif name == "mnist":
+        from . import mnist as module
+    elif name == "synthetic":
+        from . import synthetic as module
+    elif name == "hdf5":
+        from . import store as module
+    else:
+        raise DataError(f"unknown data.name {name!r}: use spambase, mnist, synthetic or hdf5")
+    return module.load(cfg, seed)
+
+
+__all__ = ["open_dataset", "data_dir", "Dataset", "ArrayDataset", "Shard", "DataError"]
