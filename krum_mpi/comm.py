@@ -187,6 +187,20 @@ class Comm:
         self.world.Allreduce([buf, self.MPI.INT64_T], [out, self.MPI.INT64_T], op=self.MPI.MIN)
         return int(out[0])
 
+    def ranks_on_this_node(self) -> int:
+        """How many ranks of the job share this node (to split its cores between them)."""
+        node = self.world.Split_type(self.MPI.COMM_TYPE_SHARED, key=self.rank)
+        size = node.Get_size()
+        node.Free()
+        return size
+
+    def gather_values(self, value: float) -> np.ndarray | None:
+        """One float64 from every rank, on rank 0 (None elsewhere)."""
+        out = np.empty(self.size, dtype=np.float64) if self.is_root else None
+        self.world.Gather([np.array([value], dtype=np.float64), self.MPI.DOUBLE],
+                          [out, self.MPI.DOUBLE] if self.is_root else None, root=0)
+        return out
+
     def max_value(self, value: float) -> float:
         buf = np.array([value], dtype=np.float64)
         out = np.zeros(1, dtype=np.float64)

@@ -8,6 +8,7 @@ Schema (version 1; docs/results-schema.md is the reference for users):
     /metrics/loss           float64 (steps_done,)  mean minibatch loss of the honest workers
     /metrics/test_accuracy  float64 (steps_done,)  NaN where not evaluated
     /timing/{compute_s, gather_s, aggregate_s, update_s, step_s}  float64 (steps_done,)
+    /timing/worker_compute_s  float64 (steps_done, n)  every worker's gradient time (NaN: absent)
     /selection/selected     int32   (steps_done, max_selected)  worker ids, best first, -1 padded
     /selection/weights      float32 (steps_done, n)  only for rules that weight workers
     /selection/byzantine    bool    (n,)
@@ -61,6 +62,7 @@ class ResultsWriter:
         self.selected = np.full((steps, max_selected), -1, dtype=np.int32)
         self.weights = np.full((steps, n), np.nan, dtype=np.float32) if record_weights else None
         self.absent = np.zeros((steps, n), dtype=bool) if record_absent else None
+        self.worker_compute = np.full((steps, n), np.nan)
         self.extra_attrs: dict = {}
         self.checkpoint: dict | None = None   # set by the training loop before each flush
         self.extra_selection: dict = {}       # per-worker arrays, e.g. worker_rank
@@ -85,6 +87,8 @@ class ResultsWriter:
             w.metrics[name][:k] = old["metrics"][name][:k]
         for name in TIMINGS:
             w.timing[name][:k] = old["timing"][name][:k]
+        if "worker_compute_s" in old["timing"]:
+            w.worker_compute[:k] = old["timing"]["worker_compute_s"][:k]
         w.selected[:k] = old["selection"]["selected"][:k]
         if w.weights is not None and "weights" in old["selection"]:
             w.weights[:k] = old["selection"]["weights"][:k]
@@ -94,7 +98,7 @@ class ResultsWriter:
         return w, old["checkpoint"]
 
     def record(self, step: int, loss: float, test_accuracy: float, timing: dict,
-               selected, weights=None, absent=None) -> None:
+               selected, weights=None, absent=None, worker_compute_s=None) -> None:
         i = self.done
         self.step[i] = step
         self.metrics["loss"][i] = loss
@@ -108,6 +112,8 @@ class ResultsWriter:
             self.weights[i] = weights
         if self.absent is not None and absent is not None:
             self.absent[i] = absent
+        if worker_compute_s is not None:
+            self.worker_compute[i] = worker_compute_s
         self.done += 1
 
     def flush(self, status: str = "running") -> None:
@@ -142,6 +148,7 @@ class ResultsWriter:
             g = h5.create_group("timing")
             for name, arr in self.timing.items():
                 g.create_dataset(name, data=arr[:k])
+            g.create_dataset("worker_compute_s", data=self.worker_compute[:k])
             g = h5.create_group("selection")
             g.create_dataset("selected", data=self.selected[:k])
             if self.weights is not None:

@@ -17,6 +17,7 @@ So a rerun with the same seed gives the same selections.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -88,6 +89,26 @@ class Setup:
             self.test_X, self.test_y = self.dataset.test_set()
 
 
+def limit_blas_threads(comm: Comm) -> int:
+    """One node's cores split between its ranks: oversubscribed BLAS threads made a 2-core node with
+    4 ranks about ten times slower per gradient. An explicit OMP/OPENBLAS/MKL_NUM_THREADS wins."""
+    if any(os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
+        return 0
+    threads = max(1, (os.cpu_count() or 1) // comm.ranks_on_this_node())
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=threads, user_api="blas")
+    except Exception:   # threadpoolctl missing or no BLAS found: keep the library's default
+        return 0
+    return threads
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def _agree_on_setup(cfg: dict, comm: Comm) -> Setup:
     """Build the setup on every rank; if any rank fails, the lowest failing rank reports and all stop."""
     error = None
@@ -151,6 +172,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     """
     comm = comm or Comm(cfg["workers"]["n"])
     stop = stop or StopRequest()
+    blas_threads = limit_blas_threads(comm)
     s = _agree_on_setup(cfg, comm)
     run_cfg, opt = cfg["run"], cfg["optimizer"]
     steps, eval_every, batch_size = run_cfg["steps"], run_cfg["eval_every"], cfg["workers"]["batch_size"]
@@ -216,6 +238,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
         prov["dataset"] = s.dataset.provenance
         prov["n_params"] = d
         prov["adversary"] = cfg["attack"]["adversary"]
+        prov["blas_threads_per_rank"] = blas_threads or "library default"
         args = (out_path, cfg, config.run_id(cfg), prov, s.byzantine, s.aggregator.max_selected, False,
                 deadline > 0)
         worker_rank = np.repeat(np.arange(comm.size, dtype=np.int32), comm.counts)
@@ -236,8 +259,10 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
             theta[:] = checkpoint["params"]
             if server_mom is not None:
                 server_mom[:] = checkpoint["server_momentum"]
-            if hasattr(s.aggregator, "load_state_dict") and "aggregator_state" in checkpoint:
-                s.aggregator.load_state_dict(checkpoint["aggregator_state"])
+            prefix = "aggregator_state."
+            saved = {k[len(prefix):]: backend.to_device(v, s.xp) for k, v in checkpoint.items() if k.startswith(prefix)}
+            if saved:                 # stateful rules (centered clipping) carry state between steps
+                s.aggregator.state = saved
         else:
             theta[:] = s.model.init(np.random.default_rng([s.seed, SEED_PARAMS]))
     else:
@@ -249,16 +274,19 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
 
     def save(step_done: int, status: str) -> None:
         """Collective: gather what a resume needs; rank 0 flushes results and checkpoint atomically."""
+        rss = comm.gather_values(peak_rss_mib())
         all_mom = None
         if worker_mom is not None:
             all_mom = np.empty((n, d), dtype=np.float32) if comm.is_root else None
             comm.gather_rows(worker_mom, all_mom)
         if not comm.is_root:
             return
-        state = s.aggregator.state_dict() if hasattr(s.aggregator, "state_dict") else None
+        writer.extra_attrs["peak_rss_mib"] = rss     # per rank, at this flush
         writer.checkpoint = {"step": step_done, "params": theta.copy(),
                              "server_momentum": None if server_mom is None else server_mom.copy(),
-                             "worker_momentum": all_mom, "aggregator_state": state}
+                             "worker_momentum": all_mom}
+        for key, value in getattr(s.aggregator, "state", {}).items():
+            writer.checkpoint[f"aggregator_state.{key}"] = backend.to_host(value)
         writer.flush(status)
 
     if comm.is_root and start == 0:
@@ -338,7 +366,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
                 timing = {"compute_s": float(meta[present, 1].max()), "gather_s": gather_s,
                           "aggregate_s": aggregate_s, "update_s": update_s, "step_s": step_s}
                 writer.record(step, honest_loss, acc, timing, selected, None if agg is None else agg.weights,
-                              absent=~present)
+                              absent=~present, worker_compute_s=np.where(present, meta[:, 1], np.nan))
                 if watchdog is not None:
                     watchdog.beat()
             if (step + 1) % flush_every == 0 and step != steps - 1:
