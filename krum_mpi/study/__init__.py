@@ -1,0 +1,14 @@
+"""Studies: sweeps of runs from a spec, run here with mpiexec or submitted to SLURM as job arrays.
+
+    spec.py      the study spec (base config, sweep axes, launch settings, exclusions)
+    plan.py      expand a spec into runs with stable ids, check each config, estimate the cost
+    folder.py    the study folder: plan, results, logs, exit statuses, SLURM submissions
+    local.py     run a study on this machine, a few runs at a time
+    slurm.py     site profiles, job scripts (templates.py), sbatch, squeue / sacct
+    status.py    done / running / failed / pending per run
+    cli.py       ``krum-mpi study plan|run|submit|status|render``
+"""
+from .plan import Plan, Run, make_plan
+from .spec import Spec, load_spec
+
+__all__ = ["Spec", "load_spec", "Plan", "Run", "make_plan"]

@@ -1,0 +1,222 @@
+"""``krum-mpi study``: sweeps of runs, planned, run here with mpiexec, or submitted to SLURM.
+
+    krum-mpi study plan SPEC                     expand, check every run's config, print runs and cost
+    krum-mpi study run SPEC --local [--jobs N]   run here, N runs at a time (skips complete runs)
+    krum-mpi study submit SPEC [--profile P]     SLURM job arrays + an analysis job (skips complete runs)
+    krum-mpi study status SPEC|DIR               done / running / failed (with log tails) / pending
+    krum-mpi study render SPEC [--profile P]     write the job scripts beside the spec (jobs/)
+
+The study folder is --dir, else study.dir of the spec, else studies/<name> (relative to here).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..errors import KrumMPIError
+from . import bench_job, slurm
+from .folder import PLAN_FILE, StudyFolder
+from .plan import format_table, make_plan
+from .spec import load_spec
+from .status import format_failures, format_status, run_states
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"krum-mpi: error: {message} (see '{self.prog} --help')\n")
+
+
+def _planned(spec, check_models: bool = True):
+    """Plan the spec; print every invalid run (one line each) and raise if any."""
+    plan = make_plan(spec, check_models=check_models)
+    for line in plan.invalid:
+        print(f"krum-mpi study: invalid {line}", file=sys.stderr)
+    plan.check()
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return plan
+
+
+def _folder(spec, given) -> StudyFolder:
+    return StudyFolder(given or spec.dir or Path("studies") / spec.name)
+
+
+def _profile(args, spec) -> dict:
+    return slurm.load_profile(args.profile or spec.profile)
+
+
+def cmd_plan(args) -> int:
+    spec = load_spec(args.spec)
+    if spec.bench:
+        print(bench_job.describe(spec))
+        return 0
+    plan = _planned(spec)
+    print(format_table(plan))
+    print(f"study folder: {_folder(spec, args.dir).path}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    if not args.local:
+        raise KrumMPIError("say where to run: 'krum-mpi study run SPEC --local' runs here with mpiexec; "
+                           "'krum-mpi study submit SPEC' submits to SLURM")
+    if args.jobs < 1:
+        raise KrumMPIError(f"--jobs {args.jobs} must be >= 1")
+    from .local import mpiexec_path, run_local
+
+    spec = load_spec(args.spec)
+    folder = _folder(spec, args.dir)
+    if spec.bench:
+        return bench_job.run_here(spec, folder)
+    plan = _planned(spec)
+    mpiexec = args.mpiexec or mpiexec_path()
+    folder.write_plan(plan.to_dict(), plan.base_name, plan.base_text)
+    outcome = run_local(plan.to_dict(), folder, jobs=args.jobs, mpiexec=mpiexec)
+    print(f"study {spec.name}: {len(outcome['done'])} runs done, {len(outcome['failed'])} failed, "
+          f"{len(outcome['skipped'])} already complete; results in {folder.runs}")
+    if outcome["failed"]:
+        print("\n".join(format_failures(folder, run_states(plan.to_dict(), folder, None), args.tail)))
+        return 1
+    return 0
+
+
+def cmd_submit(args) -> int:
+    spec = load_spec(args.spec)
+    profile = _profile(args, spec)
+    folder = _folder(spec, args.dir)
+    if spec.bench:
+        return bench_job.submit(spec, profile, folder, args.dry_run)
+    plan = _planned(spec)
+    if not args.dry_run:
+        slurm.check_reachable()
+    folder.write_plan(plan.to_dict(), plan.base_name, plan.base_text)
+    plan_dict = plan.to_dict()
+
+    # skip runs that are done, and runs still queued or running from an earlier submission
+    states = run_states(plan_dict, folder, None if args.dry_run else _slurm_states(folder))
+    in_flight = {s.id for s in states if s.job}
+    done = {s.id for s in states if s.state == "done"}
+    todo = [r for r in plan_dict["runs"] if r["id"] not in done | in_flight]
+    print(f"study {spec.name}: {len(plan_dict['runs'])} runs: {len(done)} complete, {len(in_flight)} "
+          f"queued or running, {len(todo)} to submit")
+    if not todo:
+        return 0
+    script_dir = folder.next_submission_dir()
+    files, tasks = slurm.render(plan_dict, todo, profile, str(folder.path), plan.base_text, str(script_dir),
+                                report=not args.no_report)
+    slurm.write_scripts(files, script_dir)
+    if args.dry_run:
+        print(f"dry run: job scripts in {script_dir} (submit with: bash {script_dir / 'submit.sh'})")
+        return 0
+    (folder.slurm / "logs").mkdir(parents=True, exist_ok=True)
+    submitted_at = time.time()
+    jobs = slurm.submit(script_dir)
+    folder.add_submission({"time": submitted_at, "scripts": str(script_dir), "arrays": jobs["arrays"],
+                           "tasks": tasks, "report": jobs["report"]})
+    for script, job in jobs["arrays"].items():
+        print(f"submitted array job {job}: {script} ({len(tasks[script])} tasks)")
+    if jobs["report"]:
+        print(f"submitted analysis job {jobs['report']} (after all of them)")
+    print(f"follow with: krum-mpi study status {folder.path}")
+    return 0
+
+
+def _slurm_states(folder: StudyFolder):
+    """SLURM states of the study's jobs, or None (with a note) when SLURM cannot be asked."""
+    records = folder.submissions()
+    job_ids = [j for r in records for j in r["arrays"].values()]
+    job_ids += [r[k] for r in records for k in ("report", "bench") if r.get(k)]
+    if not job_ids:
+        return {}
+    try:
+        return slurm.job_states(job_ids)
+    except KrumMPIError as exc:
+        print(f"note: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_status(args) -> int:
+    target = Path(args.target)
+    if target.is_dir():
+        folder = StudyFolder(target)
+        plan_dict = folder.read_plan()
+    else:
+        spec = load_spec(target)
+        folder = _folder(spec, args.dir)
+        if spec.bench:
+            print(bench_job.status(spec, folder, _slurm_states(folder)))
+            return 0
+        has_plan = (folder.path / PLAN_FILE).is_file()
+        plan_dict = folder.read_plan() if has_plan else _planned(spec, check_models=False).to_dict()
+    states_slurm = _slurm_states(folder)
+    records = folder.submissions()
+    report = None
+    if records and records[-1]["report"]:
+        job = records[-1]["report"]
+        report = f"{job} {(states_slurm or {}).get(job, 'unknown').lower()}"
+    states = run_states(plan_dict, folder, states_slurm)
+    print(format_status(plan_dict, folder, states, args.tail, report))
+    return 0
+
+
+def cmd_render(args) -> int:
+    spec = load_spec(args.spec)
+    profile = _profile(args, spec)
+    out = Path(args.out) if args.out else spec.path.parent
+    study_path = args.study_dir or spec.dir or f"studies/{spec.name}"
+    if spec.bench:
+        files = slurm.render_bench(spec, profile, study_path, str(out))
+    else:
+        plan = _planned(spec)
+        runs = plan.to_dict()["runs"]
+        files, _ = slurm.render(plan.to_dict(), runs, profile, study_path, plan.base_text, str(out))
+    slurm.write_scripts(files, out)
+    print(f"wrote {', '.join(sorted(files))} to {out} (study folder {study_path}, profile {profile['name']})")
+    return 0
+
+
+def main(argv) -> int:
+    p = _Parser(prog="krum-mpi study", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    q = sub.add_parser("plan", help="expand the spec, check every run, print runs and a cost estimate")
+    q.add_argument("spec")
+    q.add_argument("--dir", help="study folder (default: study.dir, else studies/<name>)")
+    q.set_defaults(func=cmd_plan)
+
+    q = sub.add_parser("run", help="run the study on this machine (--local)")
+    q.add_argument("spec")
+    q.add_argument("--local", action="store_true", help="run here, each run under mpiexec -n RANKS")
+    q.add_argument("--jobs", "-j", type=int, default=1, help="runs at a time (default 1)")
+    q.add_argument("--dir", help="study folder (default: study.dir, else studies/<name>)")
+    q.add_argument("--mpiexec", help="mpiexec to use (default: $MPIEXEC, the one beside python, PATH)")
+    q.add_argument("--tail", type=int, default=8, help="log lines shown per failed run")
+    q.set_defaults(func=cmd_run)
+
+    q = sub.add_parser("submit", help="submit SLURM job arrays and an analysis job")
+    q.add_argument("spec")
+    q.add_argument("--profile", help="site profile: a name in hpc/profiles/ or a .toml path")
+    q.add_argument("--dir", help="study folder (default: study.dir, else studies/<name>)")
+    q.add_argument("--dry-run", action="store_true", help="render the job scripts, submit nothing")
+    q.add_argument("--no-report", action="store_true", help="submit no analysis job")
+    q.set_defaults(func=cmd_submit)
+
+    q = sub.add_parser("status", help="done / running / failed / pending runs of a study")
+    q.add_argument("target", metavar="SPEC|DIR")
+    q.add_argument("--dir", help="study folder, when SPEC is given")
+    q.add_argument("--tail", type=int, default=8, help="log lines shown per failed run")
+    q.set_defaults(func=cmd_status)
+
+    q = sub.add_parser("render", help="write the study's job scripts (for jobs/ or plain sbatch)")
+    q.add_argument("spec")
+    q.add_argument("--profile", help="site profile: a name in hpc/profiles/ or a .toml path")
+    q.add_argument("--out", help="folder for the scripts (default: beside the spec)")
+    q.add_argument("--study-dir", help="study folder as the jobs see it (default: studies/<name>, "
+                                       "relative to where submit.sh is run)")
+    q.set_defaults(func=cmd_render)
+
+    args = p.parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,157 @@
+"""Run a study on this machine: each run under ``mpiexec -n RANKS``, a few runs at a time.
+
+Each run writes ``runs/<id>.h5``, appends its output to ``runs/<id>.log`` and, when it ends, its exit
+status to ``runs/<id>.exit`` (the same files a SLURM array task writes). Runs whose results are
+already complete are skipped, so an interrupted study is resumed by running it again.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from ..errors import KrumMPIError
+from .folder import StudyFolder, is_complete
+
+POLL_S = 0.1
+EXIT_TIMEOUT = 124       # what timeout(1) returns; written when a run overruns launch.time
+EXIT_INTERRUPTED = 130
+
+
+def mpiexec_path() -> str:
+    """$MPIEXEC, else the mpiexec beside this Python (the mpich wheel puts it there), else PATH's."""
+    if os.environ.get("MPIEXEC"):
+        return os.environ["MPIEXEC"]
+    beside = Path(sys.executable).parent / "mpiexec"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("mpiexec")
+    if found is None:
+        raise KrumMPIError("mpiexec not found: pip install mpich (or set MPIEXEC to your MPI's mpiexec)")
+    return found
+
+
+def run_command(folder: StudyFolder, base_name: str, run: dict, mpiexec: str) -> list[str]:
+    """The command of one run: ``mpiexec -n R python -m krum_mpi run BASE --set ... --out runs/ID.h5``."""
+    cmd = [mpiexec, "-n", str(run["ranks"]), sys.executable, "-m", "krum_mpi", "run",
+           str(folder.path / base_name)]
+    for item in run["overrides"]:
+        cmd += ["--set", item]
+    return cmd + ["--out", str(folder.result(run["id"])), "--force"]
+
+
+class Progress:
+    """A plain-text progress bar over runs on stderr (redrawn in place on a terminal)."""
+
+    def __init__(self, total: int, stream=None, width: int = 30):
+        self.total, self.width = total, width
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.monotonic()
+        self.last = None
+
+    def update(self, done: int, failed: int, running: int, final: bool = False) -> None:
+        state = (done, failed, running)
+        if state == self.last and not (final and self.tty):
+            return
+        self.last = state
+        finished = done + failed
+        filled = self.width * finished // max(self.total, 1)
+        elapsed = int(time.monotonic() - self.start)
+        line = (f"[{'#' * filled}{'.' * (self.width - filled)}] {finished}/{self.total} runs: "
+                f"{done} done, {failed} failed, {running} running ({elapsed // 60}:{elapsed % 60:02d})")
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+class _Running:
+    def __init__(self, run: dict, cmd: list[str], folder: StudyFolder, env: dict, time_s: float):
+        self.run, self.folder = run, folder
+        folder.exit_file(run["id"]).unlink(missing_ok=True)
+        self.log = open(folder.log(run["id"]), "a")
+        stamp = datetime.now().astimezone().isoformat(timespec="seconds")
+        self.log.write(f"== run {run['id']}: local, {stamp}\n== {' '.join(cmd)}\n")
+        self.log.flush()
+        # a session of its own, so a timeout or Ctrl-C stops mpiexec and every rank together
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        self.deadline = time.monotonic() + time_s
+
+    def poll(self):
+        """The exit status once the run has ended (killing it past its time limit), else None."""
+        rc = self.proc.poll()
+        if rc is None and time.monotonic() > self.deadline:
+            self.stop("time limit (launch.time) reached")
+            rc = EXIT_TIMEOUT
+        elif rc is not None and rc < 0:
+            rc = 128 - rc   # killed by signal -rc: report as a shell would
+        if rc is not None:
+            self.finish(rc)
+        return rc
+
+    def stop(self, why: str) -> None:
+        self.log.write(f"== stopping: {why}\n")
+        self.log.flush()
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def finish(self, rc: int) -> None:
+        stamp = datetime.now().astimezone().isoformat(timespec="seconds")
+        self.log.write(f"== exit {rc}, {stamp}\n")
+        self.log.close()
+        self.folder.exit_file(self.run["id"]).write_text(f"{rc}\n")
+
+
+def run_local(plan: dict, folder: StudyFolder, jobs: int = 1, mpiexec: str | None = None,
+              stream=None) -> dict:
+    """Run every run of ``plan`` (a study.json dict) not yet complete, ``jobs`` at a time.
+
+    Returns {"done": [ids], "failed": [ids], "skipped": [ids]}.
+    """
+    from .spec import parse_time
+
+    mpiexec = mpiexec or mpiexec_path()
+    todo = [r for r in plan["runs"] if not is_complete(folder.result(r["id"]))]
+    skipped = [r["id"] for r in plan["runs"] if r not in todo]
+    progress = Progress(len(todo), stream)
+    env = dict(os.environ)
+    running, done, failed = [], [], []
+    queue = list(todo)
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                run = queue.pop(0)
+                cmd = run_command(folder, plan["base"], run, mpiexec)
+                running.append(_Running(run, cmd, folder, env, parse_time(run["time"])))
+            for r in list(running):
+                rc = r.poll()
+                if rc is None:
+                    continue
+                running.remove(r)
+                ok = rc == 0 and is_complete(folder.result(r.run["id"]))
+                (done if ok else failed).append(r.run["id"])
+            progress.update(len(done), len(failed), len(running))
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        for r in running:
+            r.stop("interrupted")
+            r.finish(EXIT_INTERRUPTED)
+        raise
+    progress.update(len(done), len(failed), 0, final=True)
+    return {"done": done, "failed": failed, "skipped": skipped}

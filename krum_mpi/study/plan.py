@@ -1,0 +1,213 @@
+"""Expand a study spec into runs, check every run's config, estimate what the study costs.
+
+A run is the base config plus that run's ``--set`` overrides, launched on ``ranks`` MPI ranks. Its id
+is a short hash of its resolved config and its ranks (and nodes, when given), so the same run gets
+the same id (and the same results file) whatever the spec around it, and finished runs are found
+again when a study grows.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+from .. import config
+from ..errors import ConfigError, KrumMPIError
+from . import tomlwrite
+from .spec import Spec, excluded
+
+
+@dataclass
+class Run:
+    id: str
+    ranks: int
+    nodes: int
+    gpus: int
+    time: str
+    group: int
+    needs_gpu: bool          # run.device or workers.device is "gpu" (SLURM then asks for GPUs)
+    overrides: list          # ["aggregator.name=krum", ...]: exactly what `krum-mpi run --set` gets
+    labels: dict             # {swept key: value}: what tells this run apart in tables
+    config: dict = field(repr=False, default_factory=dict)   # the resolved run config
+    n_params: int | None = None                               # model size, when the data is readable
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    runs: list
+    invalid: list            # ["run 3 (aggregator.name=krum ...): message", ...]
+    notes: list
+    base_text: str
+    base_name: str
+
+    def check(self) -> None:
+        """Raise ConfigError if any run is invalid (the caller prints ``invalid`` first)."""
+        if self.invalid:
+            total = len(self.runs) + len(self.invalid)
+            raise ConfigError(f"{len(self.invalid)} of {total} runs of study {self.spec.name} have invalid "
+                              "configs (listed above): fix the base or the sweep, or exclude them")
+
+    def to_dict(self) -> dict:
+        """What study.json keeps: enough to run, submit and report without the spec."""
+        return {"name": self.spec.name, "spec": str(self.spec.path), "description": self.spec.description,
+                "base": self.base_name, "base_source": self.spec.base_source,
+                "runs": [{k: v for k, v in asdict(r).items() if k not in ("config", "n_params")}
+                         for r in self.runs]}
+
+
+def override(key: str, value) -> str:
+    """``key=value`` such that ``config.parse_value`` reads back ``value`` (bare words stay bare)."""
+    if isinstance(value, str) and value == value.strip() and value and config.parse_value(value) == value:
+        return f"{key}={value}"
+    return f"{key}={tomlwrite.literal(value)}"
+
+
+def run_id(cfg: dict, ranks: int, nodes: int) -> str:
+    key = {"config": cfg, "ranks": ranks}
+    if nodes:
+        key["nodes"] = nodes
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def make_plan(spec: Spec, check_models: bool = True) -> Plan:
+    """Every run of the spec, each config validated; bad runs are collected, not raised."""
+    base_text = tomlwrite.dumps(spec.base, header=f"Base run config of study {spec.name} "
+                                                  f"(from {spec.base_source}).")
+    base_name = f"base-{hashlib.sha256(base_text.encode()).hexdigest()[:8]}.toml"
+    runs, invalid, notes, seen, n_excluded = [], [], [], {}, 0
+    dims = _Dims() if check_models else None
+    for index, assignment in enumerate(spec.combinations()):
+        launch = dict(spec.launch)
+        launch.update({k[len("launch."):]: v for k, v in assignment.items() if k.startswith("launch.")})
+        sets = [override(k, v) for k, v in assignment.items() if not k.startswith("launch.")]
+        raw = config.apply_overrides(spec.base, sets)
+        defaults_and_raw = {s: {**config.DEFAULTS[s], **raw.get(s, {})} for s in config.DEFAULTS}
+        if excluded(spec.exclude, defaults_and_raw, launch):   # before validating: skip what is not wanted
+            n_excluded += 1
+            continue
+        labels = dict(assignment)
+        what = f"run {index} (" + (" ".join(f"{k}={v}" for k, v in labels.items()) or "base") + ")"
+        try:
+            cfg = config.validate(raw)
+            n_params = dims.n_params(cfg, notes) if dims is not None else None
+        except ConfigError as exc:
+            invalid.append(f"{what}: {' '.join(str(exc).split())}")
+            continue
+        if excluded(spec.exclude, cfg, launch):   # again on the resolved config (defaults filled in)
+            n_excluded += 1
+            continue
+        run = Run(id=run_id(cfg, launch["ranks"], launch["nodes"]), ranks=launch["ranks"],
+                  nodes=launch["nodes"], gpus=launch["gpus"], time=launch["time"], group=launch["group"],
+                  needs_gpu="gpu" in (cfg["run"]["device"], cfg["workers"]["device"]),
+                  overrides=sets, labels=labels, config=cfg, n_params=n_params)
+        if run.id in seen:
+            notes.append(f"{what} is the same run as {seen[run.id]} (same resolved config and ranks): kept once")
+            continue
+        seen[run.id] = what
+        runs.append(run)
+    if not runs and not invalid:
+        raise ConfigError(f"{spec.path}: study {spec.name} has no runs: its [[exclude]] rules drop "
+                          f"all {n_excluded} combinations")
+    if n_excluded:
+        notes.append(f"{n_excluded} combinations excluded by [[exclude]]")
+    return Plan(spec=spec, runs=runs, invalid=invalid, notes=notes, base_text=base_text, base_name=base_name)
+
+
+class _Dims:
+    """Data dimensions per data section (read once), to build each run's model as the run will."""
+
+    def __init__(self):
+        self.cache = {}
+
+    def get(self, data_cfg: dict, notes: list):
+        key = json.dumps(data_cfg, sort_keys=True)
+        if key not in self.cache:
+            from ..data import open_dataset
+
+            try:
+                ds = open_dataset(data_cfg, seed=0)
+                self.cache[key] = (ds.n_features, ds.n_classes)
+            except KrumMPIError as exc:
+                self.cache[key] = None
+                notes.append(f"data {data_cfg['name']!r} not readable here, so models of runs using it are "
+                             f"not checked: {' '.join(str(exc).split())}")
+        return self.cache[key]
+
+    def n_params(self, cfg: dict, notes: list):
+        """The run's model size; ConfigError if the model does not fit the data (as the run would)."""
+        dims = self.get(cfg["data"], notes)
+        if dims is None:
+            return None
+        from .. import models
+
+        return models.make(cfg["model"], *dims).n_params
+
+
+# ---------------------------------------------------------------------------------------------
+# A rough cost model, to size a study before running it (not a benchmark). Constants were fitted
+# by eye to runs on a 2-core machine (MLPs on spambase and MNIST, 20-200 workers, 1-2 ranks; e.g.
+# spambase n = 20 on 2 ranks: 8.7 ms/step; Krum n = 200: 97 ms/step); expect a factor 2 either way.
+STARTUP_S = 3.0              # interpreter, imports, data loading, MPI start
+STEP_OVERHEAD_S = 3e-3       # Python, collectives and bookkeeping per step
+WORKER_OVERHEAD_S = 0.4e-3   # per worker gradient, beyond its flops
+FLOPS = 1e10                 # sustained flop/s of the gradient and distance kernels
+EVAL_FLOPS = 2e9             # evaluation (whole test set at once, less efficient here)
+GATHER_BYTES_S = 2e9         # gather bandwidth into rank 0
+PAIR_OVERHEAD_S = 2e-6       # per worker pair in distance-based rules
+EVAL_SAMPLES = 2000          # test set size assumed for evaluation
+
+
+def estimate_seconds(run: Run) -> float | None:
+    """Wall seconds of one run by the cost model above; None when the model size is unknown."""
+    if run.n_params is None:
+        return None
+    cfg, d = run.config, run.n_params
+    n, batch, steps = cfg["workers"]["n"], cfg["workers"]["batch_size"], cfg["run"]["steps"]
+    compute = math.ceil(n / run.ranks) * (WORKER_OVERHEAD_S + 6 * batch * d / FLOPS)
+    gather = n * d * 4 / GATHER_BYTES_S
+    if "krum" in cfg["aggregator"]["name"]:   # pairwise distances: n^2 d
+        aggregate = n * n * (2 * d / FLOPS + PAIR_OVERHEAD_S)
+    else:
+        aggregate = 2 * n * d / FLOPS
+    evaluate = 2 * EVAL_SAMPLES * d / EVAL_FLOPS / cfg["run"]["eval_every"]
+    return STARTUP_S + steps * (STEP_OVERHEAD_S + compute + gather + aggregate + evaluate)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def format_table(plan: Plan) -> str:
+    """The runs, one line each: id, ranks, the swept values, steps, estimated time; then totals."""
+    keys = []
+    for run in plan.runs:
+        keys += [k for k in run.labels if k not in keys and not k.startswith("launch.")]
+    head = ["#", "id", "ranks"] + (["nodes"] if any(r.nodes for r in plan.runs) else []) + keys + ["steps", "est"]
+    rows = []
+    for i, run in enumerate(plan.runs):
+        row = [str(i), run.id, str(run.ranks)] + ([str(run.nodes or "-")] if "nodes" in head else [])
+        row += [_cell(run.labels.get(k, "")) for k in keys]
+        est = estimate_seconds(run)
+        row += [str(run.config["run"]["steps"]), "?" if est is None else "~" + format_duration(est)]
+        rows.append(row)
+    widths = [max(len(r[j]) for r in [head] + rows) for j in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
+    known = [(estimate_seconds(r), r.ranks) for r in plan.runs]
+    total = sum(s * ranks for s, ranks in known if s is not None)
+    unknown = sum(s is None for s, _ in known)
+    lines.append(f"{len(plan.runs)} runs, configs checked; rough cost ~{format_duration(total)} of "
+                 f"rank time ({total / 3600:.2f} core-hours)"
+                 + (f", {unknown} runs not estimated" if unknown else ""))
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
