@@ -1,0 +1,112 @@
+"""The Attack interface and the checks every attack shares.
+
+An attack is built once per run by ``krum_mpi.attacks.make`` (which validates the parameters) and
+then called every step::
+
+    crafted = attack.craft(honest, n_byzantine, rng, aggregate=rule)   # (n_byzantine, d) float32
+
+``honest`` is what the adversary knows: every honest gradient of the step in the omniscient model,
+the Byzantine workers' own honest gradients in the colluding model. ``rng`` is a
+``numpy.random.Generator`` (random draws happen on the host, so a seed gives the same vectors on
+NumPy and CuPy). ``aggregate`` maps an (n, d) array to the (d,) aggregate of the rule in use; only
+the line-search attacks need it. Inputs may be NumPy or CuPy: ``xp`` is taken from ``honest`` and
+the output lives in the same namespace.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from krum_mpi.backend import array_namespace
+
+
+class Attack:
+    """Base class: subclasses set ``name``, ``kind``, ``defaults`` and override ``_craft``."""
+
+    name = "?"
+    kind = "gradient"       # "none" | "gradient" | "data" | "nonfinite"
+    defaults: dict = {}     # parameter -> default value; anything else given to make() is an error
+    source = ""             # where the attack comes from (shown in docs/attacks.md)
+
+    def __init__(self, n_workers: int, n_byzantine: int, f: int, **params):
+        self.n_workers = check_int("n_workers", n_workers, low=1)
+        self.n_byzantine = check_int("n_byzantine", n_byzantine, low=0)
+        self.f = check_int("f", f, low=0)
+        if self.n_byzantine >= self.n_workers:
+            raise ValueError(f"n_byzantine = {n_byzantine} leaves no honest worker among n_workers = "
+                             f"{n_workers}: use n_byzantine < n_workers")
+        if self.f >= self.n_workers:
+            raise ValueError(f"f = {f} must be < n_workers = {n_workers}")
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ValueError(f"attack {self.name!r} has no parameter {unknown[0]!r} (its parameters: {known})")
+        self.params = {**self.defaults, **params}
+        self._validate()
+
+    def _validate(self) -> None:
+        """Check ``self.params``; raise ValueError with one line. Override per attack."""
+
+    def label_map(self, y, n_classes: int):
+        """Labels the Byzantine workers train on: unchanged except for data attacks."""
+        return y
+
+    def craft(self, honest, n_byzantine: int, rng=None, aggregate=None):
+        """The Byzantine vectors of one step: (n_byzantine, d) float32, same namespace as ``honest``."""
+        xp = array_namespace(honest)
+        if getattr(honest, "ndim", None) != 2:
+            raise ValueError(f"honest must be a 2-D (h, d) array, got shape {getattr(honest, 'shape', None)}")
+        n_byzantine = check_int("n_byzantine", n_byzantine, low=0)
+        if n_byzantine == 0:
+            return xp.empty((0, honest.shape[1]), dtype=xp.float32)
+        out = self._craft(xp, honest, n_byzantine, rng, aggregate)
+        return xp.ascontiguousarray(out, dtype=xp.float32)
+
+    def _craft(self, xp, honest, n_byzantine, rng, aggregate):
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({self.name!r}, n={self.n_workers}, byz={self.n_byzantine}, f={self.f}{', ' if args else ''}{args})"
+
+
+# ---- shared helpers ---------------------------------------------------------------------------------
+
+def check_int(name: str, value, low: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} = {value} must be >= {low}")
+    return int(value)
+
+
+def check_real(name: str, value, low: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} = {value} must be >= {low}")
+    return float(value)
+
+
+def check_rng(rng, attack: str) -> np.random.Generator:
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"attack {attack!r} needs rng, a numpy.random.Generator (got {type(rng).__name__})")
+    return rng
+
+
+def honest_mean(xp, honest):
+    """Per-coordinate mean, accumulated in float64 (h is small, d may be large)."""
+    return xp.mean(honest, axis=0, dtype=xp.float64)
+
+
+def honest_std(xp, honest):
+    """Per-coordinate sample standard deviation (ddof = 1, as torch.std in the ALIE code); 0 for h = 1."""
+    if honest.shape[0] < 2:
+        return xp.zeros(honest.shape[1], dtype=xp.float64)
+    return xp.std(honest, axis=0, ddof=1, dtype=xp.float64)
+
+
+def repeat_rows(xp, vector, n_byzantine: int):
+    """Every Byzantine worker sends the same vector (colluders agree on one point)."""
+    return xp.broadcast_to(vector.astype(xp.float32), (n_byzantine, vector.shape[0]))
