@@ -70,15 +70,16 @@ class ResultsWriter:
     @classmethod
     def resume(cls, path, cfg: dict, run_id: str, provenance: dict, byzantine, max_selected: int,
                record_weights: bool, record_absent: bool = False) -> tuple["ResultsWriter", dict]:
-        """Reopen an interrupted run's file: the records up to its checkpoint, and the checkpoint."""
+        """Reopen an interrupted run's file: the records up to its checkpoint, and the checkpoint
+        (None, with a fresh writer, when the run stopped before its first checkpoint)."""
         old = read_run(path)
         attrs = old["attrs"]
         if attrs["run_id"] != run_id:
             raise ResultsError(f"{path} holds another run (run_id {attrs['run_id']}, this config is {run_id}): "
                                "resume with the same config and overrides, or choose another --out")
-        if "checkpoint" not in old:
-            raise ResultsError(f"{path} has no checkpoint to resume from: rerun without --resume (and --force)")
         w = cls(path, cfg, run_id, provenance, byzantine, max_selected, record_weights, record_absent)
+        if "checkpoint" not in old:   # stopped before its first checkpoint: nothing to keep, start again
+            return w, None
         w.created = attrs["created"]
         k = int(old["checkpoint"]["step"]) + 1   # records past the checkpoint are redone
         w.done = k

@@ -243,3 +243,56 @@ def test_a_launcher_that_starts_singletons_is_caught_and_mpiexec_takes_over(slur
     (h5,) = (tmp_path / "out" / "runs").glob("*.h5")
     with h5py.File(h5, "r") as f:
         assert f.attrs["status"] == "complete" and json.loads(f.attrs["provenance"])["n_ranks"] == 2
+
+
+def test_preempted_run_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
+    """SIGTERM to the batch script (as preemption sends it; `--signal=B:USR1@120` before a time limit
+    goes the same way) is forwarded through srun to every rank: they stop at one step, rank 0
+    checkpoints, the run exits 3, the task requeues itself and the requeued start resumes from the
+    checkpoint to a complete run."""
+    spec = tmp_path / "study.toml"
+    long_run = SPEC.replace("steps = 20", "steps = 4000\ncheckpoint_every = 20")
+    spec.write_text(textwrap.dedent(long_run).split("[launch]")[0] +
+                    '[launch]\nranks = 2\nnodes = 2\ntime = "00:03:00"\n[sweep]\n"aggregator.name" = ["krum"]\n')
+    submit = run_cli(["study", "submit", spec, "--profile", "local-test", "--dir", tmp_path / "out", "--no-report"],
+                     env=slurm_cluster.env, cwd=tmp_path, timeout=120)
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    (record,) = json.loads((tmp_path / "out" / "slurm" / "submissions.json").read_text())
+    (job,) = record["arrays"].values()
+    runs = tmp_path / "out" / "runs"
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while True:                                   # wait until the run has checkpointed a few times
+        files = list(runs.glob("*.h5"))
+        if files:
+            try:
+                with h5py.File(files[0], "r") as f:
+                    if f.attrs["steps_done"] >= 100:
+                        break
+            except (OSError, KeyError):
+                pass
+        assert time.monotonic() < deadline, "the run never got going"
+        time.sleep(0.2)
+    signal = subprocess.run(["scancel", "--batch", "--signal=TERM", f"{job}_0"], capture_output=True, text=True,
+                            timeout=30, env={**os.environ, **slurm_cluster.env})
+    assert signal.returncode == 0, signal.stderr
+    env = {**os.environ, **slurm_cluster.env}
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while True:   # SLURM holds a requeued job for a while (BeginTime); a test need not wait for that
+        state = subprocess.run(["squeue", "-h", "-j", f"{job}_0", "-o", "%T|%r"], capture_output=True,
+                               text=True, timeout=30, env=env).stdout.strip()
+        if state.startswith("PENDING"):
+            subprocess.run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], capture_output=True,
+                           timeout=30, env=env)
+            break
+        assert time.monotonic() < deadline, f"the task was not requeued: {state!r}"
+        time.sleep(0.2)
+    assert slurm_cluster.wait([job]) == {f"{job}_0": "COMPLETED"}
+    (h5,) = files
+    with h5py.File(h5, "r") as f:
+        assert f.attrs["status"] == "complete" and f.attrs["steps_done"] == 4000
+        resumed = list(f.attrs["resumed_at_steps"])
+        np.testing.assert_array_equal(f["metrics/step"][()], np.arange(4000))
+    assert len(resumed) == 1 and 100 <= resumed[0] < 4000
+    log = h5.with_suffix(".log").read_text()
+    assert "interrupted with a checkpoint, requeueing" in log
+    assert "interrupted by a signal" in log

@@ -63,6 +63,10 @@ done
 cat > "$DIR/slurm.conf" <<CONF
 # Test cluster made by hpc/slurm-test/start.sh: $NODES node(s) on one host.
 ClusterName=krumtest
+# Job ids that do not repeat across test clusters: MPICH names its shared-memory segments after the
+# PMI key space (job and step id), and a segment left by a killed job of an earlier cluster with the
+# same ids broke MPI_Init of the new job ("Message ... truncated").
+FirstJobId=$(( (RANDOM << 15 | RANDOM) % 50000000 + 1000 ))
 SlurmctldHost=localhost
 SlurmctldPort=$BASE
 SlurmUser=root

@@ -42,7 +42,7 @@ def run_command(folder: StudyFolder, base_name: str, run: dict, mpiexec: str) ->
            str(folder.path / base_name)]
     for item in run["overrides"]:
         cmd += ["--set", item]
-    return cmd + ["--out", str(folder.result(run["id"])), "--force"]
+    return cmd + ["--out", str(folder.result(run["id"])), "--resume"]
 
 
 class Progress:

@@ -8,7 +8,17 @@ ARRAY = r"""#!/bin/bash
 #SBATCH --ntasks=@RANKS@
 @SBATCH_LINES@#SBATCH --time=@TIME@
 #SBATCH --output=@LOG_DIR@/%x-%A_%a.out
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
 set -uo pipefail
+
+# Time limit or preemption: SLURM sends USR1 to this script 120 s before the end (TERM on
+# preemption). Either way the launcher gets USR1 (srun ends the step on TERM but passes USR1 on to
+# every rank); the ranks stop at the same step, rank 0 checkpoints and the run exits with status 3;
+# this task then requeues itself and the next start resumes (--resume).
+RUN_PID=""
+forward_stop() { [ -n "$RUN_PID" ] && kill -USR1 "$RUN_PID" 2>/dev/null; }
+trap forward_stop USR1 TERM
 
 # the study folder (results runs/ID.h5, logs runs/ID.log), and a Python with krum-mpi installed
 STUDY=@STUDY@
@@ -65,9 +75,19 @@ run_one() {
         echo "== no MPI launcher gives $SLURM_NTASKS ranks: see @LOG_DIR@/${SLURM_JOB_NAME}-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.out" >> "$log"
         rc=3
     else
-        echo "== $LAUNCH $PYTHON -m krum_mpi run $BASE $* --out $out --force" >> "$log"
-        $LAUNCH "$PYTHON" -m krum_mpi run "$BASE" "$@" --out "$out" --force >> "$log" 2>&1
-        rc=$?
+        echo "== $LAUNCH $PYTHON -m krum_mpi run $BASE $* --out $out --resume" >> "$log"
+        $LAUNCH "$PYTHON" -m krum_mpi run "$BASE" "$@" --out "$out" --resume >> "$log" 2>&1 &
+        RUN_PID=$!
+        while :; do                  # a trapped signal ends `wait` early: wait again for the run
+            wait "$RUN_PID"; rc=$?
+            kill -0 "$RUN_PID" 2>/dev/null || break
+        done
+        RUN_PID=""
+    fi
+    if [ "$rc" = 3 ]; then           # interrupted with a checkpoint: requeue this array task
+        echo "== interrupted with a checkpoint, requeueing, $(date -Is)" >> "$log"
+        scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+        exit 3
     fi
     echo "== exit $rc, $(date -Is)" >> "$log"
     echo "$rc" > "$STUDY/runs/$id.exit"
