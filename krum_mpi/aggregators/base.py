@@ -1,0 +1,69 @@
+"""What every aggregation rule shares: the result record, input checks and the array namespace.
+
+A rule is a pure function ``rule(X, f, **options) -> Aggregation`` of an (n, d) float array from
+NumPy or CuPy. ``Aggregation.vector`` lives in the input's namespace; ``selected`` and ``weights``
+are small NumPy arrays (they go to the results file every step).
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from krum_mpi.backend import array_namespace  # noqa: F401 (re-exported for the rule modules)
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """One aggregation step.
+
+    vector:   (d,) aggregate, same namespace and dtype as the input.
+    selected: NumPy int64 row indices, best first, or None when the rule selects no rows.
+    weights:  NumPy float64 (n,) weight of each input row in ``vector`` when ``vector`` is a
+              weighted mean of the rows (sum 1), or None for non-linear rules (median ...).
+    """
+
+    vector: object
+    selected: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+
+def to_numpy(x):
+    """A small device array (scores, distances, indices) as a NumPy array."""
+    if isinstance(x, np.ndarray):
+        return x
+    get = getattr(x, "get", None)
+    return np.asarray(get() if get is not None else x)
+
+
+def check_input(X, f):
+    """Validate the (n, d) input and f; returns (n, d). ValueError with one line otherwise."""
+    if not hasattr(X, "ndim") or not hasattr(X, "dtype"):
+        raise ValueError(f"input must be a NumPy or CuPy array, got {type(X).__name__}")
+    if X.ndim != 2:
+        raise ValueError(f"input must be 2-D (n workers, d parameters), got shape {tuple(X.shape)}")
+    n, d = X.shape
+    if n == 0 or d == 0:
+        raise ValueError(f"input is empty (shape {tuple(X.shape)}): need at least one row and one column")
+    if X.dtype not in (np.float32, np.float64):
+        raise ValueError(f"input dtype must be float32 or float64, got {X.dtype}")
+    check_f(f)
+    return n, d
+
+
+def check_f(f):
+    if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
+        raise ValueError(f"f (declared number of Byzantine workers) must be an int, got {f!r}")
+    if f < 0:
+        raise ValueError(f"f (declared number of Byzantine workers) must be >= 0, got {f}")
+
+
+def one_hot_weights(n, rows):
+    """Uniform weights over ``rows`` (the rows a Krum-type rule averaged)."""
+    weights = np.zeros(n, dtype=np.float64)
+    weights[np.asarray(rows)] = 1.0 / len(rows)
+    return weights
+
+
+def weighted_rows(X, weights):
+    """sum_i weights[i] * X[i] without copying rows: one (n,) x (n, d) product in X's namespace."""
+    xp = array_namespace(X)
+    return xp.asarray(weights, dtype=X.dtype) @ X

@@ -1,0 +1,46 @@
+"""Bulyan (El Mhamdi, Guerraoui, Rouault, ICML 2018). Requires n >= 4f + 3.
+
+1. Select theta = n - 2f rows by repeated Krum: Krum on the rows not yet selected (score: sum of the
+   squared distances to the max(1, r - f - 2) closest others, r = rows left: at least one, so that
+   the last picks are not a tie of empty sums), move the winner to the selection, repeat.
+   The distance matrix is computed once and reused.
+2. Per coordinate, average the beta = theta - 2f selected values closest to the median of the
+   selected values (at equal distance the smaller value is kept, as in meamed).
+"""
+import numpy as np
+
+from krum_mpi.aggregators.base import Aggregation, array_namespace, to_numpy
+from krum_mpi.aggregators.coordinatewise import closest_to_median_mean, per_sorted_chunk
+from krum_mpi.aggregators.distances import sq_distances
+from krum_mpi.aggregators.krum import nearest_sums, rank_lowest
+
+
+def check_bulyan_bounds(n, f):
+    if n < 4 * f + 3:
+        raise ValueError(f"bulyan needs n >= 4f + 3, got n={n}, f={f}: lower f or add workers")
+
+
+def recursive_krum(distances, f, theta):
+    """theta row indices chosen one at a time by Krum on the rows left (NumPy int64, in order)."""
+    dist = to_numpy(distances.sq)
+    left = list(range(dist.shape[0]))
+    chosen = []
+    for _ in range(theta):
+        sub = np.ix_(left, left)
+        scores, slack = nearest_sums(dist[sub], distances.err[sub], max(1, len(left) - f - 2))
+        winner = left[int(rank_lowest(scores, 1, slack)[0])]
+        chosen.append(winner)
+        left.remove(winner)
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def bulyan(X, f):
+    """Recursive Krum selection of n - 2f rows, then the coordinate-wise closest-to-median mean."""
+    xp = array_namespace(X)
+    n = X.shape[0]
+    theta = n - 2 * f
+    beta = theta - 2 * f
+    chosen = recursive_krum(sq_distances(X), f, theta)
+    rows = xp.asarray(chosen)
+    vector = per_sorted_chunk(X, lambda xp_, block: closest_to_median_mean(xp_, block, beta), rows=rows)
+    return Aggregation(vector, chosen, None)

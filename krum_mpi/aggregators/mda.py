@@ -1,0 +1,64 @@
+"""Minimum-diameter averaging (MDA), exact: the mean of the n - f rows whose largest pairwise
+distance (diameter) is smallest. Ties go to the lexicographically first subset of row indices.
+
+The search is a depth-first enumeration of subsets in lexicographic order with pruning (a partial
+subset whose diameter already reaches the best one found is abandoned). Its worst case visits
+C(n, f) subsets, so the rule refuses inputs with C(n, f) above ``max_subsets`` (default 10^6).
+A non-finite row is infinitely far from the others: with at most f of them, MDA never picks one.
+"""
+from math import comb
+
+import numpy as np
+
+from krum_mpi.aggregators.base import Aggregation, to_numpy
+from krum_mpi.aggregators.distances import sq_distances
+from krum_mpi.aggregators.rowops import combine_rows
+
+MAX_SUBSETS = 1_000_000
+
+
+def check_mda_bounds(n, f, max_subsets=MAX_SUBSETS):
+    if n < 2 * f + 1:
+        raise ValueError(f"mda needs n >= 2f + 1, got n={n}, f={f}: lower f or add workers")
+    count = comb(n, f)
+    if count > max_subsets:
+        raise ValueError(f"mda would search C(n, f) = C({n}, {f}) = {count} subsets, above the limit "
+                         f"max_subsets={max_subsets}: lower f or n, or raise max_subsets")
+
+
+def min_diameter_subset(dist, size, tol=0.0):
+    """Indices (NumPy int64, increasing) of the size-subset with the smallest diameter.
+
+    A later subset replaces the best one only if smaller by more than tol (the distance error):
+    ties go to the lexicographically first subset.
+    """
+    dist = to_numpy(dist)
+    n = dist.shape[0]
+    best = [np.inf, None]
+
+    def search(chosen, diameter, nxt):
+        if len(chosen) == size:
+            best[0], best[1] = diameter, list(chosen)
+            return
+        for i in range(nxt, n - (size - len(chosen)) + 1):
+            grown = max(diameter, dist[i, chosen].max()) if chosen else 0.0
+            if best[1] is not None and grown >= best[0] - tol:
+                continue  # cannot beat the best subset found so far by more than the error
+            chosen.append(i)
+            search(chosen, grown, i + 1)
+            chosen.pop()
+
+    search([], 0.0, 0)
+    return np.asarray(best[1], dtype=np.int64)
+
+
+def mda(X, f, max_subsets=MAX_SUBSETS):
+    """Mean of the n - f rows with the smallest diameter."""
+    n, _ = X.shape
+    check_mda_bounds(n, f, max_subsets)
+    distances = sq_distances(X)
+    tol = 2.0 * float(distances.err[np.ix_(distances.finite, distances.finite)].max(initial=0.0))
+    chosen = min_diameter_subset(distances.sq, n - f, tol)
+    weights = np.zeros(n)
+    weights[chosen] = 1.0 / len(chosen)
+    return Aggregation(combine_rows(X, weights), chosen, weights)

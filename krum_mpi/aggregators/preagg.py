@@ -1,0 +1,86 @@
+"""Pre-aggregation steps that compose with any rule: ``make("nnm+krum", n, f)``.
+
+Each step maps the n input rows to n' new rows, X' = M @ X for a NumPy (n', n) mixing matrix M, and
+names the workers behind each new row (``owners``) so that the final rule's selection and weights can
+be reported per worker. Steps (left to right in the name, then the rule):
+
+nnm        nearest-neighbour mixing (Allouah et al., AISTATS 2023): row i becomes the mean of its
+           n - f nearest rows, itself included (ties to the lowest index). n' = n.
+bucketing  (Karimireddy, He, Jaggi, ICLR 2022): shuffle the rows (seeded, a new permutation every
+           step), average consecutive buckets of ``bucket_size`` rows. n' = ceil(n / bucket_size).
+clipping   static norm clipping: x_i * min(1, clip_norm / ||x_i||). n' = n.
+Non-finite rows stay non-finite (and stay at most f) through every step, for the rule to handle.
+"""
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from krum_mpi.aggregators.base import to_numpy
+from krum_mpi.aggregators.distances import sq_distances
+from krum_mpi.aggregators.registry import Option
+from krum_mpi.aggregators.rowops import distances_to_point
+
+
+@dataclass(frozen=True)
+class PreStep:
+    """apply(X, f, options, step) -> (mixing (n', n) NumPy float64, owners: list of int64 arrays)."""
+
+    name: str
+    apply: Callable
+    summary: str
+    options: dict = field(default_factory=dict)
+    rows_out: Callable = lambda n, options: n
+    owners_per_row: Callable = lambda options: 1
+
+
+def nnm_mixing(X, f, options, step):
+    n = X.shape[0]
+    dist = np.array(to_numpy(sq_distances(X).sq))
+    np.fill_diagonal(dist, -np.inf)  # itself first, whatever the ties
+    nearest = np.argsort(dist, axis=1, kind="stable")[:, :n - f]
+    mixing = np.zeros((n, n))
+    np.put_along_axis(mixing, nearest, 1.0 / (n - f), axis=1)
+    return mixing, [np.array([i], dtype=np.int64) for i in range(n)]
+
+
+def bucket_count(n, options):
+    return -(-n // options["bucket_size"])
+
+
+def bucketing_mixing(X, f, options, step):
+    n = X.shape[0]
+    size = options["bucket_size"]
+    order = np.random.default_rng([options["seed"], step]).permutation(n)
+    buckets = [np.sort(order[k:k + size]).astype(np.int64) for k in range(0, n, size)]
+    mixing = np.zeros((len(buckets), n))
+    for k, members in enumerate(buckets):
+        mixing[k, members] = 1.0 / len(members)
+    return mixing, buckets
+
+
+def clipping_mixing(X, f, options, step):
+    n = X.shape[0]
+    norms = distances_to_point(X, X[0] * 0)
+    with np.errstate(divide="ignore"):
+        scale = np.minimum(1.0, options["clip_norm"] / norms)
+    scale = np.where(np.isfinite(norms), scale, 1.0)  # non-finite rows pass through unchanged
+    return np.diag(scale), [np.array([i], dtype=np.int64) for i in range(n)]
+
+
+PRE_STEPS = {
+    "nnm": PreStep("nnm", nnm_mixing, "nearest-neighbour mixing over the n - f nearest rows"),
+    "bucketing": PreStep(
+        "bucketing", bucketing_mixing, "average random buckets of bucket_size rows",
+        {"bucket_size": Option(2, int, minimum=1, help="rows per bucket (s)"),
+         "seed": Option(0, int, minimum=0, help="seed of the per-step shuffles")},
+        rows_out=bucket_count, owners_per_row=lambda o: o["bucket_size"]),
+    "clipping": PreStep(
+        "clipping", clipping_mixing, "scale each row to norm <= clip_norm",
+        {"clip_norm": Option(1.0, float, help="norm bound (> 0)")}),
+}
+
+
+def check_pre_options(name, options):
+    if name == "clipping" and not options["clip_norm"] > 0:
+        raise ValueError(f"option 'clip_norm' of step 'clipping' must be > 0, got {options['clip_norm']}")

@@ -1,0 +1,108 @@
+"""Row operations shared by the rules: weighted sums of rows and distances of rows to one point.
+
+Both go column chunk by column chunk and never copy the whole input. Rows with weight 0 are left
+out of the product, so a non-finite row that a rule gave no weight cannot turn the result into NaN
+(0 * NaN = NaN in a BLAS product).
+"""
+import numpy as np
+
+from krum_mpi.aggregators.base import array_namespace, to_numpy
+from krum_mpi.aggregators.parallel import column_ranges, run_ranges
+
+CHUNK = 1 << 13  # columns per chunk on CPU: (n, CHUNK) float64 temporaries stay in L2/L3
+
+
+def column_slices(xp, d, chunk=None, offset=0):
+    """Column chunks of [offset, offset + d): fixed-size on CPU (cache), one on GPU (fewer launches)."""
+    size = d if (xp is not np and chunk is None) else int(chunk or CHUNK)
+    for start in range(0, d, size):
+        yield slice(offset + start, offset + min(start + size, d))
+
+
+def combine_rows(X, weights):
+    """sum_i weights[i] * X[i] over the rows with a non-zero weight: (d,) in X's namespace and dtype."""
+    return combine_rows_many(X, np.asarray(weights, dtype=np.float64)[None, :])[0]
+
+
+def combine_rows_many(X, mixing):
+    """mixing @ X for a NumPy (k, n) mixing matrix; (k, d) in X's dtype.
+
+    Per chunk the rows are centred on the first row with a non-zero weight, into a reused buffer,
+    and multiplied in X's dtype: the offsets are small, so the product does not cancel
+    (sum_i w_i x_i = sum_i w_i (x_i - x_r) + (sum_i w_i) x_r). A chunk whose result is not finite is
+    redone in float64 with the non-finite entries masked, so that a non-finite row reaches only the
+    outputs that give it a weight (0 * NaN = NaN in a plain product)."""
+    xp = array_namespace(X)
+    n, d = X.shape
+    mixing = np.asarray(mixing, dtype=np.float64)
+    anchor_row = int(np.flatnonzero((mixing != 0).any(axis=0))[0])
+    weights = xp.asarray(mixing, dtype=X.dtype)
+    weight_sums = xp.asarray(mixing.sum(axis=1), dtype=X.dtype)[:, None]
+    out = xp.empty((mixing.shape[0], d), dtype=X.dtype)
+
+    def work(start, stop):
+        buffer = None
+        with np.errstate(invalid="ignore", over="ignore"):  # per thread: NaN/Inf rows are expected
+            for cols in column_slices(xp, stop - start, offset=start):
+                if buffer is None:
+                    buffer = xp.empty((n, cols.stop - cols.start), dtype=X.dtype)
+                centred = buffer[:, :cols.stop - cols.start]
+                anchor = X[anchor_row, cols]
+                xp.subtract(X[:, cols], anchor[None, :], out=centred)
+                result = weights @ centred + weight_sums * anchor[None, :]
+                if not bool(xp.isfinite(result).all()):
+                    result = masked_combine(xp, mixing, X[:, cols])
+                out[:, cols] = result
+
+    run_ranges(work, column_ranges(xp, d, align=CHUNK))
+    return out
+
+
+def masked_combine(xp, mixing, block):
+    """float64 mixing @ block where only the outputs that weight a non-finite entry become NaN
+    (0 * NaN = NaN in a plain product would reach every output)."""
+    block = block.astype(xp.float64)
+    finite = xp.isfinite(block)
+    touches = xp.asarray((mixing != 0).astype(np.float64))
+    hit = touches @ (~finite).astype(xp.float64) > 0
+    weighted = xp.asarray(mixing) @ xp.where(finite, block, 0.0)
+    return xp.where(hit, xp.nan, weighted)
+
+
+def distances_to_point(X, point):
+    """(n,) NumPy float64 Euclidean distances ||X[i] - point||; inf for rows holding NaN or Inf.
+
+    The differences are small next to the values: float32 squares summed pairwise per chunk, the
+    chunk sums accumulated in float64."""
+    xp = array_namespace(X)
+    n, d = X.shape
+    point = point.astype(X.dtype, copy=False)
+
+    def work(start, stop):
+        sq = xp.zeros(n, dtype=xp.float64)
+        buffer = None
+        with np.errstate(invalid="ignore", over="ignore"):  # per thread: NaN/Inf rows are expected
+            for cols in column_slices(xp, stop - start, offset=start):
+                if buffer is None:
+                    buffer = xp.empty((n, cols.stop - cols.start), dtype=X.dtype)
+                diff = buffer[:, :cols.stop - cols.start]
+                xp.subtract(X[:, cols], point[cols][None, :], out=diff)
+                xp.multiply(diff, diff, out=diff)
+                sq += diff.sum(axis=1)
+        return to_numpy(sq)
+
+    sq = sum(run_ranges(work, column_ranges(xp, d, align=CHUNK)))
+    for i in np.flatnonzero(~np.isfinite(sq)):  # NaN/Inf in the row, or a float32 overflow?
+        sq[i] = float(to_numpy(float64_sq_distance(xp, X[i], point)))
+    sq = np.where(np.isnan(sq), np.inf, sq)
+    return np.sqrt(sq)
+
+
+def float64_sq_distance(xp, row, point):
+    """||row - point||^2 in float64 (rare path: rows whose float32 squares overflowed)."""
+    total = xp.zeros((), dtype=xp.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for cols in column_slices(xp, row.shape[0]):
+            diff = row[cols].astype(xp.float64) - point[cols].astype(xp.float64)
+            total += diff @ diff
+    return total
