@@ -128,3 +128,22 @@ def test_resume_without_a_file_starts_fresh(tmp_path, spambase_file):
     assert done.returncode == 0, done.stderr
     with h5py.File(out, "r") as h5:
         assert h5.attrs["status"] == "complete" and h5.attrs["steps_done"] == 10
+
+
+def test_stateful_rule_resumes_bitwise(tmp_path, spambase_file):
+    """Centered clipping carries its centre between steps: the checkpoint must hold it."""
+    rule = ["--set", "aggregator.name=centered-clipping"]
+    ref = tmp_path / "ref.h5"
+    done = run_cli(["run", CONFIG, "--out", ref, *SETTINGS, *rule], ranks=2)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "cc.h5"
+    proc = _start(out, rule)
+    _wait_for_steps(proc, out, at_least=40)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    with h5py.File(out, "r") as h5:
+        assert "aggregator_state.center" in h5["checkpoint"]
+    resumed = run_cli(["run", CONFIG, "--out", out, "--resume", *SETTINGS, *rule], ranks=2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _final_params(out)[0].tobytes() == _final_params(ref)[0].tobytes()
