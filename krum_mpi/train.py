@@ -29,8 +29,10 @@ from . import aggregators, attacks, backend, config, data, models, results
 from .comm import Comm, mpi_library_version
 from .comm import block_counts as comm_block_counts
 from .errors import ConfigError, KrumMPIError
+from .server import Server
+from .workers import LocalWorkers
 
-SEED_PARAMS, SEED_ATTACK, SEED_BYZANTINE = 0, 2, 3
+SEED_PARAMS, SEED_BYZANTINE = 0, 3   # attack noise: (seed, 2, step), see server.py and workers.py
 
 
 def byzantine_mask(n: int, n_byzantine: int, seed: int) -> np.ndarray:
@@ -162,8 +164,24 @@ class StopRequest:
         self.signal = signum
 
 
+def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume: bool, blas_threads: int, hostnames):
+    """Rank 0: a results writer, new or reopened at its checkpoint (None when there is none)."""
+    prov = results.provenance(mpi_library_version(), hostnames, comm.size, s.n, backend.device_description(s.device))
+    prov.update({"dataset": s.dataset.provenance, "n_params": s.d, "adversary": cfg["attack"]["adversary"],
+                 "blas_threads_per_rank": blas_threads or "library default"})
+    args = (out_path, cfg, config.run_id(cfg), prov, s.byzantine, s.aggregator.max_selected, False,
+            cfg["run"]["gather_deadline_s"] > 0)
+    if resume and Path(out_path).exists():
+        writer, checkpoint = results.ResultsWriter.resume(*args)
+    else:
+        writer, checkpoint = results.ResultsWriter(*args), None
+    writer.extra_attrs["adversary"] = cfg["attack"]["adversary"] if s.colluding else "omniscient"
+    writer.extra_selection["worker_rank"] = np.repeat(np.arange(comm.size, dtype=np.int32), comm.counts)
+    return writer, checkpoint
+
+
 def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
-        stop: StopRequest | None = None) -> dict | None:
+        stop: StopRequest | None = None) -> dict:
     """Train under ``cfg``; rank 0 writes ``out_path`` and returns a summary dict (others: the status).
 
     With ``resume``, a run continues from the checkpoint in ``out_path`` when there is one. When
@@ -174,119 +192,50 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     stop = stop or StopRequest()
     blas_threads = limit_blas_threads(comm)
     s = _agree_on_setup(cfg, comm)
-    run_cfg, opt = cfg["run"], cfg["optimizer"]
-    steps, eval_every, batch_size = run_cfg["steps"], run_cfg["eval_every"], cfg["workers"]["batch_size"]
+    run_cfg, faults = cfg["run"], cfg["faults"]
+    steps, eval_every = run_cfg["steps"], run_cfg["eval_every"]
     flush_every = run_cfg["checkpoint_every"] or eval_every
-    deadline, faults = run_cfg["gather_deadline_s"], cfg["faults"]
-    lr, mu, worker_momentum = opt["lr"], opt["momentum"], opt["momentum_at"] == "worker"
-    n, d, k = s.n, s.d, len(s.local_workers)
-    local_is_byz = s.byzantine[s.local_workers]
-    flip_labels = s.attack.kind == "data"
-    byz_comm = comm.split_byzantine(bool(local_is_byz.any())) if s.colluding else None
-    if byz_comm is not None:   # this rank crafts, with its fellow Byzantine ranks, from their own gradients
-        byz_counts = comm.counts[comm.counts.size - byz_comm.Get_size():]
-        byz_offset = int(comm.displs[comm.rank] - (n - int(s.byzantine.sum())))
-        known = np.empty((int(s.byzantine.sum()), d), dtype=np.float32)
-        rule_for_attack = aggregators.get(cfg["aggregator"]["name"])
-        attack_opts = config.aggregator_options(cfg)
-
-    theta = np.empty(d, dtype=np.float32)
-    local = np.empty((k, d), dtype=np.float32)           # this rank's gradients, one row per worker
-    local_meta = np.empty((k, 2), dtype=np.float64)      # per worker: minibatch loss, compute seconds
-    worker_mom = np.zeros((k, d), dtype=np.float32) if (worker_momentum and mu > 0) else None
+    deadline = run_cfg["gather_deadline_s"]
+    workers = LocalWorkers(s, cfg, comm)
     hostnames = comm.hostnames()
+    theta = np.empty(s.d, dtype=np.float32)
 
-    writer = checkpoint = None
-    X = meta = None
+    # Rank 0 opens (or reopens) the results and tells every rank where to start; -1: it failed.
+    server = writer = checkpoint = None
     if comm.is_root:
-        X = np.empty((n, d), dtype=np.float32)            # the gather buffer lives on rank 0 only
-        meta = np.empty((n, 2), dtype=np.float64)
-        server_mom = np.zeros(d, dtype=np.float32) if (mu > 0 and not worker_momentum) else None
-        honest = ~s.byzantine
-        crafted_rows = np.flatnonzero(s.byzantine) \
-            if (s.attack.kind not in ("none", "data") and not s.colluding) else []
-        rule = aggregators.get(cfg["aggregator"]["name"])
-        rule_opts = config.aggregator_options(cfg)
-        f_declared = cfg["aggregator"]["f"]
-
-        def aggregate_fn(Z):  # the rule in use, as a pure function, for attacks that search against it
-            return rule(Z, f_declared, **rule_opts)
-
-        everyone = np.ones(n, dtype=bool)
-        zero_update = np.zeros(d, dtype=np.float32)
-        rules_by_count = {n: s.aggregator}
-
-        def aggregate_present(X, present):
-            """The rule on the rows that arrived (all of them unless a deadline was missed).
-
-            With absent workers the rule runs on the m vectors received with the same declared f;
-            if m is below the rule's bound the step applies no update (selected stays empty)."""
-            if present.all():
-                agg = s.aggregator(backend.to_device(X, s.xp))
-                return agg, agg.selected
-            ids = np.flatnonzero(present)
-            try:
-                if ids.size not in rules_by_count:
-                    rules_by_count[ids.size] = aggregators.make(cfg["aggregator"]["name"], ids.size, f_declared,
-                                                                **rule_opts)
-            except ValueError:
-                return None, None
-            agg = rules_by_count[ids.size](backend.to_device(X[ids], s.xp))
-            return agg, (None if agg.selected is None else ids[np.asarray(agg.selected)])
-
-        prov = results.provenance(mpi_library_version(), hostnames, comm.size, n, backend.device_description(s.device))
-        prov["dataset"] = s.dataset.provenance
-        prov["n_params"] = d
-        prov["adversary"] = cfg["attack"]["adversary"]
-        prov["blas_threads_per_rank"] = blas_threads or "library default"
-        args = (out_path, cfg, config.run_id(cfg), prov, s.byzantine, s.aggregator.max_selected, False,
-                deadline > 0)
-        worker_rank = np.repeat(np.arange(comm.size, dtype=np.int32), comm.counts)
+        server = Server(s, cfg)
         error = None
         try:
-            if resume and Path(out_path).exists():
-                writer, checkpoint = results.ResultsWriter.resume(*args)
-            else:
-                writer = results.ResultsWriter(*args)
+            writer, checkpoint = _open_results(s, cfg, out_path, comm, resume, blas_threads, hostnames)
         except KrumMPIError as exc:
             error = exc
         start = comm.bcast_flag(-1 if error else (checkpoint["step"] + 1 if checkpoint else 0))
         if error:
             raise error
-        writer.extra_attrs["adversary"] = cfg["attack"]["adversary"] if s.colluding else "omniscient"
-        writer.extra_selection["worker_rank"] = worker_rank
         if checkpoint:
             theta[:] = checkpoint["params"]
-            if server_mom is not None:
-                server_mom[:] = checkpoint["server_momentum"]
-            prefix = "aggregator_state."
-            saved = {k[len(prefix):]: backend.to_device(v, s.xp) for k, v in checkpoint.items() if k.startswith(prefix)}
-            if saved:                 # stateful rules (centered clipping) carry state between steps
-                s.aggregator.state = saved
+            server.restore(checkpoint)
         else:
             theta[:] = s.model.init(np.random.default_rng([s.seed, SEED_PARAMS]))
     else:
         start = comm.bcast_flag(0)
         if start < 0:
             raise SystemExit(2)
-    if worker_mom is not None and start > 0:
-        comm.scatter_rows(checkpoint["worker_momentum"] if comm.is_root else None, worker_mom)
+    if workers.momentum is not None and start > 0:
+        comm.scatter_rows(checkpoint["worker_momentum"] if comm.is_root else None, workers.momentum)
 
     def save(step_done: int, status: str) -> None:
         """Collective: gather what a resume needs; rank 0 flushes results and checkpoint atomically."""
         rss = comm.gather_values(peak_rss_mib())
-        all_mom = None
-        if worker_mom is not None:
-            all_mom = np.empty((n, d), dtype=np.float32) if comm.is_root else None
-            comm.gather_rows(worker_mom, all_mom)
+        all_momentum = None
+        if workers.momentum is not None:
+            all_momentum = np.empty((s.n, s.d), dtype=np.float32) if comm.is_root else None
+            comm.gather_rows(workers.momentum, all_momentum)
         if not comm.is_root:
             return
         writer.extra_attrs["peak_rss_mib"] = rss     # per rank, at this flush
-        writer.checkpoint = {"step": step_done, "params": theta.copy(),
-                             "server_momentum": None if server_mom is None else server_mom.copy(),
-                             "worker_momentum": all_mom}
-        for key, value in getattr(s.aggregator, "state", {}).items():
-            writer.checkpoint[f"aggregator_state.{key}"] = backend.to_host(value)
+        writer.checkpoint = {"step": step_done, "params": theta.copy(), "worker_momentum": all_momentum,
+                             **server.state()}
         writer.flush(status)
 
     if comm.is_root and start == 0:
@@ -295,6 +244,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     if comm.is_root and run_cfg["watchdog_s"] > 0:
         watchdog = Watchdog(run_cfg["watchdog_s"], writer, comm)
         watchdog.start()
+    everyone = np.ones(s.n, dtype=bool)
     interrupted = 0
     step = start - 1
     try:
@@ -305,63 +255,35 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
                 break
             t_step = comm.wtime()
             comm.bcast_params(theta)
-            theta_w = backend.to_device(theta, s.worker_xp)
-            for j, w in enumerate(s.local_workers):
-                t0 = time.perf_counter()
-                xb, yb = s.shards[j].batch(step, batch_size)
-                if flip_labels and local_is_byz[j]:
-                    yb = s.attack.label_map(yb, s.dataset.n_classes)
-                loss, grad = s.model.loss_and_grad(theta_w, backend.to_device(xb, s.worker_xp),
-                                                   backend.to_device(yb, s.worker_xp))
-                grad = backend.to_host(grad)
-                if worker_mom is not None:
-                    worker_mom[j] *= mu
-                    worker_mom[j] += grad
-                    grad = worker_mom[j]
-                local[j] = grad
-                local_meta[j] = (loss, time.perf_counter() - t0)
-            if byz_comm is not None:
-                comm.allgather_rows_in(byz_comm, local, known, byz_counts)
-                rng = np.random.default_rng([s.seed, SEED_ATTACK, step])
-                crafted = s.attack.craft(known, known.shape[0], rng,
-                                         aggregate=lambda Z: rule_for_attack(Z, cfg["aggregator"]["f"], **attack_opts))
-                local[:] = backend.to_host(crafted)[byz_offset:byz_offset + k]
+            workers.compute(theta, step)
+            workers.collude(step)
             if comm.rank == faults["slow_rank"] and faults["slow_from"] <= step < faults["slow_until"]:
                 time.sleep(faults["slow_delay_s"])          # injected fault: a slow or silent worker
             t_gather = comm.wtime()
+            X, meta = (server.X, server.meta) if server else (None, None)
             if deadline > 0:
-                present_ranks = comm.gather_rows_deadline(local, local_meta, X, meta, deadline)
+                present_ranks = comm.gather_rows_deadline(workers.rows, workers.meta, X, meta, deadline)
             else:
-                comm.gather_rows(local, X)
-                comm.gather_rows(local_meta, meta)
+                comm.gather_rows(workers.rows, X)
+                comm.gather_rows(workers.meta, meta)
                 present_ranks = None
             gather_s = comm.wtime() - t_gather
 
             if comm.is_root:
-                present = np.repeat(present_ranks, comm.counts) if present_ranks is not None else everyone
-                if len(crafted_rows):
-                    rng = np.random.default_rng([s.seed, SEED_ATTACK, step])
-                    X[crafted_rows] = backend.to_host(
-                        s.attack.craft(X[honest & present], len(crafted_rows), rng, aggregate=aggregate_fn))
+                present = everyone if present_ranks is None else np.repeat(present_ranks, comm.counts)
+                server.craft(step, present)
                 t_agg = comm.wtime()
-                agg, selected = aggregate_present(X, present)
-                g = zero_update if agg is None else backend.to_host(agg.vector).astype(np.float32, copy=False)
-                backend.synchronize(s.xp)
+                agg, selected, g = server.aggregate(present)
                 aggregate_s = comm.wtime() - t_agg
-
                 t_upd = comm.wtime()
-                if server_mom is not None:
-                    server_mom *= mu
-                    server_mom += g
-                    g = server_mom
-                theta -= np.float32(lr) * g
+                server.apply(theta, g)
                 update_s = comm.wtime() - t_upd
                 step_s = comm.wtime() - t_step
 
                 acc = np.nan
                 if (step + 1) % eval_every == 0 or step == steps - 1:
                     acc = s.model.accuracy(theta, s.test_X, s.test_y)
-                counted = honest & present
+                counted = server.honest & present
                 honest_loss = float(np.mean(meta[counted, 0])) if counted.any() else float("nan")
                 timing = {"compute_s": float(meta[present, 1].max()), "gather_s": gather_s,
                           "aggregate_s": aggregate_s, "update_s": update_s, "step_s": step_s}
@@ -381,11 +303,10 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     comm.finish_late()
     save(step, "interrupted" if interrupted else "complete")
     comm.write_audit()
+    status = "interrupted" if interrupted else "complete"
     if not comm.is_root:
-        return {"status": "interrupted" if interrupted else "complete"}
-    summary = summarize(writer, s.byzantine)
-    summary["status"] = "interrupted" if interrupted else "complete"
-    return summary
+        return {"status": status}
+    return {**summarize(writer, s.byzantine), "status": status}
 
 
 def summarize(writer: results.ResultsWriter, byzantine: np.ndarray) -> dict:

@@ -1,0 +1,65 @@
+"""The logical workers one rank hosts: their gradients, their momentum, and, on Byzantine ranks of
+the colluding adversary, the crafting they agree on."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import aggregators, backend, config
+from .server import SEED_ATTACK   # one attack-noise stream per step, whichever adversary crafts
+
+
+class LocalWorkers:
+    """This rank's workers. Collective when built (the colluding adversary splits a communicator)."""
+
+    def __init__(self, setup, cfg: dict, comm):
+        k, d = len(setup.local_workers), setup.d
+        opt = cfg["optimizer"]
+        self.setup, self.comm = setup, comm
+        self.batch_size = cfg["workers"]["batch_size"]
+        self.rows = np.empty((k, d), dtype=np.float32)       # one gradient (or momentum) row per worker
+        self.meta = np.empty((k, 2), dtype=np.float64)       # per worker: minibatch loss, compute seconds
+        self.mu = opt["momentum"]
+        self.momentum = np.zeros((k, d), dtype=np.float32) \
+            if (opt["momentum_at"] == "worker" and self.mu > 0) else None
+        self.is_byzantine = setup.byzantine[setup.local_workers]
+        self.flip_labels = setup.attack.kind == "data"
+        self.byz_comm = comm.split_byzantine(bool(self.is_byzantine.any())) if setup.colluding else None
+        if self.byz_comm is not None:
+            n_byz = int(setup.byzantine.sum())
+            self.byz_counts = comm.counts[comm.counts.size - self.byz_comm.Get_size():]
+            self.byz_offset = int(comm.displs[comm.rank] - (setup.n - n_byz))
+            self.known = np.empty((n_byz, d), dtype=np.float32)
+            rule, f, options = aggregators.get(cfg["aggregator"]["name"]), cfg["aggregator"]["f"], \
+                config.aggregator_options(cfg)
+            self.aggregate_fn = lambda Z: rule(Z, f, **options)
+
+    def compute(self, theta: np.ndarray, step: int) -> None:
+        """Each worker's minibatch gradient at ``theta`` (label-flipped for Byzantine data attacks)."""
+        s = self.setup
+        xp = s.worker_xp
+        theta_w = backend.to_device(theta, xp)
+        for j in range(len(s.local_workers)):
+            t0 = time.perf_counter()
+            xb, yb = s.shards[j].batch(step, self.batch_size)
+            if self.flip_labels and self.is_byzantine[j]:
+                yb = s.attack.label_map(yb, s.dataset.n_classes)
+            loss, grad = s.model.loss_and_grad(theta_w, backend.to_device(xb, xp), backend.to_device(yb, xp))
+            grad = backend.to_host(grad)
+            if self.momentum is not None:
+                self.momentum[j] *= self.mu
+                self.momentum[j] += grad
+                grad = self.momentum[j]
+            self.rows[j] = grad
+            self.meta[j] = (loss, time.perf_counter() - t0)
+
+    def collude(self, step: int) -> None:
+        """Colluding adversary: the Byzantine ranks share their own honest rows and replace them with
+        vectors crafted from those alone (every member computes the same ones from the same seed)."""
+        if self.byz_comm is None:
+            return
+        self.comm.allgather_rows_in(self.byz_comm, self.rows, self.known, self.byz_counts)
+        rng = np.random.default_rng([self.setup.seed, SEED_ATTACK, step])
+        crafted = self.setup.attack.craft(self.known, self.known.shape[0], rng, aggregate=self.aggregate_fn)
+        self.rows[:] = backend.to_host(crafted)[self.byz_offset:self.byz_offset + len(self.rows)]
