@@ -293,6 +293,13 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
                     watchdog.beat()
             if (step + 1) % flush_every == 0 and step != steps - 1:
                 save(step, "running")
+    except KrumMPIError as exc:    # found by one rank mid-run (a bad row in a dataset file, say)
+        if writer is not None:
+            writer.flush("failed")
+        if comm.size > 1:          # the other ranks wait in a collective: end them all, with the message
+            print(f"krum-mpi: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+            comm.abort(2)
+        raise
     except BaseException:
         if writer is not None:
             writer.flush("failed")   # records so far; the last checkpoint stays the one on disk
