@@ -116,10 +116,18 @@ def cmd_run(argv) -> int:
         print(format_table([summary]))
         print(f"results: {summary['path']}")
     if summary["status"] == "interrupted":
+        for signum in (signal.SIGTERM, signal.SIGUSR1):   # a repeated warning must not kill the exit
+            signal.signal(signum, signal.SIG_IGN)
         if comm.is_root:
             print(f"krum-mpi: interrupted by a signal after step {summary['steps'] - 1}: checkpoint saved in "
                   f"{out}; continue with the same command plus --resume", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
+        # The checkpoint is on disk and every rank is here: leave now with the status job scripts
+        # requeue on. MPI_Finalize is skipped on purpose: under srun it sometimes stalled for
+        # minutes after a forwarded signal, which would eat the time left before the limit.
+        comm.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     return 0
 
 

@@ -276,16 +276,21 @@ def test_preempted_run_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path)
                             timeout=30, env={**os.environ, **slurm_cluster.env})
     assert signal.returncode == 0, signal.stderr
     env = {**os.environ, **slurm_cluster.env}
+    run_log = files[0].with_suffix(".log")
     deadline = time.monotonic() + JOB_TIMEOUT_S
+    while "requeueing" not in run_log.read_text():       # the task checkpointed and requeued itself
+        assert time.monotonic() < deadline, f"no requeue after the signal:\n{run_log.read_text()[-3000:]}"
+        time.sleep(0.2)
     while True:   # SLURM holds a requeued job for a while (BeginTime); a test need not wait for that
-        state = subprocess.run(["squeue", "-h", "-j", f"{job}_0", "-o", "%T|%r"], capture_output=True,
+        state = subprocess.run(["squeue", "-h", "-t", "all", "-j", f"{job}_0", "-o", "%T"], capture_output=True,
                                text=True, timeout=30, env=env).stdout.strip()
-        if state.startswith("PENDING"):
+        if state != "PENDING" and "== run" in run_log.read_text().split("requeueing", 1)[1]:
+            break                                            # the requeued task has started again
+        if state == "PENDING":
             subprocess.run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], capture_output=True,
                            timeout=30, env=env)
-            break
-        assert time.monotonic() < deadline, f"the task was not requeued: {state!r}"
-        time.sleep(0.2)
+        assert time.monotonic() < deadline, f"the requeued task did not start again (state {state!r})"
+        time.sleep(0.5)
     assert slurm_cluster.wait([job]) == {f"{job}_0": "COMPLETED"}
     (h5,) = files
     with h5py.File(h5, "r") as f:
