@@ -8,25 +8,15 @@ network), the demo says so and runs the same comparison on seeded synthetic data
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from .errors import KrumMPIError
+from .launch import mpiexec_path
 
 PRESETS = ["paper-fig4-average-f0", "paper-fig4-average-f6", "paper-fig4-krum-f0", "paper-fig4-krum-f6"]
 SYNTHETIC = ["data.name=synthetic", "data.n_features=57", "data.n_train=4000", "data.n_test=1000"]
-
-
-def find_mpiexec() -> str:
-    """$MPIEXEC, else the mpiexec beside this Python (the mpich wheel puts it there), else PATH."""
-    candidates = [os.environ.get("MPIEXEC"), str(Path(sys.executable).parent / "mpiexec"), shutil.which("mpiexec")]
-    for c in candidates:
-        if c and Path(c).exists():
-            return c
-    raise KrumMPIError("no mpiexec found: pip install mpich (or set MPIEXEC to your MPI launcher)")
 
 
 def configs_dir() -> Path:
@@ -56,7 +46,7 @@ def main(argv) -> int:
     if args.ranks < 1:
         raise KrumMPIError(f"--ranks {args.ranks} must be >= 1")
 
-    mpiexec, cfg_dir, out = find_mpiexec(), configs_dir(), Path(args.out)
+    mpiexec, cfg_dir, out = mpiexec_path(), configs_dir(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     extra = [] if spambase_available() else SYNTHETIC
     if extra:

@@ -11,19 +11,23 @@ COLUMNS = [("aggregator", "rule", "{}"), ("attack", "attack", "{}"), ("byzantine
            ("path", "file", "{}")]
 
 
+def summarize_arrays(test_accuracy, selected, byzantine, step_s) -> dict:
+    """The figures of one run that the table shows, from its recorded arrays."""
+    evaluated = test_accuracy[~np.isnan(test_accuracy)]
+    byz_ids = np.flatnonzero(byzantine)
+    picked = np.isin(selected, byz_ids).any(axis=1).sum() if byz_ids.size else 0
+    return {"final_test_accuracy": float(evaluated[-1]) if evaluated.size else float("nan"),
+            "byzantine_selected_steps": int(picked),
+            "mean_step_s": float(step_s.mean()) if step_s.size else float("nan")}
+
+
 def summarize_file(path) -> dict:
     run = read_run(path)
     attrs, sel = run["attrs"], run["selection"]
-    acc = run["metrics"]["test_accuracy"]
-    evaluated = acc[~np.isnan(acc)]
-    byz_ids = np.flatnonzero(sel["byzantine"])
-    picked = np.isin(sel["selected"], byz_ids).any(axis=1).sum() if byz_ids.size else 0
-    step_s = run["timing"]["step_s"]
     return {"path": str(path), "aggregator": attrs["aggregator"], "attack": attrs["attack"],
             "byzantine": attrs["n_byzantine"], "steps": int(attrs["steps_done"]),
-            "final_test_accuracy": float(evaluated[-1]) if evaluated.size else float("nan"),
-            "byzantine_selected_steps": int(picked),
-            "mean_step_s": float(step_s.mean()) if step_s.size else float("nan")}
+            **summarize_arrays(run["metrics"]["test_accuracy"], sel["selected"], sel["byzantine"],
+                               run["timing"]["step_s"])}
 
 
 def format_table(rows) -> str:

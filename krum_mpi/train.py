@@ -30,6 +30,7 @@ from .comm import Comm, mpi_library_version
 from .comm import block_counts as comm_block_counts
 from .errors import ConfigError, KrumMPIError
 from .server import Server
+from .summary import summarize_arrays
 from .workers import LocalWorkers
 
 SEED_PARAMS, SEED_BYZANTINE = 0, 3   # attack noise: (seed, 2, step), see server.py and workers.py
@@ -318,20 +319,14 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
 
 def summarize(writer: results.ResultsWriter, byzantine: np.ndarray) -> dict:
     k = writer.done
-    acc = writer.metrics["test_accuracy"][:k]
-    evaluated = acc[~np.isnan(acc)]
-    sel = writer.selected[:k]
-    byz_ids = np.flatnonzero(byzantine)
-    byz_selected = np.isin(sel, byz_ids).any(axis=1) if byz_ids.size else np.zeros(k, dtype=bool)
     return {
         "path": str(writer.path),
         "aggregator": writer.cfg["aggregator"]["name"],
         "attack": writer.cfg["attack"]["name"],
         "byzantine": int(byzantine.sum()),
         "steps": k,
-        "final_loss": float(writer.metrics["loss"][k - 1]),
-        "final_test_accuracy": float(evaluated[-1]) if evaluated.size else float("nan"),
-        "byzantine_selected_steps": int(byz_selected.sum()),
-        "mean_step_s": float(np.mean(writer.timing["step_s"][:k])),
-        "mean_aggregate_s": float(np.mean(writer.timing["aggregate_s"][:k])),
+        "final_loss": float(writer.metrics["loss"][k - 1]) if k else float("nan"),
+        "mean_aggregate_s": float(np.mean(writer.timing["aggregate_s"][:k])) if k else float("nan"),
+        **summarize_arrays(writer.metrics["test_accuracy"][:k], writer.selected[:k], byzantine,
+                           writer.timing["step_s"][:k]),
     }

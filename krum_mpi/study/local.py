@@ -7,33 +7,18 @@ already complete are skipped, so an interrupted study is resumed by running it a
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
-from ..errors import KrumMPIError
+from ..launch import mpiexec_path
 from .folder import StudyFolder, is_complete
 
 POLL_S = 0.1
 EXIT_TIMEOUT = 124       # what timeout(1) returns; written when a run overruns launch.time
 EXIT_INTERRUPTED = 130
-
-
-def mpiexec_path() -> str:
-    """$MPIEXEC, else the mpiexec beside this Python (the mpich wheel puts it there), else PATH's."""
-    if os.environ.get("MPIEXEC"):
-        return os.environ["MPIEXEC"]
-    beside = Path(sys.executable).parent / "mpiexec"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("mpiexec")
-    if found is None:
-        raise KrumMPIError("mpiexec not found: pip install mpich (or set MPIEXEC to your MPI's mpiexec)")
-    return found
 
 
 def run_command(folder: StudyFolder, base_name: str, run: dict, mpiexec: str) -> list[str]:
