@@ -82,3 +82,34 @@ def run_cli(args, ranks=None, timeout=300, env=None, cwd=None):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(params=["native", "numpy"])
+def kernels(request, monkeypatch):
+    """Run a test on the compiled kernels and again on the NumPy ones (the reference and fallback).
+
+    Use it with ``pytestmark = pytest.mark.usefixtures("kernels")`` in a module of rule tests."""
+    import krum_mpi.native as native
+
+    if request.param == "native" and native.library("probe") is None:
+        pytest.skip("compiled kernels not built (no C compiler at install time): NumPy path only")
+    monkeypatch.setattr(native, "ENABLED", request.param == "native")
+    return request.param
+
+
+def native_isas():
+    """Every instruction-set variant of the compiled kernels this CPU runs, widest first."""
+    import krum_mpi.native as native
+
+    best = native.isa()
+    order = ["avx512", "avx2", "generic"]
+    return order[order.index(best):] if best in order else []
+
+
+@pytest.fixture(params=["avx512", "avx2", "generic"])
+def native_isa(request, monkeypatch):
+    """Each ISA variant of the compiled kernels in turn (KRUM_MPI_ISA caps the dispatch)."""
+    if request.param not in native_isas():
+        pytest.skip(f"compiled kernels: the {request.param} variant does not run on this CPU or is not built")
+    monkeypatch.setenv("KRUM_MPI_ISA", request.param)
+    return request.param
