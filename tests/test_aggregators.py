@@ -10,6 +10,8 @@ from test_aggregators_reference import (
     ref_mda, ref_meamed, ref_median, ref_multi_krum, ref_nnm, ref_trimmed_mean, score_gap,
 )
 
+pytestmark = pytest.mark.usefixtures("kernels")  # every test on the compiled and the NumPy kernels
+
 D = 2500  # columns: several chunks with the small chunk sizes below
 
 

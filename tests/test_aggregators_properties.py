@@ -11,6 +11,8 @@ import itertools
 
 from test_aggregators_reference import ref_distance_matrix, ref_krum_scores, score_gap
 
+pytestmark = pytest.mark.usefixtures("kernels")  # every test on the compiled and the NumPy kernels
+
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 # rule -> smallest n for f

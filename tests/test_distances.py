@@ -9,6 +9,8 @@ from krum_mpi.aggregators import distances
 from krum_mpi.aggregators.distances import sq_distances
 from test_aggregators_reference import ref_distance_matrix
 
+pytestmark = pytest.mark.usefixtures("kernels")  # every test on the compiled and the NumPy kernels
+
 
 def common_mean_rows(n, d, mean, seed=0, dtype=np.float32):
     rng = np.random.default_rng(seed)
