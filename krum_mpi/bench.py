@@ -22,6 +22,7 @@ then times Krum at n = 64, d = 2.5e7 (ResNet-50 scale) on the GPU.
 import argparse
 import contextlib
 import csv
+import ctypes
 import importlib
 import json
 import math
@@ -36,6 +37,7 @@ from unittest import mock
 import numpy as np
 
 import krum_mpi.aggregators as agg
+from krum_mpi import native
 from krum_mpi.aggregators.distances import Distances
 from krum_mpi.aggregators.mda import MAX_SUBSETS
 from krum_mpi.aggregators.parallel import column_ranges, cpu_budget, run_ranges
@@ -146,7 +148,27 @@ def read_floor(xp, X, warmup, repeats):
         run_ranges(lambda a, b: X[:, a:b].sum(axis=0), column_ranges(xp, X.shape[1], align=1 << 16))
 
     by_threads = min(timed(threaded_sums, xp, warmup, repeats))
-    return min(by_gemv, by_sum, by_threads), {"gemv_s": by_gemv, "sum_s": by_sum, "threaded_sum_s": by_threads}
+    parts = {"gemv_s": by_gemv, "sum_s": by_sum, "threaded_sum_s": by_threads}
+    read_sum = native_read_sum(X) if xp is np else None
+    if read_sum is not None:  # the compiled kernels read faster than NumPy: so must the floor
+        parts["native_sum_s"] = min(timed(read_sum, xp, warmup, repeats))
+    return min(parts.values()), parts
+
+
+def native_read_sum(X):
+    """A threaded compiled sum over X's bytes (krum_mpi.native's read kernel), or None."""
+    lib = native.library("probe")
+    if lib is None or not X.flags.c_contiguous or X.dtype != np.float32:
+        return None
+    lib.krum_read_sum.restype = ctypes.c_float
+    lib.krum_read_sum.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+
+    @cpu_budget
+    def threaded():
+        run_ranges(lambda a, b: lib.krum_read_sum(X.ctypes.data + 4 * a, b - a),
+                   column_ranges(np, X.size, align=1 << 16))
+
+    return threaded
 
 
 def gemm_rate(xp, warmup, repeats):
@@ -160,7 +182,7 @@ def gemm_rate(xp, warmup, repeats):
 
 def machine_state(device):
     info = {"python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform(),
-            "cpu_model": cpu_model(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            "cpu_model": cpu_model(), "native_kernels": native.status(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count(), "loadavg_before": os.getloadavg(), "device": device,
             "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
                                                  "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUPY_TF32")
@@ -216,6 +238,7 @@ def bench_aggregate(args):
           + (f" ({state.get('gpu_model')})" if device == "gpu" else "")
           + f"; load average {state['loadavg_before'][0]:.2f}", flush=True)
     print(f"# float32 GEMM {rate / 1e9:.0f} GFLOP/s ({gemm_size}^3); BLAS {blas_summary(state)}", flush=True)
+    print(f"# kernels: {kernel_summary(state['native_kernels'], device)}", flush=True)
 
     for d in ds:
         for n in ns:
@@ -304,6 +327,15 @@ def bench_pair_loop(rules, args):
         print(f"  {rule:18s} f={f:<3d} {best * 1e3:9.1f} ms   pair loop {loop * 1e3:9.1f} ms   "
               f"{loop / best:6.1f}x faster", flush=True)
     return rows
+
+
+def kernel_summary(status, device):
+    if device == "gpu":
+        return "CuPy"
+    built = [name for name, ok in status["kernels"].items() if ok and name != "probe"]
+    if not built:
+        return "NumPy only (compiled kernels not built or KRUM_MPI_NATIVE=0)"
+    return f"compiled ({status['isa']}: {', '.join(built)}), NumPy for the rest"
 
 
 def blas_summary(state):

@@ -253,6 +253,23 @@ def test_chain_of_steps():
     np.testing.assert_allclose(out.vector, vector, rtol=0, atol=tolerance(X))
 
 
+def test_chain_before_average_needs_no_mixed_array():
+    # average is a fixed weighted mean: the chain folds into one weighted sum of the inputs, which must
+    # equal averaging the materialized mixed rows, NaN where (and only where) a non-finite row is weighted
+    X = adversarial_input(13, 2, seed=15)
+    X[4, 5:9] = np.nan
+    out = agg.make("bucketing+nnm+average", 13, 2, bucket_size=2, seed=3)(X)
+    order = np.random.default_rng([3, 0]).permutation(13)
+    buckets = [np.sort(order[k:k + 2]) for k in range(0, 13, 2)]
+    means = np.array([X[b].astype(np.float64).mean(axis=0) for b in buckets])
+    mixed = ref_nnm(means, 2)
+    expected = mixed.mean(axis=0)
+    assert np.array_equal(np.isnan(out.vector), np.isnan(expected))
+    ok = ~np.isnan(expected)
+    np.testing.assert_allclose(out.vector[ok], expected[ok], rtol=0, atol=tolerance(X))
+    assert np.isclose(out.weights.sum(), 1.0) and sorted(out.selected.tolist()) == list(range(13))
+
+
 # -- registry and validation -----------------------------------------------------------------------
 
 def test_names_and_max_selected():

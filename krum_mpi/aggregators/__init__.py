@@ -72,7 +72,8 @@ def _both(*checks):
     return check
 
 
-register(Rule("average", average, "mean of all rows", max_selected=lambda n, f, o: n))
+register(Rule("average", average, "mean of all rows", max_selected=lambda n, f, o: n,
+              fixed_weights=lambda n: np.full(n, 1.0 / n)))
 register(Rule(
     "krum", krum, "row with the lowest Krum score (Blanchard et al. 2017)", dict(KRUM_OPTIONS),
     check=lambda n, f, o: check_krum_bounds(n, f, "krum"), max_selected=lambda n, f, o: 1))

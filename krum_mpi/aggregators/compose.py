@@ -6,9 +6,10 @@ weights are pulled back through the mixing matrices).
 """
 import numpy as np
 
+from krum_mpi.aggregators.base import Aggregation
 from krum_mpi.aggregators.preagg import PRE_STEPS, check_pre_options
 from krum_mpi.aggregators.registry import RULES, Rule
-from krum_mpi.aggregators.rowops import combine_rows_many
+from krum_mpi.aggregators.rowops import combine_rows, combine_rows_many
 
 
 def split_name(name):
@@ -52,16 +53,24 @@ def composed_rule(name):
         return min(n, width)
 
     def fn(X, f, step=0, **opts):
+        inputs = X
         n = X.shape[0]
         mixing = np.eye(n)
         owners = [np.array([i], dtype=np.int64) for i in range(n)]
-        for pre in steps:
+        for k, pre in enumerate(steps):
             m, new_owners = pre.apply(X, f, own(opts, pre.options), step)
-            X = combine_rows_many(X, m)
             mixing = m @ mixing
             owners = [np.unique(np.concatenate([owners[j] for j in group])) for group in new_owners]
-        state = {k: opts[k] for k in rule.state_keys if k in opts}
-        result = rule.fn(X, f, **own(opts, rule.options), **state)
+            if k < len(steps) - 1 or rule.fixed_weights is None:
+                X = combine_rows_many(X, m)
+        if rule.fixed_weights is not None:
+            # a fixed weighted mean of mixed rows is one weighted sum of the inputs: no (n', d) array
+            rows = mixing.shape[0]
+            weights = rule.fixed_weights(rows)
+            result = Aggregation(combine_rows(inputs, weights @ mixing), np.arange(rows, dtype=np.int64), weights)
+        else:
+            state = {k: opts[k] for k in rule.state_keys if k in opts}
+            result = rule.fn(X, f, **own(opts, rule.options), **state)
         selected = weights = None
         if result.selected is not None:
             seen = []

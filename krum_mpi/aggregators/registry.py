@@ -28,6 +28,9 @@ class Rule:
     max_selected(n, f, options) -> int             width of the per-step selection record (0: none)
     state_keys                                     keyword arguments that carry state between steps
     carry(result, state) -> dict                   the state for the next step (stateful rules only)
+    fixed_weights(n) -> (n,) weights               for rules whose output is a weighted mean with weights
+                                                   that do not depend on X (average): a chain of
+                                                   pre-steps then needs no (n', d) array before it
     """
 
     name: str
@@ -38,6 +41,7 @@ class Rule:
     max_selected: Callable = lambda n, f, options: 0
     state_keys: tuple = ()
     carry: Callable | None = None
+    fixed_weights: Callable | None = None
 
 
 RULES: dict[str, Rule] = {}
