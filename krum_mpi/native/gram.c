@@ -1,0 +1,138 @@
+/* float32 centred Gram product behind the pairwise squared distances (aggregators/distances.py).
+ *
+ * krum_gram_f32 adds, for the columns [col0, col1) of the n rows of X (row stride in elements),
+ * the Gram of the rows centred on the reference row to a float64 (n x n) sum, block by block:
+ *   1. centre a block of B columns into a cache-resident float32 scratch (n x B, zero padded);
+ *   2. its upper-triangle Gram in register tiles, float32 lanes (B / VW products per lane, then a
+ *      log2(VW) tree: the per-block error stays under the u sqrt(B) model of GramSum.error());
+ *      meanwhile the next block of X is prefetched, so memory streams while the FMAs run;
+ *   3. the block Gram goes into the float64 sum, its squared diagonal into norm_sq.
+ * Non-finite rows (same meaning as the NumPy path): a row whose block diagonal is NaN/Inf and that
+ * holds a NaN/Inf in X is marked finite[i] = 0, its entries of this block dropped, and from then
+ * on it is centred to zeros (a NaN row in every block costs one check, not a slow path). When the
+ * reference row is not finite in a block, or a finite row overflowed float32, the function stops
+ * at that block and returns its first column: the caller does that block in float64 and calls
+ * again from the next block. Returns col1 when every block is done.
+ * Single-threaded; the caller splits columns over its threads. The input is never copied.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "isa.h"
+
+#define KRUM_GRAM_ALIGN 16 /* floats: scratch rows are padded to 64 bytes, the widest vector */
+
+/* floats of work buffer the caller provides for n rows and blocks of `block` columns */
+int64_t krum_gram_work_size(int64_t n, int64_t block)
+{
+    int64_t bp = (block + KRUM_GRAM_ALIGN - 1) / KRUM_GRAM_ALIGN * KRUM_GRAM_ALIGN;
+    return n * bp + n * n + KRUM_GRAM_ALIGN;
+}
+
+#define KFN(name) name##_generic
+#define VW 4
+#define TS 3
+#define KTARGET
+#include "gram_impl.h"
+#undef KFN
+#undef VW
+#undef TS
+#undef KTARGET
+
+#if KRUM_X86
+#define KFN(name) name##_avx2
+#define VW 8
+#define TS 3
+#define KTARGET KRUM_TARGET_AVX2
+#include "gram_impl.h"
+#undef KFN
+#undef VW
+#undef TS
+#undef KTARGET
+
+#define KFN(name) name##_avx512
+#define VW 16
+#define TS 4
+#define KTARGET KRUM_TARGET_AVX512
+#include "gram_impl.h"
+#undef KFN
+#undef VW
+#undef TS
+#undef KTARGET
+#endif
+
+typedef void (*centre_fn)(const float *, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                          const uint8_t *, float *);
+typedef void (*block_fn)(const float *, int64_t, int64_t, float *, const float *, int64_t, int64_t,
+                         int64_t);
+
+static int row_is_finite(const float *x, int64_t len)
+{
+    for (int64_t k = 0; k < len; k++)
+        if (!isfinite(x[k]))
+            return 0;
+    return 1;
+}
+
+int64_t krum_gram_f32(const float *X, int64_t n, int64_t stride, int64_t col0, int64_t col1,
+                      int64_t ref, int64_t block, double *gram, double *norm_sq, uint8_t *finite,
+                      float *work)
+{
+    centre_fn centre = centre_generic;
+    block_fn block_gram = block_gram_generic;
+#if KRUM_X86
+    int isa = krum_isa_selected();
+    if (isa == KRUM_ISA_AVX512) {
+        centre = centre_avx512;
+        block_gram = block_gram_avx512;
+    } else if (isa == KRUM_ISA_AVX2) {
+        centre = centre_avx2;
+        block_gram = block_gram_avx2;
+    }
+#endif
+    int64_t bp = (block + KRUM_GRAM_ALIGN - 1) / KRUM_GRAM_ALIGN * KRUM_GRAM_ALIGN;
+    float *s = (float *)(((uintptr_t)work + 63) & ~(uintptr_t)63);
+    float *bg = s + n * bp;
+
+    for (int64_t c = col0; c < col1; c += block) {
+        int64_t len = col1 - c < block ? col1 - c : block;
+        int64_t next = c + len < col1 ? (col1 - c - len < block ? col1 - c - len : block) : 0;
+        int64_t lp = (len + KRUM_GRAM_ALIGN - 1) / KRUM_GRAM_ALIGN * KRUM_GRAM_ALIGN;
+        centre(X, n, stride, c, len, lp, ref, finite, s);
+        /* rows are lp apart in scratch for this block: a short last block computes no padding */
+        block_gram(s, n, lp, bg, X, stride, c + len, next);
+
+        /* the rare case first: look for non-finite diagonals, decide before changing anything */
+        int bad = 0;
+        for (int64_t i = 0; i < n; i++) {
+            if (isfinite(bg[i * n + i]))
+                continue;
+            if (i == ref || row_is_finite(X + i * stride + c, len))
+                return c; /* reference not finite here, or float32 overflow: float64 block */
+            bad = 1;
+        }
+        if (bad)
+            for (int64_t i = 0; i < n; i++)
+                if (!isfinite(bg[i * n + i])) {
+                    finite[i] = 0;
+                    for (int64_t j = 0; j < n; j++) /* its row and column of the upper triangle */
+                        bg[(i < j ? i : j) * n + (i < j ? j : i)] = 0.0f;
+                }
+
+        for (int64_t i = 0; i < n; i++) {
+            double di = bg[i * n + i];
+            gram[i * n + i] += di;
+            norm_sq[i] += di * di;
+            for (int64_t j = i + 1; j < n; j++) {
+                double g = bg[i * n + j];
+                gram[i * n + j] += g;
+                gram[j * n + i] += g;
+            }
+        }
+    }
+    return col1;
+}
+
+/* the variant krum_gram_f32 runs now (KRUM_MPI_ISA caps it) */
+const char *krum_gram_isa(void) { return krum_isa_name(krum_isa_selected()); }
