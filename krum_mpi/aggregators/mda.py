@@ -6,10 +6,12 @@ subset whose diameter already reaches the best one found is abandoned). Its wors
 C(n, f) subsets, so the rule refuses inputs with C(n, f) above ``max_subsets`` (default 10^6).
 A non-finite row is infinitely far from the others: with at most f of them, MDA never picks one.
 """
+import ctypes
 from math import comb
 
 import numpy as np
 
+from krum_mpi import native
 from krum_mpi.aggregators.base import Aggregation, to_numpy
 from krum_mpi.aggregators.distances import sq_distances
 from krum_mpi.aggregators.rowops import combine_rows
@@ -30,9 +32,13 @@ def min_diameter_subset(dist, size, tol=0.0):
     """Indices (NumPy int64, increasing) of the size-subset with the smallest diameter.
 
     A later subset replaces the best one only if smaller by more than tol (the distance error):
-    ties go to the lexicographically first subset.
+    ties go to the lexicographically first subset. The compiled twin (krum_mpi/native/rows.c) runs the
+    same search step for step when it is built; this one is the reference and the fallback.
     """
     dist = to_numpy(dist)
+    chosen = native_min_diameter_subset(dist, size, tol)
+    if chosen is not None:
+        return chosen
     n = dist.shape[0]
     best = [np.inf, None]
 
@@ -50,6 +56,23 @@ def min_diameter_subset(dist, size, tol=0.0):
 
     search([], 0.0, 0)
     return np.asarray(best[1], dtype=np.int64)
+
+
+def native_min_diameter_subset(dist, size, tol):
+    """min_diameter_subset by the compiled search, or None where it does not apply (not built or
+    disabled, not a float64 square matrix, or no subset found: the Python search decides)."""
+    lib = native.library("rows")
+    if lib is None or dist.dtype != np.float64 or dist.ndim != 2 or dist.shape[0] != dist.shape[1]:
+        return None
+    n, size = dist.shape[0], int(size)
+    if not 0 <= size <= n:
+        return None
+    dist = np.ascontiguousarray(dist)
+    best = np.empty(size, dtype=np.int64)
+    found = lib.krum_mda_search(dist.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), ctypes.c_int64(n),
+                                ctypes.c_int64(size), ctypes.c_double(float(tol)),
+                                best.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)))
+    return best if found == 1 else None
 
 
 def mda(X, f, max_subsets=MAX_SUBSETS):

@@ -2,10 +2,14 @@
 
 Both go column chunk by column chunk and never copy the whole input. Rows with weight 0 are left
 out of the product, so a non-finite row that a rule gave no weight cannot turn the result into NaN
-(0 * NaN = NaN in a BLAS product).
+(0 * NaN = NaN in a BLAS product). The weighted sums have a compiled twin (krum_mpi/native/rows.c)
+for float32 NumPy input: same centring, same non-finite semantics, only the weighted rows read.
 """
+import ctypes
+
 import numpy as np
 
+from krum_mpi import native
 from krum_mpi.aggregators.base import array_namespace, to_numpy
 from krum_mpi.aggregators.parallel import column_ranges, run_ranges
 
@@ -35,6 +39,9 @@ def combine_rows_many(X, mixing):
     xp = array_namespace(X)
     n, d = X.shape
     mixing = np.asarray(mixing, dtype=np.float64)
+    out = native_combine_rows(X, mixing)
+    if out is not None:
+        return out
     anchor_row = int(np.flatnonzero((mixing != 0).any(axis=0))[0])
     weights = xp.asarray(mixing, dtype=X.dtype)
     weight_sums = xp.asarray(mixing.sum(axis=1), dtype=X.dtype)[:, None]
@@ -55,6 +62,37 @@ def combine_rows_many(X, mixing):
                 out[:, cols] = result
 
     run_ranges(work, column_ranges(xp, d, align=CHUNK))
+    return out
+
+
+def native_combine_rows(X, mixing):
+    """mixing @ X by the compiled kernel (rows.c), or None where it does not apply: not built or
+    disabled, not a float32 NumPy matrix with contiguous rows, non-finite weights, or no non-zero
+    weight (the NumPy path then decides, as before)."""
+    if not (isinstance(X, np.ndarray) and X.dtype == np.float32 and X.ndim == 2 and mixing.ndim == 2
+            and mixing.shape[1] == X.shape[0] and mixing.shape[0] > 0 and X.shape[0] > 0):
+        return None
+    if X.shape[1] > 1 and X.strides[1] != X.itemsize or X.strides[0] % X.itemsize or X.ctypes.data % X.itemsize:
+        return None
+    if not (np.isfinite(mixing).all() and (mixing != 0).any()):
+        return None
+    lib = native.library("rows")
+    if lib is None:
+        return None
+    k, d = mixing.shape[0], X.shape[1]
+    mixing = np.ascontiguousarray(mixing)
+    out = np.empty((k, d), dtype=np.float32)
+    f32, i64 = ctypes.POINTER(ctypes.c_float), ctypes.c_int64
+    x_ptr, out_ptr = ctypes.cast(X.ctypes.data, f32), ctypes.cast(out.ctypes.data, f32)
+    m_ptr = mixing.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+    stride = X.strides[0] // X.itemsize
+
+    def work(start, stop):  # ctypes releases the GIL: the column ranges run in parallel
+        if lib.krum_combine_rows(x_ptr, i64(X.shape[0]), i64(stride), m_ptr, i64(k), i64(start), i64(stop),
+                                 out_ptr, i64(d)) != 0:
+            raise MemoryError("krum_combine_rows: out of memory")
+
+    run_ranges(work, column_ranges(np, d, align=CHUNK))
     return out
 
 
