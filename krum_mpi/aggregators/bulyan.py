@@ -10,7 +10,7 @@
 import numpy as np
 
 from krum_mpi.aggregators.base import Aggregation, array_namespace, to_numpy
-from krum_mpi.aggregators.coordinatewise import closest_to_median_mean, per_sorted_chunk
+from krum_mpi.aggregators.coordinatewise import closest_mean
 from krum_mpi.aggregators.distances import sq_distances
 from krum_mpi.aggregators.krum import nearest_sums, rank_lowest
 
@@ -42,5 +42,5 @@ def bulyan(X, f):
     beta = theta - 2 * f
     chosen = recursive_krum(sq_distances(X), f, theta)
     rows = xp.asarray(chosen)
-    vector = per_sorted_chunk(X, lambda xp_, block: closest_to_median_mean(xp_, block, beta), rows=rows)
+    vector = closest_mean(X, beta, rows=rows)
     return Aggregation(vector, chosen, None)
