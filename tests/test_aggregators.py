@@ -285,7 +285,7 @@ def test_average_reports_everyone():
     X = random_input(5, 10)
     out = agg.make("average", 5, 0)(X)
     assert out.selected.tolist() == [0, 1, 2, 3, 4] and np.allclose(out.weights, 0.2)
-    np.testing.assert_allclose(agg.get("average")(X, 0), X.mean(axis=0))
+    np.testing.assert_allclose(agg.get("average")(X, 0), X.astype(np.float64).mean(axis=0), rtol=0, atol=tolerance(X))
 
 
 def test_selection_records_are_numpy():
