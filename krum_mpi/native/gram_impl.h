@@ -12,32 +12,21 @@ typedef float KFN(vfu) __attribute__((vector_size(VW * 4), aligned(4)));  /* una
 
 typedef int32_t KFN(vi) __attribute__((vector_size(VW * 4)));
 
-/* Sum of the lanes of v: add the two halves until 4 lanes are left (vector extract + add; the
- * memcpy's compile to register moves), then 3 scalar adds. A tree of depth log2(VW): as exact as
- * any horizontal sum. */
-typedef float KFN(v4) __attribute__((vector_size(16)));
-#if VW >= 8
-typedef float KFN(v8) __attribute__((vector_size(32)));
-#endif
+/* Sum of the lanes of v: add the two halves until 4 lanes are left, then (c0 + c2) + (c1 + c3). A
+ * tree of depth log2(VW): as exact as any horizontal sum. Written with shuffles of the whole
+ * vector (GCC narrows them to extracts): taking v's address (memcpy of its halves) made GCC keep
+ * the tile's accumulators in memory. */
 KTARGET static inline __attribute__((always_inline)) float KFN(hsum)(KFN(vf) v)
 {
 #if VW == 16
-    KFN(v8) a, b;
-    memcpy(&a, &v, sizeof a);
-    memcpy(&b, (char *)&v + sizeof a, sizeof b);
-    a += b;
+    v += __builtin_shuffle(v, (KFN(vi)){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+#endif
+#if VW == 16
+    v += __builtin_shuffle(v, (KFN(vi)){4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3});
 #elif VW == 8
-    KFN(v8) a = v;
+    v += __builtin_shuffle(v, (KFN(vi)){4, 5, 6, 7, 0, 1, 2, 3});
 #endif
-#if VW >= 8
-    KFN(v4) c, e;
-    memcpy(&c, &a, sizeof c);
-    memcpy(&e, (char *)&a + sizeof c, sizeof e);
-    c += e;
-#else
-    KFN(v4) c = v;
-#endif
-    return (c[0] + c[2]) + (c[1] + c[3]);
+    return (v[0] + v[2]) + (v[1] + v[3]);
 }
 
 /* scratch row i = X row i - reference row over [c, c + len), zeros up to bp; rows marked
@@ -61,11 +50,36 @@ KTARGET static void KFN(centre)(const float *X, int64_t n, int64_t stride, int64
     }
 }
 
+/* The TS x TS tile written out: GCC kept an array of accumulators in memory (a load and a store
+ * around every FMA), so the tile is spelled with one variable per accumulator. */
+#if TS == 4
+#define KRUM_EACH_U(F) F(0) F(1) F(2) F(3)
+#define KRUM_EACH_UV(F) F(0, 0) F(0, 1) F(0, 2) F(0, 3) F(1, 0) F(1, 1) F(1, 2) F(1, 3) \
+                        F(2, 0) F(2, 1) F(2, 2) F(2, 3) F(3, 0) F(3, 1) F(3, 2) F(3, 3)
+#elif TS == 3
+#define KRUM_EACH_U(F) F(0) F(1) F(2)
+#define KRUM_EACH_UV(F) F(0, 0) F(0, 1) F(0, 2) F(1, 0) F(1, 1) F(1, 2) F(2, 0) F(2, 1) F(2, 2)
+#else
+#error "gram_impl.h: TS must be 3 or 4"
+#endif
+#define KRUM_ACC_ZERO(u, v) KFN(vf) c##u##v = {0};
+#define KRUM_LOAD(u) KFN(vf) a##u = *(const KFN(vf) *)(a + u * bp + k), \
+                             b##u = *(const KFN(vf) *)(b + u * bp + k);
+#define KRUM_FMA(u, v) c##u##v += a##u * b##v;
+#define KRUM_STORE(u, v) \
+    if (TS * ti + u < n && TS * tj + v < n && TS * ti + u <= TS * tj + v) \
+        bg[(TS * ti + u) * n + TS * tj + v] = KFN(hsum)(c##u##v);
+
 /* Upper triangle of the Gram of the n centred rows (length bp) into bg (n x n float32), in TS x TS
- * register tiles: TS^2 accumulators, 2 TS loads per TS^2 FMAs. Rows past n in an edge tile point at
- * row 0 and their products are dropped (no padding rows: scratch stays n x bp). While the tiles
- * run, the next block of X (rows x [pc, pc + plen)) is prefetched, spread over the k steps, so
- * the next centring pass reads from cache and the kernel streams memory while it computes. */
+ * register tiles: TS^2 accumulators, 2 TS loads per TS^2 FMAs. An edge tile reads the zero rows
+ * that follow the n scratch rows (KRUM_GRAM_PAD_ROWS) and its products past n are dropped. While
+ * the tiles run, a later block of X (rows x [pc, pc + plen)) is prefetched, so its centring
+ * pass reads from cache and the kernel streams memory while it computes. The prefetches go out in
+ * small groups between runs of KRUM_GRAM_PF_STEPS k steps, not inside the FMA loop: there their
+ * bookkeeping took the registers the tile needs. */
+#ifndef KRUM_GRAM_PF_STEPS
+#define KRUM_GRAM_PF_STEPS 4
+#endif
 /* -std=c11 turns FMA contraction off for the whole file; the products here want it (one rounding
  * instead of two, and twice the throughput) */
 KTARGET __attribute__((optimize("fp-contract=fast"))) static void
@@ -73,32 +87,25 @@ KFN(block_gram)(const float *s, int64_t n, int64_t bp, float *bg, const float *X
                 int64_t stride, int64_t pc, int64_t plen)
 {
     int64_t tiles = (n + TS - 1) / TS;
-    int64_t steps = (tiles * (tiles + 1) / 2) * (bp / VW);  /* k steps in this block */
+    int64_t runs = (tiles * (tiles + 1) / 2) *
+                   ((bp / VW + KRUM_GRAM_PF_STEPS - 1) / KRUM_GRAM_PF_STEPS);
     int64_t lines_per_row = (plen + 15) / 16;               /* 64-byte lines per row */
     int64_t lines = plen > 0 ? n * lines_per_row : 0;
-    int64_t per_step = steps > 0 ? (lines + steps - 1) / steps : 0;
+    int64_t per_run = runs > 0 ? (lines + runs - 1) / runs : 0;
     int64_t pf_row = 0, pf_off = 0;
 
     for (int64_t ti = 0; ti < tiles; ti++) {
-        const float *a[TS];
-        for (int u = 0; u < TS; u++)
-            a[u] = s + (TS * ti + u < n ? TS * ti + u : 0) * bp;
+        const float *a = s + TS * ti * bp;  /* rows TS ti .. TS ti + TS - 1, bp apart */
         for (int64_t tj = ti; tj < tiles; tj++) {
-            const float *b[TS];
-            for (int u = 0; u < TS; u++)
-                b[u] = s + (TS * tj + u < n ? TS * tj + u : 0) * bp;
-            KFN(vf) acc[TS][TS];  /* one block: B / VW products per lane */
-            memset(acc, 0, sizeof acc);
-            for (int64_t k = 0; k < bp; k += VW) {
-                KFN(vf) va[TS], vb[TS];
-                for (int u = 0; u < TS; u++) {
-                    va[u] = *(const KFN(vf) *)(a[u] + k);
-                    vb[u] = *(const KFN(vf) *)(b[u] + k);
+            const float *b = s + TS * tj * bp;
+            KRUM_EACH_UV(KRUM_ACC_ZERO)  /* one block: B / VW products per lane */
+            for (int64_t k = 0; k < bp;) {
+                int64_t kend = bp - k > KRUM_GRAM_PF_STEPS * VW ? k + KRUM_GRAM_PF_STEPS * VW : bp;
+                for (; k < kend; k += VW) {
+                    KRUM_EACH_U(KRUM_LOAD)
+                    KRUM_EACH_UV(KRUM_FMA)
                 }
-                for (int u = 0; u < TS; u++)
-                    for (int v = 0; v < TS; v++)
-                        acc[u][v] += va[u] * vb[v];
-                for (int64_t p = 0; p < per_step && pf_row < n; p++) {
+                for (int64_t p = 0; p < per_run && pf_row < n; p++) {
                     __builtin_prefetch(X + pf_row * stride + pc + pf_off * 16, 0, 2);
                     if (++pf_off == lines_per_row) {
                         pf_off = 0;
@@ -106,12 +113,13 @@ KFN(block_gram)(const float *s, int64_t n, int64_t bp, float *bg, const float *X
                     }
                 }
             }
-            for (int u = 0; u < TS; u++)
-                for (int v = 0; v < TS; v++) {
-                    int64_t i = TS * ti + u, j = TS * tj + v;
-                    if (i < n && j < n && i <= j)
-                        bg[i * n + j] = KFN(hsum)(acc[u][v]);
-                }
+            KRUM_EACH_UV(KRUM_STORE)
         }
     }
 }
+#undef KRUM_EACH_U
+#undef KRUM_EACH_UV
+#undef KRUM_ACC_ZERO
+#undef KRUM_LOAD
+#undef KRUM_FMA
+#undef KRUM_STORE
