@@ -12,7 +12,11 @@
  * (a comparator on the tile costs two loads and two stores, in registers none). Comparators with
  * padding rows are skipped, and the last merge only sorts the parts holding a position the rule
  * reads one by one (the median, a trimmed range's ends, the closest window's candidates); the
- * rest is summed as sets. The reductions then read the rows they need from the tile with the
+ * rest is summed as sets. With no padding (n == N) the median and a trimmed mean whose range is
+ * the middle half (+- one position: b = N/4 or N/4 - 1) skip the last merge altogether: its flip
+ * and one half-cleaner, folded into min/max reductions over the two sorted halves on the tile
+ * (split_median in order_impl.h), give the median's two values and the middle set without a
+ * store. The reductions then read the rows they need from the tile with the
  * arithmetic of the NumPy path (krum_mpi/aggregators/coordinatewise.py, the reference): median
  * lo*0.5f + hi*0.5f, offsets from the median in float32, the closest window's sum in float64.
  *

@@ -26,10 +26,15 @@ static inline TARGET V CAT(to_key, SFX)(V x)
     return (x ^ (sign & 0x7fffffff)) - KEY_SHIFT;
 }
 
+static inline TARGET VFT CAT(key_value, SFX)(V key)
+{
+    V k = key + KEY_SHIFT;
+    return (VFT)(k ^ ((V)((VST)k >> 31) & 0x7fffffff));
+}
+
 static inline TARGET VFT CAT(row_value, SFX)(const V *t, int64_t p)
 {
-    V k = t[p] + KEY_SHIFT;
-    return (VFT)(k ^ ((V)((VST)k >> 31) & 0x7fffffff));
+    return CAT(key_value, SFX)(t[p]);
 }
 
 /* Row i's VW columns as keys; the largest key for the padding rows i >= n. */
@@ -120,6 +125,57 @@ static inline TARGET VFT CAT(window_offset, SFX)(const V *t, int64_t p, VFT med,
     return d;
 }
 
+/* The last merge without sorting, for n == N rows in two sorted halves A = t[0..m), B = t[m..N):
+ * the bitonic flip L[i] = min(A[i], B[m-1-i]), U[i] = max(A[i], B[m-1-i]) splits the values into
+ * the m smallest (L) and the m largest (U), so the median's positions m-1 and m are max L and
+ * min U. L and U are bitonic, so a half-cleaner at distance m/2 splits each into halves as sets:
+ * the middle positions [m/2, N - m/2) are the upper half of L and the lower half of U, which is
+ * the trimmed range when 4 b == N. Reads the tile only: no stores, about a third of the
+ * comparators of sorting the parts, and the reductions come straight from registers. */
+static inline TARGET VFT CAT(split_median, SFX)(const V *t, int64_t N)
+{
+    int64_t h = N / 4;  /* a multiple of 2: N >= 2 B >= 16 */
+    V lo0 = (V){0}, lo1 = (V){0}, hi0 = (V){0} + UINT32_MAX, hi1 = hi0;  /* two chains each */
+    for (int64_t i = 0; i < h; i += 2) {
+        /* upper half of L and lower half of U at i, then at i + 1 */
+        V l0 = VMAX(VMIN(t[i], t[N - 1 - i]), VMIN(t[i + h], t[N - 1 - i - h]));
+        V u0 = VMIN(VMAX(t[i], t[N - 1 - i]), VMAX(t[i + h], t[N - 1 - i - h]));
+        V l1 = VMAX(VMIN(t[i + 1], t[N - 2 - i]), VMIN(t[i + 1 + h], t[N - 2 - i - h]));
+        V u1 = VMIN(VMAX(t[i + 1], t[N - 2 - i]), VMAX(t[i + 1 + h], t[N - 2 - i - h]));
+        lo0 = VMAX(lo0, l0);
+        lo1 = VMAX(lo1, l1);
+        hi0 = VMIN(hi0, u0);
+        hi1 = VMIN(hi1, u1);
+    }
+    return CAT(key_value, SFX)(VMAX(lo0, lo1)) * 0.5f + CAT(key_value, SFX)(VMIN(hi0, hi1)) * 0.5f;
+}
+
+/* Sum over the positions [N/4 - q, N - N/4 + q) of (value - med), q = 0 or 1, as sets (see
+ * split_median). A half-cleaner on L also gives its lower half LL = {min(L[i], L[i+m/2])}, the
+ * N/4 smallest values: its largest is position N/4 - 1; likewise for U's upper half and position
+ * N - N/4. So q = 1 (b = N/4 - 1: n = 64 with f = 15) costs two more min/max per pair. */
+static inline TARGET VFT CAT(split_middle_sum, SFX)(const V *t, int64_t N, VFT med, int q)
+{
+    int64_t h = N / 4;
+    VFT acc0 = (VFT){0}, acc1 = (VFT){0};
+    V below = (V){0}, above = (V){0} + UINT32_MAX;
+    for (int64_t i = 0; i < h; i++) {
+        V l0 = VMIN(t[i], t[N - 1 - i]), l1 = VMIN(t[i + h], t[N - 1 - i - h]);
+        V u0 = VMAX(t[i], t[N - 1 - i]), u1 = VMAX(t[i + h], t[N - 1 - i - h]);
+        acc0 += CAT(key_value, SFX)(VMAX(l0, l1)) - med;
+        acc1 += CAT(key_value, SFX)(VMIN(u0, u1)) - med;
+        if (q) {
+            below = VMAX(below, VMIN(l0, l1));
+            above = VMIN(above, VMAX(u0, u1));
+        }
+    }
+    if (q) {
+        acc0 += CAT(key_value, SFX)(below) - med;
+        acc1 += CAT(key_value, SFX)(above) - med;
+    }
+    return acc0 + acc1;
+}
+
 /* Sorts rows [0, n) of VW columns (row i at rowp[i] + off) into the tile t (N >= n rows, a power
  * of two >= B; rows >= n padded with the largest key), then writes the rule's VW results to out.
  * need[a] = number of positions < a whose sorted value the rule reads one by one: the last merge
@@ -143,7 +199,12 @@ static TARGET void CAT(group, SFX)(const float *const *rowp, int64_t off, int64_
      * below B run in registers. A run whose upper half is all padding is already sorted. After a
      * half-cleaner every value of a part is <= every value of the next part, so in the last merge
      * a part without needed positions stays unsorted. */
-    for (int64_t s = 2 * run; s <= N; s *= 2) {
+    /* n == N and the rule reads only the median and the middle half (+- 1): the last merge is
+     * split_median and split_middle_sum */
+    int64_t q = N / 4 - param;
+    int split = n == N && N >= 2 * B &&
+                (mode == KRUM_ORDER_MEDIAN || (mode == KRUM_ORDER_TRIMMED && (q == 0 || q == 1)));
+    for (int64_t s = 2 * run; s <= (split ? N / 2 : N); s *= 2) {
         int last = s == N;
         for (int64_t base = 0; base + s / 2 < n; base += s) {
             V *r = t + base;
@@ -176,6 +237,13 @@ static TARGET void CAT(group, SFX)(const float *const *rowp, int64_t off, int64_
                                 }
             }
         }
+    }
+
+    if (split) {
+        VFT med = CAT(split_median, SFX)(t, N);
+        VFT res = mode == KRUM_ORDER_MEDIAN ? med : med + CAT(split_middle_sum, SFX)(t, N, med, (int)q) / (float)(N - 2 * param);
+        __builtin_memcpy(out, &res, sizeof res);
+        return;
     }
 
     /* Reductions over the sorted tile, NumPy's float32 arithmetic (no FMA contraction under -std=c11). */
