@@ -55,6 +55,22 @@ def test_matches_reference_and_numpy_under_a_common_mean(n, monkeypatch):
     np.testing.assert_allclose(result.sq, expected.sq, rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 7, 16, 17, 31, 32, 33])
+def test_whole_vector_blocks_read_in_place(n, monkeypatch):
+    # blocks of 96 columns (whole vectors in every variant): small n reads X in place and centres
+    # in registers, edge tiles included; the short last block (1013 = 10 * 96 + 53) uses scratch
+    X = rows(n, 1013, seed=20 + n)
+    X[n // 2, 500] = np.nan  # marked in a middle block, in place from then on
+    result = sq_distances(X, chunk=96)
+    good = np.arange(n) != n // 2
+    assert result.finite.tolist() == good.tolist()
+    expected = numpy_path(X, 96, monkeypatch)
+    np.testing.assert_allclose(result.sq[np.ix_(good, good)], expected.sq[np.ix_(good, good)],
+                               rtol=1e-5, atol=1e-3)
+    if good.sum() > 1:
+        check_against_reference(sq_distances(X[good], chunk=96), X[good])
+
+
 @pytest.mark.parametrize("n", [5, 16, 67])
 def test_default_blocks_on_a_longer_row(n, monkeypatch):
     X = rows(n, 3 * distances.native_block(n, 10**9) + 37, seed=3)

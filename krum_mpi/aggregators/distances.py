@@ -33,7 +33,8 @@ CPU_CHUNK_BYTES = 1 << 22  # float32 chunk buffer on CPU: 4 MiB ((64, 16384), (1
 CPU_CHUNK = None  # columns per chunk on CPU; None: CPU_CHUNK_BYTES / (4 n)
 GPU_CHUNK = 1 << 20  # on GPU: few launches, a bounded (n, 2^20) buffer
 NATIVE_BLOCK_BYTES = 1 << 18  # compiled kernel: (n, block) float32 scratch, L2-resident (the block
-                              # after next is prefetched into L2 beside it while this one is multiplied)
+                              # after next is prefetched into L2 beside it while this one is multiplied;
+                              # up to n = 32 whole-vector blocks are read from X in place instead)
 NATIVE_BLOCK_MAX = 1024  # columns; the error estimate grows with sqrt(block). 1024, not 4096: at
                          # n = 16 a tile's 8 rows then stay in L1 and the prefetched X competes less
                          # (measured 33.7 -> 25.3 ms for 5e6 columns on one core)
