@@ -80,6 +80,24 @@ KTARGET static void KFN(centre)(const float *X, int64_t n, int64_t stride, int64
 #ifndef KRUM_GRAM_PF_STEPS
 #define KRUM_GRAM_PF_STEPS 4
 #endif
+/* The prefetch plan of one block: the n rows x plen columns of X at pc (the block after next) as
+ * 64-byte lines, spread evenly over the tile runs of KRUM_GRAM_PF_STEPS vector steps each (cols:
+ * the columns one tile pass covers); KRUM_PREFETCH_GROUP issues one run's share. Macros rather than
+ * functions: the counters must stay in registers of the tile loop. */
+#define KRUM_PREFETCH_PLAN(cols) \
+    int64_t runs = (tiles * (tiles + 1) / 2) * ((cols / VW + KRUM_GRAM_PF_STEPS - 1) / KRUM_GRAM_PF_STEPS); \
+    int64_t lines_per_row = (plen + 15) / 16; \
+    int64_t lines = plen > 0 ? n * lines_per_row : 0; \
+    int64_t per_run = runs > 0 ? (lines + runs - 1) / runs : 0; \
+    int64_t pf_row = 0, pf_off = 0;
+#define KRUM_PREFETCH_GROUP \
+    for (int64_t p = 0; p < per_run && pf_row < n; p++) { \
+        __builtin_prefetch(X + pf_row * stride + pc + pf_off * 16, 0, 2); \
+        if (++pf_off == lines_per_row) { \
+            pf_off = 0; \
+            pf_row++; \
+        } \
+    }
 /* -std=c11 turns FMA contraction off for the whole file; the products here want it (one rounding
  * instead of two, and twice the throughput) */
 KTARGET __attribute__((optimize("fp-contract=fast"))) static void
@@ -87,12 +105,7 @@ KFN(block_gram)(const float *s, int64_t n, int64_t bp, float *bg, const float *X
                 int64_t stride, int64_t pc, int64_t plen)
 {
     int64_t tiles = (n + TS - 1) / TS;
-    int64_t runs = (tiles * (tiles + 1) / 2) *
-                   ((bp / VW + KRUM_GRAM_PF_STEPS - 1) / KRUM_GRAM_PF_STEPS);
-    int64_t lines_per_row = (plen + 15) / 16;               /* 64-byte lines per row */
-    int64_t lines = plen > 0 ? n * lines_per_row : 0;
-    int64_t per_run = runs > 0 ? (lines + runs - 1) / runs : 0;
-    int64_t pf_row = 0, pf_off = 0;
+    KRUM_PREFETCH_PLAN(bp)
 
     for (int64_t ti = 0; ti < tiles; ti++) {
         const float *a = s + TS * ti * bp;  /* rows TS ti .. TS ti + TS - 1, bp apart */
@@ -105,13 +118,7 @@ KFN(block_gram)(const float *s, int64_t n, int64_t bp, float *bg, const float *X
                     KRUM_EACH_U(KRUM_LOAD)
                     KRUM_EACH_UV(KRUM_FMA)
                 }
-                for (int64_t p = 0; p < per_run && pf_row < n; p++) {
-                    __builtin_prefetch(X + pf_row * stride + pc + pf_off * 16, 0, 2);
-                    if (++pf_off == lines_per_row) {
-                        pf_off = 0;
-                        pf_row++;
-                    }
-                }
+                KRUM_PREFETCH_GROUP
             }
             KRUM_EACH_UV(KRUM_STORE)
         }
@@ -141,21 +148,7 @@ KFN(block_gram_x)(const float *const *rows, const float *r, int64_t n, int64_t l
                 const float *X, int64_t stride, int64_t pc, int64_t plen)
 {
     int64_t tiles = (n + TS - 1) / TS;
-    int64_t runs = (tiles * (tiles + 1) / 2) *
-                   ((len / VW + KRUM_GRAM_PF_STEPS - 1) / KRUM_GRAM_PF_STEPS);
-    int64_t lines_per_row = (plen + 15) / 16;               /* 64-byte lines per row */
-    int64_t lines = plen > 0 ? n * lines_per_row : 0;
-    int64_t per_run = runs > 0 ? (lines + runs - 1) / runs : 0;
-    int64_t pf_row = 0, pf_off = 0;
-
-#define KRUM_PREFETCH_GROUP \
-    for (int64_t p = 0; p < per_run && pf_row < n; p++) { \
-        __builtin_prefetch(X + pf_row * stride + pc + pf_off * 16, 0, 2); \
-        if (++pf_off == lines_per_row) { \
-            pf_off = 0; \
-            pf_row++; \
-        } \
-    }
+    KRUM_PREFETCH_PLAN(len)
     for (int64_t ti = 0; ti < tiles; ti++) {
         const float *const *pa = rows + TS * ti;
         {   /* the diagonal tile */
@@ -188,7 +181,6 @@ KFN(block_gram_x)(const float *const *rows, const float *r, int64_t n, int64_t l
             KRUM_EACH_UV(KRUM_STORE)
         }
     }
-#undef KRUM_PREFETCH_GROUP
 }
 #undef KRUM_EACH_U
 #undef KRUM_EACH_UV
@@ -200,3 +192,5 @@ KFN(block_gram_x)(const float *const *rows, const float *r, int64_t n, int64_t l
 #undef KRUM_FMA_DIAG
 #undef KRUM_FMA
 #undef KRUM_STORE
+#undef KRUM_PREFETCH_PLAN
+#undef KRUM_PREFETCH_GROUP

@@ -69,15 +69,6 @@ static inline vgen vgen_max(vgen a, vgen b) { vgen m = (vgen)(a < b); return (b 
 #define VMAX vgen_max
 #define TO_DOUBLE(h) __builtin_convertvector(h, VDT)
 #include "order_impl.h"
-#undef SFX
-#undef TARGET
-#undef VW
-#undef B
-#undef PREFETCH
-#undef V
-#undef VMIN
-#undef VMAX
-#undef TO_DOUBLE
 
 #if KRUM_X86
 #include <immintrin.h>
@@ -93,15 +84,6 @@ typedef uint32_t v16si __attribute__((vector_size(64)));
 #define VMAX(a, b) ((v8si)_mm256_max_epu32((__m256i)(a), (__m256i)(b)))
 #define TO_DOUBLE(h) ((VDT)_mm256_cvtps_pd((__m128)(h)))  /* GCC 12 splits __builtin_convertvector */
 #include "order_impl.h"
-#undef SFX
-#undef TARGET
-#undef VW
-#undef B
-#undef PREFETCH
-#undef V
-#undef VMIN
-#undef VMAX
-#undef TO_DOUBLE
 
 #define SFX avx512
 #define TARGET KRUM_TARGET_AVX512
@@ -113,15 +95,6 @@ typedef uint32_t v16si __attribute__((vector_size(64)));
 #define VMAX(a, b) ((v16si)_mm512_max_epu32((__m512i)(a), (__m512i)(b)))
 #define TO_DOUBLE(h) ((VDT)_mm512_cvtps_pd((__m256)(h)))
 #include "order_impl.h"
-#undef SFX
-#undef TARGET
-#undef VW
-#undef B
-#undef PREFETCH
-#undef V
-#undef VMIN
-#undef VMAX
-#undef TO_DOUBLE
 #endif
 
 int64_t krum_order_max_rows(void) { return KRUM_ORDER_MAX_ROWS; }

@@ -1,7 +1,7 @@
 /* One ISA variant of the coordinate-wise order kernel; order.c includes this once per variant with
  * SFX (name suffix), TARGET (attribute), VW (lanes), B (rows sorted in registers: 16 or 8), the
  * uint32 vector type V, VMIN/VMAX, TO_DOUBLE (half a float vector to doubles) and PREFETCH
- * (floats ahead) defined. See order.c for the design. */
+ * (floats ahead) defined; it undefines them at its end. See order.c for the design. */
 
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
@@ -327,3 +327,13 @@ static TARGET void CAT(order_reduce, SFX)(const float *const *rowp, int64_t n, i
 #undef KEY_SHIFT
 #undef CAT
 #undef CAT_
+/* the includer's parameters: the next variant defines its own */
+#undef SFX
+#undef TARGET
+#undef VW
+#undef B
+#undef PREFETCH
+#undef V
+#undef VMIN
+#undef VMAX
+#undef TO_DOUBLE
