@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ResultsError
+from .native import status as native_status
 
 SCHEMA_VERSION = 1
 METRICS = ("loss", "test_accuracy")
@@ -253,7 +254,7 @@ def blas_info() -> list:
 
 
 def provenance(mpi_library: str, hostnames: list, n_ranks: int, n_workers: int, device: str) -> dict:
-    env_keys = [k for k in os.environ if k.startswith(("SLURM_", "OPENBLAS_", "OMP_", "MKL_"))]
+    env_keys = [k for k in os.environ if k.startswith(("SLURM_", "OPENBLAS_", "OMP_", "MKL_", "KRUM_MPI_"))]
     return {
         "uuid": str(uuid.uuid4()),
         "time_unix": time.time(),
@@ -271,6 +272,7 @@ def provenance(mpi_library: str, hostnames: list, n_ranks: int, n_workers: int, 
         "n_workers": n_workers,
         "device": device,
         "blas": blas_info(),
+        "native_kernels": _safe(native_status),  # compiled kernels and ISA: near-ties can differ by ISA
         "env": {k: os.environ[k] for k in sorted(env_keys)},
     }
 

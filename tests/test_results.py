@@ -90,3 +90,7 @@ def test_provenance_is_json():
     text = json.dumps(prov)
     assert "numpy" in text and prov["n_ranks"] == 2 and prov["hostnames"] == ["a", "b"]
     assert isinstance(prov["blas"], list)
+    # which aggregation kernels ran (and on which ISA) is part of what reproduces a selection
+    import krum_mpi.native as native
+
+    assert prov["native_kernels"] == native.status()
