@@ -22,7 +22,6 @@ then times Krum at n = 64, d = 2.5e7 (ResNet-50 scale) on the GPU.
 import argparse
 import contextlib
 import csv
-import ctypes
 import importlib
 import json
 import math
@@ -160,8 +159,6 @@ def native_read_sum(X):
     lib = native.library("probe")
     if lib is None or not X.flags.c_contiguous or X.dtype != np.float32:
         return None
-    lib.krum_read_sum.restype = ctypes.c_float
-    lib.krum_read_sum.argtypes = [ctypes.c_void_p, ctypes.c_int64]
 
     @cpu_budget
     def threaded():

@@ -20,8 +20,6 @@ sorts 16 (AVX-512) or 8 columns at a time with vector sorting networks straight 
 transposed copy, same ordering and arithmetic; the threads split the columns the same way. Anything
 else (float64, GPU arrays, more rows, KRUM_MPI_NATIVE=0) takes the NumPy path above, the reference.
 """
-import ctypes
-
 import numpy as np
 
 from krum_mpi import native
@@ -65,23 +63,10 @@ def per_sorted_chunk(X, reduce, rows=None):
 
 
 def order_library(X, n):
-    """The compiled order kernel for n rows of X, or None: NumPy float32, unit column stride,
-    non-negative row stride, 1 <= n <= the kernel's row limit."""
-    if not (isinstance(X, np.ndarray) and X.dtype == np.float32 and X.ndim == 2 and X.strides[1] == 4
-            and X.strides[0] >= 0 and X.strides[0] % 4 == 0 and X.flags.aligned):
-        return None
-    lib = native.library("order")
-    if lib is None:
-        return None
-    if not getattr(lib, "_krum_declared", False):
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        lib.krum_order_max_rows.restype = i64
-        # (X, row stride, rows or NULL, n, col0, col1, mode, param, out) -> 0, or -1: not supported
-        lib.krum_order_reduce.argtypes = [ptr, i64, ptr, i64, i64, i64, ctypes.c_int, i64, ptr]
-        lib.krum_order_reduce.restype = ctypes.c_int
-        lib._krum_max_rows = lib.krum_order_max_rows()
-        lib._krum_declared = True
-    return lib if 1 <= n <= lib._krum_max_rows else None
+    """The compiled order kernel for n rows of X, or None: X read in place with a non-negative row
+    stride, 1 <= n <= the kernel's row limit."""
+    lib = native.library("order") if native.float32_rows(X) and X.strides[0] >= 0 else None
+    return lib if lib is not None and n <= lib.krum_order_max_rows() else None
 
 
 def native_order(X, mode, param=0, rows=None):

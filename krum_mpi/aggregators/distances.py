@@ -19,7 +19,6 @@ Why it is built this way:
 - A row holding NaN or Inf is infinitely far from every other row: its distances are +inf (0 to
   itself) and ``finite`` marks it False.
 """
-import ctypes
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,21 +129,8 @@ def accumulate(X, slices, reference, precise, done=()):
 
 
 def gram_library(X):
-    """The compiled Gram kernel for X, or None: NumPy float32 rows with unit column stride only."""
-    if not (isinstance(X, np.ndarray) and X.dtype == np.float32 and X.ndim == 2 and X.shape[0] > 0
-            and X.strides[1] == 4 and X.strides[0] % 4 == 0 and X.flags.aligned):
-        return None
-    lib = native.library("gram")
-    if lib is not None and not getattr(lib, "_krum_declared", False):
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        lib.krum_gram_work_size.argtypes = [i64, i64]
-        lib.krum_gram_work_size.restype = i64
-        # (X, n, row stride, col0, col1, reference, block, gram, norm_sq, finite, work)
-        lib.krum_gram_f32.argtypes = [ptr, i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr]
-        lib.krum_gram_f32.restype = i64
-        lib.krum_gram_isa.restype = ctypes.c_char_p
-        lib._krum_declared = True
-    return lib
+    """The compiled Gram kernel for X, or None (X not read in place, or the kernel not built)."""
+    return native.library("gram") if native.float32_rows(X) else None
 
 
 def native_block(n, chunk):

@@ -6,7 +6,6 @@ subset whose diameter already reaches the best one found is abandoned). Its wors
 C(n, f) subsets, so the rule refuses inputs with C(n, f) above ``max_subsets`` (default 10^6).
 A non-finite row is infinitely far from the others: with at most f of them, MDA never picks one.
 """
-import ctypes
 from math import comb
 
 import numpy as np
@@ -69,9 +68,7 @@ def native_min_diameter_subset(dist, size, tol):
         return None
     dist = np.ascontiguousarray(dist)
     best = np.empty(size, dtype=np.int64)
-    found = lib.krum_mda_search(dist.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), ctypes.c_int64(n),
-                                ctypes.c_int64(size), ctypes.c_double(float(tol)),
-                                best.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)))
+    found = lib.krum_mda_search(dist.ctypes.data, n, size, float(tol), best.ctypes.data)
     return best if found == 1 else None
 
 

@@ -5,8 +5,6 @@ out of the product, so a non-finite row that a rule gave no weight cannot turn t
 (0 * NaN = NaN in a BLAS product). The weighted sums have a compiled twin (krum_mpi/native/rows.c)
 for float32 NumPy input: same centring, same non-finite semantics, only the weighted rows read.
 """
-import ctypes
-
 import numpy as np
 
 from krum_mpi import native
@@ -67,12 +65,9 @@ def combine_rows_many(X, mixing):
 
 def native_combine_rows(X, mixing):
     """mixing @ X by the compiled kernel (rows.c), or None where it does not apply: not built or
-    disabled, not a float32 NumPy matrix with contiguous rows, non-finite weights, or no non-zero
+    disabled, X not read in place (krum_mpi.native.float32_rows), non-finite weights, or no non-zero
     weight (the NumPy path then decides, as before)."""
-    if not (isinstance(X, np.ndarray) and X.dtype == np.float32 and X.ndim == 2 and mixing.ndim == 2
-            and mixing.shape[1] == X.shape[0] and mixing.shape[0] > 0 and X.shape[0] > 0):
-        return None
-    if X.shape[1] > 1 and X.strides[1] != X.itemsize or X.strides[0] % X.itemsize or X.ctypes.data % X.itemsize:
+    if not (native.float32_rows(X) and mixing.ndim == 2 and mixing.shape[1] == X.shape[0] and mixing.shape[0] > 0):
         return None
     if not (np.isfinite(mixing).all() and (mixing != 0).any()):
         return None
@@ -82,14 +77,10 @@ def native_combine_rows(X, mixing):
     k, d = mixing.shape[0], X.shape[1]
     mixing = np.ascontiguousarray(mixing)
     out = np.empty((k, d), dtype=np.float32)
-    f32, i64 = ctypes.POINTER(ctypes.c_float), ctypes.c_int64
-    x_ptr, out_ptr = ctypes.cast(X.ctypes.data, f32), ctypes.cast(out.ctypes.data, f32)
-    m_ptr = mixing.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
-    stride = X.strides[0] // X.itemsize
 
     def work(start, stop):  # ctypes releases the GIL: the column ranges run in parallel
-        if lib.krum_combine_rows(x_ptr, i64(X.shape[0]), i64(stride), m_ptr, i64(k), i64(start), i64(stop),
-                                 out_ptr, i64(d)) != 0:
+        if lib.krum_combine_rows(X.ctypes.data, X.shape[0], X.strides[0] // 4, mixing.ctypes.data, k, start, stop,
+                                 out.ctypes.data, d) != 0:
             raise MemoryError("krum_combine_rows: out of memory")
 
     run_ranges(work, column_ranges(np, d, align=CHUNK))

@@ -11,10 +11,39 @@ import importlib.machinery
 import os
 from pathlib import Path
 
+import numpy as np
+
 ENV = "KRUM_MPI_NATIVE"  # "0": NumPy kernels only
 ENABLED = os.environ.get(ENV, "1") != "0"
 HERE = Path(__file__).resolve().parent
 _loaded = {}
+
+# The C signature of every exported function, (restype, argtypes), declared once when its library
+# loads: callers pass plain ints (array addresses from ``.ctypes.data``) and get plain results.
+_PTR, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+SIGNATURES = {
+    "probe": {"krum_native_isa": (ctypes.c_char_p, []),
+              "krum_read_sum": (ctypes.c_float, [_PTR, _I64])},  # (x, count)
+    "gram": {"krum_gram_isa": (ctypes.c_char_p, []),
+             "krum_gram_work_size": (_I64, [_I64, _I64]),  # (n, block)
+             # (X, n, row stride, col0, col1, reference, block, gram, norm_sq, finite, work)
+             "krum_gram_f32": (_I64, [_PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR])},
+    "order": {"krum_order_max_rows": (_I64, []),
+              # (X, row stride, rows or NULL, n, col0, col1, mode, param, out)
+              "krum_order_reduce": (_INT, [_PTR, _I64, _PTR, _I64, _I64, _I64, _INT, _I64, _PTR])},
+    "rows": {  # (X, n, row stride, mixing, k, col0, col1, out, out row stride)
+             "krum_combine_rows": (_INT, [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR, _I64]),
+             # (dist, n, size, tol, best)
+             "krum_mda_search": (_INT, [_PTR, _I64, _I64, ctypes.c_double, _PTR])},
+}
+
+
+def float32_rows(X):
+    """True for what the kernels read in place: a NumPy float32 (n, d) array, n >= 1, whose rows are
+    contiguous (unit column stride) and a whole number of floats apart, aligned. A view of rows or
+    columns qualifies; a column-strided view does not (the NumPy path takes it)."""
+    return (isinstance(X, np.ndarray) and X.dtype == np.float32 and X.ndim == 2 and X.shape[0] > 0
+            and (X.strides[1] == 4 or X.shape[1] <= 1) and X.strides[0] % 4 == 0 and X.flags.aligned)
 
 
 def library(name):
@@ -30,7 +59,11 @@ def _load(name):
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = HERE / f"_{name}{suffix}"
         if path.is_file():
-            return ctypes.CDLL(str(path))
+            lib = ctypes.CDLL(str(path))
+            for function, (restype, argtypes) in SIGNATURES.get(name, {}).items():
+                getattr(lib, function).restype = restype
+                getattr(lib, function).argtypes = argtypes
+            return lib
     return None
 
 
@@ -40,7 +73,6 @@ def isa():
     lib = library("probe")
     if lib is None:
         return None
-    lib.krum_native_isa.restype = ctypes.c_char_p
     return lib.krum_native_isa().decode()
 
 
