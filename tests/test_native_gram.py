@@ -126,19 +126,25 @@ def test_a_nan_row_in_every_block_stays_on_the_fast_path(monkeypatch):
     assert result.finite.tolist() == [i != 4 for i in range(n)]
 
 
-def test_huge_finite_row_takes_float64_for_that_block_only(monkeypatch):
+def test_huge_finite_rows_are_excluded_and_bounded(monkeypatch):
+    # a finite row whose square overflows float32 leaves the float32 products (no float64 block):
+    # its distances are bounded through the reference row, and every bound holds
     n, d, chunk = 7, 2000, 128
     X = rows(n, d, mean=0.0, seed=7)
-    X[3, 1000] = 1e30  # finite, its square overflows float32
+    X[3, 1000] = 1e30
     X[5, 1500:1510] = 1e30
     calls = []
     precise = distances.GramSum.add_precise
     monkeypatch.setattr(distances.GramSum, "add_precise",
-                        lambda self, block, ref: (calls.append(block.shape), precise(self, block, ref))[1])
+                        lambda self, block, *a: (calls.append(block.shape), precise(self, block, *a))[1])
     result = sq_distances(X, chunk=chunk)
     assert result.finite.all()
-    assert 2 <= len(calls) <= 4  # first chunk + the overflowing blocks (maybe one float64 redo)
-    np.testing.assert_allclose(result.sq, ref_distance_matrix(X.astype(np.float64)), rtol=1e-6)
+    assert result.excluded.tolist() == [i in (3, 5) for i in range(n)]
+    assert len(calls) == 1  # the float64 first chunk only
+    ref = ref_distance_matrix(X.astype(np.float64))
+    assert (np.abs(np.asarray(result.sq) - ref) <= result.err).all()
+    kept = [i for i in range(n) if i not in (3, 5)]
+    np.testing.assert_allclose(result.sq[np.ix_(kept, kept)], ref[np.ix_(kept, kept)], rtol=1e-5)
 
 
 @pytest.mark.parametrize("view", ["columns-of-wider", "rows-of-taller", "reversed-rows"])

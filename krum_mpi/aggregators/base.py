@@ -19,11 +19,14 @@ class Aggregation:
     selected: NumPy int64 row indices, best first, or None when the rule selects no rows.
     weights:  NumPy float64 (n,) weight of each input row in ``vector`` when ``vector`` is a
               weighted mean of the rows (sum 1), or None for non-linear rules (median ...).
+    recomputed: distances the certified selection recomputed beyond the fast kernel (direct
+              float64 or exact; 0 in ordinary runs), counted by the Aggregator.
     """
 
     vector: object
     selected: np.ndarray | None = None
     weights: np.ndarray | None = None
+    recomputed: int = 0
 
 
 def to_numpy(x):

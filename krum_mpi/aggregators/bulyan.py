@@ -9,10 +9,10 @@
 """
 import numpy as np
 
-from krum_mpi.aggregators.base import Aggregation, array_namespace, to_numpy
+from krum_mpi.aggregators.base import Aggregation, array_namespace
+from krum_mpi.aggregators.certify import CertifiedDistances, ScoreBoard
 from krum_mpi.aggregators.coordinatewise import closest_mean
 from krum_mpi.aggregators.distances import sq_distances
-from krum_mpi.aggregators.krum import nearest_sums, rank_lowest
 
 
 def check_bulyan_bounds(n, f):
@@ -20,17 +20,15 @@ def check_bulyan_bounds(n, f):
         raise ValueError(f"bulyan needs n >= 4f + 3, got n={n}, f={f}: lower f or add workers")
 
 
-def recursive_krum(distances, f, theta):
-    """theta row indices chosen one at a time by Krum on the rows left (NumPy int64, in order)."""
-    dist = to_numpy(distances.sq)
-    left = list(range(dist.shape[0]))
+def recursive_krum(cert, f, theta):
+    """theta row indices chosen one at a time by certified Krum on the rows left (NumPy int64, in
+    order); cert: the CertifiedDistances of the input, refined as the rounds need."""
+    left = np.arange(cert.n)
     chosen = []
     for _ in range(theta):
-        sub = np.ix_(left, left)
-        scores, slack = nearest_sums(dist[sub], distances.err[sub], max(1, len(left) - f - 2))
-        winner = left[int(rank_lowest(scores, 1, slack)[0])]
+        winner = int(ScoreBoard(cert, left, max(1, len(left) - f - 2)).lowest(1)[0])
         chosen.append(winner)
-        left.remove(winner)
+        left = left[left != winner]
     return np.asarray(chosen, dtype=np.int64)
 
 
@@ -40,7 +38,7 @@ def bulyan(X, f):
     n = X.shape[0]
     theta = n - 2 * f
     beta = theta - 2 * f
-    chosen = recursive_krum(sq_distances(X), f, theta)
+    chosen = recursive_krum(CertifiedDistances(X, sq_distances(X)), f, theta)
     rows = xp.asarray(chosen)
     vector = closest_mean(X, beta, rows=rows)
     return Aggregation(vector, chosen, None)

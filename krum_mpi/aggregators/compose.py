@@ -79,7 +79,7 @@ def composed_rule(name):
             selected = np.asarray(seen, dtype=np.int64)
         if result.weights is not None:
             weights = np.asarray(result.weights) @ mixing
-        return type(result)(result.vector, selected, weights)
+        return type(result)(result.vector, selected, weights, result.recomputed)
 
     def carry(result, state):
         new = rule.carry(result, state) if rule.carry is not None else {}

@@ -1,23 +1,25 @@
-"""Pairwise squared Euclidean distances between the rows of an (n, d) array: one kernel for Krum,
-Multi-Krum, Bulyan, NNM and MDA.
+"""Pairwise squared Euclidean distances between the rows of an (n, d) array, each with a RIGOROUS
+bound on its error: the fast first step of every distance-based rule (Krum family, Bulyan, NNM, MDA).
+The rules decide on the bounds and ask certify.py to recompute what the bounds cannot decide.
 
-Why it is built this way:
-- ||a - b||^2 = ||a||^2 + ||b||^2 - 2<a, b> turns the work into one Gram product (BLAS speed), but in
-  float32 it cancels when the rows share a large common part. Distances are translation invariant,
-  so every column chunk is centred on one REFERENCE ROW before its Gram product: the products are
-  then of the size of the distances themselves. The reference is the most central row of the first
-  chunk (a robust medoid, computed in float64), not the mean, which Byzantine rows can drag away.
-- Each chunk's float32 Gram is summed in float64; the result is symmetric, clamped at 0, with a zero
-  diagonal. An absolute error estimate comes with it (``err``), which the rules use to call two
-  scores tied. When the reference turns out poor (estimated relative error of the Krum-type scores
-  above PRECISE_TOL) the distances are recomputed in float64 around a better reference. float64
-  input always takes the float64 ("precise") path.
-- Memory: one (n, chunk) buffer and O(n^2) accumulators; the input is never copied.
-- On CPU with float32 rows the chunk Grams come from the compiled kernel (native/gram.c) when it is
-  built: the same centring and float64 sums, in blocks of NATIVE_BLOCK_BYTES that stay in cache,
-  upper triangle only; the NumPy code below stays the reference and the fallback.
-- A row holding NaN or Inf is infinitely far from every other row: its distances are +inf (0 to
-  itself) and ``finite`` marks it False.
+How (the derivation of the bound is in docs/aggregators.md, "Certified distances"):
+- ||a - b||^2 = ||a||^2 + ||b||^2 - 2<a, b> turns the work into Gram products. Distances are
+  translation invariant, so each block of columns is centred first: on one REFERENCE ROW, chosen
+  robustly (the most central finite row of a first chunk, itself computed in float64 around the
+  coordinate-wise median of that chunk, which no minority of rows can drag).
+- A block's float32 Gram is summed in float64. For centred rows c_i, c_j of a block the computed
+  distance errs by at most kappa (||c_i|| + ||c_j||)^2 + 4 cols 2^-149, where kappa = gamma_T + 3u
+  (+ the float64 sums) and T is the longest chain of roundings of one dot product (block / lanes
+  + log2 lanes for the compiled kernel, the sub-block length for the NumPy path).
+- A finite row whose centred values would overflow float32 products (|c| > 2^50) is EXCLUDED from
+  the Gram sums: its distance to the reference row is computed directly in float64 and its other
+  distances are bounded by the triangle inequality through the reference (a huge row is then
+  certainly far, at no extra pass over X). A row holding NaN or Inf is infinitely far from every
+  other row (+inf, 0 to itself) and ``finite`` marks it False.
+- On CPU with float32 rows the block Grams come from the compiled kernel (native/gram.c) when it is
+  built; the NumPy code below stays the reference and the fallback. float64 input, and blocks the
+  float32 path cannot do, take float64 Gram products (same bound with u = 2^-53).
+- Memory: one (n, chunk) buffer and O(n^2) accumulators per thread; the input is never copied.
 """
 from dataclasses import dataclass
 
@@ -25,43 +27,41 @@ import numpy as np
 
 from krum_mpi import native
 from krum_mpi.aggregators.base import array_namespace, to_numpy
+from krum_mpi.aggregators.exact import direct_sq_distances, gamma
 from krum_mpi.aggregators.parallel import column_ranges, cpu_budget, run_ranges
 
-CPU_CHUNK_BYTES = 1 << 22  # float32 chunk buffer on CPU: 4 MiB ((64, 16384), (16, 65536)); measured
-                           # 5-10% faster than 1 MiB (fewer BLAS calls), L3-resident
+CPU_CHUNK_BYTES = 1 << 22  # float32 chunk buffer on CPU: 4 MiB ((64, 16384), (16, 65536))
 CPU_CHUNK = None  # columns per chunk on CPU; None: CPU_CHUNK_BYTES / (4 n)
 GPU_CHUNK = 1 << 20  # on GPU: few launches, a bounded (n, 2^20) buffer
-NATIVE_BLOCK_BYTES = 1 << 18  # compiled kernel: (n, block) float32 scratch, L2-resident (the block
-                              # after next is prefetched into L2 beside it while this one is multiplied;
-                              # up to n = 32 whole-vector blocks are read from X in place instead)
-NATIVE_BLOCK_MAX = 1024  # columns; the error estimate grows with sqrt(block). 1024, not 4096: at
-                         # n = 16 a tile's 8 rows then stay in L1 and the prefetched X competes less
-                         # (measured 33.7 -> 25.3 ms for 5e6 columns on one core)
-PRECISE_TOL = 1e-4  # largest accepted relative error estimate of the scores before a float64 pass
-FIRST_CHUNK_BYTES = 1 << 21  # float64 copy of the first chunk on CPU ((16, 16384), (64, 4096)): it
-                              # runs serially before the threads (a 4 MiB float32 chunk took 5-6 ms
-                              # there, 10-15% of Krum at n = 16); thousands of coordinates still pick
-                              # a central reference, and a poor one is caught by PRECISE_TOL
-UNIT_ROUNDOFF = {np.dtype(np.float32): 2.0**-24, np.dtype(np.float64): 2.0**-53}
+NATIVE_BLOCK_BYTES = 1 << 18  # compiled kernel: (n, block) float32 scratch, L2-resident
+NATIVE_BLOCK_MAX = 128  # columns: the bound grows with block / lanes (128: 8 products per lane, a
+                        # relative bound near 4e-6 instead of 1.7e-5 at 1024, so that the scores of
+                        # i.i.d. rows at d = 1e7 separate without recomputation)
+NUMPY_SUB = 512  # columns per float32 product on the NumPy path: BLAS sums in an unknown order, so
+                 # the bound is gamma_(NUMPY_SUB + 1); batched products keep the calls few
+FIRST_CHUNK_BYTES = 1 << 21  # float64 copy of the first chunk on CPU, which picks the reference row
+HUGE = 2.0**50  # centred values above this are excluded from float32 products (2^100 per product,
+                # 2^110 per block sum: far from float32's 2^128)
+POOR = 1e-3  # median relative bound above this: the reference was poor, one more pass around a
+             # better one (an adversary can only slow the fast path down, never change a decision)
+U32, U64 = 2.0**-24, 2.0**-53
+LANES = {"avx512": 16, "avx2": 8, "generic": 4}  # float32 lanes of each compiled variant
 
 
 @dataclass(frozen=True)
 class Distances:
     """sq: (n, n) float64 squared distances, in X's namespace.
     finite: (n,) NumPy bool, False for rows holding NaN or Inf.
-    err: (n, n) NumPy float64 estimate of the absolute error of each entry of sq."""
+    err: (n, n) NumPy float64, a rigorous bound: |sq - exact| <= err for every finite pair.
+    excluded: (n,) NumPy bool, finite rows whose distances come from the triangle inequality."""
 
     sq: object
     finite: np.ndarray
     err: np.ndarray
-
-    def rel_error(self):
-        """Estimated relative error of a row's sum of its n//2 nearest distances (max over rows)."""
-        return relative_score_error(to_numpy(self.sq), self.err, self.finite)
+    excluded: np.ndarray | None = None
 
 
 def first_chunk(xp, n):
-    """Columns of the float64 first chunk that picks the reference row."""
     if xp is not np:
         return GPU_CHUNK
     return max(1024, FIRST_CHUNK_BYTES // (8 * n))
@@ -75,33 +75,49 @@ def default_chunk(xp, n):
 
 @cpu_budget
 def sq_distances(X, chunk=None, precise=None):
-    """Squared distances between the rows of X (NumPy or CuPy, float32 or float64), see module doc.
-
-    precise=None: float32 Gram products, float64 fallback when needed; True: float64 throughout.
-    """
+    """Squared distances between the rows of X (NumPy or CuPy, float32 or float64) with rigorous
+    error bounds, see module doc. precise=True: float64 products throughout."""
     with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf rows are expected input
         xp = array_namespace(X)
-        chunk = max(1, int(chunk or default_chunk(xp, X.shape[0])))
+        n, d = X.shape
+        chunk = max(1, int(chunk or default_chunk(xp, n)))
         if precise is None:
             precise = X.dtype != np.float32
-        # the first chunk runs alone, before the threads start: on CPU a short one (FIRST_CHUNK_BYTES)
-        first_stop = min(chunk, first_chunk(xp, X.shape[0]), X.shape[1])
-        slices = [slice(0, first_stop)] + [slice(s, min(s + chunk, X.shape[1]))
-                                           for s in range(first_stop, X.shape[1], chunk)]
-        # the first chunk, in float64 around the mean of its finite rows, picks the reference row
-        first = GramSum(xp, X.shape[0], first_stop)
-        first.add_precise(X[:, slices[0]], None)
-        reference = central_row(to_numpy(first.distances()), to_numpy(first.finite))
-        result = accumulate(X, slices[1:], reference, precise, [first])
-        if precise or result.rel_error() <= PRECISE_TOL:
+        first_stop = min(chunk, first_chunk(xp, n), d)
+        slices = [slice(s, min(s + chunk, d)) for s in range(first_stop, d, chunk)]
+        first = GramSum(xp, n, np.float64, first_stop + 1)
+        first.add_precise(X[:, :first_stop], None)  # around the coordinate-wise median
+        candidates = central_order(to_numpy(first.distances()), to_numpy(first.finite))
+        reference = finite_reference(X, candidates)
+        result = accumulate(X, slices, reference, precise, [first])
+        if precise or median_relative_bound(result) <= POOR:
             return result
-        # the reference was poor (far from the bulk of the rows): redo in float64 around a central row
-        return accumulate(X, slices[1:], central_row(to_numpy(result.sq), result.finite), True, [first])
+        again = accumulate(X, slices, finite_reference(X, central_order(to_numpy(result.sq), result.finite)),
+                           precise, [first])
+        return again if median_relative_bound(again) < median_relative_bound(result) else result
+
+
+def finite_reference(X, candidates):
+    """The first candidate row that is finite everywhere (0 when none is: every row is then non-finite)."""
+    xp = array_namespace(X)
+    for i in candidates:
+        if bool(xp.isfinite(X[i]).all()):
+            return int(i)
+    return 0
+
+
+def median_relative_bound(result):
+    off = result.finite[:, None] & result.finite[None, :] & ~np.eye(len(result.finite), dtype=bool)
+    sq = to_numpy(result.sq)[off]
+    if sq.size == 0:
+        return 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.median(np.where(sq > 0, result.err[off] / sq, np.inf)))
 
 
 def accumulate(X, slices, reference, precise, done=()):
-    """Sum the chunk Grams (plus the GramSums already ``done``) into distances; on CPU the chunks
-    are split over the thread budget."""
+    """Sum the chunk Grams (plus the GramSums already ``done``) into bounded distances; on CPU the
+    chunks are split over the thread budget."""
     xp = array_namespace(X)
     n = X.shape[0]
     chunk = (slices[0].stop - slices[0].start) if slices else 1
@@ -110,22 +126,17 @@ def accumulate(X, slices, reference, precise, done=()):
     def work(first, stop):
         if lib is not None:
             return native_work(lib, X, slices[first].start, slices[stop - 1].stop, reference, chunk)
-        fast = GramSum(xp, n, chunk, X.dtype)  # float32 chunk Grams around the reference row
-        slow = GramSum(xp, n, chunk)  # float64 ones: the precise path and the fallback
+        fast = GramSum(xp, n, X.dtype, NUMPY_SUB + 1)  # float32 sub-block Grams around the reference
+        slow = GramSum(xp, n, np.float64, chunk + 1)  # float64 ones: the precise path and the fallback
         with np.errstate(invalid="ignore", over="ignore"):  # per thread: NaN/Inf rows are expected
             for cols in slices[first:stop]:
                 if precise or not fast.add_fast(X, cols, reference):
-                    slow.add_precise(X[:, cols], reference)
+                    slow.add_precise(X[:, cols], reference, fast.active())
         return fast, slow
 
     ranges = column_ranges(xp, len(slices), align=4) if slices else []
     parts = list(done) + [part for pair in run_ranges(work, ranges) for part in pair]
-    finite = parts[0].finite
-    for part in parts[1:]:
-        finite = finite & part.finite
-    dist = sum(part.distances() for part in parts)
-    err = sum(part.error() for part in parts)
-    return finish(xp, dist, finite, err)
+    return combine(X, parts, reference)
 
 
 def gram_library(X):
@@ -135,73 +146,104 @@ def gram_library(X):
 
 def native_block(n, chunk):
     """Columns per block of the compiled kernel: at most ``chunk``, scratch within NATIVE_BLOCK_BYTES."""
-    block = max(256, min(NATIVE_BLOCK_MAX, NATIVE_BLOCK_BYTES // (4 * n) // 64 * 64))
+    block = max(64, min(NATIVE_BLOCK_MAX, NATIVE_BLOCK_BYTES // (4 * n) // 64 * 64))
     return max(1, min(chunk, block))
 
 
 def native_work(lib, X, col0, col1, reference, chunk):
     """The columns [col0, col1) on one thread by the compiled kernel: (fast, slow) GramSums like the
-    NumPy path. The kernel hands back a block it cannot do in float32 (reference not finite there,
-    float32 overflow); that block goes the precise way and the kernel carries on after it."""
+    NumPy path. The kernel hands back a block where a finite row overflowed float32 (that row is
+    excluded and the block redone) or that it cannot do at all (that block goes the precise way)."""
     n = X.shape[0]
     block = native_block(n, chunk)
-    fast = GramSum(np, n, block, X.dtype)  # chunk = block: the error estimate of the kernel's sums
-    slow = GramSum(np, n, block)
+    lanes = LANES.get(lib.krum_gram_isa().decode(), 4)
+    fast = GramSum(np, n, X.dtype, -(-block // lanes) + int(np.log2(lanes)) + 2)
+    slow = GramSum(np, n, np.float64, block + 1)
     work = np.empty(lib.krum_gram_work_size(n, block), dtype=np.float32)
-    finite = np.ones(n, dtype=np.uint8)
+    mask = np.ones(n, dtype=np.uint8)  # the kernel's "use this row": cleared for non-finite and excluded rows
     c = col0
     while c < col1:
-        c = lib.krum_gram_f32(X.ctypes.data, n, X.strides[0] // 4, c, col1, reference, block,
-                              fast.gram.ctypes.data, fast.norm_squares.ctypes.data,
-                              finite.ctypes.data, work.ctypes.data)
+        stop_at = lib.krum_gram_f32(X.ctypes.data, n, X.strides[0] // 4, c, col1, reference, block,
+                                    fast.gram.ctypes.data, fast.norm_squares.ctypes.data,
+                                    mask.ctypes.data, work.ctypes.data)
+        fast.count_columns(stop_at - c, block)
+        c = stop_at
         if c < col1:
             stop = min(c + block, col1)
+            huge = huge_rows(X[:, c:stop], reference, mask.astype(bool))
+            if huge.any():  # redo this block without them
+                fast.excluded |= huge
+                mask[huge] = 0
+                continue
             with np.errstate(invalid="ignore", over="ignore"):
-                slow.add_precise(X[:, c:stop], reference)
+                slow.add_precise(X[:, c:stop], reference, mask.astype(bool))
             c = stop
-    fast.finite &= finite.astype(bool)
+    fast.finite &= mask.astype(bool) | fast.excluded
     return fast, slow
 
 
-class GramSum:
-    """Running float64 sum of chunk Grams around one reference row (so the sum is itself a Gram),
-    the finite-row mask, and the sum of squared chunk norms that the error estimate needs."""
+def huge_rows(block, reference, active):
+    """Rows of a block, finite there and still active, whose values are more than HUGE from the
+    reference row's."""
+    xp = array_namespace(block)
+    b = block.astype(xp.float64)
+    finite = xp.isfinite(b).all(axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        spread = xp.abs(b - b[reference]).max(axis=1)
+    return to_numpy(finite & (spread > HUGE)) & active
 
-    def __init__(self, xp, n, chunk, dtype=np.float64):
+
+class GramSum:
+    """Running float64 sum of block Grams of centred rows (the centre may change between blocks:
+    distances are sums over blocks), the finite-row and excluded-row masks, and what the error
+    bound needs: the dtype of the products, T (the longest rounding chain of one dot product),
+    the columns and the float64 block sums."""
+
+    def __init__(self, xp, n, dtype, chain):
         self.xp = xp
         self.dtype = np.dtype(dtype)
-        self.chunk = chunk
+        self.chain = chain
+        self.cols = 0
+        self.blocks = 0
         self.buffer = None
         self.gram = xp.zeros((n, n), dtype=xp.float64)
-        self.norm_squares = xp.zeros(n, dtype=xp.float64)
-        self.finite = xp.ones(n, dtype=bool)
+        self.norm_squares = xp.zeros(n, dtype=xp.float64)  # written by the compiled kernel, unused
+        self.finite = np.ones(n, dtype=bool)
+        self.excluded = np.zeros(n, dtype=bool)
+
+    def active(self):
+        return self.finite & ~self.excluded
+
+    def count_columns(self, cols, block):
+        self.cols += cols
+        self.blocks += -(-cols // block)
 
     def add_fast(self, X, cols, reference):
-        """float32 Gram of one chunk centred on the reference row; False if it must go the precise
-        way (the reference row is not finite here, or a product overflowed float32)."""
+        """float32 Gram of one chunk centred on the reference row (in sub-blocks of NUMPY_SUB
+        columns); False if the chunk must go the precise way (the reference row is not finite here)."""
         xp = self.xp
         if self.buffer is None:
-            self.buffer = xp.empty((X.shape[0], self.chunk), dtype=X.dtype)
+            self.buffer = xp.empty((X.shape[0], cols.stop - cols.start), dtype=X.dtype)
         centred = self.buffer[:, :cols.stop - cols.start]
         xp.subtract(X[:, cols], X[reference, cols][None, :], out=centred)
-        # syrk; measured no faster: a GEMM on a second copy, a transposed (chunk, n) buffer
-        gram = centred @ centred.T
-        norms = xp.diagonal(gram)
-        if not bool(xp.isfinite(norms.sum())):  # one check per chunk; the rare case is sorted out below
-            good = xp.isfinite(norms)
-            bad = ~good
-            if not bool(good[reference]) or bool(xp.isfinite(X[bad, cols]).all(axis=1).any()):
-                return False  # overflow of a finite row, or a non-finite reference
-            self.finite &= good
-            gram = xp.where(bad[:, None] | bad[None, :], 0.0, gram)
-            norms = xp.diagonal(gram)
+        centred[xp.asarray(~self.active())] = 0
+        gram = sub_block_gram(xp, centred)
+        if not bool(xp.isfinite(xp.diagonal(gram)).all()):  # the rare case: sort it out, redo
+            block = X[:, cols]
+            if not bool(xp.isfinite(block[reference]).all()):
+                return False
+            self.finite &= to_numpy(xp.isfinite(block).all(axis=1))
+            self.excluded |= huge_rows(block, reference, self.active())
+            centred[xp.asarray(~self.active())] = 0
+            gram = sub_block_gram(xp, centred)
         self.gram += gram
-        self.norm_squares += xp.square(norms, dtype=xp.float64)
+        self.count_columns(cols.stop - cols.start, NUMPY_SUB)
         return True
 
-    def add_precise(self, block, reference):
+    def add_precise(self, block, reference, active=None):
         """float64 Gram of one chunk. Non-finite rows are zeroed (they would spread NaN to every
-        entry) and marked; the centre is the reference row if finite here, else the finite mean."""
+        entry) and marked; the centre is the reference row if finite here, else the coordinate-wise
+        median of the finite rows."""
         xp = self.xp
         b = block.astype(xp.float64)  # the (n, chunk) copy of this path
         ok = xp.isfinite(b).all(axis=1)
@@ -210,60 +252,102 @@ class GramSum:
         if reference is not None and bool(ok[reference]):
             b -= b[reference].copy()
         elif bool(ok.any()):
-            b -= b[ok].mean(axis=0)
-        gram = b @ b.T  # distances are linear in the chunk Grams: per-chunk centres add up fine
-        self.gram += gram
-        self.norm_squares += xp.diag(gram) ** 2
-        self.finite &= ok
+            b -= xp.median(b[ok], axis=0)
+        if active is not None:
+            b[xp.asarray(~active)] = 0.0
+        self.gram += b @ b.T
+        self.finite &= to_numpy(ok)
+        self.count_columns(block.shape[1], block.shape[1])
 
     def distances(self):
         norms = self.xp.diag(self.gram)
         return norms[:, None] + norms[None, :] - 2.0 * self.gram
 
-    def error(self):
-        """Absolute error estimate of each distance: a length-c dot product in unit roundoff u errs
-        by about u sqrt(c) times the squared norms; chunks add up like a random walk; 3x margin."""
-        q = to_numpy(self.norm_squares)
-        u = UNIT_ROUNDOFF[self.dtype]
-        return 3.0 * u * np.sqrt(self.chunk) * np.sqrt(2.0 * (q[:, None] + q[None, :]))
+    def error(self, parts):
+        """Rigorous bound on each distance's error (module doc), ``parts`` GramSums being added."""
+        if self.cols == 0:
+            return 0.0
+        u = U32 if self.dtype == np.float32 else U64
+        tiny = 2.0**-149 if self.dtype == np.float32 else 2.0**-1074  # underflow of one product
+        g = gamma(self.chain, u)
+        under = self.cols * tiny
+        norms = np.maximum(np.diag(to_numpy(self.gram)), 0.0) * (1.0 + 2.0 * g) + under
+        root = np.sqrt(norms) * (1.0 + 2.0 * U64)
+        kappa = (g + 3.0 * u + gamma(self.blocks + 3 * parts + 8)) * (1.0 + 16.0 * U64)
+        return kappa * np.square(root[:, None] + root[None, :]) + 4.0 * under
 
 
-def relative_score_error(dist, err, finite):
-    """max over finite rows of (sum of err over its n//2 nearest others) / (sum of those distances)."""
+def sub_block_gram(xp, centred):
+    """float64 sum of the float32 Grams of NUMPY_SUB-column sub-blocks (one batched product)."""
+    n, w = centred.shape
+    q = w // NUMPY_SUB
+    gram = xp.zeros((n, n), dtype=xp.float64)
+    if q:
+        batches = centred[:, :q * NUMPY_SUB].reshape(n, q, NUMPY_SUB).transpose(1, 0, 2)
+        gram += xp.matmul(batches, batches.transpose(0, 2, 1)).astype(xp.float64).sum(axis=0)
+    if w > q * NUMPY_SUB:
+        rest = centred[:, q * NUMPY_SUB:]
+        gram += (rest @ rest.T).astype(xp.float64)
+    return gram
+
+
+def central_order(dist, finite):
+    """Finite rows by increasing sum of distances to their n//2 nearest rows (most central first)."""
     rows = np.flatnonzero(finite)
-    if len(rows) < 2:
-        return 0.0
-    sub = dist[np.ix_(rows, rows)].copy()
-    np.fill_diagonal(sub, np.inf)
+    if len(rows) == 0:
+        return [0]
+    sub = np.nan_to_num(dist[np.ix_(rows, rows)], nan=np.inf)
     k = max(1, len(rows) // 2)
-    nearest = np.argsort(sub, axis=1, kind="stable")[:, :k]
-    total = np.take_along_axis(sub, nearest, axis=1).sum(axis=1)
-    total_err = np.take_along_axis(err[np.ix_(rows, rows)], nearest, axis=1).sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(total > 0, total_err / total, np.where(total_err > 0, np.inf, 0.0))
-    return float(ratio.max())
+    spread = np.sort(sub, axis=1)[:, :k + 1].sum(axis=1)  # k nearest others plus itself (0)
+    return rows[np.argsort(spread, kind="stable")].tolist()
 
 
 def central_row(dist, finite):
     """Index of the finite row with the smallest sum of distances to its n//2 nearest rows."""
-    rows = np.flatnonzero(finite)
-    if len(rows) == 0:
-        return 0
-    sub = np.nan_to_num(dist[np.ix_(rows, rows)], nan=np.inf)
-    k = max(1, len(rows) // 2)
-    spread = np.sort(sub, axis=1)[:, :k + 1].sum(axis=1)  # k nearest others plus itself (0)
-    return int(rows[np.argmin(spread)])
+    return int(central_order(dist, finite)[0])
 
 
-def finish(xp, dist, finite, err):
-    """Symmetric, clamped at 0, zero diagonal, +inf for non-finite rows."""
+def combine(X, parts, reference):
+    """Sum the parts into symmetric distances, clamped at 0, zero diagonal, +inf for non-finite
+    rows, with their bounds; excluded rows bounded through the reference row."""
+    xp = array_namespace(X)
+    finite = np.logical_and.reduce([p.finite for p in parts])
+    excluded = np.logical_or.reduce([p.excluded for p in parts]) & finite
+    for h in np.flatnonzero(excluded):  # never seen by the kernel after its exclusion: check it
+        if not bool(xp.isfinite(X[h]).all()):
+            finite[h], excluded[h] = False, False
+    dist = to_numpy(sum(p.distances() for p in parts))
+    err = sum(p.error(len(parts)) for p in parts) * np.ones_like(dist)
     dist = 0.5 * (dist + dist.T)
-    dist = xp.maximum(dist, 0.0)
+    err = np.maximum(err, err.T) * (1.0 + 4.0 * U64)
+    dist = np.maximum(dist, 0.0)
+    if excluded.any():
+        dist, err = bound_excluded(X, dist, err, excluded, finite, reference)
     bad = ~finite
-    dist = xp.where(bad[:, None] | bad[None, :], xp.inf, dist)
-    n = dist.shape[0]
-    idx = xp.arange(n)
-    dist[idx, idx] = 0.0
-    err = err.copy()
+    dist = np.where(bad[:, None] | bad[None, :], np.inf, dist)
+    err = np.where(bad[:, None] | bad[None, :], 0.0, err)
+    np.fill_diagonal(dist, 0.0)
     np.fill_diagonal(err, 0.0)
-    return Distances(dist, to_numpy(finite).astype(bool), err)
+    return Distances(xp.asarray(dist), finite, err, excluded)
+
+
+def bound_excluded(X, dist, err, excluded, finite, reference):
+    """Intervals for the pairs of an excluded row h: sqrt D(h, j) lies within sqrt D(j, r) of
+    sqrt D(h, r) (triangle inequality through the reference row r, D(h, r) computed directly)."""
+    rows = np.flatnonzero(excluded)
+    values, bounds = direct_sq_distances(X, [(int(h), reference) for h in rows])
+    lo_r = np.maximum(dist[:, reference] - err[:, reference], 0.0)  # every row j to r
+    hi_r = dist[:, reference] + err[:, reference]
+    lo_r[rows] = np.maximum(values - bounds, 0.0)
+    hi_r[rows] = values + bounds
+    a_lo, a_hi = np.sqrt(lo_r) * (1 - 4 * U64), np.sqrt(hi_r) * (1 + 4 * U64)
+    dist, err = dist.copy(), err.copy()
+    for h in rows:
+        low = np.maximum(np.maximum(a_lo[h] - a_hi, a_lo - a_hi[h]), 0.0) ** 2 * (1 - 8 * U64)
+        high = (a_hi[h] + a_hi) ** 2 * (1 + 8 * U64)
+        dist[h, :] = dist[:, h] = 0.5 * (low + high)
+        err[h, :] = err[:, h] = 0.5 * (high - low) * (1 + 4 * U64)
+    for h, v, b in zip(rows, values, bounds):  # the pair with the reference itself: direct
+        dist[h, reference] = dist[reference, h] = v
+        err[h, reference] = err[reference, h] = b
+    return dist, err

@@ -5,6 +5,8 @@ The search is a depth-first enumeration of subsets in lexicographic order with p
 subset whose diameter already reaches the best one found is abandoned). Its worst case visits
 C(n, f) subsets, so the rule refuses inputs with C(n, f) above ``max_subsets`` (default 10^6).
 A non-finite row is infinitely far from the others: with at most f of them, MDA never picks one.
+The search compares the exact ranks of the distances (certify.distance_ranks), so its choice is the
+one exact arithmetic on the inputs gives.
 """
 from math import comb
 
@@ -12,6 +14,7 @@ import numpy as np
 
 from krum_mpi import native
 from krum_mpi.aggregators.base import Aggregation, to_numpy
+from krum_mpi.aggregators.certify import CertifiedDistances, distance_ranks
 from krum_mpi.aggregators.distances import sq_distances
 from krum_mpi.aggregators.rowops import combine_rows
 
@@ -76,9 +79,8 @@ def mda(X, f, max_subsets=MAX_SUBSETS):
     """Mean of the n - f rows with the smallest diameter."""
     n, _ = X.shape
     check_mda_bounds(n, f, max_subsets)
-    distances = sq_distances(X)
-    tol = 2.0 * float(distances.err[np.ix_(distances.finite, distances.finite)].max(initial=0.0))
-    chosen = min_diameter_subset(distances.sq, n - f, tol)
+    # diameters only compare distances: the search runs on their exact dense ranks, with no tolerance
+    chosen = min_diameter_subset(distance_ranks(CertifiedDistances(X, sq_distances(X))), n - f)
     weights = np.zeros(n)
     weights[chosen] = 1.0 / len(chosen)
     return Aggregation(combine_rows(X, weights), chosen, weights)

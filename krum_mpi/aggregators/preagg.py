@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from krum_mpi.aggregators.base import to_numpy
+from krum_mpi.aggregators.certify import CertifiedDistances, nearest_rows
 from krum_mpi.aggregators.distances import sq_distances
 from krum_mpi.aggregators.registry import Option
 from krum_mpi.aggregators.rowops import distances_to_point
@@ -36,11 +36,10 @@ class PreStep:
 
 def nnm_mixing(X, f, options, step):
     n = X.shape[0]
-    dist = np.array(to_numpy(sq_distances(X).sq))
-    np.fill_diagonal(dist, -np.inf)  # itself first, whatever the ties
-    nearest = np.argsort(dist, axis=1, kind="stable")[:, :n - f]
+    cert = CertifiedDistances(X, sq_distances(X))
     mixing = np.zeros((n, n))
-    np.put_along_axis(mixing, nearest, 1.0 / (n - f), axis=1)
+    for i in range(n):  # itself first, then its n - f - 1 exactly nearest (ties: lowest index)
+        mixing[i, i] = mixing[i, nearest_rows(cert, i, n - f - 1)] = 1.0 / (n - f)
     return mixing, [np.array([i], dtype=np.int64) for i in range(n)]
 
 

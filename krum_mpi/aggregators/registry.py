@@ -1,10 +1,11 @@
 """The rule registry: names, option schemas, bounds on n and f, and the Aggregator object."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
 from krum_mpi.aggregators.base import Aggregation, check_f, check_input
+from krum_mpi.aggregators.certify import counting
 from krum_mpi.aggregators.parallel import cpu_budget
 
 
@@ -128,7 +129,9 @@ class Aggregator:
         n, _ = check_input(X, self.f)
         if n != self.n:
             raise ValueError(f"{self.name} was made for n={self.n} rows, got {n}")
-        result = self.rule.fn(X, self.f, **self.options, **self.state)
+        with counting() as recomputed:
+            result = self.rule.fn(X, self.f, **self.options, **self.state)
+        result = replace(result, recomputed=recomputed[0])
         if self.rule.carry is not None:
             self.state = self.rule.carry(result, self.state)
         return result

@@ -1,0 +1,302 @@
+"""Certified decisions of the distance-based rules: the answer exact real arithmetic on the inputs
+gives, ties to the lowest index, whatever the magnitudes.
+
+Every squared distance is an interval [lo, hi] that holds its exact value. It starts from the fast
+kernel's rigorous bound (distances.py) and is tightened on demand, one level at a time:
+  level 0  the fast centred Gram products
+  level 1  direct differences accumulated in float64 (relative bound gamma_(d+3), exact.py)
+  level 2  the exact value (an integer, exact.py), or +inf for a pair with a non-finite row
+A decision (an order of scores, a set of nearest rows, a subset's diameter) is taken only when the
+intervals separate it; what overlaps is refined and decided again. Rows with identical contents are
+found once (their distance is exactly 0) and their equal scores need no arithmetic at all.
+``recomputed`` counts the distances taken to level 1 or 2: 0 in ordinary runs.
+"""
+import contextlib
+import contextvars
+from decimal import Decimal, localcontext
+
+import numpy as np
+
+from krum_mpi.aggregators.base import array_namespace, to_numpy
+from krum_mpi.aggregators.exact import (SCALE, U64, direct_sq_distances, exact_sq_distance, exact_to_float, gamma,
+                                       rows_sq_distances)
+
+INF = float("inf")
+_tally = contextvars.ContextVar("krum_mpi_recomputed", default=None)
+
+
+@contextlib.contextmanager
+def counting():
+    """Count the distances recomputed (levels 1 and 2) inside the block: ``with counting() as c:
+    ...; c[0]``. The Aggregator wraps every rule call in one (Aggregation.recomputed)."""
+    box = [0]
+    token = _tally.set(box)
+    try:
+        yield box
+    finally:
+        _tally.reset(token)
+
+
+class CertifiedDistances:
+    """The (n, n) interval distances of the rows of X, refined on demand (module doc)."""
+
+    def __init__(self, X, distances):
+        self.X = X
+        n = X.shape[0]
+        self.n = n
+        sq, err = to_numpy(distances.sq).astype(np.float64), np.asarray(distances.err, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            self.lo = np.maximum(np.nextafter(sq - err, -np.inf), 0.0)
+            self.hi = np.nextafter(sq + err, np.inf)
+        self.finite = np.asarray(distances.finite, dtype=bool)
+        bad = ~(self.finite[:, None] & self.finite[None, :])
+        self.lo[bad] = self.hi[bad] = np.inf
+        self.level = np.where(bad, 2, 0).astype(np.int8)
+        np.fill_diagonal(self.lo, 0.0)
+        np.fill_diagonal(self.hi, 0.0)
+        np.fill_diagonal(self.level, 2)
+        self.exact = {}  # (i, j), i < j -> int (distance * 2^SCALE); pairs at level 2 absent here are inf
+        self.recomputed = 0
+        self.group = self.duplicate_groups()
+
+    def duplicate_groups(self):
+        """group[i]: the lowest index of the rows identical to row i (exactly equal values)."""
+        xp = array_namespace(self.X)
+        group = np.arange(self.n)
+        for i, j in zip(*np.nonzero(np.triu(self.lo == 0.0, 1))):
+            if group[j] == j and self.finite[i] and self.finite[j] and bool(xp.array_equal(self.X[i], self.X[j])):
+                group[j] = group[i]
+        for i in range(self.n):
+            for j in range(i + 1, self.n):
+                if group[i] == group[j] and self.level[i, j] < 2:
+                    self.set_exact(i, j, 0)
+        return group
+
+    def set_exact(self, i, j, value):
+        i, j = min(i, j), max(i, j)
+        self.exact[(i, j)] = value
+        f = exact_to_float(value, self.X.dtype) if value else 0.0
+        self.lo[i, j] = self.lo[j, i] = np.nextafter(f, -np.inf) if f else 0.0
+        self.hi[i, j] = self.hi[j, i] = np.nextafter(f, np.inf) if f else 0.0
+        self.level[i, j] = self.level[j, i] = 2
+
+    def value(self, i, j):
+        """The exact distance of a level-2 pair: an int (scaled by 2^SCALE), or INF."""
+        if i == j:
+            return 0
+        return self.exact.get((min(i, j), max(i, j)), INF)
+
+    def level_one(self, pairs):
+        """(values, bounds) of level 1 for these pairs: pair by pair for a few, else one float64
+        Gram pass over the rows they involve."""
+        rows = sorted({i for p in pairs for i in p})
+        if len(pairs) <= len(rows):
+            return direct_sq_distances(self.X, pairs)
+        values, bounds = rows_sq_distances(self.X, rows)
+        at = {row: k for k, row in enumerate(rows)}
+        return ([values[at[i], at[j]] for i, j in pairs], [bounds[at[i], at[j]] for i, j in pairs])
+
+    def refine(self, pairs):
+        """Raise each pair one level (pairs already exact are left alone)."""
+        pairs = {(min(i, j), max(i, j)) for i, j in pairs if i != j}
+        direct = [p for p in pairs if self.level[p] == 0]
+        exact = [p for p in pairs if self.level[p] == 1]
+        if direct:
+            for (i, j), v, b in zip(direct, *self.level_one(direct)):
+                lo = max(np.nextafter(v - b, -np.inf), 0.0)
+                self.lo[i, j] = self.lo[j, i] = max(lo, self.lo[i, j])
+                self.hi[i, j] = self.hi[j, i] = min(np.nextafter(v + b, np.inf), self.hi[i, j])
+                self.level[i, j] = self.level[j, i] = 1
+        for i, j in exact:
+            gi, gj = self.group[i], self.group[j]
+            key = (min(gi, gj), max(gi, gj))
+            value = self.exact[key] if key in self.exact and self.level[key] == 2 else \
+                exact_sq_distance(self.X[i], self.X[j])
+            self.set_exact(i, j, value)
+        self.recomputed += len(direct) + len(exact)
+        box = _tally.get()
+        if box is not None:
+            box[0] += len(direct) + len(exact)
+
+
+def certified_order(items, bounds, refine, exact_key, m=None, same=None, as_set=False):
+    """Order ``items`` (ints) by their exact values, ties to the lowest item, certain for the first
+    m positions (all by default). Returns (order, tied): tied[p] says order[p] equals order[p - 1].
+    as_set=True: only WHICH items take the first m positions is certain (the order among them is
+    by the bounds' midpoints); much cheaper when many values are close.
+
+    bounds(items) -> (lo, hi) float64 arrays holding each exact value; refine(list of items) tightens
+    them; exact_key(item) -> a comparable exact value, or None while the item is not exact yet;
+    same(item) -> a label, items with equal labels being known to be equal (rows with identical
+    contents), so that one of them stands for all.
+    """
+    items = np.asarray(items, dtype=np.int64)
+    m = len(items) if m is None else m
+    while True:
+        lo, hi = bounds(items)
+        order = np.lexsort((items, hi, lo))
+        pending, result, tied = [], [], []
+        for a, b in clusters(lo[order], hi[order]):
+            members = sorted(items[order[a:b]].tolist())
+            if b - a == 1 or a >= m or (as_set and b <= m):
+                if b - a > 1 and as_set:  # inside the set: by midpoint, then index
+                    mid = dict(zip(items[order[a:b]].tolist(), 0.5 * (lo[order[a:b]] + hi[order[a:b]])))
+                    members = sorted(members, key=lambda x: (mid[x], x))
+                result += members
+                tied += [False] + [None] * (b - a - 1)  # beyond m: order not certified, not needed
+                continue
+            labels = {x: (same(x) if same else x) for x in members}
+            if len(set(labels.values())) == 1:  # all known equal: no arithmetic needed
+                result += members
+                tied += [False] + [True] * (b - a - 1)
+                continue
+            keys = {}
+            for x in members:
+                label = labels[x]
+                if label not in keys:
+                    keys[label] = exact_key(x)
+                    if keys[label] is None:
+                        pending.append(x)
+            if pending and any(keys[labels[x]] is None for x in members):
+                result += members  # placeholder, redone after refinement
+                tied += [None] * (b - a)
+                continue
+            ranked = sorted(members, key=lambda x: (keys[labels[x]], x))
+            result += ranked
+            tied += [False] + [keys[labels[x]] == keys[labels[y]] for x, y in zip(ranked, ranked[1:])]
+        if not pending:
+            return np.asarray(result, dtype=np.int64), tied
+        refine(pending)
+
+
+def clusters(lo, hi):
+    """(start, stop) runs of a list sorted by lo whose intervals chain into each other (touching
+    intervals overlap: their values may be equal)."""
+    out, start, reach = [], 0, hi[0] if len(hi) else 0.0
+    for p in range(1, len(lo)):
+        if lo[p] > reach:
+            out.append((start, p))
+            start, reach = p, hi[p]
+        else:
+            reach = max(reach, hi[p])
+    if len(lo):
+        out.append((start, len(lo)))
+    return out
+
+
+def rounded_sum(values, up):
+    """A float64 sum of non-negative values, moved outward past its rounding errors."""
+    total = float(np.sum(values))
+    if not np.isfinite(total):
+        return total
+    g = gamma(len(values) + 2)
+    return float(np.nextafter(total * (1 + g) if up else total * (1 - g), np.inf if up else -np.inf))
+
+
+class ScoreBoard:
+    """Krum scores of the rows of ``rows``: each row's sum of its k smallest (squared, or with
+    squared=False Euclidean) distances to the other rows of ``rows``, as intervals made exact on demand."""
+
+    def __init__(self, cert, rows, k, squared=True):
+        self.cert, self.rows, self.k, self.squared = cert, np.asarray(rows, dtype=np.int64), k, squared
+
+    def others(self, i):
+        return self.rows[self.rows != i]
+
+    def candidates(self, i):
+        """The other rows that may be among i's k nearest (the rest are certainly farther)."""
+        others = self.others(i)
+        hi = self.cert.hi[i, others]
+        cut = np.partition(hi, self.k - 1)[self.k - 1]
+        return others[self.cert.lo[i, others] <= cut]
+
+    def bounds(self, items):
+        lo, hi = np.empty(len(items)), np.empty(len(items))
+        for p, i in enumerate(items):
+            others = self.others(i)
+            low = np.partition(self.cert.lo[i, others], self.k - 1)[:self.k]
+            high = np.partition(self.cert.hi[i, others], self.k - 1)[:self.k]
+            if not self.squared:
+                low, high = np.sqrt(low) * (1 - 2 * U64), np.sqrt(high) * (1 + 2 * U64)
+            lo[p], hi[p] = rounded_sum(low, False), rounded_sum(high, True)
+        return lo, hi
+
+    def refine(self, items):
+        self.cert.refine([(i, j) for i in items for j in self.candidates(i) if self.cert.level[i, j] < 2])
+
+    def exact_key(self, i):
+        near = self.candidates(i)
+        if (self.cert.level[i, near] < 2).any():
+            return None
+        values = sorted((self.cert.value(i, j) for j in near), key=lambda v: (v == INF, v if v != INF else 0))
+        chosen = values[:self.k]
+        if INF in chosen:
+            return (1, 0)
+        if self.squared:
+            return (0, sum(chosen))
+        with localcontext() as ctx:  # sums of square roots: 120 significant digits decide
+            ctx.prec = 120
+            half = Decimal(2) ** (SCALE[np.dtype(self.cert.X.dtype)] // 2)
+            return (0, sum(Decimal(v).sqrt() for v in chosen) / half)
+
+    def same(self, i):
+        return int(self.cert.group[i]) if (self.cert.group[self.rows] == self.cert.group[i]).sum() > 1 else -1 - int(i)
+
+    def lowest(self, m, as_set=False):
+        """The m rows with the lowest scores, best first, ties to the lowest index (as_set: which
+        rows is exact, their order is by the scores' bounds)."""
+        order, _ = certified_order(self.rows, self.bounds, self.refine, self.exact_key, m, self.same, as_set)
+        return order[:m]
+
+
+def nearest_rows(cert, i, count):
+    """Row i's ``count`` nearest other rows (which rows is exact, ties to the lowest index; their
+    order is by the bounds)."""
+    others = np.array([j for j in range(cert.n) if j != i], dtype=np.int64)
+
+    def bounds(items):
+        return cert.lo[i, items], cert.hi[i, items]
+
+    def exact_key(j):
+        return None if cert.level[i, j] < 2 else (lambda v: (v == INF, 0 if v == INF else v))(cert.value(i, j))
+
+    def same(j):
+        return int(cert.group[j])
+
+    order, _ = certified_order(others, bounds, lambda js: cert.refine([(i, j) for j in js]), exact_key, count, same,
+                               as_set=True)
+    return order[:count]
+
+
+def distance_ranks(cert):
+    """(n, n) float64 dense ranks of the exact distances (0 on the diagonal, equal values equal
+    ranks, +inf for pairs with a non-finite row): any rule that only compares distances may decide
+    on these instead."""
+    n = cert.n
+    iu = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    ranks = np.zeros((n, n))
+    if not iu:
+        return ranks
+    pair_i = np.array([p[0] for p in iu])
+    pair_j = np.array([p[1] for p in iu])
+
+    def bounds(items):
+        return cert.lo[pair_i[items], pair_j[items]], cert.hi[pair_i[items], pair_j[items]]
+
+    def exact_key(p):
+        i, j = iu[p]
+        return None if cert.level[i, j] < 2 else (lambda v: (v == INF, 0 if v == INF else v))(cert.value(i, j))
+
+    def same(p):
+        i, j = iu[p]
+        a, b = cert.group[i], cert.group[j]
+        return (min(a, b), max(a, b))
+
+    order, tied = certified_order(np.arange(len(iu)), bounds, lambda ps: cert.refine([iu[p] for p in ps]),
+                                  exact_key, None, same)
+    rank = 0
+    for p, t in zip(order, tied):
+        rank += 0 if t else 1
+        i, j = iu[p]
+        ranks[i, j] = ranks[j, i] = np.inf if cert.level[i, j] == 2 and cert.value(i, j) == INF else rank
+    return ranks
