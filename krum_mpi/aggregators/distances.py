@@ -37,7 +37,7 @@ NATIVE_BLOCK_BYTES = 1 << 18  # compiled kernel: (n, block) float32 scratch, L2-
 NATIVE_BLOCK_MAX = 128  # columns: the bound grows with block / lanes (128: 8 products per lane, a
                         # relative bound near 4e-6 instead of 1.7e-5 at 1024, so that the scores of
                         # i.i.d. rows at d = 1e7 separate without recomputation)
-NUMPY_SUB = 512  # columns per float32 product on the NumPy path: BLAS sums in an unknown order, so
+NUMPY_SUB = 256  # columns per float32 product on the NumPy path: BLAS sums in an unknown order, so
                  # the bound is gamma_(NUMPY_SUB + 1); batched products keep the calls few
 FIRST_CHUNK_BYTES = 1 << 21  # float64 copy of the first chunk on CPU, which picks the reference row
 HUGE = 2.0**50  # centred values above this are excluded from float32 products (2^100 per product,
