@@ -124,6 +124,7 @@ int krum_order_reduce(const float *X, int64_t stride, const int64_t *rows, int64
         return 0;
     }
 #endif
+    (void)isa; /* read only by the x86 variants */
     order_reduce_generic(rowp, n, N, col0, col1, mode, param, need, out);
     return 0;
 }
