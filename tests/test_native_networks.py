@@ -24,8 +24,8 @@ def generator():
 
 def test_header_is_what_the_generator_writes():
     out = subprocess.run([sys.executable, str(GENERATOR)], capture_output=True, check=True).stdout
-    assert out == HEADER.read_bytes(), \
-        "order_networks.h differs from its generator: python scripts/gen_order_networks.py > krum_mpi/native/order_networks.h"
+    assert out == HEADER.read_bytes(), ("order_networks.h differs from its generator: "
+                                        "python scripts/gen_order_networks.py > krum_mpi/native/order_networks.h")
 
 
 def header_networks():
