@@ -1,7 +1,8 @@
 """Optional compiled CPU kernels, loaded with ctypes (no Python C API, nothing pickled).
 
-``pip install`` compiles krum_mpi/native/*.c when a C compiler is present; each file becomes a
-shared library ``_<name>`` next to this one. Every kernel has a NumPy twin that stays the reference
+``pip install`` compiles krum_mpi/native/*.c when a C compiler works (GCC or clang, the same
+results bit for bit; a kernel that fails to compile fails the install); each file becomes a shared
+library ``_<name>`` next to this one. Every kernel has a NumPy twin that stays the reference
 and the fallback: a rule asks ``library(name)`` and takes its NumPy path when it gets None (no
 compiler at install time, a GPU array, or KRUM_MPI_NATIVE=0). The C code is single-threaded; the
 rules split columns over their own threads (ctypes releases the GIL during a call).
