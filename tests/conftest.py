@@ -108,8 +108,14 @@ def native_isas():
 
 @pytest.fixture(params=["avx512", "avx2", "generic"])
 def native_isa(request, monkeypatch):
-    """Each ISA variant of the compiled kernels in turn (KRUM_MPI_ISA caps the dispatch)."""
+    """Each ISA variant of the compiled kernels in turn (KRUM_MPI_ISA caps the dispatch; the kernel
+    libraries read it once per process, so they re-read it on entry and again on exit)."""
+    import krum_mpi.native as native
+
     if request.param not in native_isas():
         pytest.skip(f"compiled kernels: the {request.param} variant does not run on this CPU or is not built")
-    monkeypatch.setenv("KRUM_MPI_ISA", request.param)
-    return request.param
+    with monkeypatch.context() as patch:
+        patch.setenv("KRUM_MPI_ISA", request.param)
+        native.reset_isa()
+        yield request.param
+    native.reset_isa()

@@ -1,7 +1,8 @@
 """Optional compiled CPU kernels, loaded with ctypes (no Python C API, nothing pickled).
 
-``pip install`` compiles krum_mpi/native/*.c when a C compiler is present; each file becomes a
-shared library ``_<name>`` next to this one. Every kernel has a NumPy twin that stays the reference
+``pip install`` compiles krum_mpi/native/*.c when a C compiler works (GCC or clang, the same
+results bit for bit; a kernel that fails to compile fails the install); each file becomes a shared
+library ``_<name>`` next to this one. Every kernel has a NumPy twin that stays the reference
 and the fallback: a rule asks ``library(name)`` and takes its NumPy path when it gets None (no
 compiler at install time, a GPU array, or KRUM_MPI_NATIVE=0). The C code is single-threaded; the
 rules split columns over their own threads (ctypes releases the GIL during a call).
@@ -59,17 +60,34 @@ def _load(name):
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = HERE / f"_{name}{suffix}"
         if path.is_file():
-            lib = ctypes.CDLL(str(path))
-            for function, (restype, argtypes) in SIGNATURES.get(name, {}).items():
-                getattr(lib, function).restype = restype
-                getattr(lib, function).argtypes = argtypes
-            return lib
+            return load_path(path, name)
     return None
+
+
+def load_path(path, name):
+    """The ctypes library of kernel ``name`` from the file ``path``, its signatures declared. Every
+    library exports krum_isa_reset (isa.h). For the build comparisons in the tests; rules use
+    library()."""
+    lib = ctypes.CDLL(str(path))
+    for function, (restype, argtypes) in {**SIGNATURES.get(name, {}), "krum_isa_reset": (None, [])}.items():
+        getattr(lib, function).restype = restype
+        getattr(lib, function).argtypes = argtypes
+    return lib
+
+
+def reset_isa():
+    """Make every loaded kernel library resolve its instruction set again on its next call. Each
+    resolves it once per process (CPU detection and KRUM_MPI_ISA, read on its first call), so a
+    test that switches variants in one process sets KRUM_MPI_ISA and then calls this."""
+    for lib in _loaded.values():
+        if lib is not None:
+            lib.krum_isa_reset()
 
 
 def isa():
     """The instruction set the compiled kernels run ("avx512", "avx2", "generic"), or None when the
-    NumPy kernels run. KRUM_MPI_ISA=avx2 (or generic) caps it, for tests and comparisons."""
+    NumPy kernels run. KRUM_MPI_ISA=avx2 (or generic) caps it, for tests and comparisons; it is read
+    once per process (see reset_isa)."""
     lib = library("probe")
     if lib is None:
         return None
@@ -77,6 +95,6 @@ def isa():
 
 
 def status():
-    """{kernel: True/False} for every kernel source shipped, and the ISA: for bench records."""
-    names = sorted(p.stem for p in HERE.glob("*.c"))
-    return {"isa": isa(), "kernels": {name: library(name) is not None for name in names}}
+    """{kernel: True/False} for every kernel (one per C file in the source tree; a wheel ships the
+    libraries without the sources), and the ISA: for bench records."""
+    return {"isa": isa(), "kernels": {name: library(name) is not None for name in sorted(SIGNATURES)}}

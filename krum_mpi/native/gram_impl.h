@@ -19,12 +19,12 @@ typedef int32_t KFN(vi) __attribute__((vector_size(VW * 4)));
 KTARGET static inline __attribute__((always_inline)) float KFN(hsum)(KFN(vf) v)
 {
 #if VW == 16
-    v += __builtin_shuffle(v, (KFN(vi)){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+    v += KRUM_SHUFFLE(v, KFN(vi), 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
 #endif
 #if VW == 16
-    v += __builtin_shuffle(v, (KFN(vi)){4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3});
+    v += KRUM_SHUFFLE(v, KFN(vi), 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
 #elif VW == 8
-    v += __builtin_shuffle(v, (KFN(vi)){4, 5, 6, 7, 0, 1, 2, 3});
+    v += KRUM_SHUFFLE(v, KFN(vi), 4, 5, 6, 7, 0, 1, 2, 3);
 #endif
     return (v[0] + v[2]) + (v[1] + v[3]);
 }
@@ -98,9 +98,10 @@ KTARGET static void KFN(centre)(const float *X, int64_t n, int64_t stride, int64
             pf_row++; \
         } \
     }
-/* -std=c11 turns FMA contraction off for the whole file; the products here want it (one rounding
- * instead of two, and twice the throughput) */
-KTARGET __attribute__((optimize("fp-contract=fast"))) static void
+/* The build turns FMA contraction off (isa.h); the products here want it (one rounding instead of
+ * two, and twice the throughput) */
+KRUM_CONTRACT_BEGIN
+KTARGET KRUM_CONTRACT static void
 KFN(block_gram)(const float *s, int64_t n, int64_t bp, float *bg, const float *X,
                 int64_t stride, int64_t pc, int64_t plen)
 {
@@ -143,7 +144,7 @@ KFN(block_gram)(const float *s, int64_t n, int64_t bp, float *bg, const float *X
  * FMAs: at n = 16, 136 FMAs per vector step instead of 160). The prefetch is block_gram's.
  * At large n each row is loaded and centred once per tile it is in, n / TS times, instead of
  * once: there block_gram is faster (n = 64: 65 vs 70 ms for 1.25e6 columns on one core). */
-KTARGET __attribute__((optimize("fp-contract=fast"))) static void
+KTARGET KRUM_CONTRACT static void
 KFN(block_gram_x)(const float *const *rows, const float *r, int64_t n, int64_t len, float *bg,
                 const float *X, int64_t stride, int64_t pc, int64_t plen)
 {
@@ -182,6 +183,7 @@ KFN(block_gram_x)(const float *const *rows, const float *r, int64_t n, int64_t l
         }
     }
 }
+KRUM_CONTRACT_END
 #undef KRUM_EACH_U
 #undef KRUM_EACH_UV
 #undef KRUM_ACC_ZERO

@@ -2,15 +2,16 @@
  *   KFN(name)  the name of a function in this variant (name##_avx512, ...)
  *   VW         float lanes per vector (16, 8, 4)
  *   KTARGET    the target attribute of the variant (empty for generic)
- * X rows and outputs may start anywhere (unaligned loads and stores). -std=c11 turns FMA contraction
- * off; the sums here want it (one rounding per term, and half the instructions). */
+ * X rows and outputs may start anywhere (unaligned loads and stores). The build turns FMA contraction
+ * off (isa.h); the sums here want it (one rounding per term, and half the instructions). */
+KRUM_CONTRACT_BEGIN
 
 typedef float KFN(vf) __attribute__((vector_size(VW * 4)));
 typedef float KFN(vfu) __attribute__((vector_size(VW * 4), aligned(4), may_alias));
 
 #define KFN_LOAD(p) ((KFN(vf))*(const KFN(vfu) *)(p))
 #define KFN_STORE(p, v) (*(KFN(vfu) *)(p) = (v))
-#define KFN_FAST KTARGET __attribute__((optimize("fp-contract=fast")))
+#define KFN_FAST KTARGET KRUM_CONTRACT
 
 /* 1 when every lane of v is finite: v * 0 is 0 for a finite lane, NaN for NaN and +-Inf. */
 KFN_FAST static inline int KFN(finite)(KFN(vf) v)
@@ -159,6 +160,7 @@ KFN_FAST static void KFN(rows_combine)(const struct rows_plan *p, int64_t col0, 
     }
 }
 
+KRUM_CONTRACT_END
 #undef KFN_LOAD
 #undef KFN_STORE
 #undef KFN_FAST
