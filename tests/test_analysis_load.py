@@ -9,7 +9,8 @@ import pytest
 from test_analysis_fakes import make_config, make_fake_study, write_run
 
 from krum_mpi.analysis import load_study
-from krum_mpi.analysis.load import experiment_keys, read_partition
+from krum_mpi.analysis.derived import experiment_keys
+from krum_mpi.analysis.load import read_partition
 from krum_mpi.analysis.tables import summarise_runs
 from krum_mpi.errors import ResultsError
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from krum_mpi import native
 from krum_mpi.aggregators.base import array_namespace, to_numpy
+from krum_mpi.backend import chunk_columns
 from krum_mpi.aggregators.parallel import column_ranges, run_ranges
 
 CHUNK = 1 << 13  # columns per chunk on CPU: (n, CHUNK) float64 temporaries stay in L2/L3
@@ -16,7 +17,7 @@ CHUNK = 1 << 13  # columns per chunk on CPU: (n, CHUNK) float64 temporaries stay
 
 def column_slices(xp, d, chunk=None, offset=0):
     """Column chunks of [offset, offset + d): fixed-size on CPU (cache), one on GPU (fewer launches)."""
-    size = d if (xp is not np and chunk is None) else int(chunk or CHUNK)
+    size = int(chunk) if chunk else chunk_columns(xp, d, CHUNK)
     for start in range(0, d, size):
         yield slice(offset + start, offset + min(start + size, d))
 
