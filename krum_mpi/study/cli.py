@@ -4,9 +4,11 @@
     krum-mpi study run SPEC --local [--jobs N]   run here, N runs at a time (skips complete runs)
     krum-mpi study submit SPEC [--profile P]     SLURM job arrays + an analysis job (skips complete runs)
     krum-mpi study status SPEC|DIR               done / running / failed (with log tails) / pending
-    krum-mpi study render SPEC [--profile P]     write the job scripts beside the spec (jobs/)
+    krum-mpi study render SPEC [--profile P]     write the job scripts, to read (submit renders its own)
 
 The study folder is --dir, else study.dir of the spec, else studies/<name> (relative to here).
+Job scripts are rendered at submit time for the site profile given then (--profile, else
+study.profile); jobs/ holds only the specs.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from ..errors import KrumMPIError
 from . import bench_job, slurm
-from .folder import PLAN_FILE, StudyFolder
+from .folder import PLAN_FILE, SLURM_DIR, StudyFolder
 from .plan import format_table, make_plan
 from .spec import load_spec
 from .status import format_failures, format_status, run_states
@@ -164,8 +166,8 @@ def cmd_status(args) -> int:
 def cmd_render(args) -> int:
     spec = load_spec(args.spec)
     profile = _profile(args, spec)
-    out = Path(args.out) if args.out else spec.path.parent
     study_path = args.study_dir or spec.dir or f"studies/{spec.name}"
+    out = Path(args.out) if args.out else Path(study_path) / SLURM_DIR / "rendered"
     if spec.bench:
         files = slurm.render_bench(spec, profile, study_path, str(out))
     else:
@@ -210,10 +212,10 @@ def main(argv) -> int:
     q.add_argument("--tail", type=int, default=8, help="log lines shown per failed run")
     q.set_defaults(func=cmd_status)
 
-    q = sub.add_parser("render", help="write the study's job scripts (for jobs/ or plain sbatch)")
+    q = sub.add_parser("render", help="write the study's job scripts, to read or to submit with plain sbatch")
     q.add_argument("spec")
     q.add_argument("--profile", help="site profile: a name in hpc/profiles/ or a .toml path")
-    q.add_argument("--out", help="folder for the scripts (default: beside the spec)")
+    q.add_argument("--out", help="folder for the scripts (default: STUDY_DIR/slurm/rendered)")
     q.add_argument("--study-dir", help="study folder as the jobs see it (default: studies/<name>, "
                                        "relative to where submit.sh is run)")
     q.set_defaults(func=cmd_render)
