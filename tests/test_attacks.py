@@ -189,15 +189,11 @@ def damage(aggregate, honest, byzantine, direction=None):
 
 
 def rules_for_the_search():
+    from krum_mpi import aggregators
+
     rules = {"mean": lambda n, f: mean_rule, "krum (reference)": lambda n, f: krum_reference(f)}
-    try:
-        from krum_mpi import aggregators
-        probe = aggregators.make("krum", 20, 6)
-    except Exception:
-        probe = None
-    if probe is not None:
-        for name in ("average", "krum", "multi-krum"):
-            rules[f"aggregators.{name}"] = (lambda name: lambda n, f: aggregators.make(name, n, f))(name)
+    for name in ("average", "krum", "multi-krum"):
+        rules[f"aggregators.{name}"] = (lambda name: lambda n, f: aggregators.make(name, n, f))(name)
     return rules
 
 
@@ -357,14 +353,17 @@ def test_cli_rejects_bad_attack_settings(preset, sets, expected, spambase_file, 
     assert not (tmp_path / "r.h5").exists()
 
 
-def test_every_preset_loads():
+def test_every_attack_is_a_cell_of_the_attack_table():
+    """jobs/attack-table.toml runs every attack against average, Krum and Multi-Krum (its cells
+    replace the former per-attack presets)."""
     from conftest import REPO
-    from krum_mpi import config
-    presets = sorted((REPO / "configs" / "attacks").glob("spambase-*.toml"))
-    assert len(presets) == len(ALL) * 3
-    for path in presets:
-        cfg = config.load_config(path)
-        attack, rule = cfg["attack"]["name"], cfg["aggregator"]["name"]
-        assert path.stem == f"spambase-{attack}-{rule}"
-        assert (cfg["workers"]["n"], cfg["aggregator"]["f"], cfg["run"]["steps"]) == (20, 6, 500)
-        assert cfg["workers"]["byzantine"] == (0 if attack == "none" else 6)
+    from krum_mpi.study.plan import make_plan
+    from krum_mpi.study.spec import load_spec
+
+    plan = make_plan(load_spec(REPO / "jobs" / "attack-table.toml"), check_models=False)
+    cells = {(r.config["attack"]["name"], r.config["aggregator"]["name"]): r.config for r in plan.runs}
+    for attack in ALL:
+        for rule in ("average", "krum", "multi-krum"):
+            cfg = cells[(attack, rule)]
+            assert (cfg["workers"]["n"], cfg["aggregator"]["f"], cfg["run"]["steps"]) == (20, 6, 500)
+            assert cfg["workers"]["byzantine"] == (0 if attack == "none" else 6)
