@@ -22,6 +22,16 @@ def column_slices(xp, d, chunk=None, offset=0):
         yield slice(offset + start, offset + min(start + size, d))
 
 
+def column_chunks(xp, X, start, stop):
+    """(columns, scratch) per chunk of X's columns [start, stop): ``scratch`` is an (n, width) view of
+    one buffer reused by every chunk (X itself is never copied)."""
+    buffer = None
+    for cols in column_slices(xp, stop - start, offset=start):
+        if buffer is None:
+            buffer = xp.empty((X.shape[0], cols.stop - cols.start), dtype=X.dtype)
+        yield cols, buffer[:, :cols.stop - cols.start]
+
+
 def combine_rows(X, weights):
     """sum_i weights[i] * X[i] over the rows with a non-zero weight: (d,) in X's namespace and dtype."""
     return combine_rows_many(X, np.asarray(weights, dtype=np.float64)[None, :])[0]
@@ -47,12 +57,8 @@ def combine_rows_many(X, mixing):
     out = xp.empty((mixing.shape[0], d), dtype=X.dtype)
 
     def work(start, stop):
-        buffer = None
         with np.errstate(invalid="ignore", over="ignore"):  # per thread: NaN/Inf rows are expected
-            for cols in column_slices(xp, stop - start, offset=start):
-                if buffer is None:
-                    buffer = xp.empty((n, cols.stop - cols.start), dtype=X.dtype)
-                centred = buffer[:, :cols.stop - cols.start]
+            for cols, centred in column_chunks(xp, X, start, stop):
                 anchor = X[anchor_row, cols]
                 xp.subtract(X[:, cols], anchor[None, :], out=centred)
                 result = weights @ centred + weight_sums * anchor[None, :]
@@ -110,12 +116,8 @@ def distances_to_point(X, point):
 
     def work(start, stop):
         sq = xp.zeros(n, dtype=xp.float64)
-        buffer = None
         with np.errstate(invalid="ignore", over="ignore"):  # per thread: NaN/Inf rows are expected
-            for cols in column_slices(xp, stop - start, offset=start):
-                if buffer is None:
-                    buffer = xp.empty((n, cols.stop - cols.start), dtype=X.dtype)
-                diff = buffer[:, :cols.stop - cols.start]
+            for cols, diff in column_chunks(xp, X, start, stop):
                 xp.subtract(X[:, cols], point[cols][None, :], out=diff)
                 xp.multiply(diff, diff, out=diff)
                 sq += diff.sum(axis=1)

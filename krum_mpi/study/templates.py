@@ -132,10 +132,8 @@ esac
 [ "$FAILED" = 0 ]
 """
 
-REPORT = r"""#!/bin/bash
-# krum-mpi study @{STUDY_NAME}: the analysis job, started once every array job has ended
-# (submitted with --dependency=afterany, so failed runs do not block it).
-#SBATCH --job-name=@{JOB_NAME}
+# The head of a one-task job (the analysis job, the benchmark job): its #SBATCH lines and setup.
+ONE_TASK = r"""#SBATCH --job-name=@{JOB_NAME}
 #SBATCH --ntasks=1
 @{SBATCH_LINES}#SBATCH --time=@{TIME}
 #SBATCH --output=@{LOG_DIR}/%x-%j.out
@@ -144,7 +142,12 @@ set -uo pipefail
 STUDY=@{STUDY}
 PYTHON=@{PYTHON}
 @{SETUP}
-echo "report: started $(date -Is)"
+"""
+
+REPORT = r"""#!/bin/bash
+# krum-mpi study @{STUDY_NAME}: the analysis job, started once every array job has ended
+# (submitted with --dependency=afterany, so failed runs do not block it).
+""" + ONE_TASK + r"""echo "report: started $(date -Is)"
 "$PYTHON" -m krum_mpi study status "$STUDY"
 "$PYTHON" -m krum_mpi report "$STUDY"
 """
@@ -174,17 +177,8 @@ echo "report ${id%%;*} report.sbatch"
 BENCH = r"""#!/bin/bash
 # krum-mpi @{STUDY_NAME}: one benchmark job, `krum-mpi bench @{ARGS}`, run in the study folder.
 # Rendered by `krum-mpi study` from @{SPEC} (site profile @{PROFILE}): change those and render again.
-#SBATCH --job-name=@{JOB_NAME}
 #SBATCH --nodes=1
-#SBATCH --ntasks=1
-@{SBATCH_LINES}#SBATCH --time=@{TIME}
-#SBATCH --output=@{LOG_DIR}/%x-%j.out
-set -uo pipefail
-
-STUDY=@{STUDY}
-PYTHON=@{PYTHON}
-@{SETUP}
-mkdir -p "$STUDY" && cd "$STUDY" || exit 1
+""" + ONE_TASK + r"""mkdir -p "$STUDY" && cd "$STUDY" || exit 1
 echo "bench: $(date -Is) on $(hostname), job $SLURM_JOB_ID"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 "$PYTHON" -m krum_mpi bench @{ARGS}
