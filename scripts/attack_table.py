@@ -102,11 +102,11 @@ def main(argv=None) -> int:
             name, _, extra = attack.partition(":")
             attack_sets = [f"attack.{kv}" for kv in extra.split(",") if kv]
             for rule in args.rules:
-                cell = [f"attack.name={name}", f"aggregator.name={rule}"]
+                selectors = [f"attack.name={name}", f"aggregator.name={rule}"]
                 for seed in args.seeds:
                     stem = attack.replace(":", "-").replace("=", "-").replace(",", "-")
                     out = args.runs / f"{stem}-{rule}-{tag}-s{seed}-{args.steps}.h5"
-                    run = run_one(cell, seed, args.steps, overrides + attack_sets, out, args.ranks)
+                    run = run_one(selectors, seed, args.steps, overrides + attack_sets, out, args.ranks)
                     err.setdefault((mom, attack, rule), []).append(final_error(run) if run else None)
                     picked.setdefault((mom, attack, rule), []).append(byzantine_selected(run) if run else None)
                     done += 1
