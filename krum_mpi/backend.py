@@ -1,7 +1,9 @@
 """Array backend: NumPy everywhere, CuPy where a GPU is present.
 
-This is the only module that decides between NumPy and CuPy. Kernels never branch on it: they take
-``xp = array_namespace(x)`` from their inputs and call ``xp.*`` (CuPy's one-code-path habit).
+This is the only module that decides between NumPy and CuPy. Kernels take ``xp =
+array_namespace(x)`` from their inputs and call ``xp.*`` (CuPy's one-code-path habit); where the two
+must differ (how work is cut: cache-sized chunks over CPU threads, one launch on a GPU; which
+compiled kernels apply; what the device is), they ask a function below rather than test ``xp``.
 Transfers happen only at the edges (``to_device`` before aggregation, ``to_host`` after).
 """
 from __future__ import annotations
@@ -69,6 +71,35 @@ def array_namespace(x):
     return np
 
 
+def on_host(xp) -> bool:
+    """True when ``xp`` computes on the CPU (NumPy): compiled kernels and CPU threads apply there."""
+    return xp is np
+
+
+def chunk_columns(xp, d: int, host_chunk: int) -> int:
+    """Columns per chunk of a d-column pass: ``host_chunk`` on the CPU (temporaries stay in cache),
+    all d at once on a GPU (fewer launches)."""
+    return int(host_chunk) if on_host(xp) else int(d)
+
+
+def thread_count(xp, budget: int) -> int:
+    """Threads to split a pass over: the CPU budget on the host, one on a GPU (already parallel)."""
+    return int(budget) if on_host(xp) else 1
+
+
+def standard_normal(xp, shape, seed: int, dtype=np.float32):
+    """Seeded N(0, 1) samples made on ``xp``'s device (no host copy)."""
+    return xp.random.default_rng(seed).standard_normal(shape, dtype=dtype)
+
+
+def gpu_model() -> str:
+    """The name of the current CUDA device."""
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    return props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+
+
 def to_device(x, xp):
     """Move a host array to ``xp``'s device (no copy when ``xp`` is NumPy)."""
     return x if xp is np else xp.asarray(x)
@@ -89,9 +120,4 @@ def synchronize(xp) -> None:
 
 
 def device_description(device: str) -> str:
-    if device == "gpu":
-        import cupy
-        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-        return f"gpu:{name}"
-    return "cpu"
+    return f"gpu:{gpu_model()}" if device == "gpu" else "cpu"

@@ -12,42 +12,35 @@ median; device synchronisation on GPU) and, in the same run, measures the floors
 A rule's floor is one read for coordinate-wise and averaging rules, and for the distance-based ones
 (Krum, Multi-Krum, Bulyan, MDA, NNM) the larger of one read and n^2*d flops at the GEMM rate. The
 table reports each time as a multiple of its floor and the peak extra memory (tracemalloc, CPU) as
-a share of the input; then each distance-based rule is timed against the same rule with a direct
-pair loop as its distance kernel (``--pairloop-n``, ``--pairloop-d``). Machine state goes with the figures: CPU model, cores, load
-average before and after, BLAS and its kernel (threadpoolctl), threads, GPU model.
+a share of the input; then the distance kernel, and the Krum and Multi-Krum selections given it as
+an argument, are timed against the same with a direct pair loop as the kernel (``--pairloop-n``,
+``--pairloop-d``). Machine state goes with the figures: CPU model, cores, load average before and
+after, BLAS and its kernel (threadpoolctl), threads, GPU model. The file format: ``krum_mpi.benchfile``.
 
 ``gpu-check`` runs every rule's CuPy path against its NumPy path on random and adversarial inputs,
 then times Krum at n = 64, d = 2.5e7 (ResNet-50 scale) on the GPU.
 """
 import argparse
-import contextlib
-import csv
-import importlib
-import json
 import math
 import os
-import platform
 import sys
-import time
-import tracemalloc
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
 import krum_mpi.aggregators as agg
-from krum_mpi import native
-from krum_mpi.aggregators.distances import Distances
+from krum_mpi import benchfile
+from krum_mpi.aggregators.distances import Distances, sq_distances
 from krum_mpi.aggregators.mda import MAX_SUBSETS
-from krum_mpi.aggregators.parallel import column_ranges, cpu_budget, run_ranges
-from krum_mpi.backend import namespace, resolve_device, synchronize
-from krum_mpi.errors import ConfigError, DeviceError, KrumMPIError
+from krum_mpi.backend import namespace, resolve_device
+from krum_mpi.bench_gpu import gpu_check
+from krum_mpi.benchmeasure import (blas_summary, gemm_rate, kernel_summary, machine_state, peak_extra_bytes,
+                                   random_input, read_floor, rule_options, timed)
+from krum_mpi.errors import ConfigError, KrumMPIError
 
 DISTANCE_RULES = {"krum", "multi-krum", "bulyan", "mda"}
 DEFAULT_RULES = ["average", "krum", "multi-krum", "median", "trimmed-mean", "meamed", "geometric-median",
                  "bulyan", "centered-clipping", "mda", "nnm+average"]
-COLUMNS = ["rule", "n", "d", "f", "min_ms", "median_ms", "floor", "floor_ms", "x_floor", "gb_per_s",
-           "peak_extra_pct", "pairloop_speedup"]
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -91,37 +84,6 @@ def choose_f(rule, n, policy):
     return f
 
 
-def timed(fn, xp, warmup, repeats):
-    """Seconds of each of ``repeats`` calls after ``warmup`` calls, with device synchronisation."""
-    for _ in range(warmup):
-        fn()
-    synchronize(xp)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(xp)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def peak_extra_bytes(fn):
-    """Peak bytes allocated during fn() beyond what was allocated before (NumPy reports to tracemalloc)."""
-    tracemalloc.start()
-    try:
-        fn()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return peak
-
-
-def random_input(xp, n, d, seed):
-    if xp is np:
-        return np.random.default_rng(seed).standard_normal((n, d), dtype=np.float32)
-    return xp.random.default_rng(seed).standard_normal((n, d), dtype=np.float32)
-
-
 def pair_loop_sq_distances(X):
     """The direct implementation: one subtraction and one dot product per pair of rows."""
     n = X.shape[0]
@@ -131,85 +93,6 @@ def pair_loop_sq_distances(X):
             diff = X[i] - X[j]
             dist[i, j] = dist[j, i] = float(diff @ diff)
     return dist
-
-
-# -- floors and machine state ---------------------------------------------------------------------
-
-def read_floor(xp, X, warmup, repeats):
-    """Fastest full read of X: a BLAS ``ones @ X``, a column sum, or column sums split over the
-    CPU threads (as the rules split their work)."""
-    ones = xp.ones(X.shape[0], dtype=X.dtype)
-    by_gemv = min(timed(lambda: ones @ X, xp, warmup, repeats))
-    by_sum = min(timed(lambda: X.sum(axis=0), xp, warmup, repeats))
-
-    @cpu_budget
-    def threaded_sums():
-        run_ranges(lambda a, b: X[:, a:b].sum(axis=0), column_ranges(xp, X.shape[1], align=1 << 16))
-
-    by_threads = min(timed(threaded_sums, xp, warmup, repeats))
-    parts = {"gemv_s": by_gemv, "sum_s": by_sum, "threaded_sum_s": by_threads}
-    read_sum = native_read_sum(X) if xp is np else None
-    if read_sum is not None:  # the compiled kernels read faster than NumPy: so must the floor
-        parts["native_sum_s"] = min(timed(read_sum, xp, warmup, repeats))
-    return min(parts.values()), parts
-
-
-def native_read_sum(X):
-    """A threaded compiled sum over X's bytes (krum_mpi.native's read kernel), or None."""
-    lib = native.library("probe")
-    if lib is None or not X.flags.c_contiguous or X.dtype != np.float32:
-        return None
-
-    @cpu_budget
-    def threaded():
-        run_ranges(lambda a, b: lib.krum_read_sum(X.ctypes.data + 4 * a, b - a),
-                   column_ranges(np, X.size, align=1 << 16))
-
-    return threaded
-
-
-def gemm_rate(xp, warmup, repeats):
-    """float32 GEMM rate (flop/s) of a large square product on this device."""
-    size = 2048 if xp is np else 8192
-    A = random_input(xp, size, size, 1)
-    B = random_input(xp, size, size, 2)
-    seconds = min(timed(lambda: A @ B, xp, warmup, repeats))
-    return 2.0 * size**3 / seconds, size
-
-
-def machine_state(device):
-    info = {"python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform(),
-            "cpu_model": cpu_model(), "native_kernels": native.status(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(), "loadavg_before": os.getloadavg(), "device": device,
-            "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-                                                 "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUPY_TF32")
-                    if k in os.environ}}
-    try:
-        from threadpoolctl import threadpool_info
-
-        info["blas"] = [{k: v for k, v in lib.items() if k in ("internal_api", "version", "architecture",
-                                                               "threading_layer", "num_threads", "filepath")}
-                        for lib in threadpool_info()]
-    except Exception as exc:  # threadpoolctl is a dependency, but a broken BLAS probe must not stop a bench
-        info["blas"] = f"unavailable: {exc}"
-    if device == "gpu":
-        import cupy
-
-        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-        name = props["name"]
-        info["gpu_model"] = name.decode() if isinstance(name, bytes) else name
-        info["cupy"] = cupy.__version__
-    return info
-
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # -- bench aggregate ------------------------------------------------------------------------------
@@ -224,8 +107,7 @@ def bench_aggregate(args):
     ds = parse_list(args.d, int, "d")
     if args.f not in ("quarter", "max") and not args.f.isdigit():
         raise ConfigError(f"--f takes 'quarter', 'max' or an integer, got {args.f!r}")
-    if Path(args.out).suffix.lower() not in (".h5", ".hdf5", ".json", ".csv"):
-        raise ConfigError(f"--out must end in .h5, .json or .csv, got {Path(args.out).name!r}")
+    benchfile.check_suffix(args.out)
 
     state = machine_state(device)
     rate, gemm_size = gemm_rate(xp, args.warmup, max(10, 2 * args.repeats))
@@ -259,13 +141,9 @@ def bench_aggregate(args):
     if args.pairloop_n and device == "cpu":
         report["pairloop"] = bench_pair_loop(rules, args)
     state["loadavg_after"] = os.getloadavg()
-    write_report(report, Path(args.out))
+    benchfile.write(report, Path(args.out))
     print(f"# load average after {state['loadavg_after'][0]:.2f}; written to {args.out}", flush=True)
     return 0
-
-
-def rule_options(rule):
-    return {"clip_norm": 1.0} if rule.startswith("clipping") else {}
 
 
 def bench_rule(rule, X, n, d, args, xp, read_s, gram_s, device):
@@ -278,69 +156,48 @@ def bench_rule(rule, X, n, d, args, xp, read_s, gram_s, device):
     if device == "cpu" and not args.no_memory:
         peak = peak_extra_bytes(lambda: aggregator(X))
     best = min(times)
-    return {"rule": rule, "n": n, "d": d, "f": f, "min_ms": best * 1e3, "median_ms": float(np.median(times)) * 1e3,
-            "floor": "max(read, gram)" if distance_based else "read", "floor_ms": floor_s * 1e3,
-            "x_floor": best / floor_s, "gb_per_s": X.nbytes / best / 1e9,
-            "peak_extra_pct": None if peak is None else 100.0 * peak / X.nbytes, "pairloop_speedup": None,
-            "times_ms": [t * 1e3 for t in times]}
+    return {"rule": rule, "device": device, "n": n, "d": d, "f": f, "min_ms": best * 1e3,
+            "median_ms": float(np.median(times)) * 1e3, "floor": "max(read, gram)" if distance_based else "read",
+            "floor_ms": floor_s * 1e3, "x_floor": best / floor_s, "gb_per_s": X.nbytes / best / 1e9,
+            "peak_extra_pct": None if peak is None else 100.0 * peak / X.nbytes, "times_ms": [t * 1e3 for t in times]}
 
 
 def pair_loop_distances(X):
-    """The pair loop dressed as the kernel's result, for swapping into the rules."""
+    """The direct pair loop dressed as the distance kernel's result."""
     finite = np.isfinite(X).all(axis=1)
     return Distances(pair_loop_sq_distances(X), finite, np.zeros((X.shape[0], X.shape[0])))
 
 
-@contextlib.contextmanager
-def pair_loop_kernel():
-    """Every distance-based rule with its distance kernel replaced by the direct pair loop: the
-    'pair-loop implementation' of the same rule, all else equal."""
-    with contextlib.ExitStack() as stack:
-        for name in ("krum", "bulyan", "mda", "preagg"):  # the modules (the package exports functions of these names)
-            module = importlib.import_module(f"krum_mpi.aggregators.{name}")
-            stack.enter_context(mock.patch.object(module, "sq_distances", pair_loop_distances))
-        yield
+def pair_loop_cases(rules, n, f):
+    """What runs on either distance kernel, each taking the kernel as an explicit argument: the
+    kernel itself (every distance-based rule's n^2 d part), and the Krum and Multi-Krum selections."""
+    cases = {}
+    if any(r.split("+")[-1] in DISTANCE_RULES or "nnm" in r.split("+") for r in rules):
+        cases["sq_distances"] = lambda X, kernel: kernel(X)
+    if "krum" in rules:
+        cases["krum"] = lambda X, kernel: agg.krum_select(X, f, m=1, distances=kernel(X))
+    if "multi-krum" in rules:
+        cases["multi-krum"] = lambda X, kernel: agg.krum_select(X, f, m=n - f, distances=kernel(X))
+    return cases
 
 
 def bench_pair_loop(rules, args):
-    """Each distance-based rule against the same rule with the pair-loop distance kernel."""
+    """The distance kernel, and the selections that take it as an argument, against the pair loop."""
     n, d = args.pairloop_n, int(float(args.pairloop_d))
     X = random_input(np, n, d, args.seed)
+    f = choose_f("krum", n, args.f)
     rows = []
     loop_repeats = max(1, min(args.repeats, 3))
-    print(f"# pair loop, n={n} d={d:.0e}: each distance-based rule, then the same rule with the "
-          f"direct pair loop as its distance kernel", flush=True)
-    for rule in rules:
-        parts = rule.split("+")
-        if not (parts[-1] in DISTANCE_RULES or "nnm" in parts):
-            continue
-        f = choose_f(rule, n, args.f)
-        aggregator = agg.make(rule, n, f, **rule_options(rule))
-        best = min(timed(lambda: aggregator(X), np, args.warmup, args.repeats))
-        with pair_loop_kernel():
-            loop = min(timed(lambda: aggregator(X), np, 0, loop_repeats))
-        rows.append({"rule": rule, "n": n, "d": d, "f": f, "rule_ms": best * 1e3, "pairloop_ms": loop * 1e3,
+    print(f"# pair loop, n={n} d={d:.0e} f={f}: the distance kernel and the selections built on it, "
+          f"then the same with the direct pair loop as the kernel", flush=True)
+    for name, case in pair_loop_cases(rules, n, f).items():
+        best = min(timed(lambda: case(X, sq_distances), np, args.warmup, args.repeats))
+        loop = min(timed(lambda: case(X, pair_loop_distances), np, 0, loop_repeats))
+        rows.append({"rule": name, "n": n, "d": d, "f": f, "rule_ms": best * 1e3, "pairloop_ms": loop * 1e3,
                      "speedup": loop / best})
-        print(f"  {rule:18s} f={f:<3d} {best * 1e3:9.1f} ms   pair loop {loop * 1e3:9.1f} ms   "
+        print(f"  {name:18s} {best * 1e3:9.1f} ms   pair loop {loop * 1e3:9.1f} ms   "
               f"{loop / best:6.1f}x faster", flush=True)
     return rows
-
-
-def kernel_summary(status, device):
-    if device == "gpu":
-        return "CuPy"
-    built = [name for name, ok in status["kernels"].items() if ok and name != "probe"]
-    if not built:
-        return "NumPy only (compiled kernels not built or KRUM_MPI_NATIVE=0)"
-    return f"compiled ({status['isa']}: {', '.join(built)}), NumPy for the rest"
-
-
-def blas_summary(state):
-    blas = state.get("blas")
-    if not isinstance(blas, list) or not blas:
-        return "unknown"
-    lib = blas[0]
-    return f"{lib.get('internal_api')} {lib.get('version')} kernel {lib.get('architecture')}, {lib.get('num_threads')} threads"
 
 
 def format_row(row):
@@ -349,89 +206,6 @@ def format_row(row):
             f"min {row['min_ms']:9.1f} ms  median {row['median_ms']:9.1f} ms  "
             f"floor[{row['floor']}] {row['floor_ms']:8.1f} ms  x{row['x_floor']:6.2f}  "
             f"{row['gb_per_s']:6.1f} GB/s  mem {peak}")
-
-
-def write_report(report, path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        path.write_text(json.dumps(report, indent=2, default=float))
-    elif suffix == ".csv":
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS + ["times_ms"], extrasaction="ignore")
-            writer.writeheader()
-            for row in report["results"]:
-                writer.writerow({**row, "times_ms": " ".join(f"{t:.3f}" for t in row["times_ms"])})
-        path.with_suffix(".meta.json").write_text(json.dumps({k: v for k, v in report.items() if k != "results"},
-                                                             indent=2, default=float))
-    elif suffix in (".h5", ".hdf5"):
-        import h5py
-
-        with h5py.File(path, "w") as h5:
-            h5.attrs["command"] = report["command"]
-            h5.attrs["machine"] = json.dumps(report["machine"], default=float)
-            h5.attrs["gemm_flops_per_s"] = report["gemm"]["flops_per_s"]
-            h5.attrs["pairloop"] = json.dumps(report["pairloop"], default=float)
-            h5.attrs["floors"] = json.dumps(report["floors"], default=float)
-            group = h5.create_group("results")
-            for key in COLUMNS:
-                values = [row[key] for row in report["results"]]
-                if key in ("rule", "floor"):
-                    group.create_dataset(key, data=np.array(values, dtype=h5py.string_dtype()))
-                else:
-                    group.create_dataset(key, data=np.array([np.nan if v is None else v for v in values],
-                                                            dtype=np.float64))
-    else:
-        raise ConfigError(f"--out must end in .h5, .json or .csv, got {path.name!r}")
-
-
-# -- bench gpu-check ------------------------------------------------------------------------------
-
-GPU_CASES = [("average", 9, 2), ("krum", 11, 3), ("multi-krum", 11, 3), ("median", 10, 3),
-             ("trimmed-mean", 10, 3), ("meamed", 10, 3), ("geometric-median", 9, 2), ("bulyan", 11, 2),
-             ("centered-clipping", 9, 2), ("mda", 9, 2), ("nnm+krum", 11, 3), ("bucketing+median", 12, 1),
-             ("clipping+average", 9, 2)]
-
-
-def gpu_check(args):
-    device = resolve_device("gpu")
-    import cupy
-
-    if os.environ.get("CUPY_TF32", "0") not in ("", "0"):
-        raise DeviceError("CUPY_TF32 is set: TF32 products lose the precision distances need; unset it")
-    failures = 0
-    rng = np.random.default_rng(0)
-    for name, n, f in GPU_CASES:
-        for kind in ("random", "adversarial", "nonfinite"):
-            X = rng.standard_normal((n, 5000)).astype(np.float32)
-            if kind == "adversarial":
-                X = (1e4 + X).astype(np.float32)
-                X[:f] += np.float32(10) * rng.standard_normal((f, 5000)).astype(np.float32)
-            if kind == "nonfinite" and f >= 1 and name != "average":
-                X[0, 3] = np.nan
-                X[f - 1, 11] = np.inf
-            options = rule_options(name)
-            cpu = agg.make(name, n, f, **options)(X)
-            gpu = agg.make(name, n, f, **options)(cupy.asarray(X))
-            same_rows = cpu.selected is None or gpu.selected.tolist() == cpu.selected.tolist()
-            scale = float(np.abs(X[np.isfinite(X)]).max())
-            gap = float(np.max(np.abs(cupy.asnumpy(gpu.vector).astype(np.float64) - cpu.vector)))
-            ok = same_rows and gap <= 32 * np.finfo(np.float32).eps * scale
-            failures += not ok
-            print(f"{'ok  ' if ok else 'FAIL'} {name:18s} {kind:11s} n={n} f={f} max|gpu-cpu|={gap:.3g}"
-                  + ("" if same_rows else f" selected gpu={gpu.selected.tolist()} cpu={cpu.selected.tolist()}"),
-                  flush=True)
-    n, d = args.n, int(float(args.d))
-    X = random_input(cupy, n, d, 0)
-    read_s, _ = read_floor(cupy, X, 1, args.repeats)
-    rate, size = gemm_rate(cupy, 1, args.repeats)
-    krum = agg.make("krum", n, (n - 3) // 4)
-    times = timed(lambda: krum(X), cupy, 1, args.repeats)
-    floor = max(read_s, n * n * d / rate)
-    print(f"krum n={n} d={d:.2e} on {machine_state(device).get('gpu_model')}: min {min(times) * 1e3:.2f} ms, "
-          f"median {np.median(times) * 1e3:.2f} ms; read floor {read_s * 1e3:.2f} ms, GEMM {rate / 1e12:.1f} "
-          f"TFLOP/s -> floor {floor * 1e3:.2f} ms, x{min(times) / floor:.2f}", flush=True)
-    return 1 if failures else 0
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The ``krum-mpi`` command line.
 
     krum-mpi run CONFIG [--set key=value ...] [--out FILE.h5] [--device auto|cpu|gpu] [--force]
+    krum-mpi run --from-study SPEC --cell KEY=VALUE ... [--set ...]   one run (cell) of a study's sweep
     krum-mpi demo [--ranks 4]          the quick-start comparison: Krum vs averaging, 0 and 6 Byzantine
     krum-mpi summary FILE.h5 ...       one line per results file
     krum-mpi bench | data | study | report ...   (see ``krum-mpi SUB --help``)
@@ -58,10 +59,13 @@ def default_out(cfg: dict, config_path) -> Path:
     return Path("results") / f"{stem}-{run_id(cfg)}.h5"
 
 
-def cmd_run(argv) -> int:
+def run_parser():
     p = _Parser(prog="krum-mpi run", description="Train with robust aggregation over MPI ranks "
                 "(launch with mpiexec -n R or srun).")
-    p.add_argument("config", help="run config (.toml or .yaml)")
+    p.add_argument("config", nargs="?", help="run config (.toml or .yaml); or --from-study")
+    p.add_argument("--from-study", metavar="SPEC", help="take the config of one run of this study spec")
+    p.add_argument("--cell", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --from-study: a swept value of the run (repeatable), or its run id")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set run.steps=100 (repeatable)")
     p.add_argument("--out", help="results file (.h5); default results/<name>-<run id>.h5")
@@ -70,24 +74,46 @@ def cmd_run(argv) -> int:
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out if there is one (else start); for requeued jobs")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    args = p.parse_args(argv)
+    return p
+
+
+def run_config(args) -> dict:
+    """The validated config of ``krum-mpi run``: a file, or one cell of a study, plus --set."""
+    from . import config
+
+    if (args.config is None) == (args.from_study is None):
+        raise KrumMPIError("give a run config file, or --from-study SPEC with --cell KEY=VALUE (not both)")
+    if args.cell and not args.from_study:
+        raise KrumMPIError("--cell selects a run of a study: give --from-study SPEC too")
+    overrides = list(args.overrides) + ([f"run.device={args.device}"] if args.device else [])
+    if args.config is not None:
+        return config.load_config(args.config, overrides)
+    from .study.cell import cell_config
+
+    cfg, cell = cell_config(args.from_study, args.cell, overrides)
+    if launcher_rank() == 0 and not args.quiet:
+        print(f"cell {cell.id} of {args.from_study}: " + " ".join(f"{k}={v}" for k, v in cell.labels.items())
+              + f" (the study runs it on {cell.ranks} ranks)", flush=True)
+    return cfg
+
+
+def cmd_run(argv) -> int:
+    args = run_parser().parse_args(argv)
 
     import signal
 
-    from . import config, results, train
+    from . import results, train
     from .comm import Comm
 
     if args.resume and not args.out:
         raise KrumMPIError("--resume needs --out FILE.h5: the results file that holds the checkpoint")
-
-    overrides = list(args.overrides) + ([f"run.device={args.device}"] if args.device else [])
     try:
-        cfg = config.load_config(args.config, overrides)   # same on every rank: all fail alike
+        cfg = run_config(args)   # same on every rank: all fail alike
     except KrumMPIError:
         if launcher_rank() != 0:
             raise SystemExit(2)                             # rank 0 reports it
         raise
-    out = Path(args.out) if args.out else default_out(cfg, args.config)
+    out = Path(args.out) if args.out else default_out(cfg, args.config or args.from_study)
     comm = Comm(cfg["workers"]["n"])
     if comm.is_root:
         error = None

@@ -3,9 +3,10 @@
     python scripts/attack_table.py                      # 3 seeds, 500 steps, mpiexec -n 2 per run
     python scripts/attack_table.py --seeds 0 1 2 3 4 --ranks 4 --table docs/attack-table.md
 
-Each cell is one preset (configs/attacks/spambase-<attack>-<rule>.toml: n = 20 workers, f = 6,
-6 Byzantine, minibatch 3, MLP 57-20-20-2, lr 0.05), run once per seed with plain SGD and once
-with worker momentum (optimizer.momentum = 0.9, optimizer.momentum_at = "worker"). Runs are real
+Each cell is one run of the sweep jobs/attack-table.toml (n = 20 workers, f = 6, 6 Byzantine,
+minibatch 3, MLP 57-20-20-2, lr 0.05), picked with ``krum-mpi run --from-study SPEC --cell
+attack.name=A --cell aggregator.name=R`` and run once per seed with plain SGD and once with worker
+momentum (optimizer.momentum = 0.9, optimizer.momentum_at = "worker"). Runs are real
 ``mpiexec -n RANKS python -m krum_mpi run`` processes writing HDF5 files under --runs; a file that
 is already complete is reused, so an interrupted sweep resumes where it stopped. The table (mean and
 standard deviation over seeds of the final test error, and how often a Byzantine vector was among
@@ -22,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from krum_mpi import results
+from krum_mpi.study.folder import is_complete
 
 REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO / "jobs" / "attack-table.toml"
 RULES = ("average", "krum", "multi-krum")
 # NAME or NAME:key=value,... (extra attack parameters on top of the preset)
 ATTACKS = ("none", "gaussian", "sign-flip", "alie", "ipm", "alie-opt", "ipm-opt",
@@ -36,18 +39,14 @@ def mpiexec() -> str:
     return str(local) if local.exists() else "mpiexec"
 
 
-def run_one(preset: Path, seed: int, steps: int, overrides: list[str], out: Path, ranks: int) -> dict:
-    """Run one preset (unless a complete results file is already there) and read it back."""
-    if out.exists():
-        try:
-            run = results.read_run(out)
-            if run["attrs"]["status"] == "complete":
-                return run
-        except Exception:
-            pass
+def run_one(cell: list[str], seed: int, steps: int, overrides: list[str], out: Path, ranks: int) -> dict:
+    """Run one cell of the sweep (unless a complete results file is already there) and read it back."""
+    if is_complete(out):
+        return results.read_run(out)
     sets = [f"run.seed={seed}", f"run.steps={steps}"] + overrides
-    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "krum_mpi", "run", str(preset),
-           "--out", str(out), "--force", "--quiet"] + [arg for s in sets for arg in ("--set", s)]
+    cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "krum_mpi", "run", "--from-study", str(SPEC),
+           "--out", str(out), "--force", "--quiet"] + [arg for c in cell for arg in ("--cell", c)] \
+        + [arg for s in sets for arg in ("--set", s)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:  # report and go on: the cell shows how many seeds failed
         last = proc.stderr.strip().splitlines()[-1:] or ["(no message)"]
@@ -103,11 +102,11 @@ def main(argv=None) -> int:
             name, _, extra = attack.partition(":")
             attack_sets = [f"attack.{kv}" for kv in extra.split(",") if kv]
             for rule in args.rules:
-                preset = REPO / "configs" / "attacks" / f"spambase-{name}-{rule}.toml"
+                selectors = [f"attack.name={name}", f"aggregator.name={rule}"]
                 for seed in args.seeds:
                     stem = attack.replace(":", "-").replace("=", "-").replace(",", "-")
                     out = args.runs / f"{stem}-{rule}-{tag}-s{seed}-{args.steps}.h5"
-                    run = run_one(preset, seed, args.steps, overrides + attack_sets, out, args.ranks)
+                    run = run_one(selectors, seed, args.steps, overrides + attack_sets, out, args.ranks)
                     err.setdefault((mom, attack, rule), []).append(final_error(run) if run else None)
                     picked.setdefault((mom, attack, rule), []).append(byzantine_selected(run) if run else None)
                     done += 1
@@ -120,10 +119,11 @@ def main(argv=None) -> int:
         "",
         f"Final test error (mean ± standard deviation over seeds {', '.join(map(str, args.seeds))}) after "
         f"{args.steps} steps; 6 of the 20 workers Byzantine (none: 0 Byzantine, the rule still told f = 6);",
-        "omniscient adversary; minibatch 3, MLP 57-20-20-2, SGD lr 0.05; presets configs/attacks/.",
-        f"Each run: `mpiexec -n {args.ranks} python -m krum_mpi run configs/attacks/spambase-<attack>-<rule>.toml "
-        "--set run.seed=S` (worker momentum adds `--set optimizer.momentum=0.9 --set optimizer.momentum_at=worker`).",
-        "A row `NAME:key=value` is the preset with that attack parameter added (`--set attack.key=value`).",
+        "omniscient adversary; minibatch 3, MLP 57-20-20-2, SGD lr 0.05; the sweep jobs/attack-table.toml.",
+        f"Each run: `mpiexec -n {args.ranks} krum-mpi run --from-study jobs/attack-table.toml --cell attack.name=A "
+        "--cell aggregator.name=R --set run.seed=S` (worker momentum adds `--set optimizer.momentum=0.9 "
+        "--set optimizer.momentum_at=worker`).",
+        "A row `NAME:key=value` is that cell with the attack parameter added (`--set attack.key=value`).",
         "0.39-0.40 is the error of always answering the majority class (diverged or stuck training).",
         "What these numbers say about ALIE and Krum, and why: docs/attacks.md, section \"Measured\".",
         f"Generated by `python scripts/attack_table.py` on {datetime.date.today().isoformat()}.",

@@ -9,7 +9,8 @@ import pytest
 from test_analysis_fakes import make_config, make_fake_study, write_run
 
 from krum_mpi.analysis import load_study
-from krum_mpi.analysis.load import experiment_keys, read_partition
+from krum_mpi.analysis.derived import experiment_keys
+from krum_mpi.analysis.load import read_partition
 from krum_mpi.analysis.tables import summarise_runs
 from krum_mpi.errors import ResultsError
 
@@ -160,9 +161,7 @@ def test_same_answers_on_a_distributed_local_cluster(fake_study):
 
 def test_a_config_key_added_later_does_not_split_experiments(tmp_path):
     from krum_mpi.config import DEFAULTS
-    default = DEFAULTS["run"]["watchdog_s"] if "watchdog_s" in DEFAULTS.get("run", {}) else None
-    if default is None:
-        pytest.skip("no run.watchdog_s default to test with")
+    default = DEFAULTS["run"]["watchdog_s"]
     old = make_config(rule="krum", seed=0)  # written before the key existed
     new = make_config(rule="krum", seed=1, run__watchdog_s=default)
     write_run(tmp_path / "old.h5", old)

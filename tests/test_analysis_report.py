@@ -121,15 +121,6 @@ def test_report_errors_are_one_line(tmp_path):
         report.main([str(tmp_path), "--figure-formats", "svg"])
 
 
-def test_report_includes_bench_results(study_dir, tmp_path):
-    bench = tmp_path / "bench-aggregate.csv"
-    bench.write_text("rule,n,d,backend,median_s,floor_s\nkrum,16,10000000,numpy,0.5,0.25\n"
-                     "median,64,10000000,numpy,0.9,0.3\n")
-    report.main([str(study_dir), "--out", str(tmp_path / "r"), "--bench", str(bench)])
-    text = check_markdown_report(tmp_path / "r" / "report.md")
-    assert "figures/kernel_vs_floor.png" in text
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebooks_execute_headless(path, study_dir):
     nb = execute_notebook(path, study_dir)

@@ -1,14 +1,12 @@
 """Tables on synthetic studies whose answers are known in advance, and the t quantiles behind them."""
-import json
 import math
 
 import numpy as np
 import pytest
 from test_analysis_fakes import make_config, make_fake_study, write_run
 
-from krum_mpi.analysis import load_study, read_bench, tables
+from krum_mpi.analysis import load_study, tables
 from krum_mpi.analysis.stats import mean_ci, t_quantile, welch_diff_ci
-from krum_mpi.errors import ResultsError
 
 # Two-sided 95% Student t critical values from printed tables.
 T975 = {1: 12.706, 2: 4.303, 4: 2.776, 9: 2.262, 29: 2.045}
@@ -135,18 +133,3 @@ def test_accuracy_curves_mean_over_seeds(tmp_path):
     curves = tables.accuracy_curves(study, tables.run_summary(study))
     last = curves[(curves["rule"] == "krum") & (curves["byz_fraction"] == 0.0) & (curves["step"] == 19)]
     assert last["mean"].item() == pytest.approx(0.845) and last["count"].item() == 2
-
-
-def test_read_bench_csv_json_and_errors(tmp_path):
-    csv = tmp_path / "bench.csv"
-    csv.write_text("rule,n,d,backend,median_s,floor_s\nkrum,16,1000000,numpy,0.02,0.01\n")
-    frame = read_bench(csv)
-    assert frame.loc[0, "ratio"] == pytest.approx(2.0) and frame.loc[0, "time_s"] == 0.02
-    js = tmp_path / "bench.json"
-    js.write_text(json.dumps({"results": [{"name": "median", "time_s": 0.3, "x_floor": 3.0}]}))
-    frame = read_bench(js)
-    assert frame.loc[0, "rule"] == "median" and frame.loc[0, "floor_s"] == pytest.approx(0.1)
-    bad = tmp_path / "bench-bad.csv"
-    bad.write_text("a,b\n1,2\n")
-    with pytest.raises(ResultsError, match="no rule/time/floor columns"):
-        read_bench(bad)

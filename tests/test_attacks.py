@@ -189,15 +189,11 @@ def damage(aggregate, honest, byzantine, direction=None):
 
 
 def rules_for_the_search():
+    from krum_mpi import aggregators
+
     rules = {"mean": lambda n, f: mean_rule, "krum (reference)": lambda n, f: krum_reference(f)}
-    try:
-        from krum_mpi import aggregators
-        probe = aggregators.make("krum", 20, 6)
-    except Exception:
-        probe = None
-    if probe is not None:
-        for name in ("average", "krum", "multi-krum"):
-            rules[f"aggregators.{name}"] = (lambda name: lambda n, f: aggregators.make(name, n, f))(name)
+    for name in ("average", "krum", "multi-krum"):
+        rules[f"aggregators.{name}"] = (lambda name: lambda n, f: aggregators.make(name, n, f))(name)
     return rules
 
 
@@ -337,17 +333,19 @@ def test_cupy_matches_numpy(name):
 
 # ---- through the CLI: bad attack settings stop the run with one line and exit status 2 ------------
 
-@pytest.mark.parametrize("preset, sets, expected", [
-    ("spambase-gaussian-krum", ["attack.name=alie2"], "unknown attack 'alie2'"),
-    ("spambase-ipm-krum", ["attack.epsilon=-0.5"], "epsilon = -0.5 must be >= 0"),
-    ("spambase-alie-krum", ["attack.z_formula=book"], "z_formula must be one of paper, honest"),
-    ("spambase-alie-average", ["workers.byzantine=0", "aggregator.f=0"], "workers.byzantine = 0"),
-    ("spambase-alie-krum", ["aggregator.f=5"], "exceeds the declared aggregator.f = 5"),
-    ("spambase-gaussian-krum", ["workers.byzantine=9", "aggregator.f=9"], "krum"),
+@pytest.mark.parametrize("cell, sets, expected", [
+    ("gaussian krum", ["attack.name=alie2"], "unknown attack 'alie2'"),
+    ("ipm krum", ["attack.epsilon=-0.5"], "epsilon = -0.5 must be >= 0"),
+    ("alie krum", ["attack.z_formula=book"], "z_formula must be one of paper, honest"),
+    ("alie average", ["workers.byzantine=0", "aggregator.f=0"], "workers.byzantine = 0"),
+    ("alie krum", ["aggregator.f=5"], "exceeds the declared aggregator.f = 5"),
+    ("gaussian krum", ["workers.byzantine=9", "aggregator.f=9"], "krum"),
 ])
-def test_cli_rejects_bad_attack_settings(preset, sets, expected, spambase_file, tmp_path):
+def test_cli_rejects_bad_attack_settings(cell, sets, expected, spambase_file, tmp_path):
     from conftest import REPO, run_cli
-    args = ["run", REPO / "configs" / "attacks" / f"{preset}.toml", "--out", tmp_path / "r.h5"]
+    attack, rule = cell.split()
+    args = ["run", "--from-study", REPO / "jobs" / "attack-table.toml", "--cell", f"attack.name={attack}",
+            "--cell", f"aggregator.name={rule}", "--out", tmp_path / "r.h5", "--quiet"]
     for s in sets:
         args += ["--set", s]
     proc = run_cli(args, timeout=120)
@@ -357,14 +355,17 @@ def test_cli_rejects_bad_attack_settings(preset, sets, expected, spambase_file, 
     assert not (tmp_path / "r.h5").exists()
 
 
-def test_every_preset_loads():
+def test_every_attack_is_a_cell_of_the_attack_table():
+    """jobs/attack-table.toml runs every attack against average, Krum and Multi-Krum (its cells
+    replace the former per-attack presets)."""
     from conftest import REPO
-    from krum_mpi import config
-    presets = sorted((REPO / "configs" / "attacks").glob("spambase-*.toml"))
-    assert len(presets) == len(ALL) * 3
-    for path in presets:
-        cfg = config.load_config(path)
-        attack, rule = cfg["attack"]["name"], cfg["aggregator"]["name"]
-        assert path.stem == f"spambase-{attack}-{rule}"
-        assert (cfg["workers"]["n"], cfg["aggregator"]["f"], cfg["run"]["steps"]) == (20, 6, 500)
-        assert cfg["workers"]["byzantine"] == (0 if attack == "none" else 6)
+    from krum_mpi.study.plan import make_plan
+    from krum_mpi.study.spec import load_spec
+
+    plan = make_plan(load_spec(REPO / "jobs" / "attack-table.toml"), check_models=False)
+    cells = {(r.config["attack"]["name"], r.config["aggregator"]["name"]): r.config for r in plan.runs}
+    for attack in ALL:
+        for rule in ("average", "krum", "multi-krum"):
+            cfg = cells[(attack, rule)]
+            assert (cfg["workers"]["n"], cfg["aggregator"]["f"], cfg["run"]["steps"]) == (20, 6, 500)
+            assert cfg["workers"]["byzantine"] == (0 if attack == "none" else 6)

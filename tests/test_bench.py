@@ -1,56 +1,49 @@
-"""``krum-mpi bench``: a tiny run of the whole pipeline (floors, rules, pair loop, memory, files),
-its errors, and the pair-loop reference it compares against."""
-import csv
-import json
-
-import h5py
+"""``krum-mpi bench``: a tiny run of the whole pipeline (floors, rules, pair loop, memory), its
+errors, and the pair-loop reference it compares against. Its file format: test_file_formats.py."""
 import numpy as np
 import pytest
 
 from conftest import run_cli
-from krum_mpi import bench
+from krum_mpi import bench, benchfile
 from krum_mpi.aggregators.distances import sq_distances
 from krum_mpi.errors import ConfigError, DeviceError
 
 TINY = ["aggregate", "--n", "8,11", "--d", "3000", "--repeats", "2", "--pairloop-n", "9", "--pairloop-d", "2000"]
 
 
-def test_bench_aggregate_writes_json(tmp_path, capsys):
+def test_bench_aggregate_measures_every_rule(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert bench.main(TINY + ["--out", str(out)]) == 0
-    report = json.loads(out.read_text())
+    report = benchfile.read(out)
     rows = report["results"]
     assert {r["rule"] for r in rows} == set(bench.DEFAULT_RULES)
     assert {(r["n"], r["d"]) for r in rows} == {(8, 3000), (11, 3000)}
     for row in rows:
         assert row["min_ms"] > 0 and row["median_ms"] >= row["min_ms"] and len(row["times_ms"]) == 2
         assert row["x_floor"] == pytest.approx(row["min_ms"] / row["floor_ms"])
-        assert row["peak_extra_pct"] is not None and row["peak_extra_pct"] >= 0
+        assert row["peak_extra_pct"] is not None and row["peak_extra_pct"] >= 0 and row["device"] == "cpu"
     krum = next(r for r in rows if r["rule"] == "krum" and r["n"] == 11)
     assert krum["floor"] == "max(read, gram)" and krum["f"] == 2  # (n - 3) // 4
     assert report["gemm"]["flops_per_s"] > 0 and len(report["floors"]) == 2
     machine = report["machine"]
     assert machine["cores"] >= 1 and "loadavg_after" in machine and machine["cpu_model"]
     assert isinstance(machine["blas"], list)  # threadpoolctl's view (empty only without a BLAS)
-    assert {p["rule"] for p in report["pairloop"]} == {"krum", "multi-krum", "bulyan", "mda", "nnm+average"}
-    assert all(p["speedup"] > 0 for p in report["pairloop"])
+    assert [p["rule"] for p in report["pairloop"]] == ["sq_distances", "krum", "multi-krum"]
+    assert all(p["speedup"] > 0 and p["f"] == 1 for p in report["pairloop"])   # (9 - 3) // 4
     printed = capsys.readouterr().out
     assert "read floor" in printed and "krum" in printed and "pair loop" in printed
 
 
-def test_bench_aggregate_writes_csv_and_hdf5(tmp_path):
-    args = ["aggregate", "--rules", "krum,median", "--n", "7", "--d", "500", "--repeats", "1", "--pairloop-n", "0",
-            "--no-memory"]
-    assert bench.main(args + ["--out", str(tmp_path / "b.csv")]) == 0
-    with (tmp_path / "b.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    assert [r["rule"] for r in rows] == ["krum", "median"] and float(rows[0]["x_floor"]) > 0
-    assert "machine" in json.loads((tmp_path / "b.meta.json").read_text())
-    assert bench.main(args + ["--out", str(tmp_path / "b.h5")]) == 0
-    with h5py.File(tmp_path / "b.h5", "r") as h5:
-        assert [r.decode() if isinstance(r, bytes) else r for r in h5["results/rule"][()]] == ["krum", "median"]
-        assert json.loads(h5.attrs["machine"])["device"] == "cpu"
-        assert h5["results/min_ms"][()].min() > 0
+def test_the_pair_loop_runs_the_same_selection_as_the_kernel():
+    X = np.random.default_rng(3).standard_normal((9, 400)).astype(np.float32)
+    for name, case in bench.pair_loop_cases(["krum", "multi-krum", "bulyan"], 9, 2).items():
+        fast, loop = case(X, sq_distances), case(X, bench.pair_loop_distances)
+        if name == "sq_distances":
+            np.testing.assert_allclose(loop.sq, fast.sq, rtol=1e-5)
+        else:
+            assert loop.tolist() == fast.tolist()
+    assert list(bench.pair_loop_cases(["median"], 9, 2)) == []
+    assert list(bench.pair_loop_cases(["nnm+average"], 9, 2)) == ["sq_distances"]
 
 
 def test_bench_through_the_cli(tmp_path):

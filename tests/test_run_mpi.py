@@ -134,6 +134,6 @@ def test_cli_usage_errors():
     done = run_cli(["frobnicate"])
     _one_line_error(done, "unknown command")
     done = run_cli(["run"])
-    _one_line_error(done, "required")
+    _one_line_error(done, "give a run config file, or --from-study SPEC")
     done = run_cli(["run", "nope.toml"])
     _one_line_error(done, "nope.toml not found")

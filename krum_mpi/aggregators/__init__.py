@@ -23,7 +23,8 @@ from krum_mpi.aggregators.krum import NEIGHBOURS, SCORES, check_krum_bounds, che
 from krum_mpi.aggregators.mda import MAX_SUBSETS, check_mda_bounds, mda
 from krum_mpi.aggregators.parallel import cpu_budget
 from krum_mpi.aggregators.preagg import PRE_STEPS
-from krum_mpi.aggregators.registry import RULES, Aggregator, Option, Rule, lookup, register, validate_options
+from krum_mpi.aggregators.compose import lookup
+from krum_mpi.aggregators.registry import RULES, Aggregator, Option, Rule, register, validate_options
 from krum_mpi.aggregators.rowops import combine_rows
 
 __all__ = ["Aggregation", "Aggregator", "get", "make", "names", "pre_steps", "krum_select", "sq_distances"]

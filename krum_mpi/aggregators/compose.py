@@ -1,4 +1,5 @@
-"""Chains of pre-aggregation steps before a rule, e.g. "bucketing+krum" or "clipping+nnm+median".
+"""Chains of pre-aggregation steps before a rule, e.g. "bucketing+krum" or "clipping+nnm+median",
+and ``lookup``, which resolves any rule name, chained or not.
 
 The chain is itself a Rule: its options are the union of the steps' and the rule's, and its
 selection and weights are reported per original worker (a selected bucket selects its workers;
@@ -87,3 +88,15 @@ def composed_rule(name):
 
     return Rule(name, fn, " then ".join([s.summary for s in steps] + [rule.summary]), options,
                 check=check, max_selected=max_selected, state_keys=("step",) + rule.state_keys, carry=carry)
+
+
+def lookup(name):
+    """The rule called ``name``; "nnm+krum"-style names chain pre-aggregation steps before a rule."""
+    if not isinstance(name, str):
+        raise ValueError(f"aggregation rule name must be a string, got {name!r}")
+    if "+" in name:
+        return composed_rule(name)
+    if name not in RULES:
+        raise ValueError(f"unknown aggregation rule {name!r}; known: {', '.join(sorted(RULES))} "
+                         f"(prefix pre-aggregation steps with '+': nnm+, bucketing+, clipping+)")
+    return RULES[name]

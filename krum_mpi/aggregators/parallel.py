@@ -14,7 +14,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
+from krum_mpi.backend import thread_count
 
 THREADS = None  # None: as many threads as BLAS may use outside the rules, else this many
 _state = threading.local()
@@ -66,8 +66,8 @@ def cpu_budget(fn):
 def column_ranges(xp, d, align=1):
     """Contiguous (start, stop) column ranges covering [0, d), one per thread of the budget, starts
     aligned to ``align``. One range on GPU, or when d is too small to split."""
-    threads = getattr(_state, "budget", None) or int(THREADS or 1)
-    if xp is not np or threads == 1 or d < 2 * align:
+    threads = thread_count(xp, getattr(_state, "budget", None) or int(THREADS or 1))
+    if threads == 1 or d < 2 * align:
         return [(0, d)]
     cuts = sorted({min(d, (d * k // threads) // align * align) for k in range(threads)} | {d})
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]

@@ -1,4 +1,5 @@
-"""The rule registry: names, option schemas, bounds on n and f, and the Aggregator object."""
+"""The rule registry: names, option schemas, bounds on n and f, and the Aggregator object
+(``compose.lookup`` resolves a name, chained pre-steps included)."""
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -51,20 +52,6 @@ RULES: dict[str, Rule] = {}
 def register(rule):
     RULES[rule.name] = rule
     return rule
-
-
-def lookup(name):
-    """The rule called ``name``; "nnm+krum"-style names chain pre-aggregation steps before a rule."""
-    if not isinstance(name, str):
-        raise ValueError(f"aggregation rule name must be a string, got {name!r}")
-    if "+" in name:
-        from krum_mpi.aggregators.compose import composed_rule
-
-        return composed_rule(name)
-    if name not in RULES:
-        raise ValueError(f"unknown aggregation rule {name!r}; known: {', '.join(sorted(RULES))} "
-                         f"(prefix pre-aggregation steps with '+': nnm+, bucketing+, clipping+)")
-    return RULES[name]
 
 
 def validate_options(rule, options):

@@ -9,6 +9,7 @@ import numpy as np
 
 from krum_mpi import native
 from krum_mpi.aggregators.base import array_namespace, to_numpy
+from krum_mpi.backend import chunk_columns
 from krum_mpi.aggregators.parallel import column_ranges, run_ranges
 
 CHUNK = 1 << 13  # columns per chunk on CPU: (n, CHUNK) float64 temporaries stay in L2/L3
@@ -16,9 +17,19 @@ CHUNK = 1 << 13  # columns per chunk on CPU: (n, CHUNK) float64 temporaries stay
 
 def column_slices(xp, d, chunk=None, offset=0):
     """Column chunks of [offset, offset + d): fixed-size on CPU (cache), one on GPU (fewer launches)."""
-    size = d if (xp is not np and chunk is None) else int(chunk or CHUNK)
+    size = int(chunk) if chunk else chunk_columns(xp, d, CHUNK)
     for start in range(0, d, size):
         yield slice(offset + start, offset + min(start + size, d))
+
+
+def column_chunks(xp, X, start, stop):
+    """(columns, scratch) per chunk of X's columns [start, stop): ``scratch`` is an (n, width) view of
+    one buffer reused by every chunk (X itself is never copied)."""
+    buffer = None
+    for cols in column_slices(xp, stop - start, offset=start):
+        if buffer is None:
+            buffer = xp.empty((X.shape[0], cols.stop - cols.start), dtype=X.dtype)
+        yield cols, buffer[:, :cols.stop - cols.start]
 
 
 def combine_rows(X, weights):
@@ -46,12 +57,8 @@ def combine_rows_many(X, mixing):
     out = xp.empty((mixing.shape[0], d), dtype=X.dtype)
 
     def work(start, stop):
-        buffer = None
         with np.errstate(invalid="ignore", over="ignore"):  # per thread: NaN/Inf rows are expected
-            for cols in column_slices(xp, stop - start, offset=start):
-                if buffer is None:
-                    buffer = xp.empty((n, cols.stop - cols.start), dtype=X.dtype)
-                centred = buffer[:, :cols.stop - cols.start]
+            for cols, centred in column_chunks(xp, X, start, stop):
                 anchor = X[anchor_row, cols]
                 xp.subtract(X[:, cols], anchor[None, :], out=centred)
                 result = weights @ centred + weight_sums * anchor[None, :]
@@ -109,12 +116,8 @@ def distances_to_point(X, point):
 
     def work(start, stop):
         sq = xp.zeros(n, dtype=xp.float64)
-        buffer = None
         with np.errstate(invalid="ignore", over="ignore"):  # per thread: NaN/Inf rows are expected
-            for cols in column_slices(xp, stop - start, offset=start):
-                if buffer is None:
-                    buffer = xp.empty((n, cols.stop - cols.start), dtype=X.dtype)
-                diff = buffer[:, :cols.stop - cols.start]
+            for cols, diff in column_chunks(xp, X, start, stop):
                 xp.subtract(X[:, cols], point[cols][None, :], out=diff)
                 xp.multiply(diff, diff, out=diff)
                 sq += diff.sum(axis=1)

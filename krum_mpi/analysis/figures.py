@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .load import PHASES
+from .runtable import PHASES
 
 PHASE_LABELS = {"compute_s": "compute (slowest worker)", "gather_s": "gather", "aggregate_s": "aggregate",
                 "update_s": "update", "other_s": "other"}
@@ -202,16 +202,16 @@ def scaling(scaling_table):
 
 def kernel_vs_floor(bench):
     """Aggregation kernel time as a multiple of its floor (from ``krum-mpi bench aggregate``)."""
-    bench = bench.sort_values(["rule"] + [c for c in ("n", "d", "backend") if c in bench]).reset_index(drop=True)
+    bench = bench.sort_values(["rule", "n", "d", "device"]).reset_index(drop=True)
     labels = []
     for _, r in bench.iterrows():
         extra = " ".join(f"{c}={r[c]:g}" if isinstance(r[c], (int, float)) else f"{r[c]}"
-                         for c in ("n", "d", "backend") if c in bench)
+                         for c in ("n", "d", "device"))
         labels.append(f"{r['rule']} {extra}".strip())
     fig = new_figure(7.5, 1.2 + 0.3 * max(1, len(bench)))
     ax = fig.subplots()
     y = np.arange(len(bench))
-    ax.barh(y, bench["ratio"].astype(float), color="#1f77b4")
+    ax.barh(y, bench["x_floor"].astype(float), color="#1f77b4")
     ax.axvline(1.0, color="k", lw=1, ls="--", label="floor (1x)")
     ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()

@@ -15,8 +15,6 @@ One HDF5 file per run (schema in ``krum_mpi.results``). What comes out:
 Works the same on the default threaded scheduler and on a ``dask.distributed`` cluster (a Client
 created before loading is used for every compute).
 """
-import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,141 +26,15 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from .. import benchfile
 from ..errors import ResultsError
+from .derived import add_derived_columns
+from .runtable import TIMINGS, probe_batch
 
-SCHEMA_VERSION = 1
 RESULTS_SUFFIXES = (".h5", ".hdf5")
-PHASES = ("compute_s", "gather_s", "aggregate_s", "update_s")
-METRICS = ("step", "loss", "test_accuracy")
-TIMINGS = PHASES + ("step_s",)
-# Config keys that tell replicates apart rather than experiments.
-REPLICATE_KEYS = ("run.seed", "run.name", "run.checkpoint_every")
 # Written by ``krum-mpi report`` into its output folder, so a report inside a study is not re-read.
 REPORT_MARKER = ".krum-mpi-report"
 PROBE_BATCH = 64  # files whose attributes one Dask task reads
-QUICK_ATTRS = ("n_workers", "n_byzantine", "f", "aggregator", "attack", "seed", "steps")
-
-
-# ---------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def _attr(value):
-    """An HDF5 attribute as a plain Python value (bytes -> str, NumPy scalar -> Python)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return [_attr(v) for v in value.tolist()]
-    return value
-
-
-def _cell(value):
-    """A config or provenance value as a hashable table cell (lists and dicts -> JSON text)."""
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value, sort_keys=True)
-    return value
-
-
-def flatten(tree, prefix=""):
-    """Nested dict -> {"a.b": value}; lists stay whole (as one cell)."""
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = _cell(value)
-    return out
-
-
-class _Skip(Exception):
-    """Internal: a file that cannot be used, with the one-line reason."""
-
-
-def _open(path):
-    try:
-        if not h5py.is_hdf5(path):
-            raise _Skip("not an HDF5 file")
-        return h5py.File(path, "r")
-    except _Skip:
-        raise
-    except OSError as exc:  # truncated, corrupt, locked by a writer, no permission
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise _Skip(f"cannot be read by HDF5 ({reason})") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# One file -> one run-table row
-
-
-def probe(path):
-    """Read one run file's attributes into a run-table row (dict); ``_Skip`` with the reason if unusable."""
-    path = Path(path)
-    with _open(path) as h5:
-        attrs = {k: _attr(v) for k, v in h5.attrs.items()}
-        if "schema_version" not in attrs:
-            raise _Skip("not a krum-mpi results file (no schema_version attribute)")
-        if attrs["schema_version"] != SCHEMA_VERSION:
-            raise _Skip(f"schema_version {attrs['schema_version']}, this reader knows {SCHEMA_VERSION}: "
-                        "use the krum-mpi version that wrote it")
-        for name in ("config", "run_id", "status"):
-            if name not in attrs:
-                raise _Skip(f"root attribute '{name}' missing")
-        try:
-            config = json.loads(attrs["config"])
-            prov = json.loads(attrs.get("provenance") or "{}")
-        except (TypeError, json.JSONDecodeError):
-            raise _Skip("config or provenance attribute is not valid JSON") from None
-        if not isinstance(config, dict):
-            raise _Skip("config attribute is not a JSON object")
-        lengths = {}
-        for group, names in (("metrics", METRICS), ("timing", TIMINGS)):
-            for name in names:
-                key = f"{group}/{name}"
-                if key not in h5 or not isinstance(h5[key], h5py.Dataset) or h5[key].ndim != 1:
-                    raise _Skip(f"dataset '{key}' missing or not 1-D")
-                lengths[key] = h5[key].shape[0]
-        if len(set(lengths.values())) > 1:
-            raise _Skip(f"per-step datasets differ in length ({min(lengths.values())} to "
-                        f"{max(lengths.values())} rows)")
-        steps_done = lengths["metrics/step"]
-        has_selection = "selection/selected" in h5 and "selection/byzantine" in h5
-
-    cfg = flatten(config)
-    row = {
-        "run_id": str(attrs["run_id"]),
-        "file": str(path),
-        "status": str(attrs["status"]),
-        "created": str(attrs.get("created", "")),
-        "steps_done": int(steps_done),
-        "has_selection": bool(has_selection),
-    }
-    workers = config.get("workers", {}) if isinstance(config.get("workers"), dict) else {}
-    fallback = {"n_workers": workers.get("n"), "n_byzantine": workers.get("byzantine"),
-                "f": config.get("aggregator", {}).get("f"), "aggregator": cfg.get("aggregator.name"),
-                "attack": cfg.get("attack.name"), "seed": cfg.get("run.seed"),
-                "steps": cfg.get("run.steps")}
-    for name in QUICK_ATTRS:
-        row[name] = attrs.get(name, fallback[name])
-    row.update(cfg)
-    if isinstance(prov, dict):
-        row.update({f"prov.{k}": v for k, v in flatten(prov).items()})
-    return row
-
-
-def _probe_batch(paths):
-    return [_probe_or_reason(p) for p in paths]
-
-
-def _probe_or_reason(path):
-    try:
-        return probe(path)
-    except _Skip as exc:
-        return {"file": str(path), "skip_reason": str(exc)}
-    except Exception as exc:  # never fatal: a file we cannot parse is reported, not raised
-        return {"file": str(path), "skip_reason": f"unreadable ({type(exc).__name__}: {exc})".splitlines()[0]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,6 +192,8 @@ def discover(source):
             skipped.append((str(p), "no such file"))
         elif name.endswith(RESULTS_SUFFIXES):
             candidates.append(p)
+        elif name.endswith(".meta.json"):   # beside a bench CSV: read with it
+            other[".meta.json"] += 1
         elif "bench" in name and name.endswith((".json", ".csv")):
             bench.append(p)
         else:
@@ -334,18 +208,16 @@ def load_study(source, files_per_partition=1):
     ids) end up in ``Study.skipped`` with the reason; HDF5 files that hold a bench table (written
     by ``krum-mpi bench aggregate``) go to ``Study.bench_files``.
     """
-    from .bench import is_bench_table  # bench reads HDF5 tables with this module's helpers
-
     candidates, bench, skipped, other = discover(source)
     # One task per batch of files: reading attributes takes about a millisecond, as does a task.
     batches = [[str(p) for p in candidates[i:i + PROBE_BATCH]] for i in range(0, len(candidates), PROBE_BATCH)]
-    done = dask.compute(*[dask.delayed(_probe_batch)(b) for b in batches], scheduler=_scheduler())
+    done = dask.compute(*[dask.delayed(probe_batch)(b) for b in batches], scheduler=_scheduler())
     rows = [row for batch in done for row in batch]
     good = []
     for row in rows:
         if "skip_reason" not in row:
             good.append(row)
-        elif is_bench_table(row["file"]):
+        elif benchfile.is_bench_file(row["file"]):
             bench.append(Path(row["file"]))
         else:
             skipped.append((row["file"], row["skip_reason"]))
@@ -386,86 +258,3 @@ def _drop_duplicates(runs):
              for f, r, k in zip(dropped["file"], dropped["run_id"], dropped["_ranks"])]
     keep = keep.drop(columns=["_complete", "_ranks"]).sort_values("file").reset_index(drop=True)
     return keep, dupes
-
-
-# ---------------------------------------------------------------------------------------------
-# Derived columns and experiment keys
-
-
-def _label(runs, name_col, prefix, skip):
-    """``name(opt=v, ...)`` with only the options that vary among runs of that name."""
-    opts = [c for c in runs.columns if c.startswith(prefix) and c not in skip]
-    labels = pd.Series(runs[name_col].astype(str).to_numpy(), index=runs.index, dtype=object)
-    for name, sub in runs.groupby(name_col, dropna=False):
-        varying = [c for c in opts if _varies(sub[c])]
-        for idx, row in sub.iterrows():
-            parts = [f"{c[len(prefix):]}={row[c]}" for c in varying if not _isnan(row[c])]
-            if parts:
-                labels[idx] = f"{name}({', '.join(parts)})"
-    return labels
-
-
-def _isnan(value):
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def fill_missing_defaults(runs):
-    """Files written before a config key existed lack it: give it today's default in those rows.
-
-    Otherwise a study that spans a new config key would split every experiment in two (key
-    missing / key at its default). Only keys present in some files and with a known default are filled.
-    """
-    try:
-        from ..config import DEFAULTS
-    except ImportError:  # a reader without the training side
-        return runs
-    runs = runs.copy()
-    for col, value in flatten(DEFAULTS).items():
-        if value is None or col not in runs:
-            continue
-        missing = runs[col].isna()
-        if missing.any() and not missing.all():
-            present = runs[col].dropna().iloc[0]
-            if isinstance(present, float) and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)  # the column became float around the NaNs: keep one type
-            runs[col] = runs[col].astype(object).where(~missing, value)
-    return runs
-
-
-def _varies(column):
-    """More than one distinct value among the rows that have one."""
-    return column.dropna().astype(str).nunique() > 1
-
-
-def add_derived_columns(runs):
-    """Add ``rule``, ``attack_label`` (``"none"`` without Byzantine workers), ``byz_fraction``, ``n_ranks``."""
-    runs = fill_missing_defaults(runs)
-    if "aggregator.name" not in runs:
-        runs["aggregator.name"] = runs["aggregator"]
-    if "attack.name" not in runs:
-        runs["attack.name"] = runs["attack"]
-    runs["rule"] = _label(runs, "aggregator.name", "aggregator.", {"aggregator.name", "aggregator.f"})
-    attack = _label(runs, "attack.name", "attack.", {"attack.name"})
-    n_byz = pd.to_numeric(runs["n_byzantine"], errors="coerce").fillna(0)
-    runs["attack_label"] = attack.where(n_byz > 0, "none")
-    runs["byz_fraction"] = n_byz / pd.to_numeric(runs["n_workers"], errors="coerce")
-    runs["n_ranks"] = pd.to_numeric(runs["prov.n_ranks"], errors="coerce") if "prov.n_ranks" in runs else np.nan
-    return runs
-
-
-def experiment_keys(runs):
-    """Columns that tell experiments apart: rule, attack, Byzantine fraction, then every other
-    config key that varies in this study (except replicate keys such as the seed)."""
-    keys = ["rule", "byz_fraction", "attack_label"]
-    covered = {"aggregator.name", "attack.name", "workers.byzantine"}
-    for col in runs.columns:
-        is_cfg = "." in col and not col.startswith("prov.")
-        if not is_cfg or col in REPLICATE_KEYS or col in covered:
-            continue
-        if col.startswith(("aggregator.", "attack.")) and col != "aggregator.f":
-            continue  # already in the rule / attack labels
-        if _varies(runs[col]):
-            keys.append(col)
-    if "n_ranks" in runs and runs["n_ranks"].nunique(dropna=False) > 1:
-        keys.append("n_ranks")
-    return keys

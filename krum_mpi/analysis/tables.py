@@ -3,7 +3,7 @@ phase, scaling, and how often a Byzantine worker was selected.
 
 Every table starts from ``run_summary(study)``: one pandas row per complete run (config columns,
 final/best accuracy, mean seconds per phase). Experiments are told apart by
-``load.experiment_keys`` (rule, attack, Byzantine fraction, and every other config key that varies
+``derived.experiment_keys`` (rule, attack, Byzantine fraction, and every other config key that varies
 except the seed); replicates of an experiment are its seeds. Confidence intervals are two-sided
 95% Student t intervals over seeds (NaN with one seed).
 """
@@ -11,7 +11,9 @@ import dask
 import numpy as np
 import pandas as pd
 
-from .load import PHASES, TIMINGS, _scheduler, experiment_keys
+from .derived import experiment_keys
+from .load import _scheduler
+from .runtable import PHASES, TIMINGS
 from .stats import mean_ci, welch_diff_ci
 
 BASELINE_RULE = "average"

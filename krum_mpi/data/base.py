@@ -11,15 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
-
-# One tag per purpose of a random stream (the second word of every seed sequence).
-TAG_TEST_SPLIT = 1    # train/test split of datasets without a test part
-TAG_SHARD = 2         # assignment of training samples to workers
-TAG_BATCH = 3         # minibatch draws
-TAG_TEACHER = 4       # synthetic: teacher weights / mixture means
-TAG_TRAIN = 5         # synthetic: training samples
-TAG_TEST = 6          # synthetic: test samples
-TAG_SUBSAMPLE = 7     # data.max_train
+from .streams import (TAG_BATCH, TAG_SHARD, TAG_SUBSAMPLE, TAG_TEACHER, TAG_TEST,  # noqa: F401 (re-exported)
+                      TAG_TEST_SPLIT, TAG_TRAIN)
 
 
 class Shard:

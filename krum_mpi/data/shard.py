@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
-from .base import TAG_SHARD
+from .streams import TAG_SHARD
 
 MAX_DIRICHLET_TRIES = 1000
 

@@ -4,9 +4,11 @@
     krum-mpi study run SPEC --local [--jobs N]   run here, N runs at a time (skips complete runs)
     krum-mpi study submit SPEC [--profile P]     SLURM job arrays + an analysis job (skips complete runs)
     krum-mpi study status SPEC|DIR               done / running / failed (with log tails) / pending
-    krum-mpi study render SPEC [--profile P]     write the job scripts beside the spec (jobs/)
+    krum-mpi study render SPEC [--profile P]     write the job scripts, to read (submit renders its own)
 
 The study folder is --dir, else study.dir of the spec, else studies/<name> (relative to here).
+Job scripts are rendered at submit time for the site profile given then (--profile, else
+study.profile); jobs/ holds only the specs.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from ..errors import KrumMPIError
 from . import bench_job, slurm
-from .folder import PLAN_FILE, StudyFolder
+from .folder import PLAN_FILE, SLURM_DIR, StudyFolder
 from .plan import format_table, make_plan
 from .spec import load_spec
 from .status import format_failures, format_status, run_states
@@ -164,8 +166,8 @@ def cmd_status(args) -> int:
 def cmd_render(args) -> int:
     spec = load_spec(args.spec)
     profile = _profile(args, spec)
-    out = Path(args.out) if args.out else spec.path.parent
     study_path = args.study_dir or spec.dir or f"studies/{spec.name}"
+    out = Path(args.out) if args.out else Path(study_path) / SLURM_DIR / "rendered"
     if spec.bench:
         files = slurm.render_bench(spec, profile, study_path, str(out))
     else:
@@ -177,46 +179,40 @@ def cmd_render(args) -> int:
     return 0
 
 
+# Arguments several subcommands take: (flags, argparse keywords).
+SPEC = (("spec",), {})
+DIR = (("--dir",), {"help": "study folder (default: study.dir, else studies/<name>)"})
+PROFILE = (("--profile",), {"help": "site profile: a name in hpc/profiles/ or a .toml path"})
+TAIL = (("--tail",), {"type": int, "default": 8, "help": "log lines shown per failed run"})
+
+
+def command(sub, name, help_text, func, *arguments):
+    """A subcommand with its arguments, each given as (flags, argparse keywords)."""
+    parser = sub.add_parser(name, help=help_text)
+    for flags, keywords in arguments:
+        parser.add_argument(*flags, **keywords)
+    parser.set_defaults(func=func)
+
+
 def main(argv) -> int:
     p = _Parser(prog="krum-mpi study", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    q = sub.add_parser("plan", help="expand the spec, check every run, print runs and a cost estimate")
-    q.add_argument("spec")
-    q.add_argument("--dir", help="study folder (default: study.dir, else studies/<name>)")
-    q.set_defaults(func=cmd_plan)
-
-    q = sub.add_parser("run", help="run the study on this machine (--local)")
-    q.add_argument("spec")
-    q.add_argument("--local", action="store_true", help="run here, each run under mpiexec -n RANKS")
-    q.add_argument("--jobs", "-j", type=int, default=1, help="runs at a time (default 1)")
-    q.add_argument("--dir", help="study folder (default: study.dir, else studies/<name>)")
-    q.add_argument("--mpiexec", help="mpiexec to use (default: $MPIEXEC, the one beside python, PATH)")
-    q.add_argument("--tail", type=int, default=8, help="log lines shown per failed run")
-    q.set_defaults(func=cmd_run)
-
-    q = sub.add_parser("submit", help="submit SLURM job arrays and an analysis job")
-    q.add_argument("spec")
-    q.add_argument("--profile", help="site profile: a name in hpc/profiles/ or a .toml path")
-    q.add_argument("--dir", help="study folder (default: study.dir, else studies/<name>)")
-    q.add_argument("--dry-run", action="store_true", help="render the job scripts, submit nothing")
-    q.add_argument("--no-report", action="store_true", help="submit no analysis job")
-    q.set_defaults(func=cmd_submit)
-
-    q = sub.add_parser("status", help="done / running / failed / pending runs of a study")
-    q.add_argument("target", metavar="SPEC|DIR")
-    q.add_argument("--dir", help="study folder, when SPEC is given")
-    q.add_argument("--tail", type=int, default=8, help="log lines shown per failed run")
-    q.set_defaults(func=cmd_status)
-
-    q = sub.add_parser("render", help="write the study's job scripts (for jobs/ or plain sbatch)")
-    q.add_argument("spec")
-    q.add_argument("--profile", help="site profile: a name in hpc/profiles/ or a .toml path")
-    q.add_argument("--out", help="folder for the scripts (default: beside the spec)")
-    q.add_argument("--study-dir", help="study folder as the jobs see it (default: studies/<name>, "
-                                       "relative to where submit.sh is run)")
-    q.set_defaults(func=cmd_render)
-
+    command(sub, "plan", "expand the spec, check every run, print runs and a cost estimate", cmd_plan,
+            SPEC, DIR)
+    command(sub, "run", "run the study on this machine (--local)", cmd_run, SPEC,
+            (("--local",), {"action": "store_true", "help": "run here, each run under mpiexec -n RANKS"}),
+            (("--jobs", "-j"), {"type": int, "default": 1, "help": "runs at a time (default 1)"}), DIR,
+            (("--mpiexec",), {"help": "mpiexec to use (default: $MPIEXEC, the one beside python, PATH)"}), TAIL)
+    command(sub, "submit", "submit SLURM job arrays and an analysis job", cmd_submit, SPEC, PROFILE, DIR,
+            (("--dry-run",), {"action": "store_true", "help": "render the job scripts, submit nothing"}),
+            (("--no-report",), {"action": "store_true", "help": "submit no analysis job"}))
+    command(sub, "status", "done / running / failed / pending runs of a study", cmd_status,
+            (("target",), {"metavar": "SPEC|DIR"}), (("--dir",), {"help": "study folder, when SPEC is given"}), TAIL)
+    command(sub, "render", "write the study's job scripts, to read or to submit with plain sbatch", cmd_render,
+            SPEC, PROFILE, (("--out",), {"help": "folder for the scripts (default: STUDY_DIR/slurm/rendered)"}),
+            (("--study-dir",), {"help": "study folder as the jobs see it (default: studies/<name>, relative to "
+                                        "where submit.sh is run)"}))
     args = p.parse_args(argv)
     return args.func(args)

@@ -1,4 +1,6 @@
-"""The study folder: where a study's plan, run configs, results and logs live.
+"""The study folder: where a study's plan, run configs, results and logs live. Its layout is
+defined here once; the job scripts (``templates``) get the names from here, and ``krum-mpi report``
+reads the results files anywhere below the folder.
 
     studies/<name>/
         study.json            the expanded plan: every run's id, launch settings and overrides
@@ -23,6 +25,11 @@ from pathlib import Path
 from ..errors import KrumMPIError
 
 PLAN_FILE = "study.json"
+RUNS_DIR = "runs"                  # runs/<id>.h5, runs/<id>.log, runs/<id>.exit
+RESULT, LOG, EXIT = ".h5", ".log", ".exit"
+SLURM_DIR = "slurm"                # slurm/NNN/ scripts of submission NNN, slurm/logs/, submissions.json
+LOGS_DIR = f"{SLURM_DIR}/logs"
+SUBMISSIONS_FILE = "submissions.json"
 
 
 def is_complete(path) -> bool:
@@ -45,17 +52,17 @@ def is_complete(path) -> bool:
 class StudyFolder:
     def __init__(self, path):
         self.path = Path(path).resolve()
-        self.runs = self.path / "runs"
-        self.slurm = self.path / "slurm"
+        self.runs = self.path / RUNS_DIR
+        self.slurm = self.path / SLURM_DIR
 
     def result(self, run_id: str) -> Path:
-        return self.runs / f"{run_id}.h5"
+        return self.runs / f"{run_id}{RESULT}"
 
     def log(self, run_id: str) -> Path:
-        return self.runs / f"{run_id}.log"
+        return self.runs / f"{run_id}{LOG}"
 
     def exit_file(self, run_id: str) -> Path:
-        return self.runs / f"{run_id}.exit"
+        return self.runs / f"{run_id}{EXIT}"
 
     def exit_status(self, run_id: str):
         """The run's exit status (int) if it ended, else None."""
@@ -94,7 +101,7 @@ class StudyFolder:
 
     # -- SLURM submissions -----------------------------------------------------------------
     def submissions(self) -> list[dict]:
-        path = self.slurm / "submissions.json"
+        path = self.slurm / SUBMISSIONS_FILE
         if not path.is_file():
             return []
         try:
@@ -105,7 +112,7 @@ class StudyFolder:
     def add_submission(self, record: dict) -> None:
         records = self.submissions() + [record]
         self.slurm.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.slurm / "submissions.json", json.dumps(records, indent=1) + "\n")
+        _write_atomic(self.slurm / SUBMISSIONS_FILE, json.dumps(records, indent=1) + "\n")
 
     def next_submission_dir(self) -> Path:
         number = len(self.submissions()) + 1

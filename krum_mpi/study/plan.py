@@ -12,9 +12,10 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+import tomli_w
+
 from .. import config
 from ..errors import ConfigError, KrumMPIError
-from . import tomlwrite
 from .spec import Spec, excluded
 
 
@@ -61,7 +62,28 @@ def override(key: str, value) -> str:
     """``key=value`` such that ``config.parse_value`` reads back ``value`` (bare words stay bare)."""
     if isinstance(value, str) and value == value.strip() and value and config.parse_value(value) == value:
         return f"{key}={value}"
-    return f"{key}={tomlwrite.literal(value)}"
+    return f"{key}={toml_literal(value)}"
+
+
+def toml_literal(value) -> str:
+    """A TOML literal of a scalar, or of a list on one line (``--set`` reads it back as written)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
+    try:
+        return tomli_w.dumps({"v": value}).partition(" = ")[2].strip()
+    except TypeError:
+        raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML: use numbers, strings, "
+                          "booleans or lists of them") from None
+
+
+def toml_text(cfg: dict, header: str) -> str:
+    """A run config as TOML text, with ``header`` as comment lines on top."""
+    comments = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    try:
+        return comments + "\n" + tomli_w.dumps(cfg)
+    except TypeError as exc:
+        raise ConfigError(f"the base run config cannot be written as TOML ({exc}): use numbers, strings, "
+                          "booleans and lists of them") from None
 
 
 def run_id(cfg: dict, ranks: int, nodes: int) -> str:
@@ -73,8 +95,7 @@ def run_id(cfg: dict, ranks: int, nodes: int) -> str:
 
 def make_plan(spec: Spec, check_models: bool = True) -> Plan:
     """Every run of the spec, each config validated; bad runs are collected, not raised."""
-    base_text = tomlwrite.dumps(spec.base, header=f"Base run config of study {spec.name} "
-                                                  f"(from {spec.base_source}).")
+    base_text = toml_text(spec.base, header=f"Base run config of study {spec.name} (from {spec.base_source}).")
     base_name = f"base-{hashlib.sha256(base_text.encode()).hexdigest()[:8]}.toml"
     runs, invalid, notes, seen, n_excluded = [], [], [], {}, 0
     dims = _Dims() if check_models else None

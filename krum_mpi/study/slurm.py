@@ -3,13 +3,13 @@
 A study becomes one array job per launch shape (ranks, nodes, GPUs, time limit), one array task
 per run (or per ``launch.group`` runs), and an analysis job that depends on them with ``afterany``.
 Everything a job needs is in its script (the base config inline, each run's overrides in a ``case``),
-so the scripts in ``jobs/`` can be submitted with plain ``sbatch`` too.
+so a rendered script can be submitted with plain ``sbatch`` too. Scripts are rendered when a study is
+submitted, for the site profile chosen then; ``krum-mpi study render`` writes them for reading.
 """
 from __future__ import annotations
 
 import getpass
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import config
 from ..errors import ConfigError, KrumMPIError
 from . import templates
+from .folder import EXIT, LOG, LOGS_DIR, RESULT, RUNS_DIR
 from .spec import format_time, parse_time
 
 PROFILE_DIRS = [Path(__file__).resolve().parents[2] / "hpc" / "profiles", Path("hpc") / "profiles"]
@@ -47,6 +48,7 @@ PROFILE_DEFAULTS = {
     },
 }
 QUERY_TIMEOUT_S = 15
+BASE_END = "KRUM_MPI_BASE"   # the end mark of the base config's here-document in the array scripts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,14 +125,6 @@ def _setup_lines(profile: dict) -> str:
     return "\n".join(lines)
 
 
-def _fill(template: str, values: dict) -> str:
-    for key, value in values.items():
-        template = template.replace(f"@{key}@", str(value))
-    left = re.findall(r"@[A-Z_]+@", template)
-    assert not left, f"unfilled template placeholders {left}"
-    return template
-
-
 def render(plan: dict, runs: list, profile: dict, study_path: str, base_text: str,
            script_dir: str = ".", report: bool = True):
     """The job scripts of ``runs`` (study.json entries): ({file name: text}, {array script: [[run ids
@@ -139,8 +133,11 @@ def render(plan: dict, runs: list, profile: dict, study_path: str, base_text: st
     ``study_path`` is the study folder as the jobs see it (absolute, or relative to the submit
     directory); ``script_dir`` is where the scripts will live, as written in submit.sh's comment.
     """
+    if BASE_END in base_text.splitlines():
+        raise ConfigError(f"the base run config of study {plan['name']} holds the line {BASE_END}, which ends "
+                          "it inside the job script: remove that line")
     study = shlex.quote(study_path)
-    log_dir = f"{study_path.rstrip('/')}/slurm/logs"
+    log_dir = f"{study_path.rstrip('/')}/{LOGS_DIR}"
     python = profile["env"]["python"] or sys.executable
     common = {"STUDY_NAME": plan["name"], "STUDY": study, "PYTHON": shlex.quote(python),
               "SETUP": _setup_lines(profile), "LOG_DIR": shlex.quote(log_dir)}
@@ -153,22 +150,23 @@ def render(plan: dict, runs: list, profile: dict, study_path: str, base_text: st
         throttle = profile["slurm"]["max_parallel"]
         body = "".join(f"{i})  " + "\n    ".join(_run_line(r) for r in task) + "\n    ;;\n"
                        for i, task in enumerate(tasks))
-        files[f"{name}.sbatch"] = _fill(templates.ARRAY, {
+        files[f"{name}.sbatch"] = templates.fill(templates.ARRAY, {
             **common, "SPEC": plan["spec"], "PROFILE": profile["name"], "N_RUNS": len(members),
             "RANKS": ranks, "N_TASKS": len(tasks), "JOB_NAME": f"{plan['name']}-{name}",
             "LAST_TASK": len(tasks) - 1, "THROTTLE": f"%{throttle}" if throttle else "",
             "SBATCH_LINES": _sbatch_lines(profile, nodes, gpus),
             "TIME": format_time(parse_time(run_time) * per_task + 60),
-            "BASE_NAME": plan["base"], "BASE_TEXT": base_text,
+            "BASE_NAME": plan["base"], "BASE_TEXT": base_text, "RUNS_DIR": RUNS_DIR,
+            "RESULT": RESULT, "LOG": LOG, "EXIT": EXIT,
             "MPIEXEC": shlex.quote(profile["mpi"]["mpiexec"]), "SRUN": profile["mpi"]["srun"],
             "TASKS": body})
         tasks_of[f"{name}.sbatch"] = [[r["id"] for r in task] for task in tasks]
     if report:
-        files["report.sbatch"] = _fill(templates.REPORT, {
+        files["report.sbatch"] = templates.fill(templates.REPORT, {
             **common, "JOB_NAME": f"{plan['name']}-report",
             "SBATCH_LINES": _sbatch_lines(profile, cpus_per_task=False),
             "TIME": format_time(parse_time(profile["slurm"]["report_time"]))})
-    files["submit.sh"] = _fill(templates.SUBMIT, {
+    files["submit.sh"] = templates.fill(templates.SUBMIT, {
         "STUDY_NAME": plan["name"], "HERE": script_dir, "LOG_DIR": shlex.quote(log_dir),
         "ARRAYS": " ".join(tasks_of), "AND_REPORT": ", then its analysis job" if report else "",
         "REPORT_BLOCK": templates.SUBMIT_REPORT if report else ""})
@@ -177,14 +175,14 @@ def render(plan: dict, runs: list, profile: dict, study_path: str, base_text: st
 
 def render_bench(spec, profile: dict, study_path: str, script_dir: str = ".") -> dict:
     """The job script of a [bench] spec, and its submit.sh: {file name: text}."""
-    log_dir = f"{study_path.rstrip('/')}/slurm/logs"
+    log_dir = f"{study_path.rstrip('/')}/{LOGS_DIR}"
     args = " ".join(shlex.quote(a) for a in spec.bench["args"])
-    files = {"bench.sbatch": _fill(templates.BENCH, {
+    files = {"bench.sbatch": templates.fill(templates.BENCH, {
         "STUDY_NAME": spec.name, "ARGS": args, "SPEC": str(spec.path), "PROFILE": profile["name"],
         "JOB_NAME": spec.name, "SBATCH_LINES": _sbatch_lines(profile, gpus=spec.bench["gpus"]),
         "TIME": spec.bench["time"], "LOG_DIR": shlex.quote(log_dir), "STUDY": shlex.quote(study_path),
         "PYTHON": shlex.quote(profile["env"]["python"] or sys.executable), "SETUP": _setup_lines(profile)})}
-    files["submit.sh"] = _fill(templates.SUBMIT_BENCH, {"STUDY_NAME": spec.name, "HERE": script_dir,
+    files["submit.sh"] = templates.fill(templates.SUBMIT_BENCH, {"STUDY_NAME": spec.name, "HERE": script_dir,
                                                         "LOG_DIR": shlex.quote(log_dir)})
     return files
 

@@ -1,13 +1,40 @@
-"""Shell templates of the SLURM job scripts (placeholders are @NAME@; everything else is bash)."""
+"""Shell templates of the SLURM job scripts, and ``fill``, which fills them in one pass.
+
+A placeholder is ``@{NAME}`` (capitals); everything else, ``$`` and ``@`` included, is bash and
+SLURM text and is left alone. ``fill`` substitutes every placeholder at once (``string.Template``),
+so a value is never searched for placeholders itself: a user's config text inside a script stays
+as written. A placeholder without a value, or a malformed one, is an error.
+"""
+import string
+
+
+class ScriptTemplate(string.Template):
+    """``string.Template`` with ``@{NAME}`` as its only form (no bare ``@NAME``, no escape): bash's
+    ``$`` and SLURM's ``%`` and ``@`` (``--signal=B:USR1@120``) pass through untouched."""
+
+    flags = 0   # capitals only
+    pattern = r"""
+        @\{(?P<braced>[A-Z][A-Z0-9_]*)\}     # a placeholder
+      | (?P<escaped>(?!))                  # no escape form
+      | (?P<named>(?!))                    # no bare form
+      | (?P<invalid>@\{[^}\n]*\})            # @{...} that is not a placeholder name
+    """
+
+
+def fill(template: str, values: dict) -> str:
+    """The template with every placeholder replaced by ``str(values[NAME])``, in one pass; KeyError
+    names a placeholder without a value, ValueError a malformed one."""
+    return ScriptTemplate(template).substitute({k: str(v) for k, v in values.items()})
+
 
 ARRAY = r"""#!/bin/bash
-# krum-mpi study @STUDY_NAME@: @N_RUNS@ runs of @RANKS@ MPI ranks, in @N_TASKS@ array tasks.
-# Rendered by `krum-mpi study` from @SPEC@ (site profile @PROFILE@): change those and render again.
-#SBATCH --job-name=@JOB_NAME@
-#SBATCH --array=0-@LAST_TASK@@THROTTLE@
-#SBATCH --ntasks=@RANKS@
-@SBATCH_LINES@#SBATCH --time=@TIME@
-#SBATCH --output=@LOG_DIR@/%x-%A_%a.out
+# krum-mpi study @{STUDY_NAME}: @{N_RUNS} runs of @{RANKS} MPI ranks, in @{N_TASKS} array tasks.
+# Rendered by `krum-mpi study` from @{SPEC} (site profile @{PROFILE}): change those and render again.
+#SBATCH --job-name=@{JOB_NAME}
+#SBATCH --array=0-@{LAST_TASK}@{THROTTLE}
+#SBATCH --ntasks=@{RANKS}
+@{SBATCH_LINES}#SBATCH --time=@{TIME}
+#SBATCH --output=@{LOG_DIR}/%x-%A_%a.out
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue
 set -uo pipefail
@@ -20,19 +47,21 @@ RUN_PID=""
 forward_stop() { [ -n "$RUN_PID" ] && kill -USR1 "$RUN_PID" 2>/dev/null; }
 trap forward_stop USR1 TERM
 
-# the study folder (results runs/ID.h5, logs runs/ID.log), and a Python with krum-mpi installed
-STUDY=@STUDY@
-PYTHON=@PYTHON@
-@SETUP@
-BASE="$STUDY/@BASE_NAME@"
+# the study folder (results RUNS/ID.h5, logs RUNS/ID.log; krum_mpi.study.folder), and a Python
+# with krum-mpi installed
+STUDY=@{STUDY}
+RUNS="$STUDY/@{RUNS_DIR}"
+PYTHON=@{PYTHON}
+@{SETUP}
+BASE="$STUDY/@{BASE_NAME}"
 
 # The study's base run config; each run below is this plus its --set overrides.
 write_base() {
-    mkdir -p "$STUDY/runs"
+    mkdir -p "$RUNS"
     [ -f "$BASE" ] && return 0
     local tmp; tmp=$(mktemp "$BASE.XXXXXX")
     cat > "$tmp" <<'KRUM_MPI_BASE'
-@BASE_TEXT@KRUM_MPI_BASE
+@{BASE_TEXT}KRUM_MPI_BASE
     mv -f "$tmp" "$BASE"
 }
 
@@ -40,11 +69,11 @@ write_base() {
 # Checked by a probe, because a launcher that does not speak the MPI library's PMI (srun --mpi=none,
 # for one) silently starts SLURM_NTASKS singletons of size 1 instead of one world.
 MPIEXEC=$(dirname "$(command -v "$PYTHON")")/mpiexec   # the mpich wheel installs it beside python
-[ -x "$MPIEXEC" ] || MPIEXEC=@MPIEXEC@
+[ -x "$MPIEXEC" ] || MPIEXEC=@{MPIEXEC}
 LAUNCH=""
 pick_launcher() {
     local launcher probe
-    for launcher in "@SRUN@" "$MPIEXEC -n $SLURM_NTASKS"; do
+    for launcher in "@{SRUN}" "$MPIEXEC -n $SLURM_NTASKS"; do
         # rank 0 of each world prints its size and the nodes of its ranks: one line "SIZE NODE..."
         probe=$($launcher "$PYTHON" -c 'import os, socket; from mpi4py import MPI
 world = MPI.COMM_WORLD
@@ -64,15 +93,15 @@ if world.rank == 0: print(world.size, *sorted(set(nodes)))')
 FAILED=0
 run_one() {
     local id=$1; shift
-    local out="$STUDY/runs/$id.h5" log="$STUDY/runs/$id.log" rc
+    local out="$RUNS/$id@{RESULT}" log="$RUNS/$id@{LOG}" rc
     if [ -f "$out" ] && "$PYTHON" -m krum_mpi.study.folder --complete "$out"; then
         echo "run $id: results complete, skipped"
         return 0
     fi
-    rm -f "$STUDY/runs/$id.exit"
+    rm -f "$RUNS/$id@{EXIT}"
     echo "== run $id: job ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on ${SLURM_JOB_NODELIST}, $(date -Is)" >> "$log"
     if [ -z "$LAUNCH" ]; then
-        echo "== no MPI launcher gives $SLURM_NTASKS ranks: see @LOG_DIR@/${SLURM_JOB_NAME}-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.out" >> "$log"
+        echo "== no MPI launcher gives $SLURM_NTASKS ranks: see @{LOG_DIR}/${SLURM_JOB_NAME}-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.out" >> "$log"
         rc=3
     else
         echo "== $LAUNCH $PYTHON -m krum_mpi run $BASE $* --out $out --resume" >> "$log"
@@ -90,7 +119,7 @@ run_one() {
         exit 3
     fi
     echo "== exit $rc, $(date -Is)" >> "$log"
-    echo "$rc" > "$STUDY/runs/$id.exit"
+    echo "$rc" > "$RUNS/$id@{EXIT}"
     echo "run $id: exit $rc"
     [ "$rc" = 0 ] || FAILED=$((FAILED + 1))
 }
@@ -98,43 +127,46 @@ run_one() {
 write_base
 pick_launcher
 case $SLURM_ARRAY_TASK_ID in
-@TASKS@*)  echo "array task $SLURM_ARRAY_TASK_ID has no runs"; exit 1 ;;
+@{TASKS}*)  echo "array task $SLURM_ARRAY_TASK_ID has no runs"; exit 1 ;;
 esac
 [ "$FAILED" = 0 ]
 """
 
-REPORT = r"""#!/bin/bash
-# krum-mpi study @STUDY_NAME@: the analysis job, started once every array job has ended
-# (submitted with --dependency=afterany, so failed runs do not block it).
-#SBATCH --job-name=@JOB_NAME@
+# The head of a one-task job (the analysis job, the benchmark job): its #SBATCH lines and setup.
+ONE_TASK = r"""#SBATCH --job-name=@{JOB_NAME}
 #SBATCH --ntasks=1
-@SBATCH_LINES@#SBATCH --time=@TIME@
-#SBATCH --output=@LOG_DIR@/%x-%j.out
+@{SBATCH_LINES}#SBATCH --time=@{TIME}
+#SBATCH --output=@{LOG_DIR}/%x-%j.out
 set -uo pipefail
 
-STUDY=@STUDY@
-PYTHON=@PYTHON@
-@SETUP@
-echo "report: started $(date -Is)"
+STUDY=@{STUDY}
+PYTHON=@{PYTHON}
+@{SETUP}
+"""
+
+REPORT = r"""#!/bin/bash
+# krum-mpi study @{STUDY_NAME}: the analysis job, started once every array job has ended
+# (submitted with --dependency=afterany, so failed runs do not block it).
+""" + ONE_TASK + r"""echo "report: started $(date -Is)"
 "$PYTHON" -m krum_mpi study status "$STUDY"
 "$PYTHON" -m krum_mpi report "$STUDY"
 """
 
 SUBMIT = r"""#!/bin/bash
-# Submit study @STUDY_NAME@: its array job(s)@AND_REPORT@.
-# Run from the folder the study path is relative to: bash @HERE@/submit.sh
+# Submit study @{STUDY_NAME}: its array job(s)@{AND_REPORT}.
+# Run from the folder the study path is relative to: bash @{HERE}/submit.sh
 set -euo pipefail
 here=$(dirname "$0")
-mkdir -p @LOG_DIR@
+mkdir -p @{LOG_DIR}
 ids=()
 trap '[ ${#ids[@]} = 0 ] || scancel "${ids[@]}"; echo "submit failed: cancelled ${ids[*]}" >&2' ERR
-for script in @ARRAYS@; do
+for script in @{ARRAYS}; do
     id=$(sbatch --parsable "$here/$script")
     id=${id%%;*}
     ids+=("$id")
     echo "array $id $script"
 done
-@REPORT_BLOCK@"""
+@{REPORT_BLOCK}"""
 
 SUBMIT_REPORT = r"""# afterany: the analysis runs once every array task has ended, whether its runs failed or not
 id=$(sbatch --parsable --dependency=afterany:$(IFS=:; echo "${ids[*]}") --kill-on-invalid-dep=yes \
@@ -143,29 +175,20 @@ echo "report ${id%%;*} report.sbatch"
 """
 
 BENCH = r"""#!/bin/bash
-# krum-mpi @STUDY_NAME@: one benchmark job, `krum-mpi bench @ARGS@`, run in the study folder.
-# Rendered by `krum-mpi study` from @SPEC@ (site profile @PROFILE@): change those and render again.
-#SBATCH --job-name=@JOB_NAME@
+# krum-mpi @{STUDY_NAME}: one benchmark job, `krum-mpi bench @{ARGS}`, run in the study folder.
+# Rendered by `krum-mpi study` from @{SPEC} (site profile @{PROFILE}): change those and render again.
 #SBATCH --nodes=1
-#SBATCH --ntasks=1
-@SBATCH_LINES@#SBATCH --time=@TIME@
-#SBATCH --output=@LOG_DIR@/%x-%j.out
-set -uo pipefail
-
-STUDY=@STUDY@
-PYTHON=@PYTHON@
-@SETUP@
-mkdir -p "$STUDY" && cd "$STUDY" || exit 1
+""" + ONE_TASK + r"""mkdir -p "$STUDY" && cd "$STUDY" || exit 1
 echo "bench: $(date -Is) on $(hostname), job $SLURM_JOB_ID"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-"$PYTHON" -m krum_mpi bench @ARGS@
+"$PYTHON" -m krum_mpi bench @{ARGS}
 """
 
 SUBMIT_BENCH = r"""#!/bin/bash
-# Submit @STUDY_NAME@: one benchmark job. Run from the folder the study path is relative to:
-#   bash @HERE@/submit.sh
+# Submit @{STUDY_NAME}: one benchmark job. Run from the folder the study path is relative to:
+#   bash @{HERE}/submit.sh
 set -euo pipefail
-mkdir -p @LOG_DIR@
+mkdir -p @{LOG_DIR}
 id=$(sbatch --parsable "$(dirname "$0")/bench.sbatch")
 echo "bench ${id%%;*} bench.sbatch"
 """
