@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from krum_mpi.backend import array_namespace  # noqa: F401 (re-exported for the rule modules)
+from krum_mpi.backend import array_namespace, to_host  # noqa: F401 (array_namespace: re-exported for the rules)
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,8 @@ class Aggregation:
 
 
 def to_numpy(x):
-    """A small device array (scores, distances, indices) as a NumPy array."""
-    if isinstance(x, np.ndarray):
-        return x
-    get = getattr(x, "get", None)
-    return np.asarray(get() if get is not None else x)
+    """A small device array (scores, distances, indices) as a NumPy array (backend.to_host)."""
+    return to_host(x)
 
 
 def check_input(X, f):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from krum_mpi import native
+from krum_mpi.backend import chunk_columns
 from krum_mpi.aggregators.base import array_namespace, to_numpy
 from krum_mpi.aggregators.exact import direct_sq_distances, gamma
 from krum_mpi.aggregators.parallel import column_ranges, cpu_budget, run_ranges
@@ -62,15 +63,12 @@ class Distances:
 
 
 def first_chunk(xp, n):
-    if xp is not np:
-        return GPU_CHUNK
-    return max(1024, FIRST_CHUNK_BYTES // (8 * n))
+    """Columns of the float64 first chunk (a GPU takes GPU_CHUNK at once)."""
+    return chunk_columns(xp, GPU_CHUNK, max(1024, FIRST_CHUNK_BYTES // (8 * n)))
 
 
 def default_chunk(xp, n):
-    if xp is not np:
-        return GPU_CHUNK
-    return CPU_CHUNK or max(1024, CPU_CHUNK_BYTES // (4 * n))
+    return chunk_columns(xp, GPU_CHUNK, CPU_CHUNK or max(1024, CPU_CHUNK_BYTES // (4 * n)))
 
 
 @cpu_budget
