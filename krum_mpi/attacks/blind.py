@@ -32,6 +32,8 @@ import numpy as np
 from .base import Attack, check_real, honest_mean, repeat_rows
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Values below this round to a finite float32 (at most FLOAT32_MAX): half an ulp above it.
+FLOAT32_LIMIT = 2.0 ** 128 - 2.0 ** 103
 MAGNITUDES = ("auto", "nan")
 CRAFTED = ("negative-mean", "zero")
 BLINDERS = ("first", "last")
@@ -53,11 +55,11 @@ def _check_magnitude(value):
     if isinstance(value, str):
         if value not in MAGNITUDES:
             raise ValueError(f"magnitude must be {' or '.join(repr(m) for m in MAGNITUDES)} or a number "
-                             f"with 0 < |magnitude| <= {FLOAT32_MAX:.7g}, got {value!r}")
+                             f"with 0 < |magnitude| <= {FLOAT32_MAX:.8g}, got {value!r}")
         return value
     magnitude = check_real("magnitude", value)
-    if not 0.0 < abs(magnitude) <= FLOAT32_MAX:
-        raise ValueError(f"magnitude = {value!r} must satisfy 0 < |magnitude| <= {FLOAT32_MAX:.7g} "
+    if not 0.0 < abs(magnitude) < FLOAT32_LIMIT:
+        raise ValueError(f"magnitude = {value!r} must satisfy 0 < |magnitude| <= {FLOAT32_MAX:.8g} "
                          "(the largest finite float32), or be 'auto' or 'nan'")
     return magnitude
 
@@ -70,8 +72,8 @@ def _check_crafted(value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"crafted must be {' or '.join(repr(c) for c in CRAFTED)} or a number, got {value!r}")
     constant = check_real("crafted", value)
-    if abs(constant) > FLOAT32_MAX:
-        raise ValueError(f"crafted = {value!r} is beyond float32 (|crafted| <= {FLOAT32_MAX:.7g})")
+    if abs(constant) >= FLOAT32_LIMIT:
+        raise ValueError(f"crafted = {value!r} is beyond float32 (|crafted| <= {FLOAT32_MAX:.8g})")
     return constant
 
 
