@@ -102,7 +102,9 @@ def distances_to_point(X, point):
     """(n,) NumPy float64 Euclidean distances ||X[i] - point||; inf for rows holding NaN or Inf.
 
     The differences are small next to the values: float32 squares summed pairwise per chunk, the
-    chunk sums accumulated in float64."""
+    chunk sums accumulated in float64. A row whose float32 sum is not finite (NaN/Inf in the row,
+    or a difference or square beyond float32's range) is redone by ``scaled_distance``: finite
+    rows always get their finite distance."""
     xp = array_namespace(X)
     n, d = X.shape
     point = point.astype(X.dtype, copy=False)
@@ -121,17 +123,31 @@ def distances_to_point(X, point):
         return to_numpy(sq)
 
     sq = sum(run_ranges(work, column_ranges(xp, d, align=CHUNK)))
-    for i in np.flatnonzero(~np.isfinite(sq)):  # NaN/Inf in the row, or a float32 overflow?
-        sq[i] = float(to_numpy(float64_sq_distance(xp, X[i], point)))
-    sq = np.where(np.isnan(sq), np.inf, sq)
-    return np.sqrt(sq)
+    redo = np.flatnonzero(~np.isfinite(sq))  # NaN/Inf in the row, or a float32 overflow?
+    dist = np.sqrt(np.where(np.isfinite(sq), sq, 0.0))
+    for i in redo:
+        dist[i] = scaled_distance(xp, X[i], point)
+    return dist
 
 
-def float64_sq_distance(xp, row, point):
-    """||row - point||^2 in float64 (rare path: rows whose float32 squares overflowed)."""
-    total = xp.zeros((), dtype=xp.float64)
+def scaled_distance(xp, row, point):
+    """||row - point|| in float64 with the differences scaled by a power of two (exact) so that
+    their largest is in [0.5, 1): no square can overflow or the sum lose range, whatever the
+    magnitudes (float32 differences reach 6.8e38; float64 input up to its own maximum). inf when
+    the row or the point holds NaN or Inf. Rare path: two passes over one row."""
+    largest = 0.0
     with np.errstate(invalid="ignore", over="ignore"):
         for cols in column_slices(xp, row.shape[0]):
             diff = row[cols].astype(xp.float64) - point[cols].astype(xp.float64)
-            total += diff @ diff
-    return total
+            chunk_largest = float(xp.max(xp.abs(diff)))
+            if not np.isfinite(chunk_largest):                       # NaN or Inf in the row
+                return np.inf
+            largest = max(largest, chunk_largest)
+        if largest == 0.0:
+            return 0.0
+        exponent = int(np.frexp(largest)[1])
+        total = 0.0
+        for cols in column_slices(xp, row.shape[0]):
+            diff = xp.ldexp(row[cols].astype(xp.float64) - point[cols].astype(xp.float64), -exponent)
+            total += float(diff @ diff)
+    return float(np.ldexp(np.sqrt(total), exponent))
