@@ -49,7 +49,7 @@ def craft(name, honest=H, n_workers=5, n_byzantine=2, f=2, aggregate=mean_rule, 
 
 def test_registry_lists_the_catalogue_of_issue_4():
     expected = {"none", "gaussian", "omniscient", "sign-flip", "label-flip", "alie", "ipm", "alie-opt",
-                "ipm-opt", "mimic", "nan", "inf", "zero"}
+                "ipm-opt", "mimic", "nan", "inf", "zero", "blind"}
     assert set(ALL) == expected
     for name in ALL:
         assert attacks.get(name).name == name
@@ -359,12 +359,16 @@ def test_cli_rejects_bad_attack_settings(preset, sets, expected, spambase_file, 
 
 def test_every_preset_loads():
     from conftest import REPO
-    from krum_mpi import config
+    from krum_mpi import aggregators, config
     presets = sorted((REPO / "configs" / "attacks").glob("spambase-*.toml"))
-    assert len(presets) == len(ALL) * 3
+    blind = [p for p in presets if p.stem.startswith("spambase-blind-")]
+    assert len(presets) - len(blind) == (len(ALL) - 1) * 3      # blind: one preset per rule instead
+    blind_rules = {p.stem[len("spambase-blind-"):] for p in blind}
+    assert set(aggregators.names()) <= blind_rules
     for path in presets:
         cfg = config.load_config(path)
         attack, rule = cfg["attack"]["name"], cfg["aggregator"]["name"]
         assert path.stem == f"spambase-{attack}-{rule}"
-        assert (cfg["workers"]["n"], cfg["aggregator"]["f"], cfg["run"]["steps"]) == (20, 6, 500)
-        assert cfg["workers"]["byzantine"] == (0 if attack == "none" else 6)
+        f = 4 if rule == "bulyan" else 6           # Bulyan: n >= 4f + 3 allows f = 4 with n = 20
+        assert (cfg["workers"]["n"], cfg["aggregator"]["f"], cfg["run"]["steps"]) == (20, f, 500)
+        assert cfg["workers"]["byzantine"] == (0 if attack == "none" else f)
