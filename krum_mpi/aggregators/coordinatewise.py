@@ -56,12 +56,13 @@ def per_sorted_chunk(X, reduce, rows=None):
 
     def work(start, stop):
         buffer = xp.empty((min(chunk, stop - start), n), dtype=X.dtype)
-        for lo in range(start, stop, chunk):
-            hi = min(stop, lo + chunk)
-            block = buffer[:hi - lo]
-            block[...] = (X[:, lo:hi] if rows is None else X[rows, lo:hi]).T
-            block.sort(axis=1)
-            out[lo:hi] = reduce(xp, block)
+        with np.errstate(over="ignore", invalid="ignore"):   # per thread: repair_overflow redoes such columns
+            for lo in range(start, stop, chunk):
+                hi = min(stop, lo + chunk)
+                block = buffer[:hi - lo]
+                block[...] = (X[:, lo:hi] if rows is None else X[rows, lo:hi]).T
+                block.sort(axis=1)
+                out[lo:hi] = reduce(xp, block)
 
     run_ranges(work, column_ranges(xp, d, align=chunk))
     return out

@@ -63,6 +63,42 @@ def combine_rows_many(X, mixing):
     return out
 
 
+# Distances to the point more spread than this (largest / smallest positive) mean rows of very
+# different magnitudes: huge finite rows next to ordinary ones (gradients spread far less).
+FAR_RATIO = 2.0 ** 10
+
+
+def mixes_magnitudes(dist, finite):
+    """True when the finite rows' positive distances to the point span more than FAR_RATIO: then a
+    float32 sum centred on one row (combine_rows) can lose the ordinary rows next to a huge one (and
+    a weight of 1 / huge is a float32 subnormal), so the caller should use combine_rows_float64."""
+    spread = dist[finite & (dist > 0)]
+    return spread.size >= 2 and float(spread.max()) > FAR_RATIO * float(spread.min())
+
+
+def combine_rows_float64(X, weights):
+    """sum_i weights[i] * X[i] accumulated in float64, without centring: (d,) in X's dtype. The rare
+    path for weights that mix rows of very different magnitudes; rows with weight 0 are not read,
+    and a non-finite entry turns only its own column into NaN (masked_combine)."""
+    xp = array_namespace(X)
+    d = X.shape[1]
+    mixing = np.asarray(weights, dtype=np.float64)[None, :]
+    used = np.flatnonzero(mixing[0] != 0)
+    out = xp.empty(d, dtype=X.dtype)
+    if used.size == 0:
+        out[:] = 0
+        return out
+    rows = xp.asarray(used)
+
+    def work(start, stop):
+        with np.errstate(invalid="ignore", over="ignore"):
+            for cols in column_slices(xp, stop - start, offset=start):
+                out[cols] = masked_combine(xp, mixing[:, used], X[rows, cols])[0]
+
+    run_ranges(work, column_ranges(xp, d, align=CHUNK))
+    return out
+
+
 def native_combine_rows(X, mixing):
     """mixing @ X by the compiled kernel (rows.c), or None where it does not apply: not built or
     disabled, X not read in place (krum_mpi.native.float32_rows), non-finite weights, or no non-zero
