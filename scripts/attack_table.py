@@ -2,6 +2,13 @@
 
     python scripts/attack_table.py                      # 3 seeds, 500 steps, mpiexec -n 2 per run
     python scripts/attack_table.py --seeds 0 1 2 3 4 --ranks 4 --table docs/attack-table.md
+    python scripts/attack_table.py --attacks blind blind:blinder=last 'blind:magnitude="nan"' \
+        --rules average krum ... --layout per-rule --column "before (unfixed distance kernel)" \
+        --table docs/attack-table-blind.md              # the blind attack, one line per rule
+
+``--rules`` and ``--attacks`` pick the cells; ``--table`` is the file written. ``--layout per-rule``
+writes one line per rule and attack with the final error under the heading ``--column``, and, for
+the ``blind`` attack, how often the blinding worker and a crafted worker were selected.
 
 Each cell is one preset (configs/attacks/spambase-<attack>-<rule>.toml: n = 20 workers, f = 6,
 6 Byzantine, minibatch 3, MLP 57-20-20-2, lr 0.05), run once per seed with plain SGD and once
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +78,25 @@ def byzantine_selected(run: dict) -> float:
     return float(np.isin(sel, byz).any(axis=1).mean())
 
 
+def blind_workers(run: dict) -> tuple[int, list[int]]:
+    """The blind attack's blinding worker and its crafted workers: the Byzantine ids in order, the
+    blinding one first or last as the run's ``attack.blinder`` says."""
+    byz = [int(i) for i in np.flatnonzero(run["selection"]["byzantine"])]
+    attack = json.loads(run["attrs"]["config"])["attack"]
+    blinder = byz[-1] if attack.get("blinder", "first") == "last" else byz[0]
+    return blinder, [i for i in byz if i != blinder]
+
+
+def blind_selected(run: dict, which: str) -> float:
+    """Fraction of steps where the blinding worker (which = "blinding") or any crafted worker
+    ("crafted") was among the selected; NaN for rules that report no selection."""
+    sel = run["selection"]["selected"]
+    if sel.shape[1] == 0:
+        return float("nan")
+    blinder, crafted = blind_workers(run)
+    return float(np.isin(sel, [blinder] if which == "blinding" else crafted).any(axis=1).mean())
+
+
 def cell(values: list, percent: bool = False) -> str:
     """mean ± std over the seeds that ran; failed runs (None) are counted and shown."""
     failed = sum(v is None for v in values)
@@ -90,11 +117,23 @@ def main(argv=None) -> int:
     p.add_argument("--attacks", nargs="+", default=list(ATTACKS))
     p.add_argument("--rules", nargs="+", default=list(RULES))
     p.add_argument("--runs", type=Path, default=REPO / "results" / "attack-table", help="folder for the HDF5 files")
-    p.add_argument("--table", type=Path, default=REPO / "docs" / "attack-table.md")
+    p.add_argument("--table", type=Path, default=REPO / "docs" / "attack-table.md", help="Markdown file written")
+    p.add_argument("--layout", choices=("grid", "per-rule"), default="grid",
+                   help="grid: attacks x rules (docs/attack-table.md); per-rule: one line per rule and attack")
+    p.add_argument("--column", default="final test error", help="per-rule layout: heading of the error column")
     args = p.parse_args(argv)
     args.runs.mkdir(parents=True, exist_ok=True)
+    runs = sweep(args)
+    lines = grid_table(args, runs) if args.layout == "grid" else per_rule_table(args, runs)
+    args.table.parent.mkdir(parents=True, exist_ok=True)
+    args.table.write_text("\n".join(lines))
+    print(f"table: {args.table}")
+    return 0
 
-    err, picked = {}, {}
+
+def sweep(args) -> dict:
+    """{(momentum, attack, rule): [run or None per seed]}: every cell run (or read back)."""
+    runs = {}
     total = len(MOMENTUM) * len(args.attacks) * len(args.rules) * len(args.seeds)
     done = 0
     for mom, overrides in MOMENTUM.items():
@@ -105,16 +144,24 @@ def main(argv=None) -> int:
             for rule in args.rules:
                 preset = REPO / "configs" / "attacks" / f"spambase-{name}-{rule}.toml"
                 for seed in args.seeds:
-                    stem = attack.replace(":", "-").replace("=", "-").replace(",", "-")
+                    stem = attack.replace(":", "-").replace("=", "-").replace(",", "-").replace('"', "")
                     out = args.runs / f"{stem}-{rule}-{tag}-s{seed}-{args.steps}.h5"
                     run = run_one(preset, seed, args.steps, overrides + attack_sets, out, args.ranks)
-                    err.setdefault((mom, attack, rule), []).append(final_error(run) if run else None)
-                    picked.setdefault((mom, attack, rule), []).append(byzantine_selected(run) if run else None)
+                    runs.setdefault((mom, attack, rule), []).append(run)
                     done += 1
-                    last = err[(mom, attack, rule)][-1]
+                    last = final_error(run) if run else None
                     print(f"[{done}/{total}] {mom:20s} {attack:9s} {rule:10s} seed {seed}: "
                           f"error {'FAILED' if last is None else f'{last:.3f}'}", flush=True)
+    return runs
 
+
+def measure(runs: list, fn) -> list:
+    return [fn(run) if run else None for run in runs]
+
+
+def grid_table(args, runs: dict) -> list[str]:
+    err = {key: measure(v, final_error) for key, v in runs.items()}
+    picked = {key: measure(v, byzantine_selected) for key, v in runs.items()}
     lines = [
         "# Attack table: spambase, n = 20, f = 6",
         "",
@@ -143,10 +190,25 @@ def main(argv=None) -> int:
             lines.append(f"| {attack} | " + " | ".join(cell(picked[(mom, attack, r)], percent=True)
                                                        for r in args.rules if r != "average") + " |")
         lines.append("")
-    args.table.parent.mkdir(parents=True, exist_ok=True)
-    args.table.write_text("\n".join(lines))
-    print(f"table: {args.table}")
-    return 0
+    return lines
+
+
+def per_rule_table(args, runs: dict) -> list[str]:
+    """One line per rule and attack: final error under ``args.column``; for ``blind`` attacks, the
+    share of steps that selected the blinding worker and a crafted worker (n/a: no selection)."""
+    lines = []
+    for mom in MOMENTUM:
+        lines += [f"## {mom}", "", f"| rule | attack | {args.column} | steps selecting the blinding worker "
+                  "| steps selecting a crafted worker |", "|---|---|---|---|---|"]
+        for rule in args.rules:
+            for attack in args.attacks:
+                key = (mom, attack, rule)
+                blind = attack.partition(":")[0] == "blind"
+                sel = [cell(measure(runs[key], lambda r, w=w: blind_selected(r, w)), percent=True) if blind else "-"
+                       for w in ("blinding", "crafted")]
+                lines.append(f"| {rule} | {attack} | {cell(measure(runs[key], final_error))} | {sel[0]} | {sel[1]} |")
+        lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

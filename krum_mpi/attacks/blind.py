@@ -57,6 +57,9 @@ def _check_magnitude(value):
             raise ValueError(f"magnitude must be {' or '.join(repr(m) for m in MAGNITUDES)} or a number "
                              f"with 0 < |magnitude| <= {FLOAT32_MAX:.8g}, got {value!r}")
         return value
+    if isinstance(value, float) and value != value:
+        raise ValueError('magnitude must be a finite number or the string "nan", got the float nan: '
+                         'write magnitude = "nan" (on the command line --set \'attack.magnitude="nan"\')')
     magnitude = check_real("magnitude", value)
     if not 0.0 < abs(magnitude) < FLOAT32_LIMIT:
         raise ValueError(f"magnitude = {value!r} must satisfy 0 < |magnitude| <= {FLOAT32_MAX:.8g} "
