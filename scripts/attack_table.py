@@ -82,7 +82,8 @@ def blind_workers(run: dict) -> tuple[int, list[int]]:
     """The blind attack's blinding worker and its crafted workers: the Byzantine ids in order, the
     blinding one first or last as the run's ``attack.blinder`` says."""
     byz = [int(i) for i in np.flatnonzero(run["selection"]["byzantine"])]
-    attack = json.loads(run["attrs"]["config"])["attack"]
+    config = run["attrs"]["config"]
+    attack = (json.loads(config) if isinstance(config, (str, bytes)) else config)["attack"]
     blinder = byz[-1] if attack.get("blinder", "first") == "last" else byz[0]
     return blinder, [i for i in byz if i != blinder]
 
@@ -193,6 +194,32 @@ def grid_table(args, runs: dict) -> list[str]:
     return lines
 
 
+NAN_TWIN = ("blind", 'blind:magnitude="nan"')
+
+
+def first_difference(run, twin) -> int | None:
+    """The first step whose selection differs between two runs (None: identical at every step)."""
+    a, b = run["selection"]["selected"], twin["selection"]["selected"]
+    differs = np.flatnonzero((a != b).any(axis=1))
+    return int(differs[0]) if differs.size else None
+
+
+def nan_twin_lines(args, runs: dict, mom: str) -> list[str]:
+    """Per rule with a selection: does the blind run select as the same run with a NaN row does?"""
+    lines = ["", f"Selections of `{NAN_TWIN[0]}` against the same run with the blinding row NaN "
+             f"(`{NAN_TWIN[1]}`): seeds identical at every step, else the first step that differs:", "",
+             "| rule | identical seeds | first differing step per seed |", "|---|---|---|"]
+    for rule in args.rules:
+        pairs = list(zip(runs[(mom, NAN_TWIN[0], rule)], runs[(mom, NAN_TWIN[1], rule)]))
+        if any(a is None or b is None for a, b in pairs) or pairs[0][0]["selection"]["selected"].shape[1] == 0:
+            continue
+        firsts = [first_difference(a, b) for a, b in pairs]
+        same = sum(x is None for x in firsts)
+        lines.append(f"| {rule} | {same} of {len(firsts)} | "
+                     + ", ".join("-" if x is None else str(x) for x in firsts) + " |")
+    return lines
+
+
 def per_rule_table(args, runs: dict) -> list[str]:
     """One line per rule and attack: final error under ``args.column``; for ``blind`` attacks, the
     share of steps that selected the blinding worker and a crafted worker (n/a: no selection)."""
@@ -207,6 +234,8 @@ def per_rule_table(args, runs: dict) -> list[str]:
                 sel = [cell(measure(runs[key], lambda r, w=w: blind_selected(r, w)), percent=True) if blind else "-"
                        for w in ("blinding", "crafted")]
                 lines.append(f"| {rule} | {attack} | {cell(measure(runs[key], final_error))} | {sel[0]} | {sel[1]} |")
+        if all(a in args.attacks for a in NAN_TWIN):
+            lines += nan_twin_lines(args, runs, mom)
         lines.append("")
     return lines
 

@@ -209,3 +209,26 @@ def test_only_huge_rows_take_the_float64_path_of_clipping_and_geometric_median()
     assert mixes_magnitudes(distances_to_point(X, np.zeros(500, np.float32)), finite)
     finite[7] = False                                   # a non-finite row does not count
     assert not mixes_magnitudes(distances_to_point(X, np.zeros(500, np.float32)), finite)
+
+
+def test_a_huge_row_with_little_weight_does_not_swamp_the_others():
+    """Weighted sums are centred on one anchor row: the row with the largest |weight| (per output;
+    per register tile of outputs on the compiled path), never a huge row that carries little weight.
+    Centred on a row of 2^59, the ordinary rows' offsets round to -2^59 exactly and their share is
+    lost (measured before: every honest output of an NNM-like mixing came out 0)."""
+    rng = np.random.default_rng(0)
+    n, d = 20, 4096
+    X = rng.standard_normal((n, d), dtype=np.float32)
+    X[0] = 2.0 ** 59
+    M = np.zeros((n, n))
+    M[0, :16] = 1 / 16                                  # the huge row's own mix (NNM: itself and 15 others)
+    for j in range(1, n):                               # every other output mixes 16 ordinary rows
+        M[j, rng.choice(np.arange(1, n), 16, replace=False)] = 1 / 16
+    from krum_mpi.aggregators.rowops import combine_rows_many
+    got = combine_rows_many(X, M)
+    want = M @ X.astype(np.float64)
+    np.testing.assert_allclose(got[1:], want[1:], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    w = np.full(n, (1 - 1e-17) / 19)
+    w[0] = 1e-17                                        # 1e-17 * 2^59 = 5.8: a share of the answer
+    np.testing.assert_allclose(combine_rows(X, w), w @ X.astype(np.float64), rtol=0, atol=1e-5)

@@ -29,7 +29,7 @@ def combine_rows(X, weights):
 def combine_rows_many(X, mixing):
     """mixing @ X for a NumPy (k, n) mixing matrix; (k, d) in X's dtype.
 
-    Per chunk the rows are centred on the first row with a non-zero weight, into a reused buffer,
+    Per chunk the rows are centred on the row with the largest summed |weight|, into a reused buffer,
     and multiplied in X's dtype: the offsets are small, so the product does not cancel
     (sum_i w_i x_i = sum_i w_i (x_i - x_r) + (sum_i w_i) x_r). A chunk whose result is not finite is
     redone in float64 with the non-finite entries masked, so that a non-finite row reaches only the
@@ -40,7 +40,9 @@ def combine_rows_many(X, mixing):
     out = native_combine_rows(X, mixing)
     if out is not None:
         return out
-    anchor_row = int(np.flatnonzero((mixing != 0).any(axis=0))[0])
+    # the row with the largest summed |weight| (first on ties): centring on a row that carries little
+    # weight, a huge row next to ordinary ones, would cancel the others (rows.c chooses the same way)
+    anchor_row = int(np.argmax(np.abs(mixing).sum(axis=0)))
     weights = xp.asarray(mixing, dtype=X.dtype)
     weight_sums = xp.asarray(mixing.sum(axis=1), dtype=X.dtype)[:, None]
     out = xp.empty((mixing.shape[0], d), dtype=X.dtype)
