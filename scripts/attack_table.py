@@ -90,9 +90,12 @@ def blind_workers(run: dict) -> tuple[int, list[int]]:
 
 def blind_selected(run: dict, which: str) -> float:
     """Fraction of steps where the blinding worker (which = "blinding") or any crafted worker
-    ("crafted") was among the selected; NaN for rules that report no selection."""
+    ("crafted") was among the selected, over the steps whose training loss is finite (once the
+    parameters are NaN every row is NaN and a selection means nothing); NaN for rules that report
+    no selection."""
     sel = run["selection"]["selected"]
-    if sel.shape[1] == 0:
+    sel = sel[np.isfinite(run["metrics"]["loss"])[:sel.shape[0]]]
+    if sel.shape[1] == 0 or sel.shape[0] == 0:
         return float("nan")
     blinder, crafted = blind_workers(run)
     return float(np.isin(sel, [blinder] if which == "blinding" else crafted).any(axis=1).mean())
@@ -234,8 +237,9 @@ def per_rule_table(args, runs: dict) -> list[str]:
         "preset with that attack parameter added (`--set attack.key=value`). 0.39-0.40 is the error of always",
         "answering the majority class (diverged or stuck training).",
         "Selection columns: the share of steps in which the blinding worker, or any crafted worker, was among",
-        "the selected rows, averaged over the seeds (n/a: the rule reports no selection; nnm+ rules report",
-        "the worker whose neighbourhood mean was selected).",
+        "the selected rows, averaged over the seeds, counted over the steps whose training loss is finite",
+        "(once the parameters are NaN every row is NaN; n/a: the rule reports no selection; nnm+ rules",
+        "report the worker whose neighbourhood mean was selected).",
         f"Generated on {datetime.date.today().isoformat()} by `python scripts/attack_table.py --layout per-rule "
         f"--steps {args.steps} --ranks {args.ranks} --seeds {' '.join(map(str, args.seeds))} "
         f"--attacks {quoted} --rules {' '.join(args.rules)} --column \"{args.column}\"`; each run is "
