@@ -93,7 +93,8 @@ def test_colluders_craft_from_their_own_gradients():
     (3, {"crafted": float("nan")}, "crafted must be a finite number"),
     (3, {"scale": -1}, "scale = -1 must be >= 0"),
     (3, {"blinder": "middle"}, "blinder must be 'first' or 'last', got 'middle'"),
-    (3, {"lambda": 1.0}, "attack 'blind' has no parameter 'lambda' (its parameters: blinder, crafted, magnitude, scale)"),
+    (3, {"lambda": 1.0},
+     "attack 'blind' has no parameter 'lambda' (its parameters: blinder, crafted, magnitude, scale)"),
 ])
 def test_bad_parameters_give_one_line_errors(byz, params, message):
     with pytest.raises(ValueError) as err:

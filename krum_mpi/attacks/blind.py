@@ -2,17 +2,18 @@
 
 One Byzantine row is the **blinding row**, ``magnitude`` in every coordinate: with ``blinder =
 "first"`` (default) the first Byzantine worker's (the lowest Byzantine index in the omniscient
-model, the first id of the Byzantine ranks in the colluding one), with "last" the last one's. A row that large is finite, so a rule must treat it as a (very distant) vector,
-but the squared norms and Gram products it enters overflow or swamp float32 arithmetic: a distance
-kernel that is not exact can then rank every row as tied and hand the selection to the lowest
-index. The other b - 1 Byzantine workers send the **crafted** vector, the same for all of them.
+model, the first id of the Byzantine ranks in the colluding one), with "last" the last one's. A
+row that large is finite, so a rule must treat it as a (very distant) vector, but the squared
+norms and Gram products it enters overflow or swamp float32 arithmetic: a distance kernel that is
+not exact can then rank every row as tied and hand the selection to the lowest index. The other b - 1 Byzantine workers send the **crafted** vector, the same for all of them.
 Where every score ties, the lowest index wins, so "last" leaves the lowest Byzantine index to a
 crafted row: the selection goes to the attacker whenever that index is the lowest of all.
+``scale`` (lambda, default 1): against Krum on spambase 0.1 to 100 select alike (docs/attacks.md).
 
 ``magnitude``:
   "auto" (default): the smallest power of two M with d * M^2 > 3.4028235e38 (the largest finite
-      float32), so that a float32 sum of the row's d squares overflows to inf while every single
-      square (and the row itself) stays finite. A power of two because its squares and their sums
+      float32), so that a float32 sum of the row's d squares overflows to inf while the row (and,
+      for d >= 4, every single square) stays finite. A power of two because its squares and their sums
       are exact until they overflow: the overflow is the only rounding event. d = 1622 (the
       spambase MLP): M = 2^59 = 5.8e17; d = 20,000: M = 2^57 = 1.4e17.
   a number: any finite value with 0 < |magnitude| <= 3.4028235e38 (e.g. 1e12 as in the issue).
