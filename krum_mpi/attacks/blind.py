@@ -7,7 +7,8 @@ row that large is finite, so a rule must treat it as a (very distant) vector, bu
 norms and Gram products it enters overflow or swamp float32 arithmetic: a distance kernel that is
 not exact can then rank every row as tied and hand the selection to the lowest index. The other
 b - 1 Byzantine workers send the **crafted** vector, the same for all of them. Where every score
-ties, the lowest index wins, so "last" leaves the lowest Byzantine index to a crafted row: the selection goes to the attacker whenever that index is the lowest of all.
+ties, the lowest index wins, so "last" leaves the lowest Byzantine index to a crafted row: the
+selection goes to the attacker whenever that index is the lowest of all.
 ``scale`` (lambda, default 1): against Krum on spambase 0.1 to 100 select alike (docs/attacks.md).
 
 ``magnitude``:
