@@ -176,28 +176,23 @@ int krum_combine_rows(const float *X, int64_t n, int64_t stride, const double *m
         tile_T[nt] = T;
         tile_rows[nt] = rows_all + used_rows;
         tile_w[nt] = tw_all + used_w;
+        /* the tile's anchor: its row with the largest summed |weight| over the tile, first on ties */
+        int64_t best = 0;
+        double best_w = 0.0;
         for (int64_t i = 0; i < n; i++) {
-            int hit = 0;
+            double w = 0.0;
             for (int64_t t = 0; t < T; t++)
-                hit |= mixing[(j + t) * n + i] != 0.0;
-            if (!hit)
+                w += fabs(mixing[(j + t) * n + i]);
+            if (w == 0.0)
                 continue;
+            if (w > best_w) {
+                best_w = w;
+                best = u;
+            }
             tile_rows[nt][u] = X + i * stride;
             for (int64_t t = 0; t < T; t++)
                 tile_w[nt][u * T + t] = (float)mixing[(j + t) * n + i];
             u++;
-        }
-        /* the tile's anchor: its row with the largest summed |weight| over the tile, first on ties */
-        int64_t best = 0;
-        double best_w = -1.0;
-        for (int64_t r = 0; r < u; r++) {
-            double w = 0.0;
-            for (int64_t t = 0; t < T; t++)
-                w += fabs((double)tile_w[nt][r * T + t]);
-            if (w > best_w) {
-                best_w = w;
-                best = r;
-            }
         }
         if (best) {
             const float *tr = tile_rows[nt][0];
