@@ -2,6 +2,13 @@
 
     python scripts/attack_table.py                      # 3 seeds, 500 steps, mpiexec -n 2 per run
     python scripts/attack_table.py --seeds 0 1 2 3 4 --ranks 4 --table docs/attack-table.md
+    python scripts/attack_table.py --attacks blind blind:blinder=last 'blind:magnitude="nan"' \
+        --rules average krum ... --layout per-rule --column "before (unfixed distance kernel)" \
+        --table docs/attack-table-blind.md              # the blind attack, one line per rule
+
+``--rules`` and ``--attacks`` pick the cells; ``--table`` is the file written. ``--layout per-rule``
+writes one line per rule and attack with the final error under the heading ``--column``, and, for
+the ``blind`` attack, how often the blinding worker and a crafted worker were selected.
 
 Each cell is one run of the sweep jobs/attack-table.toml (n = 20 workers, f = 6, 6 Byzantine,
 minibatch 3, MLP 57-20-20-2, lr 0.05), picked with ``krum-mpi run --from-study SPEC --cell
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +36,7 @@ from krum_mpi.study.folder import is_complete
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "jobs" / "attack-table.toml"
 RULES = ("average", "krum", "multi-krum")
-# NAME or NAME:key=value,... (extra attack parameters on top of the preset)
+# NAME or NAME:key=value,... (extra attack parameters on top of the cell)
 ATTACKS = ("none", "gaussian", "sign-flip", "alie", "ipm", "alie-opt", "ipm-opt",
            "alie-opt:objective=along", "ipm-opt:objective=along")
 MOMENTUM = {"plain SGD": [], "worker momentum 0.9": ["optimizer.momentum=0.9", "optimizer.momentum_at=worker"]}
@@ -69,6 +77,29 @@ def byzantine_selected(run: dict) -> float:
     return float(np.isin(sel, byz).any(axis=1).mean())
 
 
+def blind_workers(run: dict) -> tuple[int, list[int]]:
+    """The blind attack's blinding worker and its crafted workers: the Byzantine ids in order, the
+    blinding one first or last as the run's ``attack.blinder`` says."""
+    byz = [int(i) for i in np.flatnonzero(run["selection"]["byzantine"])]
+    config = run["attrs"]["config"]
+    attack = (json.loads(config) if isinstance(config, (str, bytes)) else config)["attack"]
+    blinder = byz[-1] if attack.get("blinder", "first") == "last" else byz[0]
+    return blinder, [i for i in byz if i != blinder]
+
+
+def blind_selected(run: dict, which: str) -> float:
+    """Fraction of steps where the blinding worker (which = "blinding") or any crafted worker
+    ("crafted") was among the selected, over the steps whose training loss is finite (once the
+    parameters are NaN every row is NaN and a selection means nothing); NaN for rules that report
+    no selection."""
+    sel = run["selection"]["selected"]
+    sel = sel[np.isfinite(run["metrics"]["loss"])[:sel.shape[0]]]
+    if sel.shape[1] == 0 or sel.shape[0] == 0:
+        return float("nan")
+    blinder, crafted = blind_workers(run)
+    return float(np.isin(sel, [blinder] if which == "blinding" else crafted).any(axis=1).mean())
+
+
 def cell(values: list, percent: bool = False) -> str:
     """mean ± std over the seeds that ran; failed runs (None) are counted and shown."""
     failed = sum(v is None for v in values)
@@ -89,11 +120,23 @@ def main(argv=None) -> int:
     p.add_argument("--attacks", nargs="+", default=list(ATTACKS))
     p.add_argument("--rules", nargs="+", default=list(RULES))
     p.add_argument("--runs", type=Path, default=REPO / "results" / "attack-table", help="folder for the HDF5 files")
-    p.add_argument("--table", type=Path, default=REPO / "docs" / "attack-table.md")
+    p.add_argument("--table", type=Path, default=REPO / "docs" / "attack-table.md", help="Markdown file written")
+    p.add_argument("--layout", choices=("grid", "per-rule"), default="grid",
+                   help="grid: attacks x rules (docs/attack-table.md); per-rule: one line per rule and attack")
+    p.add_argument("--column", default="final test error", help="per-rule layout: heading of the error column")
     args = p.parse_args(argv)
     args.runs.mkdir(parents=True, exist_ok=True)
+    runs = sweep(args)
+    lines = grid_table(args, runs) if args.layout == "grid" else per_rule_table(args, runs)
+    args.table.parent.mkdir(parents=True, exist_ok=True)
+    args.table.write_text("\n".join(lines))
+    print(f"table: {args.table}")
+    return 0
 
-    err, picked = {}, {}
+
+def sweep(args) -> dict:
+    """{(momentum, attack, rule): [run or None per seed]}: every cell run (or read back)."""
+    runs = {}
     total = len(MOMENTUM) * len(args.attacks) * len(args.rules) * len(args.seeds)
     done = 0
     for mom, overrides in MOMENTUM.items():
@@ -104,16 +147,24 @@ def main(argv=None) -> int:
             for rule in args.rules:
                 selectors = [f"attack.name={name}", f"aggregator.name={rule}"]
                 for seed in args.seeds:
-                    stem = attack.replace(":", "-").replace("=", "-").replace(",", "-")
+                    stem = attack.replace(":", "-").replace("=", "-").replace(",", "-").replace('"', "")
                     out = args.runs / f"{stem}-{rule}-{tag}-s{seed}-{args.steps}.h5"
                     run = run_one(selectors, seed, args.steps, overrides + attack_sets, out, args.ranks)
-                    err.setdefault((mom, attack, rule), []).append(final_error(run) if run else None)
-                    picked.setdefault((mom, attack, rule), []).append(byzantine_selected(run) if run else None)
+                    runs.setdefault((mom, attack, rule), []).append(run)
                     done += 1
-                    last = err[(mom, attack, rule)][-1]
+                    last = final_error(run) if run else None
                     print(f"[{done}/{total}] {mom:20s} {attack:9s} {rule:10s} seed {seed}: "
                           f"error {'FAILED' if last is None else f'{last:.3f}'}", flush=True)
+    return runs
 
+
+def measure(runs: list, fn) -> list:
+    return [fn(run) if run else None for run in runs]
+
+
+def grid_table(args, runs: dict) -> list[str]:
+    err = {key: measure(v, final_error) for key, v in runs.items()}
+    picked = {key: measure(v, byzantine_selected) for key, v in runs.items()}
     lines = [
         "# Attack table: spambase, n = 20, f = 6",
         "",
@@ -143,10 +194,73 @@ def main(argv=None) -> int:
             lines.append(f"| {attack} | " + " | ".join(cell(picked[(mom, attack, r)], percent=True)
                                                        for r in args.rules if r != "average") + " |")
         lines.append("")
-    args.table.parent.mkdir(parents=True, exist_ok=True)
-    args.table.write_text("\n".join(lines))
-    print(f"table: {args.table}")
-    return 0
+    return lines
+
+
+NAN_TWIN = ("blind", 'blind:magnitude="nan"')
+
+
+def first_difference(run, twin) -> int | None:
+    """The first step whose selection differs between two runs (None: identical at every step)."""
+    a, b = run["selection"]["selected"], twin["selection"]["selected"]
+    differs = np.flatnonzero((a != b).any(axis=1))
+    return int(differs[0]) if differs.size else None
+
+
+def nan_twin_lines(args, runs: dict, mom: str) -> list[str]:
+    """Per rule with a selection: does the blind run select as the same run with a NaN row does?"""
+    lines = ["", f"Selections of `{NAN_TWIN[0]}` against the same run with the blinding row NaN "
+             f"(`{NAN_TWIN[1]}`): seeds identical at every step, else the first step that differs:", "",
+             "| rule | identical seeds | first differing step per seed |", "|---|---|---|"]
+    for rule in args.rules:
+        pairs = list(zip(runs[(mom, NAN_TWIN[0], rule)], runs[(mom, NAN_TWIN[1], rule)]))
+        if any(a is None or b is None for a, b in pairs) or pairs[0][0]["selection"]["selected"].shape[1] == 0:
+            continue
+        firsts = [first_difference(a, b) for a, b in pairs]
+        same = sum(x is None for x in firsts)
+        lines.append(f"| {rule} | {same} of {len(firsts)} | "
+                     + ", ".join("-" if x is None else str(x) for x in firsts) + " |")
+    return lines
+
+
+def per_rule_table(args, runs: dict) -> list[str]:
+    """One line per rule and attack: final error under ``args.column``; for ``blind`` attacks, the
+    share of steps that selected the blinding worker and a crafted worker (n/a: no selection)."""
+    quoted = " ".join(f"'{a}'" if '"' in a else a for a in args.attacks)
+    lines = [
+        "# Attack table, one line per rule: spambase, n = 20",
+        "",
+        f"Final test error (mean ± standard deviation over seeds {', '.join(map(str, args.seeds))}) after "
+        f"{args.steps} steps, omniscient adversary, minibatch 3, MLP 57-20-20-2, SGD lr 0.05; presets",
+        "`configs/attacks/spambase-<attack>-<rule>.toml` (f = 6 and 6 Byzantine workers; Bulyan, whose bound",
+        "n >= 4f + 3 allows at most f = 4 with n = 20: f = 4 and 4 Byzantine). A line `NAME:key=value` is the",
+        "preset with that attack parameter added (`--set attack.key=value`). 0.39-0.40 is the error of always",
+        "answering the majority class (diverged or stuck training).",
+        "Selection columns: the share of steps in which the blinding worker, or any crafted worker, was among",
+        "the selected rows, averaged over the seeds, counted over the steps whose training loss is finite",
+        "(once the parameters are NaN every row is NaN; n/a: the rule reports no selection; nnm+ rules",
+        "report the worker whose neighbourhood mean was selected).",
+        f"Generated on {datetime.date.today().isoformat()} by `python scripts/attack_table.py --layout per-rule "
+        f"--steps {args.steps} --ranks {args.ranks} --seeds {' '.join(map(str, args.seeds))} "
+        f"--attacks {quoted} --rules {' '.join(args.rules)} --column \"{args.column}\"`; each run is "
+        f"`mpiexec -n {args.ranks} python -m krum_mpi run PRESET --set run.seed=S` (worker momentum adds "
+        "`--set optimizer.momentum=0.9 --set optimizer.momentum_at=worker`).",
+        "",
+    ]
+    for mom in MOMENTUM:
+        lines += [f"## {mom}", "", f"| rule | attack | {args.column} | steps selecting the blinding worker "
+                  "| steps selecting a crafted worker |", "|---|---|---|---|---|"]
+        for rule in args.rules:
+            for attack in args.attacks:
+                key = (mom, attack, rule)
+                blind = attack.partition(":")[0] == "blind"
+                sel = [cell(measure(runs[key], lambda r, w=w: blind_selected(r, w)), percent=True) if blind else "-"
+                       for w in ("blinding", "crafted")]
+                lines.append(f"| {rule} | {attack} | {cell(measure(runs[key], final_error))} | {sel[0]} | {sel[1]} |")
+        if all(a in args.attacks for a in NAN_TWIN):
+            lines += nan_twin_lines(args, runs, mom)
+        lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

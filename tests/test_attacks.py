@@ -49,7 +49,7 @@ def craft(name, honest=H, n_workers=5, n_byzantine=2, f=2, aggregate=mean_rule, 
 
 def test_registry_lists_the_catalogue_of_issue_4():
     expected = {"none", "gaussian", "omniscient", "sign-flip", "label-flip", "alie", "ipm", "alie-opt",
-                "ipm-opt", "mimic", "nan", "inf", "zero"}
+                "ipm-opt", "mimic", "nan", "inf", "zero", "blind"}
     assert set(ALL) == expected
     for name in ALL:
         assert attacks.get(name).name == name
@@ -364,6 +364,12 @@ def test_every_attack_is_a_cell_of_the_attack_table():
 
     plan = make_plan(load_spec(REPO / "jobs" / "attack-table.toml"), check_models=False)
     cells = {(r.config["attack"]["name"], r.config["aggregator"]["name"]): r.config for r in plan.runs}
+    from krum_mpi import aggregators
+
+    for rule in aggregators.names() + ["nnm+krum"]:  # blind: against every rule of the catalogue
+        cfg = cells[("blind", rule)]
+        assert cfg["aggregator"]["f"] == 6 and cfg["workers"]["byzantine"] == 6
+        assert cfg["workers"]["n"] == (27 if rule == "bulyan" else 20)  # Bulyan: n >= 4f + 3
     for attack in ALL:
         for rule in ("average", "krum", "multi-krum"):
             cfg = cells[(attack, rule)]

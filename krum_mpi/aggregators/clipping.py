@@ -10,7 +10,7 @@ import numpy as np
 
 from krum_mpi.aggregators.base import Aggregation, array_namespace
 from krum_mpi.aggregators.geomed import finite_rows
-from krum_mpi.aggregators.rowops import combine_rows, distances_to_point
+from krum_mpi.aggregators.rowops import combine_rows, combine_rows_float64, distances_to_point, mixes_magnitudes
 
 
 def centered_clipping(X, f, tau=100.0, iterations=1, center=None):
@@ -29,7 +29,9 @@ def centered_clipping(X, f, tau=100.0, iterations=1, center=None):
         with np.errstate(divide="ignore"):
             scale = np.where(finite, np.minimum(1.0, tau / dist), 0.0) / n
         kept = 1.0 - scale.sum()
-        moved = combine_rows(X, scale)
+        # huge finite rows next to ordinary ones: float64 sums keep the ordinary rows' share
+        combine = combine_rows_float64 if mixes_magnitudes(dist, finite) else combine_rows
+        moved = combine(X, scale)
         moved += v * X.dtype.type(kept)  # in X's dtype: no float64 (d,) temporaries
         v = moved
         weights = weights * kept + scale

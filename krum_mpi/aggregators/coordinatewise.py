@@ -14,6 +14,11 @@ sorted along its rows. Sorting short contiguous rows is what NumPy does fastest 
 networks); np.partition or np.median along axis 0 of the (n, d) input is 5-10x slower here. The
 columns are split over a few threads. Extra memory: one (chunk, n) buffer per thread.
 
+Huge finite values: the fast paths sum offsets from the median in float32, which overflows when the
+kept values span more than float32's range (3.4e38 and -3.4e38 both kept), although the mean of
+finite values always fits. ``repair_overflow`` recomputes the columns that came out non-finite from
+a float64 copy (one check of the (d,) output: ordinary inputs pay nothing else).
+
 Compiled path (krum_mpi/native/order.c, when built): NumPy float32 input with unit column stride
 (any row stride) and at most ``krum_order_max_rows()`` (128) rows in use goes to a C kernel that
 sorts 16 (AVX-512) or 8 columns at a time with vector sorting networks straight from the rows, no
@@ -51,15 +56,39 @@ def per_sorted_chunk(X, reduce, rows=None):
 
     def work(start, stop):
         buffer = xp.empty((min(chunk, stop - start), n), dtype=X.dtype)
-        for lo in range(start, stop, chunk):
-            hi = min(stop, lo + chunk)
-            block = buffer[:hi - lo]
-            block[...] = (X[:, lo:hi] if rows is None else X[rows, lo:hi]).T
-            block.sort(axis=1)
-            out[lo:hi] = reduce(xp, block)
+        with np.errstate(over="ignore", invalid="ignore"):   # per thread: repair_overflow redoes such columns
+            for lo in range(start, stop, chunk):
+                hi = min(stop, lo + chunk)
+                block = buffer[:hi - lo]
+                block[...] = (X[:, lo:hi] if rows is None else X[rows, lo:hi]).T
+                block.sort(axis=1)
+                out[lo:hi] = reduce(xp, block)
 
     run_ranges(work, column_ranges(xp, d, align=chunk))
     return out
+
+
+def repair_overflow(X, vector, reduce, rows=None):
+    """``vector`` with its non-finite columns recomputed as reduce(xp, sorted float64 block).
+
+    For float32 X only: a float64 sum of n float32 values cannot overflow, so a column comes out
+    finite whenever the rule's exact value is finite; a column whose kept values are NaN or
+    infinite comes out non-finite again, as defined. The bad columns go in chunks (no copy of X)."""
+    xp = array_namespace(X)
+    if X.dtype != xp.float32:
+        return vector
+    bad = ~xp.isfinite(vector)
+    if not bool(bad.any()):
+        return vector
+    cols = xp.flatnonzero(bad)
+    with np.errstate(invalid="ignore", over="ignore"):     # inf - inf in columns that are NaN anyway
+        for lo in range(0, int(cols.size), SORT_CHUNK):
+            part = cols[lo:lo + SORT_CHUNK]
+            block = X[:, part] if rows is None else X[:, part][xp.asarray(rows)]
+            block = block.T.astype(xp.float64)
+            block.sort(axis=1)
+            vector[part] = reduce(xp, block).astype(vector.dtype)
+    return vector
 
 
 def order_library(X, n):
@@ -107,7 +136,7 @@ def middle(xp, block):
 
 
 def median(X, f):
-    """Coordinate-wise median."""
+    """Coordinate-wise median (0.5 a + 0.5 b of the middle values: finite for finite values)."""
     vector = native_order(X, ORDER_MEDIAN)
     return Aggregation(per_sorted_chunk(X, middle) if vector is None else vector)
 
@@ -116,18 +145,21 @@ def trimmed_mean(X, f, b=None):
     """Mean of the values left after dropping the b smallest and b largest per coordinate."""
     n = X.shape[0]
     b = f if b is None else b
+    reduce = lambda xp, block: kept_mean(xp, block, b)  # noqa: E731
     vector = native_order(X, ORDER_TRIMMED, b)
-    if vector is not None:
-        return Aggregation(vector)
+    if vector is None:
+        vector = per_sorted_chunk(X, reduce)
+    return Aggregation(repair_overflow(X, vector, reduce))
 
-    def kept_mean(xp, block):
-        # offsets from the median are small: a float32 sum of them does not cancel; a BLAS
-        # product with a ones vector sums the short rows twice as fast as .sum(axis=1)
-        med = middle(xp, block)
-        ones = xp.ones(n - 2 * b, dtype=block.dtype)
-        return med + ((block[:, b:n - b] - med[:, None]) @ ones) / (n - 2 * b)
 
-    return Aggregation(per_sorted_chunk(X, kept_mean))
+def kept_mean(xp, block, b):
+    """Per row of a row-sorted (c, n) block: the mean of positions [b, n - b), in the block's dtype.
+    Offsets from the median are small: a float32 sum of them does not cancel; a BLAS product with
+    a ones vector sums the short rows twice as fast as .sum(axis=1)."""
+    n = block.shape[1]
+    med = middle(xp, block)
+    ones = xp.ones(n - 2 * b, dtype=block.dtype)
+    return med + ((block[:, b:n - b] - med[:, None]) @ ones) / (n - 2 * b)
 
 
 def closest_to_median_mean(xp, block, keep):
@@ -158,7 +190,8 @@ def meamed(X, f):
 def closest_mean(X, keep, rows=None):
     """Per coordinate, the mean of the ``keep`` values of X[rows] closest to their median (meamed;
     Bulyan's coordinate stage on its selected rows); (d,)."""
+    reduce = lambda xp, block: closest_to_median_mean(xp, block, keep)  # noqa: E731
     vector = native_order(X, ORDER_CLOSEST, keep, rows)
     if vector is None:
-        vector = per_sorted_chunk(X, lambda xp, block: closest_to_median_mean(xp, block, keep), rows=rows)
-    return vector
+        vector = per_sorted_chunk(X, reduce, rows=rows)
+    return repair_overflow(X, vector, reduce, rows=rows)

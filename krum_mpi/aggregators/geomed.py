@@ -9,7 +9,8 @@ import numpy as np
 
 from krum_mpi.aggregators.base import Aggregation, array_namespace, to_numpy
 from krum_mpi.aggregators.parallel import column_ranges, run_ranges
-from krum_mpi.aggregators.rowops import CHUNK, combine_rows, column_slices, distances_to_point
+from krum_mpi.aggregators.rowops import (CHUNK, column_slices, combine_rows, combine_rows_float64,
+                                         distances_to_point, mixes_magnitudes)
 
 
 def finite_rows(X):
@@ -38,7 +39,9 @@ def geometric_median(X, f, iterations=3, nu=0.1, tol=0.0):
         if not beta.any():
             break
         new_weights = beta / beta.sum()
-        z_new = combine_rows(X, new_weights)
+        # huge finite rows next to ordinary ones: float64 sums keep the ordinary rows' share
+        combine = combine_rows_float64 if mixes_magnitudes(dist, finite) else combine_rows
+        z_new = combine(X, new_weights)
         moved = float(distances_to_point(z_new[None, :], z)[0]) if tol > 0 else np.inf
         z, weights = z_new, new_weights
         if moved <= tol:

@@ -40,7 +40,7 @@ def combine_rows(X, weights):
 def combine_rows_many(X, mixing):
     """mixing @ X for a NumPy (k, n) mixing matrix; (k, d) in X's dtype.
 
-    Per chunk the rows are centred on the first row with a non-zero weight, into a reused buffer,
+    Per chunk the rows are centred on the row with the largest summed |weight|, into a reused buffer,
     and multiplied in X's dtype: the offsets are small, so the product does not cancel
     (sum_i w_i x_i = sum_i w_i (x_i - x_r) + (sum_i w_i) x_r). A chunk whose result is not finite is
     redone in float64 with the non-finite entries masked, so that a non-finite row reaches only the
@@ -51,7 +51,9 @@ def combine_rows_many(X, mixing):
     out = native_combine_rows(X, mixing)
     if out is not None:
         return out
-    anchor_row = int(np.flatnonzero((mixing != 0).any(axis=0))[0])
+    # the row with the largest summed |weight| (first on ties): centring on a row that carries little
+    # weight, a huge row next to ordinary ones, would cancel the others (rows.c chooses the same way)
+    anchor_row = int(np.argmax(np.abs(mixing).sum(axis=0)))
     weights = xp.asarray(mixing, dtype=X.dtype)
     weight_sums = xp.asarray(mixing.sum(axis=1), dtype=X.dtype)[:, None]
     out = xp.empty((mixing.shape[0], d), dtype=X.dtype)
@@ -65,6 +67,42 @@ def combine_rows_many(X, mixing):
                 if not bool(xp.isfinite(result).all()):
                     result = masked_combine(xp, mixing, X[:, cols])
                 out[:, cols] = result
+
+    run_ranges(work, column_ranges(xp, d, align=CHUNK))
+    return out
+
+
+# Distances to the point more spread than this (largest / smallest positive) mean rows of very
+# different magnitudes: huge finite rows next to ordinary ones (gradients spread far less).
+FAR_RATIO = 2.0 ** 10
+
+
+def mixes_magnitudes(dist, finite):
+    """True when the finite rows' positive distances to the point span more than FAR_RATIO: then a
+    float32 sum centred on one row (combine_rows) can lose the ordinary rows next to a huge one (and
+    a weight of 1 / huge is a float32 subnormal), so the caller should use combine_rows_float64."""
+    spread = dist[finite & (dist > 0)]
+    return spread.size >= 2 and float(spread.max()) > FAR_RATIO * float(spread.min())
+
+
+def combine_rows_float64(X, weights):
+    """sum_i weights[i] * X[i] accumulated in float64, without centring: (d,) in X's dtype. The rare
+    path for weights that mix rows of very different magnitudes; rows with weight 0 are not read,
+    and a non-finite entry turns only its own column into NaN (masked_combine)."""
+    xp = array_namespace(X)
+    d = X.shape[1]
+    mixing = np.asarray(weights, dtype=np.float64)[None, :]
+    used = np.flatnonzero(mixing[0] != 0)
+    out = xp.empty(d, dtype=X.dtype)
+    if used.size == 0:
+        out[:] = 0
+        return out
+    rows = xp.asarray(used)
+
+    def work(start, stop):
+        with np.errstate(invalid="ignore", over="ignore"):
+            for cols in column_slices(xp, stop - start, offset=start):
+                out[cols] = masked_combine(xp, mixing[:, used], X[rows, cols])[0]
 
     run_ranges(work, column_ranges(xp, d, align=CHUNK))
     return out
@@ -109,7 +147,9 @@ def distances_to_point(X, point):
     """(n,) NumPy float64 Euclidean distances ||X[i] - point||; inf for rows holding NaN or Inf.
 
     The differences are small next to the values: float32 squares summed pairwise per chunk, the
-    chunk sums accumulated in float64."""
+    chunk sums accumulated in float64. A row whose float32 sum is not finite (NaN/Inf in the row,
+    or a difference or square beyond float32's range) is redone by ``scaled_distance``: finite
+    rows always get their finite distance."""
     xp = array_namespace(X)
     n, d = X.shape
     point = point.astype(X.dtype, copy=False)
@@ -124,17 +164,31 @@ def distances_to_point(X, point):
         return to_numpy(sq)
 
     sq = sum(run_ranges(work, column_ranges(xp, d, align=CHUNK)))
-    for i in np.flatnonzero(~np.isfinite(sq)):  # NaN/Inf in the row, or a float32 overflow?
-        sq[i] = float(to_numpy(float64_sq_distance(xp, X[i], point)))
-    sq = np.where(np.isnan(sq), np.inf, sq)
-    return np.sqrt(sq)
+    redo = np.flatnonzero(~np.isfinite(sq))  # NaN/Inf in the row, or a float32 overflow?
+    dist = np.sqrt(np.where(np.isfinite(sq), sq, 0.0))
+    for i in redo:
+        dist[i] = scaled_distance(xp, X[i], point)
+    return dist
 
 
-def float64_sq_distance(xp, row, point):
-    """||row - point||^2 in float64 (rare path: rows whose float32 squares overflowed)."""
-    total = xp.zeros((), dtype=xp.float64)
+def scaled_distance(xp, row, point):
+    """||row - point|| in float64 with the differences scaled by a power of two (exact) so that
+    their largest is in [0.5, 1): no square can overflow or the sum lose range, whatever the
+    magnitudes (float32 differences reach 6.8e38; float64 input up to its own maximum). inf when
+    the row or the point holds NaN or Inf. Rare path: two passes over one row."""
+    largest = 0.0
     with np.errstate(invalid="ignore", over="ignore"):
         for cols in column_slices(xp, row.shape[0]):
             diff = row[cols].astype(xp.float64) - point[cols].astype(xp.float64)
-            total += diff @ diff
-    return total
+            chunk_largest = float(xp.max(xp.abs(diff)))
+            if not np.isfinite(chunk_largest):                       # NaN or Inf in the row
+                return np.inf
+            largest = max(largest, chunk_largest)
+        if largest == 0.0:
+            return 0.0
+        exponent = int(np.frexp(largest)[1])
+        total = 0.0
+        for cols in column_slices(xp, row.shape[0]):
+            diff = xp.ldexp(row[cols].astype(xp.float64) - point[cols].astype(xp.float64), -exponent)
+            total += float(diff @ diff)
+    return float(np.ldexp(np.sqrt(total), exponent))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .alie import ALIE, ALIEOpt, alie_z
 from .base import Attack
+from .blind import Blind
 from .constant import Inf, NaN, Zero
 from .gaussian import Gaussian
 from .ipm import IPM, IPMOpt
@@ -21,7 +22,7 @@ from .omniscient import Omniscient
 from .sign_flip import SignFlip
 
 _REGISTRY: dict[str, type[Attack]] = {cls.name: cls for cls in (
-    NoAttack, Gaussian, Omniscient, SignFlip, LabelFlip, ALIE, ALIEOpt, IPM, IPMOpt, Mimic, NaN, Inf, Zero,
+    NoAttack, Gaussian, Omniscient, SignFlip, LabelFlip, ALIE, ALIEOpt, IPM, IPMOpt, Mimic, NaN, Inf, Zero, Blind,
 )}
 
 

@@ -6,7 +6,9 @@
  * with contiguous rows (row stride in elements, never copied). Same arithmetic idea as NumPy's path:
  *   - only rows with a non-zero weight are read (Multi-Krum reads its m rows, not n);
  *   - rows are centred on an anchor row and summed in float32, so a common mean far above the spread
- *     costs no precision: sum_i w_i x_i = sum_i w_i (x_i - x_a) + (sum_i w_i) x_a;
+ *     costs no precision: sum_i w_i x_i = sum_i w_i (x_i - x_a) + (sum_i w_i) x_a; the anchor is the
+ *     row with the largest |weight| (of the output; of the tile, summed over its outputs), first on
+ *     ties, so that a huge row with a small weight never swamps the others;
  *   - outputs go in register tiles of up to 8 (a dense mixing such as NNM's reads each X vector once
  *     per tile, not once per output), over column blocks that stay in L2 between tiles;
  *   - non-finite results are sorted out per element, exactly as the NumPy path does: an output that
@@ -36,7 +38,7 @@ struct rows_plan {
     int64_t stride;
     int64_t k;
     const int64_t *count;  /* [k] non-zero weights of output j */
-    int64_t *const *idx;   /* [k][count] their rows, increasing */
+    int64_t *const *idx;   /* [k][count] their rows, increasing but for the anchor (largest |weight|) first */
     float *const *w32;     /* [k][count] float32 weights (the fast sums) */
     double *const *w64;    /* [k][count] float64 weights (the overflow recompute) */
     const float *sum32;    /* [k] float32 of the float64 weight sum */
@@ -142,6 +144,17 @@ int krum_combine_rows(const float *X, int64_t n, int64_t stride, const double *m
         }
         sum32[j] = (float)s;
         any |= count[j] > 0;
+        /* anchor (position 0) = the row with the largest |weight|, first on ties: centring on a row
+         * that carries little weight (a huge row next to ordinary ones) would cancel the others */
+        int64_t best = 0;
+        for (int64_t r = 1; r < count[j]; r++)
+            if (fabs(w64[j][r]) > fabs(w64[j][best]))
+                best = r;
+        if (best) {
+            int64_t ti = idx[j][0]; idx[j][0] = idx[j][best]; idx[j][best] = ti;
+            float tf = w32[j][0]; w32[j][0] = w32[j][best]; w32[j][best] = tf;
+            double td = w64[j][0]; w64[j][0] = w64[j][best]; w64[j][best] = td;
+        }
     }
     if (!any) {
         free(mem);
@@ -163,16 +176,33 @@ int krum_combine_rows(const float *X, int64_t n, int64_t stride, const double *m
         tile_T[nt] = T;
         tile_rows[nt] = rows_all + used_rows;
         tile_w[nt] = tw_all + used_w;
+        /* the tile's anchor: its row with the largest summed |weight| over the tile, first on ties */
+        int64_t best = 0;
+        double best_w = 0.0;
         for (int64_t i = 0; i < n; i++) {
-            int hit = 0;
+            double w = 0.0;
             for (int64_t t = 0; t < T; t++)
-                hit |= mixing[(j + t) * n + i] != 0.0;
-            if (!hit)
+                w += fabs(mixing[(j + t) * n + i]);
+            if (w == 0.0)
                 continue;
+            if (w > best_w) {
+                best_w = w;
+                best = u;
+            }
             tile_rows[nt][u] = X + i * stride;
             for (int64_t t = 0; t < T; t++)
                 tile_w[nt][u * T + t] = (float)mixing[(j + t) * n + i];
             u++;
+        }
+        if (best) {
+            const float *tr = tile_rows[nt][0];
+            tile_rows[nt][0] = tile_rows[nt][best];
+            tile_rows[nt][best] = tr;
+            for (int64_t t = 0; t < T; t++) {
+                float tw = tile_w[nt][t];
+                tile_w[nt][t] = tile_w[nt][best * T + t];
+                tile_w[nt][best * T + t] = tw;
+            }
         }
         tile_u[nt] = u;
         used_rows += u;
