@@ -231,10 +231,10 @@ def per_rule_table(args, runs: dict) -> list[str]:
         "# Attack table, one line per rule: spambase, n = 20",
         "",
         f"Final test error (mean ± standard deviation over seeds {', '.join(map(str, args.seeds))}) after "
-        f"{args.steps} steps, omniscient adversary, minibatch 3, MLP 57-20-20-2, SGD lr 0.05; presets",
-        "`configs/attacks/spambase-<attack>-<rule>.toml` (f = 6 and 6 Byzantine workers; Bulyan, whose bound",
-        "n >= 4f + 3 allows at most f = 4 with n = 20: f = 4 and 4 Byzantine). A line `NAME:key=value` is the",
-        "preset with that attack parameter added (`--set attack.key=value`). 0.39-0.40 is the error of always",
+        f"{args.steps} steps, omniscient adversary, minibatch 3, MLP 57-20-20-2, SGD lr 0.05; the cells",
+        "of `jobs/attack-table.toml` (f = 6 and 6 Byzantine workers; Bulyan, whose bound n >= 4f + 3 needs",
+        "n >= 27 for f = 6: n = 27). A line `NAME:key=value` is the",
+        "cell with that attack parameter added (`--set attack.key=value`). 0.39-0.40 is the error of always",
         "answering the majority class (diverged or stuck training).",
         "Selection columns: the share of steps in which the blinding worker, or any crafted worker, was among",
         "the selected rows, averaged over the seeds, counted over the steps whose training loss is finite",
@@ -243,7 +243,7 @@ def per_rule_table(args, runs: dict) -> list[str]:
         f"Generated on {datetime.date.today().isoformat()} by `python scripts/attack_table.py --layout per-rule "
         f"--steps {args.steps} --ranks {args.ranks} --seeds {' '.join(map(str, args.seeds))} "
         f"--attacks {quoted} --rules {' '.join(args.rules)} --column \"{args.column}\"`; each run is "
-        f"`mpiexec -n {args.ranks} python -m krum_mpi run PRESET --set run.seed=S` (worker momentum adds "
+        f"`mpiexec -n {args.ranks} python -m krum_mpi run --from-study jobs/attack-table.toml --cell attack.name=A --cell aggregator.name=R --set run.seed=S` (worker momentum adds "
         "`--set optimizer.momentum=0.9 --set optimizer.momentum_at=worker`).",
         "",
     ]
