@@ -58,7 +58,7 @@ def default_out(cfg: dict, config_path) -> Path:
     return Path("results") / f"{stem}-{run_id(cfg)}.h5"
 
 
-def cmd_run(argv) -> int:
+def cmd_run(argv, stop=None) -> int:
     p = _Parser(prog="krum-mpi run", description="Train with robust aggregation over MPI ranks "
                 "(launch with mpiexec -n R or srun).")
     p.add_argument("config", help="run config (.toml or .yaml)")
@@ -72,10 +72,11 @@ def cmd_run(argv) -> int:
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     args = p.parse_args(argv)
 
-    import signal
-
     from . import config, results, train
-    from .comm import Comm
+    from .comm import Comm, launched_under_mpi
+    from .stop import StopRequest
+
+    stop = stop or StopRequest().install()
 
     if args.resume and not args.out:
         raise KrumMPIError("--resume needs --out FILE.h5: the results file that holds the checkpoint")
@@ -99,11 +100,11 @@ def cmd_run(argv) -> int:
             raise error
     elif comm.bcast_flag(0):
         raise SystemExit(2)
-    stop = train.StopRequest()
-    for signum in (signal.SIGTERM, signal.SIGUSR1):   # SLURM time limits and preemption
-        signal.signal(signum, stop)
+    if comm.size == 1 and not launched_under_mpi() and not args.quiet:
+        print(f"krum-mpi: note: not started by mpiexec or srun: running on 1 MPI rank (all {cfg['workers']['n']} "
+              "workers in this process); for R ranks: mpiexec -n R krum-mpi run ...", file=sys.stderr, flush=True)
     try:
-        summary = train.run(cfg, out, comm, resume=args.resume, stop=stop)
+        summary = train.run(cfg, out, comm, resume=args.resume, stop=stop, quiet=args.quiet)
     except (KrumMPIError, SystemExit):
         raise
     except BaseException:
@@ -116,8 +117,7 @@ def cmd_run(argv) -> int:
         print(format_table([summary]))
         print(f"results: {summary['path']}")
     if summary["status"] == "interrupted":
-        for signum in (signal.SIGTERM, signal.SIGUSR1):   # a repeated warning must not kill the exit
-            signal.signal(signum, signal.SIG_IGN)
+        stop.ignore_further()
         if comm.is_root:
             print(f"krum-mpi: interrupted by a signal after step {summary['steps'] - 1}: checkpoint saved in "
                   f"{out}; continue with the same command plus --resume", file=sys.stderr, flush=True)
@@ -160,6 +160,9 @@ def main(argv=None) -> int:
         return 0
     sub, rest = argv[0], argv[1:]
     try:
+        if sub == "run":     # stop signals handled from the first moment (see krum_mpi/stop.py)
+            from .stop import StopRequest
+            return cmd_run(rest, StopRequest().install())
         if sub in COMMANDS:
             return COMMANDS[sub](rest)
         if sub in DELEGATED:
