@@ -13,7 +13,8 @@ A rule's floor is one read for coordinate-wise and averaging rules, and for the 
 (Krum, Multi-Krum, Bulyan, MDA, NNM) the larger of one read and n^2*d flops at the GEMM rate. The
 table reports each time as a multiple of its floor and the peak extra memory (tracemalloc, CPU) as
 a share of the input; then each distance-based rule is timed against the same rule with a direct
-pair loop as its distance kernel (``--pairloop-n``, ``--pairloop-d``). Machine state goes with the figures: CPU model, cores, load
+pair loop as its distance kernel (``--pairloop-n``, ``--pairloop-d``; by default the largest n asked, at
+most 64, and the smallest d asked, at most 10^6, so a small run stays small). Machine state goes with the figures: CPU model, cores, load
 average before and after, BLAS and its kernel (threadpoolctl), threads, GPU model.
 
 ``gpu-check`` runs every rule's CuPy path against its NumPy path on random and adversarial inputs,
@@ -42,6 +43,7 @@ from krum_mpi.aggregators.mda import MAX_SUBSETS
 from krum_mpi.aggregators.parallel import column_ranges, cpu_budget, run_ranges
 from krum_mpi.backend import namespace, resolve_device, synchronize
 from krum_mpi.errors import ConfigError, DeviceError, KrumMPIError
+from krum_mpi.progress import Progress
 
 DISTANCE_RULES = {"krum", "multi-krum", "bulyan", "mda"}
 DEFAULT_RULES = ["average", "krum", "multi-krum", "median", "trimmed-mean", "meamed", "geometric-median",
@@ -226,6 +228,13 @@ def bench_aggregate(args):
         raise ConfigError(f"--f takes 'quarter', 'max' or an integer, got {args.f!r}")
     if Path(args.out).suffix.lower() not in (".h5", ".hdf5", ".json", ".csv"):
         raise ConfigError(f"--out must end in .h5, .json or .csv, got {Path(args.out).name!r}")
+    # the pair-loop comparison is sized to what was asked: a small run stays small
+    if args.pairloop_n is None:
+        args.pairloop_n = min(64, max(ns))
+    args.pairloop_d = min(int(1e6), min(ds)) if args.pairloop_d is None else args.pairloop_d
+    n_pairloop = sum(1 for r in rules if r.split("+")[-1] in DISTANCE_RULES or "nnm" in r.split("+"))
+    progress = Progress(len(ds) * len(ns) * len(rules) + (n_pairloop if args.pairloop_n and device == "cpu" else 0),
+                        "bench", unit="timing", quiet=args.quiet)
 
     state = machine_state(device)
     rate, gemm_size = gemm_rate(xp, args.warmup, max(10, 2 * args.repeats))
@@ -254,11 +263,14 @@ def bench_aggregate(args):
                 row = bench_rule(rule, X, n, d, args, xp, read_s, gram_s, device)
                 report["results"].append(row)
                 print(format_row(row), flush=True)
+                progress.update(progress.done + 1, rule=rule, n=n)
             del X
 
     if args.pairloop_n and device == "cpu":
-        report["pairloop"] = bench_pair_loop(rules, args)
+        report["pairloop"] = bench_pair_loop(rules, args, progress)
+    progress.close()
     state["loadavg_after"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_report(report, Path(args.out))
     print(f"# load average after {state['loadavg_after'][0]:.2f}; written to {args.out}", flush=True)
     return 0
@@ -302,7 +314,7 @@ def pair_loop_kernel():
         yield
 
 
-def bench_pair_loop(rules, args):
+def bench_pair_loop(rules, args, progress=None):
     """Each distance-based rule against the same rule with the pair-loop distance kernel."""
     n, d = args.pairloop_n, int(float(args.pairloop_d))
     X = random_input(np, n, d, args.seed)
@@ -323,6 +335,8 @@ def bench_pair_loop(rules, args):
                      "speedup": loop / best})
         print(f"  {rule:18s} f={f:<3d} {best * 1e3:9.1f} ms   pair loop {loop * 1e3:9.1f} ms   "
               f"{loop / best:6.1f}x faster", flush=True)
+        if progress is not None:
+            progress.update(progress.done + 1, rule=rule, n=n)
     return rows
 
 
@@ -448,10 +462,14 @@ def build_parser():
     a.add_argument("--warmup", type=int, default=1)
     a.add_argument("--repeats", type=int, default=5)
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--pairloop-n", type=int, default=64, help="n of the pair-loop comparison (0: skip)")
-    a.add_argument("--pairloop-d", default="1e6", help="d of the pair-loop comparison (default 1e6)")
+    a.add_argument("--pairloop-n", type=int, default=None,
+                   help="n of the pair-loop comparison (default: the largest --n, at most 64; 0: skip)")
+    a.add_argument("--pairloop-d", default=None,
+                   help="d of the pair-loop comparison (default: the smallest --d, at most 1e6)")
+    a.add_argument("--quiet", action="store_true", help="no progress line")
     a.add_argument("--no-memory", action="store_true", help="skip the tracemalloc peak-memory pass")
-    a.add_argument("--out", default="bench-aggregate.h5", help="results file: .h5, .json or .csv")
+    a.add_argument("--out", default="results/bench-aggregate.h5",
+                   help="results file: .h5, .json or .csv (default results/bench-aggregate.h5)")
     g = sub.add_parser("gpu-check", help="CuPy path against NumPy path, then Krum at ResNet-50 scale")
     g.add_argument("--n", type=int, default=64)
     g.add_argument("--d", default="2.5e7")

@@ -30,6 +30,19 @@ DELEGATED = {  # subcommand -> module with main(argv) -> int
 }
 
 
+# optional dependencies -> the extra that installs them (pyproject.toml)
+EXTRAS = {"pandas": "analysis", "dask": "analysis", "distributed": "analysis", "matplotlib": "analysis",
+          "nbformat": "analysis", "nbclient": "analysis", "ipykernel": "analysis", "cupy": "gpu"}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The one-line fix for a missing optional dependency, None for any other missing module."""
+    top = (exc.name or "").split(".")[0]
+    if top not in EXTRAS:
+        return None
+    return f"{top} is not installed: it comes with the {EXTRAS[top]} extra, pip install 'krum-mpi[{EXTRAS[top]}]'"
+
+
 def launcher_rank() -> int:
     """This process's rank as the MPI launcher set it (0 when not launched by one), read from the
     environment so that errors found before MPI starts are printed once, by rank 0, not by every rank."""
@@ -170,6 +183,11 @@ def main(argv=None) -> int:
         return _error(f"unknown command {sub!r}: use one of {', '.join(names)}")
     except KrumMPIError as exc:
         return _error(" ".join(str(exc).split()))
+    except ModuleNotFoundError as exc:
+        fix = missing_extra(exc)
+        if fix is None:
+            raise
+        return _error(f"krum-mpi {sub}: {fix}")
     except KeyboardInterrupt:
         return _error("interrupted")
 
