@@ -41,13 +41,9 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def format_amount(value: float, unit: str) -> str:
-    if unit == "B":
-        for scale, prefix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-            if value >= scale:
-                return f"{value / scale:.1f} {prefix}"
-        return f"{value:.0f} B"
-    return f"{value:g}"
+def byte_scale(value: float):
+    """(divisor, name) for a byte count: decimal MB or GB, as download sizes are quoted."""
+    return (1e9, "GB") if value >= 1e9 else (1e6, "MB")
 
 
 class Progress:
@@ -68,15 +64,19 @@ class Progress:
     def line(self) -> str:
         elapsed = time.monotonic() - self.t0
         rate = (self.done - self.start_done) / elapsed if elapsed > 0 else float("nan")
-        parts = [f"{self.label}:"]
-        units = "" if self.unit == "B" else f" {self.unit}s"
-        if self.total:
-            parts.append(f"{format_amount(self.done, self.unit)}/{format_amount(self.total, self.unit)}{units} "
-                         f"({100 * self.done / self.total:.0f}%)")
+        if self.unit == "B":
+            scale, name = byte_scale(self.total or self.done)
+            amount = f"{self.done / scale:.1f}/{self.total / scale:.1f} {name}" if self.total \
+                else f"{self.done / scale:.1f} {name}"
+            speed = f"{rate / 1e6:.1f} MB/s"
         else:
-            parts.append(f"{format_amount(self.done, self.unit)}{units}")
+            amount = f"{self.done}/{self.total} {self.unit}s" if self.total else f"{self.done} {self.unit}s"
+            speed = f"{rate:.3g} {self.unit}/s"
+        if self.total:
+            amount += f" ({100 * self.done / self.total:.1f}%)"
+        parts = [f"{self.label}: {amount}"]
         if math.isfinite(rate):
-            parts.append(f"{format_amount(rate, self.unit) if self.unit == 'B' else f'{rate:.3g}'} {self.unit}/s")
+            parts.append(speed)
         for name, value in self.fields.items():
             if isinstance(value, float):
                 if math.isfinite(value):

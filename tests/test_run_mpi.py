@@ -77,7 +77,7 @@ def test_progress_shown_unless_quiet(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = [l for l in done.stdout.splitlines() if l.startswith("train:")]
     assert lines, done.stdout
-    assert "40/40 steps (100%)" in lines[-1] and "step/s" in lines[-1]
+    assert "40/40 steps (100.0%)" in lines[-1] and "step/s" in lines[-1]
     assert "loss" in lines[-1] and "acc" in lines[-1] and "ETA" in lines[-1]
     quiet = run_cli(["run", KRUM_F6, "--out", tmp_path / "q.h5", *SHORT, "--quiet"], ranks=2)
     assert quiet.returncode == 0, quiet.stderr
