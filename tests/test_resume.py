@@ -217,3 +217,23 @@ def test_stateful_rule_resumes_bitwise(tmp_path):
     resumed = run_cli(["run", CONFIG, "--out", out, "--resume", *SETTINGS, *rule], ranks=2)
     assert resumed.returncode == 0, resumed.stderr
     assert _final_params(out)[0].tobytes() == _final_params(ref)[0].tobytes()
+
+
+def test_stop_with_a_gather_deadline_resumes_bitwise(tmp_path):
+    """Steps that move point-to-point (a deadline nobody misses) stop and resume like collective ones,
+    worker momentum included (its checkpoints wait for every rank)."""
+    deadline = ["--set", "run.gather_deadline_s=30", "--set", "run.steps=600"]
+    ref = tmp_path / "ref.h5"
+    done = run_cli(["run", CONFIG, "--out", ref, *SETTINGS, *deadline], ranks=2)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "deadline.h5"
+    proc = _start(out, deadline)
+    _wait_for_steps(proc, out, at_least=40)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    resumed = run_cli(["run", CONFIG, "--out", out, "--resume", *SETTINGS, *deadline], ranks=2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _final_params(out)[0].tobytes() == _final_params(ref)[0].tobytes()
+    with h5py.File(out, "r") as h5:
+        assert not h5["selection/absent"][()].any()
