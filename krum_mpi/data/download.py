@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import progress
+from ..progress import Progress as ProgressLine
 from ..errors import DataError
 from .paths import data_dir
 
@@ -88,7 +87,7 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
-class Progress(progress.Progress):
+class Progress(ProgressLine):
     """A download's bytes, on stderr (krum_mpi.progress: a bar on a terminal, a line now and then in a log)."""
 
     def __init__(self, label: str, total: int | None, done: int = 0, stream=None, enabled: bool = True):
