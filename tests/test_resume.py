@@ -126,6 +126,13 @@ def _catches_sigterm(pid) -> bool:
     return bool(caught >> (signal.SIGTERM - 1) & 1)
 
 
+def _cmdline(pid) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline").read()
+    except OSError:           # gone already
+        return "mpiexec"
+
+
 def _mpi_loaded(pid) -> bool:
     try:
         return "libmpi" in open(f"/proc/{pid}/maps").read()
@@ -140,7 +147,7 @@ def test_stop_signal_before_the_first_step_exits_3(tmp_path, uninterrupted):
     proc = _start(out)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        pids = [p for p in _rank_pids(out) if p != proc.pid and "mpiexec" not in open(f"/proc/{p}/cmdline").read()]
+        pids = [p for p in _rank_pids(out) if p != proc.pid and "mpiexec" not in _cmdline(p)]
         if len(pids) == 2 and all(_catches_sigterm(p) for p in pids):
             break
         time.sleep(0.001)
