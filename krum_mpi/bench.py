@@ -14,8 +14,10 @@ A rule's floor is one read for coordinate-wise and averaging rules, and for the 
 table reports each time as a multiple of its floor and the peak extra memory (tracemalloc, CPU) as
 a share of the input; then the distance kernel, and the Krum and Multi-Krum selections given it as
 an argument, are timed against the same with a direct pair loop as the kernel (``--pairloop-n``,
-``--pairloop-d``). Machine state goes with the figures: CPU model, cores, load average before and
-after, BLAS and its kernel (threadpoolctl), threads, GPU model. The file format: ``krum_mpi.benchfile``.
+``--pairloop-d``; by default the largest n asked, at most 64, and the smallest d asked, at most
+10^6, so a small run stays small). Machine state goes with the figures: CPU model, cores, load
+average before and after, BLAS and its kernel (threadpoolctl), threads, GPU model. The file format:
+``krum_mpi.benchfile``.
 
 ``gpu-check`` runs every rule's CuPy path against its NumPy path on random and adversarial inputs,
 then times Krum at n = 64, d = 2.5e7 (ResNet-50 scale) on the GPU.
@@ -37,6 +39,7 @@ from krum_mpi.bench_gpu import gpu_check
 from krum_mpi.benchmeasure import (blas_summary, gemm_rate, kernel_summary, machine_state, peak_extra_bytes,
                                    random_input, read_floor, rule_options, timed)
 from krum_mpi.errors import ConfigError, KrumMPIError
+from krum_mpi.progress import Progress
 
 DISTANCE_RULES = {"krum", "multi-krum", "bulyan", "mda"}
 DEFAULT_RULES = ["average", "krum", "multi-krum", "median", "trimmed-mean", "meamed", "geometric-median",
@@ -108,6 +111,13 @@ def bench_aggregate(args):
     if args.f not in ("quarter", "max") and not args.f.isdigit():
         raise ConfigError(f"--f takes 'quarter', 'max' or an integer, got {args.f!r}")
     benchfile.check_suffix(args.out)
+    # the pair-loop comparison is sized to what was asked: a small run stays small
+    if args.pairloop_n is None:
+        args.pairloop_n = min(64, max(ns))
+    args.pairloop_d = min(int(1e6), min(ds)) if args.pairloop_d is None else args.pairloop_d
+    n_pairloop = len(pair_loop_cases(rules, args.pairloop_n, 1))
+    progress = Progress(len(ds) * len(ns) * len(rules) + (n_pairloop if args.pairloop_n and device == "cpu" else 0),
+                        "bench", unit="timing", quiet=args.quiet)
 
     state = machine_state(device)
     rate, gemm_size = gemm_rate(xp, args.warmup, max(10, 2 * args.repeats))
@@ -136,11 +146,14 @@ def bench_aggregate(args):
                 row = bench_rule(rule, X, n, d, args, xp, read_s, gram_s, device)
                 report["results"].append(row)
                 print(format_row(row), flush=True)
+                progress.update(progress.done + 1, rule=rule, n=n)
             del X
 
     if args.pairloop_n and device == "cpu":
-        report["pairloop"] = bench_pair_loop(rules, args)
+        report["pairloop"] = bench_pair_loop(rules, args, progress)
+    progress.close()
     state["loadavg_after"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     benchfile.write(report, Path(args.out))
     print(f"# load average after {state['loadavg_after'][0]:.2f}; written to {args.out}", flush=True)
     return 0
@@ -181,7 +194,7 @@ def pair_loop_cases(rules, n, f):
     return cases
 
 
-def bench_pair_loop(rules, args):
+def bench_pair_loop(rules, args, progress=None):
     """The distance kernel, and the selections that take it as an argument, against the pair loop."""
     n, d = args.pairloop_n, int(float(args.pairloop_d))
     X = random_input(np, n, d, args.seed)
@@ -197,6 +210,8 @@ def bench_pair_loop(rules, args):
                      "speedup": loop / best})
         print(f"  {name:18s} {best * 1e3:9.1f} ms   pair loop {loop * 1e3:9.1f} ms   "
               f"{loop / best:6.1f}x faster", flush=True)
+        if progress is not None:
+            progress.update(progress.done + 1, rule=name, n=n)
     return rows
 
 
@@ -222,10 +237,14 @@ def build_parser():
     a.add_argument("--warmup", type=int, default=1)
     a.add_argument("--repeats", type=int, default=5)
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--pairloop-n", type=int, default=64, help="n of the pair-loop comparison (0: skip)")
-    a.add_argument("--pairloop-d", default="1e6", help="d of the pair-loop comparison (default 1e6)")
+    a.add_argument("--pairloop-n", type=int, default=None,
+                   help="n of the pair-loop comparison (default: the largest --n, at most 64; 0: skip)")
+    a.add_argument("--pairloop-d", default=None,
+                   help="d of the pair-loop comparison (default: the smallest --d, at most 1e6)")
+    a.add_argument("--quiet", action="store_true", help="no progress line")
     a.add_argument("--no-memory", action="store_true", help="skip the tracemalloc peak-memory pass")
-    a.add_argument("--out", default="bench-aggregate.h5", help="results file: .h5, .json or .csv")
+    a.add_argument("--out", default="results/bench-aggregate.h5",
+                   help="results file: .h5, .json or .csv (default results/bench-aggregate.h5)")
     g = sub.add_parser("gpu-check", help="CuPy path against NumPy path, then Krum at ResNet-50 scale")
     g.add_argument("--n", type=int, default=64)
     g.add_argument("--d", default="2.5e7")

@@ -31,6 +31,19 @@ DELEGATED = {  # subcommand -> module with main(argv) -> int
 }
 
 
+# optional dependencies -> the extra that installs them (pyproject.toml)
+EXTRAS = {"pandas": "analysis", "dask": "analysis", "distributed": "analysis", "matplotlib": "analysis",
+          "nbformat": "analysis", "nbclient": "analysis", "ipykernel": "analysis", "cupy": "gpu"}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The one-line fix for a missing optional dependency, None for any other missing module."""
+    top = (exc.name or "").split(".")[0]
+    if top not in EXTRAS:
+        return None
+    return f"{top} is not installed: it comes with the {EXTRAS[top]} extra, pip install 'krum-mpi[{EXTRAS[top]}]'"
+
+
 def launcher_rank() -> int:
     """This process's rank as the MPI launcher set it (0 when not launched by one), read from the
     environment so that errors found before MPI starts are printed once, by rank 0, not by every rank."""
@@ -97,13 +110,14 @@ def run_config(args) -> dict:
     return cfg
 
 
-def cmd_run(argv) -> int:
+def cmd_run(argv, stop=None) -> int:
     args = run_parser().parse_args(argv)
 
-    import signal
-
     from . import results, train
-    from .comm import Comm
+    from .comm import Comm, launched_under_mpi
+    from .stop import StopRequest
+
+    stop = stop or StopRequest().install()
 
     if args.resume and not args.out:
         raise KrumMPIError("--resume needs --out FILE.h5: the results file that holds the checkpoint")
@@ -125,11 +139,11 @@ def cmd_run(argv) -> int:
             raise error
     elif comm.bcast_flag(0):
         raise SystemExit(2)
-    stop = train.StopRequest()
-    for signum in (signal.SIGTERM, signal.SIGUSR1):   # SLURM time limits and preemption
-        signal.signal(signum, stop)
+    if comm.size == 1 and not launched_under_mpi() and not args.quiet:
+        print(f"krum-mpi: note: not started by mpiexec or srun: running on 1 MPI rank (all {cfg['workers']['n']} "
+              "workers in this process); for R ranks: mpiexec -n R krum-mpi run ...", file=sys.stderr, flush=True)
     try:
-        summary = train.run(cfg, out, comm, resume=args.resume, stop=stop)
+        summary = train.run(cfg, out, comm, resume=args.resume, stop=stop, quiet=args.quiet)
     except (KrumMPIError, SystemExit):
         raise
     except BaseException:
@@ -142,8 +156,7 @@ def cmd_run(argv) -> int:
         print(format_table([summary]))
         print(f"results: {summary['path']}")
     if summary["status"] == "interrupted":
-        for signum in (signal.SIGTERM, signal.SIGUSR1):   # a repeated warning must not kill the exit
-            signal.signal(signum, signal.SIG_IGN)
+        stop.ignore_further()
         if comm.is_root:
             print(f"krum-mpi: interrupted by a signal after step {summary['steps'] - 1}: checkpoint saved in "
                   f"{out}; continue with the same command plus --resume", file=sys.stderr, flush=True)
@@ -186,6 +199,9 @@ def main(argv=None) -> int:
         return 0
     sub, rest = argv[0], argv[1:]
     try:
+        if sub == "run":     # stop signals handled from the first moment (see krum_mpi/stop.py)
+            from .stop import StopRequest
+            return cmd_run(rest, StopRequest().install())
         if sub in COMMANDS:
             return COMMANDS[sub](rest)
         if sub in DELEGATED:
@@ -193,6 +209,11 @@ def main(argv=None) -> int:
         return _error(f"unknown command {sub!r}: use one of {', '.join(names)}")
     except KrumMPIError as exc:
         return _error(" ".join(str(exc).split()))
+    except ModuleNotFoundError as exc:
+        fix = missing_extra(exc)
+        if fix is None:
+            raise
+        return _error(f"krum-mpi {sub}: {fix}")
     except KeyboardInterrupt:
         return _error("interrupted")
 

@@ -18,7 +18,8 @@ import time
 import numpy as np
 
 HOSTNAME_BYTES = 64
-TAG_ROWS, TAG_META = 11, 12
+TAG_ROWS, TAG_META, TAG_TASK, TAG_PARAMS, TAG_STATUS = 11, 12, 13, 14, 15
+TASK_STEP, TASK_SAVE, TASK_END = 0, 1, 2    # what rank 0 asks of a rank, with a gather deadline
 
 
 def _mpi():
@@ -123,50 +124,6 @@ class Comm:
         sub.Allgatherv([local, local.size, self.MPI.FLOAT], [out, counts, displs, self.MPI.FLOAT])
         self._log("byzantine_allgather", self.byzantine_world_ranks)
 
-    # -- gather with a deadline (silent and slow workers) -----------------------------------
-    def gather_rows_deadline(self, local, local_meta, out, out_meta, deadline_s: float):
-        """Like two ``gather_rows`` calls, but rank 0 waits at most ``deadline_s`` for each rank.
-
-        Returns, on rank 0, a bool array (size,) of the ranks whose rows arrived in time (None on
-        the others). A late rank's receives stay posted into its (ignored) rows and complete later,
-        before the next gather; so a slow rank delays nothing but itself, and a rank that never
-        answers leaves the run waiting only where the watchdog sees it.
-        """
-        if not self.is_root:
-            self.world.Send([local, self.MPI.FLOAT], dest=0, tag=TAG_ROWS)
-            self.world.Send([local_meta, self.MPI.DOUBLE], dest=0, tag=TAG_META)
-            return None
-        self.finish_late()
-        lo, hi = int(self.displs[0]), int(self.displs[0] + self.counts[0])
-        out[lo:hi] = local
-        out_meta[lo:hi] = local_meta
-        requests = {}
-        for r in range(1, self.size):
-            a, b = int(self.displs[r]), int(self.displs[r] + self.counts[r])
-            requests[r] = [self.world.Irecv([out[a:b], self.MPI.FLOAT], source=r, tag=TAG_ROWS),
-                           self.world.Irecv([out_meta[a:b], self.MPI.DOUBLE], source=r, tag=TAG_META)]
-        pending = set(requests)
-        end = self.MPI.Wtime() + deadline_s
-        while pending:
-            for r in list(pending):
-                if self.MPI.Request.Testall(requests[r]):
-                    pending.discard(r)
-            if not pending or self.MPI.Wtime() >= end:
-                break
-            time.sleep(1e-4)
-        self._late = [req for r in pending for req in requests[r]]
-        self._log("gather_rows", [r for r in range(self.size) if r not in pending])
-        present = np.ones(self.size, dtype=bool)
-        present[list(pending)] = False
-        return present
-
-    def finish_late(self) -> None:
-        """Complete the receives of ranks that missed the last deadline (their data is discarded)."""
-        late = getattr(self, "_late", None)
-        if late:
-            self.MPI.Request.Waitall(late)
-        self._late = []
-
     def bcast_flag(self, value: int) -> int:
         """Broadcast one integer from rank 0 (e.g. a stop flag)."""
         buf = np.array([value], dtype=np.int64)
@@ -230,6 +187,117 @@ class Comm:
 
     def wtime(self) -> float:
         return self.MPI.Wtime()
+
+
+class DeadlineExchange:
+    """Steps with a gather deadline (``run.gather_deadline_s > 0``): point-to-point, never collective.
+
+    Rank 0 sends each rank that is free a task (header: step, kind, stop signal; then the
+    parameters), computes its own workers' rows, then waits at most the deadline for the replies
+    (rows, per-worker loss and seconds, the rank's stop signal and peak memory). A rank that misses
+    the deadline stays busy with its step: rank 0 neither sends it the next steps nor waits for it,
+    so the step time stays bounded. Its late reply lands in a buffer of its own and is dropped (its
+    gradient is of old parameters); as soon as it arrives, rank 0 sends that rank the current
+    step, so it catches up instead of finishing every step it missed. Rank 0 waits for busy ranks
+    only where every rank must take part: the end of the run, and checkpoints that need the
+    workers' momentum (``drain``).
+    """
+
+    def __init__(self, comm: Comm, d: int):
+        self.comm, self.MPI, self.world = comm, comm.MPI, comm.world
+        self.header = np.zeros(3, dtype=np.int64)
+        self.status = np.zeros(2, dtype=np.float64)   # a worker's stop signal and peak RSS (MiB)
+        if not comm.is_root:
+            return
+        others = range(1, comm.size)
+        self.busy = np.full(comm.size, -1, dtype=np.int64)        # the step a rank computes; -1: free
+        self.rows = {r: np.empty((int(comm.counts[r]), d), dtype=np.float32) for r in others}
+        self.meta = {r: np.empty((int(comm.counts[r]), 2), dtype=np.float64) for r in others}
+        self.statuses = {r: np.zeros(2, dtype=np.float64) for r in others}
+        self.replies: dict = {}
+        self.theta = np.empty(d, dtype=np.float32)    # the parameters of the current step
+        self.stop_signal = 0
+        self.peak_rss = np.zeros(comm.size, dtype=np.float64)
+
+    # -- rank 0 ---------------------------------------------------------------------------
+    def _send_task(self, r: int, step: int, kind: int, signal: int = 0) -> None:
+        """Blocking sends are safe: a free rank is already waiting for its next task."""
+        self.header[:] = (step, kind, signal)
+        self.world.Send([self.header, self.MPI.INT64_T], dest=r, tag=TAG_TASK)
+        if kind == TASK_STEP:
+            self.world.Send([self.theta, self.MPI.FLOAT], dest=r, tag=TAG_PARAMS)
+            self.replies[r] = [self.world.Irecv([self.rows[r], self.MPI.FLOAT], source=r, tag=TAG_ROWS),
+                               self.world.Irecv([self.meta[r], self.MPI.DOUBLE], source=r, tag=TAG_META),
+                               self.world.Irecv([self.statuses[r], self.MPI.DOUBLE], source=r, tag=TAG_STATUS)]
+            self.busy[r] = step
+
+    def _arrived(self, r: int) -> int:
+        """Mark rank r free and return the step its reply was for (-1 while it has not arrived)."""
+        if not self.MPI.Request.Testall(self.replies[r]):
+            return -1
+        done, self.busy[r] = int(self.busy[r]), -1
+        self.stop_signal = self.stop_signal or int(self.statuses[r][0])
+        self.peak_rss[r] = self.statuses[r][1]
+        return done
+
+    def send_step(self, step: int, theta: np.ndarray) -> None:
+        """Give step ``step`` and its parameters to every free rank."""
+        self.theta[:] = theta
+        for r in np.flatnonzero(self.busy[1:] < 0) + 1:
+            self._send_task(int(r), step, TASK_STEP)
+
+    def collect(self, step: int, local_rows, local_meta, X, meta, deadline_s: float) -> np.ndarray:
+        """Rank 0's rows, then every reply for ``step`` that arrives within ``deadline_s``, into X
+        and meta; returns the ranks present (bool, size). Late replies of older steps are dropped,
+        and their rank is given this step at once."""
+        comm = self.comm
+        lo, hi = int(comm.displs[0]), int(comm.displs[0] + comm.counts[0])
+        X[lo:hi], meta[lo:hi] = local_rows, local_meta
+        present = np.zeros(comm.size, dtype=bool)
+        present[0] = True
+        end = self.MPI.Wtime() + deadline_s
+        while True:
+            for r in np.flatnonzero(self.busy >= 0):
+                r = int(r)
+                done = self._arrived(r)
+                if done == step:
+                    a, b = int(comm.displs[r]), int(comm.displs[r] + comm.counts[r])
+                    X[a:b], meta[a:b] = self.rows[r], self.meta[r]
+                    present[r] = True
+                elif done >= 0:            # an older step's reply: dropped; the rank joins this step
+                    self._send_task(r, step, TASK_STEP)
+            if not (self.busy == step).any() or self.MPI.Wtime() >= end:
+                break
+            time.sleep(1e-4)
+        comm._log("gather_rows", np.flatnonzero(present))
+        return present
+
+    def drain(self) -> None:
+        """Wait for every busy rank's reply (dropped): afterwards every rank waits for a task."""
+        for r in np.flatnonzero(self.busy >= 0):
+            self.MPI.Request.Waitall(self.replies[int(r)])
+            self._arrived(int(r))
+
+    def command(self, kind: int, step: int, signal: int = 0) -> None:
+        """After ``drain``: tell every rank to checkpoint (TASK_SAVE) or to leave (TASK_END)."""
+        for r in range(1, self.comm.size):
+            self._send_task(r, step, kind, signal)
+
+    # -- the other ranks -----------------------------------------------------------------
+    def receive_task(self, theta: np.ndarray):
+        """(step, kind, signal) from rank 0; for TASK_STEP, the parameters land in ``theta``."""
+        self.world.Recv([self.header, self.MPI.INT64_T], source=0, tag=TAG_TASK)
+        step, kind, signal = (int(v) for v in self.header)
+        if kind == TASK_STEP:
+            self.world.Recv([theta, self.MPI.FLOAT], source=0, tag=TAG_PARAMS)
+            self.comm._log("bcast_params", [0])
+        return step, kind, signal
+
+    def reply(self, rows, meta, stop_signal: int, peak_rss_mib: float) -> None:
+        self.world.Send([rows, self.MPI.FLOAT], dest=0, tag=TAG_ROWS)
+        self.world.Send([meta, self.MPI.DOUBLE], dest=0, tag=TAG_META)
+        self.status[:] = (stop_signal, peak_rss_mib)
+        self.world.Send([self.status, self.MPI.DOUBLE], dest=0, tag=TAG_STATUS)
 
 
 def block_counts(n_workers: int, n_ranks: int) -> list[int]:

@@ -29,7 +29,7 @@ DEFAULTS: dict = {
         "name": "",              # free label, stored with the results
         "checkpoint_every": 0,   # steps between results flushes / checkpoints (0: every eval)
         "gather_deadline_s": 0.0,  # > 0: rank 0 waits at most this long for each rank's gradients
-        "watchdog_s": 0.0,       # > 0: end the run (checkpoint kept) after this long without a step
+        "watchdog_s": 900.0,     # > 0: end the run (checkpoint kept) after this long without a step; 0: off
     },
     "workers": {
         "n": 20,                 # logical workers, spread over the MPI ranks

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,10 @@ from . import aggregators, attacks, backend, config, data, models, results
 from .comm import Comm, mpi_library_version
 from .comm import block_counts as comm_block_counts
 from .errors import ConfigError, KrumMPIError
+from .progress import Progress
 from .server import Server
+from .steps import StepLoop, Watchdog, peak_rss_mib
+from .stop import StopRequest  # noqa: F401  (krum_mpi.train.StopRequest, as before)
 from .summary import summarize_arrays
 from .workers import LocalWorkers
 
@@ -76,6 +77,10 @@ class Setup:
         self.attack = attacks.make(cfg["attack"]["name"], self.n, workers["byzantine"], cfg["aggregator"]["f"],
                                    **config.attack_params(cfg))
         self.colluding = cfg["attack"]["adversary"] == "colluding" and self.attack.kind not in ("none", "data")
+        if self.colluding and run["gather_deadline_s"] > 0:
+            raise ConfigError("attack.adversary = 'colluding' cannot run with run.gather_deadline_s > 0 (its "
+                              "Byzantine ranks agree in collectives, which steps without waiting would "
+                              "mismatch): set run.gather_deadline_s = 0 or attack.adversary = 'omniscient'")
         if self.colluding:
             counts, self.byzantine = colluding_layout(self.n, workers["byzantine"], comm.size)
             comm.set_layout(counts)
@@ -106,12 +111,6 @@ def limit_blas_threads(comm: Comm) -> int:
     return threads
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB)."""
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _agree_on_setup(cfg: dict, comm: Comm) -> Setup:
     """Build the setup on every rank; if any rank fails, the lowest failing rank reports and all stop."""
     error = None
@@ -125,44 +124,6 @@ def _agree_on_setup(cfg: dict, comm: Comm) -> Setup:
             raise error
         raise SystemExit(2)
     return setup
-
-
-class Watchdog(threading.Thread):
-    """Ends a run that stops making progress (a hung rank, a lost message): rank 0 keeps the last
-    checkpoint on disk, says what happened in one line, and aborts every rank."""
-
-    def __init__(self, timeout_s: float, writer, comm: Comm):
-        super().__init__(daemon=True, name="krum-mpi-watchdog")
-        self.timeout_s, self.writer, self.comm = timeout_s, writer, comm
-        self.last = time.monotonic()
-        self._stopped = threading.Event()
-
-    def beat(self) -> None:
-        self.last = time.monotonic()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def run(self) -> None:
-        while not self._stopped.wait(min(1.0, self.timeout_s / 4)):
-            if time.monotonic() - self.last > self.timeout_s:
-                done = self.writer.done
-                self.writer.flush("failed")
-                print(f"krum-mpi: error: no step finished for {self.timeout_s:g} s after step {done - 1} "
-                      f"(a rank is hung or dead): results and last checkpoint kept in {self.writer.path}; "
-                      "fix the cause, then rerun with --resume", file=sys.stderr, flush=True)
-                self.comm.abort(4)
-                return
-
-
-class StopRequest:
-    """Set by a signal handler (SIGTERM, SIGUSR1); checked collectively once per step."""
-
-    def __init__(self):
-        self.signal = 0
-
-    def __call__(self, signum, frame=None):
-        self.signal = signum
 
 
 def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume: bool, blas_threads: int, hostnames):
@@ -182,21 +143,19 @@ def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume: bool, blas_
 
 
 def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
-        stop: StopRequest | None = None) -> dict:
+        stop: StopRequest | None = None, quiet: bool = True) -> dict:
     """Train under ``cfg``; rank 0 writes ``out_path`` and returns a summary dict (others: the status).
 
     With ``resume``, a run continues from the checkpoint in ``out_path`` when there is one. When
     ``stop`` is set on any rank, every rank leaves at the same step, rank 0 checkpoints, and the
-    summary says ``interrupted``.
+    summary says ``interrupted``. Unless ``quiet``, rank 0 shows its progress (krum_mpi.progress).
     """
     comm = comm or Comm(cfg["workers"]["n"])
     stop = stop or StopRequest()
     blas_threads = limit_blas_threads(comm)
     s = _agree_on_setup(cfg, comm)
-    run_cfg, faults = cfg["run"], cfg["faults"]
-    steps, eval_every = run_cfg["steps"], run_cfg["eval_every"]
-    flush_every = run_cfg["checkpoint_every"] or eval_every
-    deadline = run_cfg["gather_deadline_s"]
+    run_cfg = cfg["run"]
+    steps = run_cfg["steps"]
     workers = LocalWorkers(s, cfg, comm)
     hostnames = comm.hostnames()
     theta = np.empty(s.d, dtype=np.float32)
@@ -225,13 +184,18 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     if workers.momentum is not None and start > 0:
         comm.scatter_rows(checkpoint["worker_momentum"] if comm.is_root else None, workers.momentum)
 
-    def save(step_done: int, status: str) -> None:
-        """Collective: gather what a resume needs; rank 0 flushes results and checkpoint atomically."""
-        rss = comm.gather_values(peak_rss_mib())
+    def save(step_done: int, status: str, peak_rss=None) -> None:
+        """Collective (unless ``peak_rss`` is given: rank 0 alone, no worker momentum): gather what a
+        resume needs; rank 0 flushes results and checkpoint atomically."""
         all_momentum = None
-        if workers.momentum is not None:
-            all_momentum = np.empty((s.n, s.d), dtype=np.float32) if comm.is_root else None
-            comm.gather_rows(workers.momentum, all_momentum)
+        if peak_rss is None:
+            rss = comm.gather_values(peak_rss_mib())
+            if workers.momentum is not None:
+                all_momentum = np.empty((s.n, s.d), dtype=np.float32) if comm.is_root else None
+                comm.gather_rows(workers.momentum, all_momentum)
+        else:
+            rss = peak_rss.copy()
+            rss[0] = peak_rss_mib()
         if not comm.is_root:
             return
         writer.extra_attrs["peak_rss_mib"] = rss     # per rank, at this flush
@@ -239,61 +203,17 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
                              **server.state()}
         writer.flush(status)
 
-    if comm.is_root and start == 0:
-        writer.flush("running")
-    watchdog = None
-    if comm.is_root and run_cfg["watchdog_s"] > 0:
-        watchdog = Watchdog(run_cfg["watchdog_s"], writer, comm)
-        watchdog.start()
-    everyone = np.ones(s.n, dtype=bool)
-    interrupted = 0
-    step = start - 1
+    watchdog = progress = None
+    if comm.is_root:
+        if start == 0:
+            writer.flush("running")
+        if run_cfg["watchdog_s"] > 0:
+            watchdog = Watchdog(run_cfg["watchdog_s"], writer, comm, stop)
+            watchdog.start()
+        progress = Progress(steps, "train", unit="step", quiet=quiet, start=start)
+    loop = StepLoop(s, cfg, comm, workers, server, writer, theta, stop, save, watchdog, progress)
     try:
-        for step in range(start, steps):
-            if comm.any_true(stop.signal != 0):
-                interrupted = stop.signal or -1
-                step -= 1
-                break
-            t_step = comm.wtime()
-            comm.bcast_params(theta)
-            workers.compute(theta, step)
-            workers.collude(step)
-            if comm.rank == faults["slow_rank"] and faults["slow_from"] <= step < faults["slow_until"]:
-                time.sleep(faults["slow_delay_s"])          # injected fault: a slow or silent worker
-            t_gather = comm.wtime()
-            X, meta = (server.X, server.meta) if server else (None, None)
-            if deadline > 0:
-                present_ranks = comm.gather_rows_deadline(workers.rows, workers.meta, X, meta, deadline)
-            else:
-                comm.gather_rows(workers.rows, X)
-                comm.gather_rows(workers.meta, meta)
-                present_ranks = None
-            gather_s = comm.wtime() - t_gather
-
-            if comm.is_root:
-                present = everyone if present_ranks is None else np.repeat(present_ranks, comm.counts)
-                server.craft(step, present)
-                t_agg = comm.wtime()
-                agg, selected, g = server.aggregate(present)
-                aggregate_s = comm.wtime() - t_agg
-                t_upd = comm.wtime()
-                server.apply(theta, g)
-                update_s = comm.wtime() - t_upd
-                step_s = comm.wtime() - t_step
-
-                acc = np.nan
-                if (step + 1) % eval_every == 0 or step == steps - 1:
-                    acc = s.model.accuracy(theta, s.test_X, s.test_y)
-                counted = server.honest & present
-                honest_loss = float(np.mean(meta[counted, 0])) if counted.any() else float("nan")
-                timing = {"compute_s": float(meta[present, 1].max()), "gather_s": gather_s,
-                          "aggregate_s": aggregate_s, "update_s": update_s, "step_s": step_s}
-                writer.record(step, honest_loss, acc, timing, selected, None if agg is None else agg.weights,
-                              absent=~present, worker_compute_s=np.where(present, meta[:, 1], np.nan))
-                if watchdog is not None:
-                    watchdog.beat()
-            if (step + 1) % flush_every == 0 and step != steps - 1:
-                save(step, "running")
+        step, interrupted = loop.run(start)
     except KrumMPIError as exc:    # found by one rank mid-run (a bad row in a dataset file, say)
         if writer is not None:
             writer.flush("failed")
@@ -308,10 +228,11 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
 
     if watchdog is not None:
         watchdog.stop()
-    comm.finish_late()
-    save(step, "interrupted" if interrupted else "complete")
-    comm.write_audit()
+    if progress is not None:
+        progress.close()
     status = "interrupted" if interrupted else "complete"
+    save(step, status)
+    comm.write_audit()
     if not comm.is_root:
         return {"status": status}
     return {**summarize(writer, s.byzantine), "status": status}

@@ -90,3 +90,14 @@ def test_f_policies():
     assert bench.choose_f("krum", 64, "quarter") == 15 and bench.choose_f("krum", 64, "max") == 30
     assert bench.choose_f("bulyan", 64, "max") == 15 and bench.choose_f("median", 16, "max") == 7
     assert bench.choose_f("mda", 64, "max") == 2 and bench.choose_f("krum", 16, "100") == 6
+
+
+def test_bench_sizes_its_comparison_and_writes_under_results(tmp_path):
+    """Small sizes asked, small pair-loop comparison (not n = 64, d = 1e6), file under results/."""
+    proc = run_cli(["bench", "aggregate", "--rules", "krum", "--n", "7", "--d", "300", "--repeats", "1",
+                    "--no-memory"], timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "# pair loop, n=7 d=3e+02" in proc.stdout
+    out = tmp_path / "results" / "bench-aggregate.h5"
+    assert {(p["n"], p["d"]) for p in benchfile.read(out)["pairloop"]} == {(7, 300)}
+    assert not (tmp_path / "bench-aggregate.h5").exists()

@@ -1,4 +1,7 @@
-"""End-to-end runs under real ``mpiexec`` (oversubscribed on small machines)."""
+"""End-to-end runs under real ``mpiexec`` (oversubscribed on small machines).
+
+They run on the synthetic presets (configs/synthetic-*.toml: no dataset, no network); one
+acceptance test runs the paper's spambase preset when the real data is there (KRUM_MPI_DATA)."""
 import json
 from pathlib import Path
 
@@ -10,7 +13,8 @@ from conftest import REPO, run_cli
 
 pytestmark = pytest.mark.mpi
 
-KRUM_F6 = REPO / "configs" / "paper-fig4-krum-f6.toml"
+KRUM_F6 = REPO / "configs" / "synthetic-krum-f6.toml"
+PAPER_KRUM_F6 = REPO / "configs" / "paper-fig4-krum-f6.toml"
 SHORT = ["--set", "run.steps=40", "--set", "run.eval_every=10"]
 
 
@@ -47,7 +51,7 @@ def _check_schema(path, n=20, steps=40, byz=6, max_selected=1):
 
 
 @pytest.mark.parametrize("ranks", [2, 4])
-def test_krum_run_writes_every_field(tmp_path, spambase_file, ranks):
+def test_krum_run_writes_every_field(tmp_path, ranks):
     out = tmp_path / "krum.h5"
     done = run_cli(["run", KRUM_F6, "--out", out, *SHORT], ranks=ranks)
     assert done.returncode == 0, done.stderr
@@ -57,7 +61,51 @@ def test_krum_run_writes_every_field(tmp_path, spambase_file, ranks):
     assert not mask[sel[:, 0]].any(), "Krum selected a Gaussian Byzantine worker"
 
 
-def test_same_seed_same_selections_across_rank_counts(tmp_path, spambase_file):
+def test_paper_preset_on_spambase(tmp_path, spambase_file):
+    """The acceptance run on the real data: the paper's preset, unchanged."""
+    out = tmp_path / "paper.h5"
+    done = run_cli(["run", PAPER_KRUM_F6, "--out", out, *SHORT], ranks=2, env={"KRUM_MPI_DATA": str(spambase_file.parents[1])})
+    assert done.returncode == 0, done.stderr
+    sel, mask, prov = _check_schema(out)
+    assert json.loads(h5py.File(out, "r").attrs["config"])["data"]["name"] == "spambase"
+    assert not mask[sel[:, 0]].any(), "Krum selected a Gaussian Byzantine worker"
+
+
+def test_progress_shown_unless_quiet(tmp_path):
+    """Rank 0 prints its progress (in a log: every few seconds, and at the end); --quiet silences it."""
+    done = run_cli(["run", KRUM_F6, "--out", tmp_path / "p.h5", *SHORT], ranks=2)
+    assert done.returncode == 0, done.stderr
+    lines = [l for l in done.stdout.splitlines() if l.startswith("train:")]
+    assert lines, done.stdout
+    assert "40/40 steps (100.0%)" in lines[-1] and "step/s" in lines[-1]
+    assert "loss" in lines[-1] and "acc" in lines[-1] and "ETA" in lines[-1]
+    quiet = run_cli(["run", KRUM_F6, "--out", tmp_path / "q.h5", *SHORT, "--quiet"], ranks=2)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout == "" and quiet.stderr == ""
+
+
+def test_run_without_mpiexec_says_it_runs_on_one_rank(tmp_path):
+    done = run_cli(["run", KRUM_F6, "--out", tmp_path / "one.h5", "--set", "run.steps=5"])
+    assert done.returncode == 0, done.stderr
+    assert "running on 1 MPI rank" in done.stderr and "mpiexec -n" in done.stderr
+    under = run_cli(["run", KRUM_F6, "--out", tmp_path / "two.h5", "--set", "run.steps=5"], ranks=1)
+    assert under.returncode == 0 and "running on 1 MPI rank" not in under.stderr
+
+
+def test_more_than_f_nonfinite_rows_are_reported(tmp_path):
+    """A learning rate that overflows every gradient: Krum gets 20 non-finite rows, f = 6."""
+    out = tmp_path / "nan.h5"
+    done = run_cli(["run", KRUM_F6, "--out", out, "--set", "run.steps=20", "--set", "run.eval_every=10",
+                    "--set", "optimizer.lr=1e30"], ranks=2)
+    assert done.returncode == 0, done.stderr
+    warnings = [l for l in done.stderr.splitlines() if "warning" in l and "not finite" in l]
+    assert len(warnings) == 1 and "more than f = 6" in warnings[0], done.stderr
+    with h5py.File(out, "r") as h5:
+        first = int(h5.attrs["first_nonfinite_update_step"])
+        assert 0 <= first < 20 and h5.attrs["nonfinite_update_steps"] >= 1
+
+
+def test_same_seed_same_selections_across_rank_counts(tmp_path):
     files = []
     for ranks in (1, 3):
         out = tmp_path / f"r{ranks}.h5"
@@ -71,7 +119,7 @@ def test_same_seed_same_selections_across_rank_counts(tmp_path, spambase_file):
         np.testing.assert_allclose(a["metrics/loss"][()], b["metrics/loss"][()], rtol=1e-5)
 
 
-def test_multi_krum_and_average_selection_width(tmp_path, spambase_file):
+def test_multi_krum_and_average_selection_width(tmp_path):
     out = tmp_path / "mk.h5"
     done = run_cli(["run", KRUM_F6, "--out", out, "--set", "aggregator.name=multi-krum",
                     "--set", "aggregator.m=14", "--set", "run.steps=10", "--set", "run.eval_every=5"], ranks=2)
@@ -107,8 +155,8 @@ BAD_RUNS = [
 
 
 @pytest.mark.parametrize("extra, fragment", BAD_RUNS, ids=[f for _, f in BAD_RUNS])
-def test_bad_input_under_mpiexec(tmp_path, spambase_file, extra, fragment):
-    done = run_cli(["run", KRUM_F6, "--out", tmp_path / "x.h5", *extra], ranks=2, timeout=120)
+def test_bad_input_under_mpiexec(tmp_path, extra, fragment):
+    done = run_cli(["run", PAPER_KRUM_F6, "--out", tmp_path / "x.h5", *extra], ranks=2, timeout=120)
     _one_line_error(done, fragment)
     assert not (tmp_path / "x.h5").exists()
 
@@ -116,13 +164,14 @@ def test_bad_input_under_mpiexec(tmp_path, spambase_file, extra, fragment):
 def test_missing_dataset_names_the_fix(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    done = run_cli(["run", KRUM_F6, "--out", tmp_path / "x.h5"], ranks=2, timeout=120,
+    done = run_cli(["run", PAPER_KRUM_F6, "--out", tmp_path / "x.h5"], ranks=2, timeout=120,
                    env={"KRUM_MPI_DATA": str(empty)})
     _one_line_error(done, "spambase")
     assert "download" in done.stderr
+    assert "--set data.name=synthetic" in done.stderr      # the offline way, in the same line
 
 
-def test_existing_results_are_not_overwritten(tmp_path, spambase_file):
+def test_existing_results_are_not_overwritten(tmp_path):
     out = tmp_path / "keep.h5"
     out.write_bytes(b"precious")
     done = run_cli(["run", KRUM_F6, "--out", out, *SHORT], ranks=2, timeout=120)

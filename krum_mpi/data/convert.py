@@ -7,11 +7,13 @@ the in-memory loaders (spambase, MNIST t10k). Each converter returns the output 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
+from ..progress import Progress
 from . import csvfile, libsvm, mnist, spambase
 from .base import TAG_TEST_SPLIT, train_test_split
 from .spambase import sha256_of
@@ -92,11 +94,15 @@ def libsvm_to_h5(src, out, name: str | None = None, test_file=None, test_fractio
                        source=f"LIBSVM file {src.name}", source_sha256=sums, compression=compression,
                        description=f"labels mapped {mapping}") as w:
         splitter = _StreamSplitter(w, 0.0 if test_file else test_fraction, seed)
+        bar = Progress(sum(s.rows for s in scans), f"convert {src.name}", unit="row", stream=sys.stderr)
         for X, y in libsvm.iter_chunks(src, p, label_map, CHUNK_ROWS):
             splitter.append(X, y)
+            bar.update(bar.done + len(y))
         if test_file:
             for X, y in libsvm.iter_chunks(test_file, p, label_map, CHUNK_ROWS):
                 w.append("test", X, y)
+                bar.update(bar.done + len(y))
+        bar.close()
     return Path(out)
 
 
@@ -106,6 +112,7 @@ def csv_to_h5(src, out, name: str | None = None, label_column: int = -1, n_class
     src = Path(src)
     writer = None
     names = csvfile.header_names(src, label_column, delimiter) if skip_header else None
+    bar = Progress(None, f"convert {src.name}", unit="row", stream=sys.stderr)
     try:
         for X, y in csvfile.iter_chunks(src, label_column, CHUNK_ROWS, delimiter, n_classes, skip_header):
             if writer is None:
@@ -116,10 +123,12 @@ def csv_to_h5(src, out, name: str | None = None, label_column: int = -1, n_class
                                        source_sha256={src.name: sha256_of(src)}, compression=compression)
                 splitter = _StreamSplitter(writer, test_fraction, seed)
             splitter.append(X, y)
+            bar.update(bar.done + len(y))
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
+    bar.close()
     writer.close()
     return Path(out)
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..progress import Progress as ProgressLine
 from ..errors import DataError
 from .paths import data_dir
 
@@ -87,37 +87,14 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
-class Progress:
-    """A one-line progress bar on stderr (redrawn at most ten times a second)."""
+class Progress(ProgressLine):
+    """A download's bytes, on stderr (krum_mpi.progress: a bar on a terminal, a line now and then in a log)."""
 
     def __init__(self, label: str, total: int | None, done: int = 0, stream=None, enabled: bool = True):
-        self.label, self.total, self.done = label, total, done
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.start, self.start_done, self.last = time.monotonic(), done, 0.0
+        super().__init__(total, label, unit="B", quiet=not enabled, stream=stream or sys.stderr, start=done)
 
     def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.enabled and now - self.last >= 0.1:
-            self.last = now
-            self.stream.write("\r" + self.line(now))
-            self.stream.flush()
-
-    def line(self, now=None) -> str:
-        now = time.monotonic() if now is None else now
-        rate = (self.done - self.start_done) / max(now - self.start, 1e-9) / 1e6
-        if self.total:
-            frac = min(self.done / self.total, 1.0)
-            bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
-            return (f"{self.label} [{bar}] {100 * frac:5.1f}% {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
-                    f"{rate:.1f} MB/s")
-        return f"{self.label} {self.done / 1e6:.1f} MB {rate:.1f} MB/s"
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r" + self.line() + "\n")
-            self.stream.flush()
+        super().update(self.done + n)
 
 
 def fetch(url: str, part: Path, progress: bool = True, timeout: float = 60.0) -> None:

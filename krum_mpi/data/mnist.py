@@ -83,7 +83,8 @@ def locate(path: str = "") -> tuple[Path, bool]:
         if _find(folder, TEST_FILES[0]) and _find(folder, TEST_FILES[1]):
             return folder, bool(_find(folder, TRAIN_FILES[0]) and _find(folder, TRAIN_FILES[1]))
     raise DataError(f"MNIST not found in {' or '.join(map(str, candidates))}: run 'krum-mpi data download "
-                    "mnist', set KRUM_MPI_DATA to the folder holding mnist/ or mnist-t10k/, or set data.path")
+                    "mnist', set KRUM_MPI_DATA to the folder holding mnist/ or mnist-t10k/, or set data.path; "
+                    "offline: --set data.name=synthetic --set data.n_features=784 --set data.n_classes=10")
 
 
 def load(cfg: dict, seed: int) -> ArrayDataset:

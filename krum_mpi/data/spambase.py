@@ -23,7 +23,9 @@ def locate(path: str = ""):
         p = p / "spambase.data"
     if not p.is_file():
         raise DataError(f"spambase not found at {p}: run 'krum-mpi data download spambase', "
-                        "set KRUM_MPI_DATA to the folder holding spambase/, or set data.path")
+                        "set KRUM_MPI_DATA to the folder holding spambase/, or set data.path; offline, run the "
+                        "same setting on synthetic data: --set data.name=synthetic --set data.n_features=57 "
+                        "(or configs/synthetic-*.toml)")
     return p
 
 
