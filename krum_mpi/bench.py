@@ -23,6 +23,7 @@ average before and after, BLAS and its kernel (threadpoolctl), threads, GPU mode
 then times Krum at n = 64, d = 2.5e7 (ResNet-50 scale) on the GPU.
 """
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 import krum_mpi.aggregators as agg
+from krum_mpi.attacks.blind import blinding_magnitude
 from krum_mpi import benchfile
 from krum_mpi.aggregators.distances import Distances, sq_distances
 from krum_mpi.aggregators.mda import MAX_SUBSETS
@@ -42,6 +44,7 @@ from krum_mpi.errors import ConfigError, KrumMPIError
 from krum_mpi.progress import Progress
 
 DISTANCE_RULES = {"krum", "multi-krum", "bulyan", "mda"}
+BLINDED_RULES = ("krum", "multi-krum", "bulyan")  # also timed on the blinded input
 DEFAULT_RULES = ["average", "krum", "multi-krum", "median", "trimmed-mean", "meamed", "geometric-median",
                  "bulyan", "centered-clipping", "mda", "nnm+average"]
 
@@ -116,7 +119,8 @@ def bench_aggregate(args):
         args.pairloop_n = min(64, max(ns))
     args.pairloop_d = min(int(1e6), min(ds)) if args.pairloop_d is None else args.pairloop_d
     n_pairloop = len(pair_loop_cases(rules, args.pairloop_n, 1))
-    progress = Progress(len(ds) * len(ns) * len(rules) + (n_pairloop if args.pairloop_n and device == "cpu" else 0),
+    per_input = len(rules) + len([r for r in rules if r in BLINDED_RULES])
+    progress = Progress(len(ds) * len(ns) * per_input + (n_pairloop if args.pairloop_n and device == "cpu" else 0),
                         "bench", unit="timing", quiet=args.quiet)
 
     state = machine_state(device)
@@ -147,6 +151,12 @@ def bench_aggregate(args):
                 report["results"].append(row)
                 print(format_row(row), flush=True)
                 progress.update(progress.done + 1, rule=rule, n=n)
+            with blinded(X):  # the cost of certainty when an attacker blinds the float32 products
+                for rule in [r for r in rules if r in BLINDED_RULES]:
+                    row = bench_rule(rule, X, n, d, args, xp, read_s, gram_s, device, "blinded")
+                    report["results"].append(row)
+                    print(format_row(row), flush=True)
+                    progress.update(progress.done + 1, rule=rule, n=n)
             del X
 
     if args.pairloop_n and device == "cpu":
@@ -159,17 +169,31 @@ def bench_aggregate(args):
     return 0
 
 
-def bench_rule(rule, X, n, d, args, xp, read_s, gram_s, device):
+@contextlib.contextmanager
+def blinded(X):
+    """X with row 0 at the blind attack's magnitude and row 1 at -1000 (in place, restored after)."""
+    saved = X[:2].copy()
+    X[0] = blinding_magnitude(X.shape[1])
+    X[1] = -1000.0
+    try:
+        yield X
+    finally:
+        X[:2] = saved
+
+
+def bench_rule(rule, X, n, d, args, xp, read_s, gram_s, device, input_name="gaussian"):
     f = choose_f(rule, n, args.f)
     aggregator = agg.make(rule, n, f, **rule_options(rule))
     times = timed(lambda: aggregator(X), xp, args.warmup, args.repeats)
+    recomputed = aggregator(X).recomputed
     distance_based = rule.split("+")[-1] in DISTANCE_RULES or "nnm" in rule.split("+")
     floor_s = max(read_s, gram_s) if distance_based else read_s
     peak = None
     if device == "cpu" and not args.no_memory:
         peak = peak_extra_bytes(lambda: aggregator(X))
     best = min(times)
-    return {"rule": rule, "device": device, "n": n, "d": d, "f": f, "min_ms": best * 1e3,
+    return {"rule": rule, "device": device, "input": input_name, "n": n, "d": d, "f": f,
+            "recomputed": int(recomputed), "min_ms": best * 1e3,
             "median_ms": float(np.median(times)) * 1e3, "floor": "max(read, gram)" if distance_based else "read",
             "floor_ms": floor_s * 1e3, "x_floor": best / floor_s, "gb_per_s": X.nbytes / best / 1e9,
             "peak_extra_pct": None if peak is None else 100.0 * peak / X.nbytes, "times_ms": [t * 1e3 for t in times]}
@@ -217,10 +241,11 @@ def bench_pair_loop(rules, args, progress=None):
 
 def format_row(row):
     peak = "" if row["peak_extra_pct"] is None else f"{row['peak_extra_pct']:6.2f}%"
-    return (f"  {row['rule']:18s} n={row['n']:<3d} d={row['d']:.0e} f={row['f']:<3d} "
+    rule = row["rule"] + (" [blinded]" if row["input"] == "blinded" else "")
+    return (f"  {rule:18s} n={row['n']:<3d} d={row['d']:.0e} f={row['f']:<3d} "
             f"min {row['min_ms']:9.1f} ms  median {row['median_ms']:9.1f} ms  "
             f"floor[{row['floor']}] {row['floor_ms']:8.1f} ms  x{row['x_floor']:6.2f}  "
-            f"{row['gb_per_s']:6.1f} GB/s  mem {peak}")
+            f"{row['gb_per_s']:6.1f} GB/s  mem {peak}  recomputed {row['recomputed']}")
 
 
 # -- command line ---------------------------------------------------------------------------------

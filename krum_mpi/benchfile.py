@@ -4,7 +4,11 @@
 through this module, so the columns cannot drift apart. One row per (rule, n, d):
 
     rule, device          the rule's name, "cpu" or "gpu"
+    input                 "gaussian" (i.i.d. N(0, 1) rows), or "blinded": the same with row 0 at the
+                          blind attack's magnitude (its squares overflow a float32 sum) and row 1
+                          at -1000, the input that once took Krum over through arithmetic
     n, d, f               workers, parameters, declared Byzantine workers
+    recomputed            distances the certified selection recomputed (direct or exact) in a call
     min_ms, median_ms     the rule's time over the repetitions
     floor                 "read" or "max(read, gram)": which floor applies to the rule
     floor_ms, x_floor     the floor's time, and min_ms as a multiple of it
@@ -33,10 +37,10 @@ from .errors import ConfigError, ResultsError
 
 FORMAT = "krum-mpi bench aggregate"
 FORMAT_VERSION = 1
-TEXT_COLUMNS = ("rule", "device", "floor")
-INT_COLUMNS = ("n", "d", "f")
+TEXT_COLUMNS = ("rule", "device", "input", "floor")
+INT_COLUMNS = ("n", "d", "f", "recomputed")
 FLOAT_COLUMNS = ("min_ms", "median_ms", "floor_ms", "x_floor", "gb_per_s", "peak_extra_pct")
-COLUMNS = ("rule", "device", "n", "d", "f", "min_ms", "median_ms", "floor", "floor_ms", "x_floor",
+COLUMNS = ("rule", "device", "input", "n", "d", "f", "recomputed", "min_ms", "median_ms", "floor", "floor_ms", "x_floor",
            "gb_per_s", "peak_extra_pct")
 META_KEYS = ("command", "machine", "gemm", "floors", "pairloop")
 SUFFIXES = (".json", ".csv", ".h5", ".hdf5")

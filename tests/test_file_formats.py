@@ -64,13 +64,15 @@ def bench_files(tmp_path_factory):
 def test_bench_file_round_trip(bench_files, suffix):
     report = benchfile.read(bench_files[suffix])
     rows = report["results"]
-    assert [(r["rule"], r["device"], r["n"], r["d"], r["f"]) for r in rows] == [("krum", "cpu", 7, 500, 1),
-                                                                                ("median", "cpu", 7, 500, 1)]
+    assert [(r["rule"], r["device"], r["input"], r["n"], r["d"], r["f"]) for r in rows] == [
+        ("krum", "cpu", "gaussian", 7, 500, 1), ("median", "cpu", "gaussian", 7, 500, 1),
+        ("krum", "cpu", "blinded", 7, 500, 1)]  # the blinded input: Krum-type rules only
+    assert all(r["recomputed"] >= 0 for r in rows)
     for row in rows:
         assert row["x_floor"] == pytest.approx(row["min_ms"] / row["floor_ms"])
         assert row["min_ms"] == pytest.approx(min(row["times_ms"])) and len(row["times_ms"]) == 2
         assert row["peak_extra_pct"] is None   # --no-memory: not measured, and said so in every encoding
-    assert [r["floor"] for r in rows] == ["max(read, gram)", "read"]
+    assert [r["floor"] for r in rows] == ["max(read, gram)", "read", "max(read, gram)"]
     assert report["command"].startswith("krum-mpi bench aggregate") and report["machine"]["device"] == "cpu"
     assert report["gemm"]["flops_per_s"] > 0 and report["pairloop"] == []
 
@@ -89,7 +91,8 @@ def test_report_reads_what_bench_writes(bench_files, tmp_path):
     assert (out / "figures" / "kernel_vs_floor.png").stat().st_size > 1000
     for path in bench_files.values():
         for row in benchfile.read(path)["results"]:
-            cells = f"| {row['rule']} | cpu | 7 | 500 | 1 | {row['min_ms']:.3g} | {row['floor']} | "
+            cells = (f"| {row['rule']} | cpu | {row['input']} | 7 | 500 | 1 | {row['recomputed']} | "
+                     f"{row['min_ms']:.3g} | {row['floor']} | ")
             assert cells in text, f"{path.name}: {row['rule']} missing from the report"
             assert f" | {row['x_floor']:.2f}x |" in text
 

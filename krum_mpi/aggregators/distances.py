@@ -28,7 +28,7 @@ import numpy as np
 from krum_mpi import native
 from krum_mpi.backend import chunk_columns
 from krum_mpi.aggregators.base import array_namespace, to_numpy
-from krum_mpi.aggregators.exact import direct_sq_distances, gamma
+from krum_mpi.aggregators.exact import direct_sq_distances, gamma, lower_median
 from krum_mpi.aggregators.parallel import column_ranges, cpu_budget, run_ranges
 
 CPU_CHUNK_BYTES = 1 << 22  # float32 chunk buffer on CPU: 4 MiB ((64, 16384), (16, 65536))
@@ -40,7 +40,9 @@ NATIVE_BLOCK_MAX = 128  # columns: the bound grows with block / lanes (128: 8 pr
                         # i.i.d. rows at d = 1e7 separate without recomputation)
 NUMPY_SUB = 256  # columns per float32 product on the NumPy path: BLAS sums in an unknown order, so
                  # the bound is gamma_(NUMPY_SUB + 1); batched products keep the calls few
-FIRST_CHUNK_BYTES = 1 << 21  # float64 copy of the first chunk on CPU, which picks the reference row
+FIRST_CHUNK_BYTES = 1 << 18  # float64 copy of the first chunk on CPU, which picks the reference row
+                              # (2048 columns at n = 16: plenty to find a central row; its median
+                              # costs about as much as the Gram of the other 10^7 columns otherwise)
 HUGE = 2.0**50  # centred values above this are excluded from float32 products (2^100 per product,
                 # 2^110 per block sum: far from float32's 2^128)
 POOR = 1e-3  # median relative bound above this: the reference was poor, one more pass around a
@@ -250,7 +252,7 @@ class GramSum:
         if reference is not None and bool(ok[reference]):
             b -= b[reference].copy()
         elif bool(ok.any()):
-            b -= xp.median(b[ok], axis=0)
+            b -= lower_median(xp, b[ok])
         if active is not None:
             b[xp.asarray(~active)] = 0.0
         self.gram += b @ b.T

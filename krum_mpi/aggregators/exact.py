@@ -85,7 +85,7 @@ def rows_sq_distances(X, rows):
     index = xp.asarray(rows)
     for c in range(0, d, chunk):
         b = X[index, c:c + chunk].astype(xp.float64)
-        b -= xp.median(b, axis=0)
+        b -= lower_median(xp, b)
         gram = sub_block_dots(xp, b, b)
         norms = np.maximum(np.diag(gram), 0.0)
         dist += norms[:, None] + norms[None, :] - 2.0 * gram
@@ -99,6 +99,12 @@ def rows_sq_distances(X, rows):
         bounds[~np.isfinite(dist)] = np.inf
     np.fill_diagonal(dist, 0.0)
     return dist, np.nextafter(bounds, np.inf)
+
+
+def lower_median(xp, rows):
+    """Per column, the lower median of the rows (robust: no minority of rows can move it)."""
+    k = (rows.shape[0] - 1) // 2
+    return xp.partition(rows, k, axis=0)[k]
 
 
 def split_float(v):

@@ -202,11 +202,11 @@ def scaling(scaling_table):
 
 def kernel_vs_floor(bench):
     """Aggregation kernel time as a multiple of its floor (from ``krum-mpi bench aggregate``)."""
-    bench = bench.sort_values(["rule", "n", "d", "device"]).reset_index(drop=True)
+    bench = bench.sort_values(["rule", "n", "d", "device", "input"]).reset_index(drop=True)
     labels = []
     for _, r in bench.iterrows():
         extra = " ".join(f"{c}={r[c]:g}" if isinstance(r[c], (int, float)) else f"{r[c]}"
-                         for c in ("n", "d", "device"))
+                         for c in ("n", "d", "device", "input"))
         labels.append(f"{r['rule']} {extra}".strip())
     fig = new_figure(7.5, 1.2 + 0.3 * max(1, len(bench)))
     ax = fig.subplots()

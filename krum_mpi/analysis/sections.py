@@ -253,8 +253,9 @@ def kernels(page, paths):
         rep.p("No `krum-mpi bench aggregate` result in the study folder or given with `--bench`.")
         return
     bench = pd.concat(frames, ignore_index=True)
-    rep.table(show(bench, {"rule": ("rule", None), "device": ("device", None), "n": ("n", None), "d": ("d", None),
-                           "f": ("f", None), "min_ms": ("min ms", lambda v: f"{v:.3g}"),
+    rep.table(show(bench, {"rule": ("rule", None), "device": ("device", None), "input": ("input", None),
+                           "n": ("n", None), "d": ("d", None), "f": ("f", None),
+                           "recomputed": ("recomputed", None), "min_ms": ("min ms", lambda v: f"{v:.3g}"),
                            "floor": ("floor", None), "floor_ms": ("floor ms", lambda v: f"{v:.3g}"),
                            "x_floor": ("x floor", times)}))
     page.draw(figures.kernel_vs_floor(bench), "kernel_vs_floor", "Kernel time as a multiple of its floor")
