@@ -37,12 +37,41 @@ def counting():
         _tally.reset(token)
 
 
-class CertifiedDistances:
-    """The (n, n) interval distances of the rows of X, refined on demand (module doc)."""
+class LocalRows:
+    """Where the refinement levels read the rows: here, the whole (n, d) array in this process.
+    Any object with these members will do (a sharded placement sums each rank's block)."""
 
-    def __init__(self, X, distances):
+    def __init__(self, X):
         self.X = X
-        n = X.shape[0]
+        self.dtype = np.dtype(X.dtype)
+
+    def identical(self, i, j):
+        """True when rows i and j hold exactly equal values."""
+        return bool(array_namespace(self.X).array_equal(self.X[i], self.X[j]))
+
+    def level_one(self, pairs):
+        """(values, bounds) of level 1 for these pairs: pair by pair for a few, else one float64
+        Gram pass over the rows they involve."""
+        rows = sorted({i for p in pairs for i in p})
+        if len(pairs) <= len(rows):
+            return direct_sq_distances(self.X, pairs)
+        values, bounds = rows_sq_distances(self.X, rows)
+        at = {row: k for k, row in enumerate(rows)}
+        return ([values[at[i], at[j]] for i, j in pairs], [bounds[at[i], at[j]] for i, j in pairs])
+
+    def exact(self, pairs):
+        """The exact distances of these pairs, as ints scaled by 2^SCALE[dtype]."""
+        return [exact_sq_distance(self.X[i], self.X[j]) for i, j in pairs]
+
+
+class CertifiedDistances:
+    """The (n, n) interval distances of the rows, refined on demand (module doc). ``rows``: the
+    (n, d) array, or an object like LocalRows that reads them where they are."""
+
+    def __init__(self, rows, distances):
+        self.rows = rows if hasattr(rows, "level_one") else LocalRows(rows)
+        self.dtype = self.rows.dtype
+        n = len(distances.finite)
         self.n = n
         sq, err = to_numpy(distances.sq).astype(np.float64), np.asarray(distances.err, dtype=np.float64)
         with np.errstate(invalid="ignore"):
@@ -61,10 +90,9 @@ class CertifiedDistances:
 
     def duplicate_groups(self):
         """group[i]: the lowest index of the rows identical to row i (exactly equal values)."""
-        xp = array_namespace(self.X)
         group = np.arange(self.n)
         for i, j in zip(*np.nonzero(np.triu(self.lo == 0.0, 1))):
-            if group[j] == j and self.finite[i] and self.finite[j] and bool(xp.array_equal(self.X[i], self.X[j])):
+            if group[j] == j and self.finite[i] and self.finite[j] and self.rows.identical(i, j):
                 group[j] = group[i]
         for i in range(self.n):
             for j in range(i + 1, self.n):
@@ -75,7 +103,7 @@ class CertifiedDistances:
     def set_exact(self, i, j, value):
         i, j = min(i, j), max(i, j)
         self.exact[(i, j)] = value
-        f = exact_to_float(value, self.X.dtype) if value else 0.0
+        f = exact_to_float(value, self.dtype) if value else 0.0
         self.lo[i, j] = self.lo[j, i] = np.nextafter(f, -np.inf) if f else 0.0
         self.hi[i, j] = self.hi[j, i] = np.nextafter(f, np.inf) if f else 0.0
         self.level[i, j] = self.level[j, i] = 2
@@ -86,33 +114,27 @@ class CertifiedDistances:
             return 0
         return self.exact.get((min(i, j), max(i, j)), INF)
 
-    def level_one(self, pairs):
-        """(values, bounds) of level 1 for these pairs: pair by pair for a few, else one float64
-        Gram pass over the rows they involve."""
-        rows = sorted({i for p in pairs for i in p})
-        if len(pairs) <= len(rows):
-            return direct_sq_distances(self.X, pairs)
-        values, bounds = rows_sq_distances(self.X, rows)
-        at = {row: k for k, row in enumerate(rows)}
-        return ([values[at[i], at[j]] for i, j in pairs], [bounds[at[i], at[j]] for i, j in pairs])
-
     def refine(self, pairs):
         """Raise each pair one level (pairs already exact are left alone)."""
-        pairs = {(min(i, j), max(i, j)) for i, j in pairs if i != j}
+        pairs = sorted({(min(i, j), max(i, j)) for i, j in pairs if i != j})
         direct = [p for p in pairs if self.level[p] == 0]
         exact = [p for p in pairs if self.level[p] == 1]
         if direct:
-            for (i, j), v, b in zip(direct, *self.level_one(direct)):
+            for (i, j), v, b in zip(direct, *self.rows.level_one(direct)):
                 lo = max(np.nextafter(v - b, -np.inf), 0.0)
                 self.lo[i, j] = self.lo[j, i] = max(lo, self.lo[i, j])
                 self.hi[i, j] = self.hi[j, i] = min(np.nextafter(v + b, np.inf), self.hi[i, j])
                 self.level[i, j] = self.level[j, i] = 1
-        for i, j in exact:
+        known = {}
+        for i, j in exact:  # rows with identical contents share their exact distances
             gi, gj = self.group[i], self.group[j]
             key = (min(gi, gj), max(gi, gj))
-            value = self.exact[key] if key in self.exact and self.level[key] == 2 else \
-                exact_sq_distance(self.X[i], self.X[j])
-            self.set_exact(i, j, value)
+            if key in self.exact and self.level[key] == 2:
+                known[(i, j)] = self.exact[key]
+        todo = [p for p in exact if p not in known]
+        known.update(zip(todo, self.rows.exact(todo)))
+        for p in exact:
+            self.set_exact(*p, known[p])
         self.recomputed += len(direct) + len(exact)
         box = _tally.get()
         if box is not None:
@@ -236,7 +258,7 @@ class ScoreBoard:
             return (0, sum(chosen))
         with localcontext() as ctx:  # sums of square roots: 120 significant digits decide
             ctx.prec = 120
-            half = Decimal(2) ** (SCALE[np.dtype(self.cert.X.dtype)] // 2)
+            half = Decimal(2) ** (SCALE[self.cert.dtype] // 2)
             return (0, sum(Decimal(v).sqrt() for v in chosen) / half)
 
     def same(self, i):
