@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import aggregators, attacks, backend, config, data, models, results
+from . import aggregators, attacks, backend, checkpoint, config, data, models, preflight, results, resume
 from .comm import Comm, mpi_library_version
 from .comm import block_counts as comm_block_counts
 from .errors import ConfigError, KrumMPIError
@@ -112,11 +112,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _agree_on_setup(cfg: dict, comm: Comm) -> Setup:
-    """Build the setup on every rank; if any rank fails, the lowest failing rank reports and all stop."""
+def _agree_on_setup(cfg: dict, comm: Comm, ranks_here: int) -> Setup:
+    """Build the setup on every rank, and check the run fits in memory before anything large is
+    allocated; if any rank fails, the lowest failing rank reports and all stop."""
     error = None
     try:
         setup = Setup(cfg, comm)
+        preflight.check_memory(cfg, setup.d, setup.dataset.n_features, setup.model.layer_sizes, comm.counts,
+                               comm.rank, ranks_here, int(np.max([1, *_max_selected(cfg, setup)])))
     except KrumMPIError as exc:
         error, setup = exc, None
     first = comm.first_rank_where(error is not None)
@@ -125,6 +128,11 @@ def _agree_on_setup(cfg: dict, comm: Comm) -> Setup:
             raise error
         raise SystemExit(2)
     return setup
+
+
+def _max_selected(cfg: dict, setup: Setup) -> list:
+    """The rule's selection width (known on rank 0; the others estimate with n)."""
+    return [setup.aggregator.max_selected] if hasattr(setup, "aggregator") else [cfg["workers"]["n"]]
 
 
 class Watchdog(threading.Thread):
@@ -165,20 +173,31 @@ class StopRequest:
         self.signal = signum
 
 
-def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume: bool, blas_threads: int, hostnames):
-    """Rank 0: a results writer, new or reopened at its checkpoint (None when there is none)."""
+def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, blas_threads: int, hostnames,
+                  server: Server):
+    """Rank 0: (writer, first step, checkpoint arrays or None), new or checked for --resume.
+
+    Everything read is checked here, before rank 0 tells the others where to start (go or no-go)."""
     prov = results.provenance(mpi_library_version(), hostnames, comm.size, s.n, backend.device_description(s.device))
     prov.update({"dataset": s.dataset.provenance, "n_params": s.d, "adversary": cfg["attack"]["adversary"],
                  "blas_threads_per_rank": blas_threads or "library default"})
-    args = (out_path, cfg, config.run_id(cfg), prov, s.byzantine, s.aggregator.max_selected, False,
-            cfg["run"]["gather_deadline_s"] > 0)
-    if resume and Path(out_path).exists():
-        writer, checkpoint = results.ResultsWriter.resume(*args)
+    max_selected = s.aggregator.max_selected
+    preflight.check_disk(cfg, s.d, out_path, max_selected)
+    args = (config.run_id(cfg), prov, s.byzantine, max_selected, False, cfg["run"]["gather_deadline_s"] > 0)
+    if resume_run and Path(out_path).exists():
+        expected = {"params": ((s.d,), "float32")}
+        if server.momentum is not None:
+            expected["server_momentum"] = ((s.d,), "float32")
+        if cfg["optimizer"]["momentum"] > 0 and cfg["optimizer"]["momentum_at"] == "worker":
+            expected["worker_momentum"] = ((s.n, s.d), "float32")
+        writer, start, arrays = resume.load(out_path, cfg, args, s.d, expected, s.aggregator.rule.state_keys,
+                                            into={"worker_momentum": server.X})   # X is free before step 1
     else:
-        writer, checkpoint = results.ResultsWriter(*args), None
+        writer, start, arrays = results.ResultsWriter(out_path, cfg, *args), 0, None
+    results.remove_stale_files(out_path)
     writer.extra_attrs["adversary"] = cfg["attack"]["adversary"] if s.colluding else "omniscient"
     writer.extra_selection["worker_rank"] = np.repeat(np.arange(comm.size, dtype=np.int32), comm.counts)
-    return writer, checkpoint
+    return writer, start, arrays
 
 
 def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
@@ -192,7 +211,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     comm = comm or Comm(cfg["workers"]["n"])
     stop = stop or StopRequest()
     blas_threads = limit_blas_threads(comm)
-    s = _agree_on_setup(cfg, comm)
+    s = _agree_on_setup(cfg, comm, comm.ranks_on_this_node())
     run_cfg, faults = cfg["run"], cfg["faults"]
     steps, eval_every = run_cfg["steps"], run_cfg["eval_every"]
     flush_every = run_cfg["checkpoint_every"] or eval_every
@@ -201,46 +220,56 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     hostnames = comm.hostnames()
     theta = np.empty(s.d, dtype=np.float32)
 
-    # Rank 0 opens (or reopens) the results and tells every rank where to start; -1: it failed.
-    server = writer = checkpoint = None
+    # Rank 0 opens (or reopens and checks) the results and tells every rank where to start; -1: it failed.
+    server = writer = store = None
     if comm.is_root:
         server = Server(s, cfg)
         error = None
         try:
-            writer, checkpoint = _open_results(s, cfg, out_path, comm, resume, blas_threads, hostnames)
+            writer, start, arrays = _open_results(s, cfg, out_path, comm, resume, blas_threads, hostnames, server)
         except KrumMPIError as exc:
             error = exc
-        start = comm.bcast_flag(-1 if error else (checkpoint["step"] + 1 if checkpoint else 0))
+        start = comm.bcast_flag(-1 if error else start)
         if error:
             raise error
-        if checkpoint:
-            theta[:] = checkpoint["params"]
-            server.restore(checkpoint)
+        store = checkpoint.CheckpointStore(checkpoint.path_for(out_path), writer.run_id)
+        if arrays:
+            theta[:] = arrays["params"]
+            if start < steps:
+                server.restore(arrays)
+                store.last_step = start - 1
         else:
             theta[:] = s.model.init(np.random.default_rng([s.seed, SEED_PARAMS]))
     else:
         start = comm.bcast_flag(0)
         if start < 0:
             raise SystemExit(2)
-    if workers.momentum is not None and start > 0:
-        comm.scatter_rows(checkpoint["worker_momentum"] if comm.is_root else None, workers.momentum)
+    if workers.momentum is not None and 0 < start < steps:
+        comm.scatter_rows(arrays["worker_momentum"] if comm.is_root else None, workers.momentum)
 
     def save(step_done: int, status: str) -> None:
-        """Collective: gather what a resume needs; rank 0 flushes results and checkpoint atomically."""
+        """Collective: rank 0 appends the new rows, then replaces the checkpoint; every rank learns
+        whether that worked (a full disk ends all ranks with one line, no rank left waiting)."""
+        final = status == "complete"
         rss = comm.gather_values(peak_rss_mib())
-        all_momentum = None
-        if workers.momentum is not None:
-            all_momentum = np.empty((s.n, s.d), dtype=np.float32) if comm.is_root else None
-            comm.gather_rows(workers.momentum, all_momentum)
+        if workers.momentum is not None and not final:
+            comm.finish_late()   # late receives of a deadline gather still target X
+            comm.gather_rows(workers.momentum, server.X if comm.is_root else None)   # X is free between steps
         if not comm.is_root:
-            return
+            return _all_agree(comm, None)
         writer.extra_attrs["peak_rss_mib"] = rss     # per rank, at this flush
-        writer.checkpoint = {"step": step_done, "params": theta.copy(), "worker_momentum": all_momentum,
-                             **server.state()}
-        writer.flush(status)
+        if final:
+            _all_agree(comm, lambda: writer.flush(status, final={"step": step_done, "params": theta}))
+            store.remove()
+            return
+        worker_momentum = server.X if workers.momentum is not None else None
+        _all_agree(comm, lambda: (writer.flush(status),
+                                  store.write(step_done, {"params": theta, **server.state(),
+                                                          "worker_momentum": worker_momentum}),
+                                  writer.note_checkpoint(step_done)))
 
-    if comm.is_root and start == 0:
-        writer.flush("running")
+    if start == 0:
+        _all_agree(comm, (lambda: writer.flush("running")) if comm.is_root else None)
     watchdog = None
     if comm.is_root and run_cfg["watchdog_s"] > 0:
         watchdog = Watchdog(run_cfg["watchdog_s"], writer, comm)
@@ -295,15 +324,13 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
             if (step + 1) % flush_every == 0 and step != steps - 1:
                 save(step, "running")
     except KrumMPIError as exc:    # found by one rank mid-run (a bad row in a dataset file, say)
-        if writer is not None:
-            writer.flush("failed")
-        if comm.size > 1:          # the other ranks wait in a collective: end them all, with the message
+        _flush_failed(writer)
+        if comm.size > 1 and not getattr(exc, "agreed", False):          # the other ranks wait in a collective: end them all, with the message
             print(f"krum-mpi: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
             comm.abort(2)
         raise
     except BaseException:
-        if writer is not None:
-            writer.flush("failed")   # records so far; the last checkpoint stays the one on disk
+        _flush_failed(writer)    # records so far; the last checkpoint stays the one on disk
         raise
 
     if watchdog is not None:
@@ -317,16 +344,44 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     return {**summarize(writer, s.byzantine), "status": status}
 
 
+def _all_agree(comm: Comm, write) -> None:
+    """Collective: rank 0 runs ``write`` (None elsewhere); if it fails (a full disk, a read-only
+    folder), every rank leaves together: rank 0 with the one-line error, the others with status 2."""
+    error = None
+    if write is not None:
+        try:
+            write()
+        except KrumMPIError as exc:
+            error = exc
+    if comm.bcast_flag(error is not None):
+        if error is None:
+            raise SystemExit(2)
+        error.agreed = True      # every rank knows: no abort needed
+        raise error
+
+
+def _flush_failed(writer) -> None:
+    """On an error: mark the results failed if the disk allows; the first error is the one reported."""
+    if writer is None:
+        return
+    try:
+        writer.flush("failed")
+    except KrumMPIError as exc:
+        print(f"krum-mpi: note: {exc}", file=sys.stderr, flush=True)
+
+
 def summarize(writer: results.ResultsWriter, byzantine: np.ndarray) -> dict:
-    k = writer.done
+    run = results.read_run(writer.path)
+    k = int(run["attrs"]["steps_done"])
+    metrics, timing = run["metrics"], run["timing"]
     return {
         "path": str(writer.path),
         "aggregator": writer.cfg["aggregator"]["name"],
         "attack": writer.cfg["attack"]["name"],
         "byzantine": int(byzantine.sum()),
         "steps": k,
-        "final_loss": float(writer.metrics["loss"][k - 1]) if k else float("nan"),
-        "mean_aggregate_s": float(np.mean(writer.timing["aggregate_s"][:k])) if k else float("nan"),
-        **summarize_arrays(writer.metrics["test_accuracy"][:k], writer.selected[:k], byzantine,
-                           writer.timing["step_s"][:k]),
+        "final_loss": float(metrics["loss"][k - 1]) if k else float("nan"),
+        "mean_aggregate_s": float(np.mean(timing["aggregate_s"][:k])) if k else float("nan"),
+        **summarize_arrays(metrics["test_accuracy"][:k], run["selection"]["selected"][:k], byzantine,
+                           timing["step_s"][:k]),
     }
