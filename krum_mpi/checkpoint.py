@@ -84,35 +84,35 @@ class CheckpointStore:
         self.last_step: int | None = None
 
     def write(self, step: int, arrays: dict) -> int:
-        """Write ``arrays`` (name -> ndarray or None) as the checkpoint after ``step``; returns bytes."""
+        """Write ``arrays`` (name -> ndarray or None) as the checkpoint after ``step``; returns bytes.
+
+        One pass over each array in slices of 4 MiB: checksum, finiteness and write while the slice
+        is in cache; the header (offsets laid out first, checksums filled in last) is written at the end."""
         items = [(name, np.ascontiguousarray(a)) for name, a in arrays.items() if a is not None]
-        entries, offset = [], 0
+        entries = []
         for name, a in items:
-            dtype = a.dtype.name
-            if dtype not in DTYPES:
-                raise ResultsError(f"checkpoint array {name} has dtype {dtype}, which a checkpoint cannot hold")
-            entries.append({"name": name, "dtype": dtype, "shape": list(a.shape), "nbytes": int(a.nbytes),
-                            "crc32": zlib.crc32(memoryview(a).cast("B")), "offset": 0,
-                            "finite": all_finite(a)})
+            if a.dtype.name not in DTYPES:
+                raise ResultsError(f"checkpoint array {name} has dtype {a.dtype.name}, which a checkpoint cannot hold")
+            entries.append({"name": name, "dtype": a.dtype.name, "shape": list(a.shape), "nbytes": int(a.nbytes),
+                            "crc32": 0xFFFFFFFF, "finite": False, "offset": 0})   # widest values: room kept
         header = b""
         for _ in range(2):   # offsets depend on the header length, which depends on the offsets
-            start = _aligned(len(MAGIC) + 12 + len(header) + 4)
-            offset = start
+            offset = _aligned(len(MAGIC) + 12 + len(header) + 4)
             for e in entries:
                 e["offset"] = offset
                 offset = _aligned(offset + e["nbytes"])
-            header = json.dumps({"run_id": self.run_id, "step": int(step), "arrays": entries},
-                                sort_keys=True).encode()
+            header = self._header(step, entries)
+        reserved = len(header)
         tmp = self.path.with_name(f".{self.path.name}.{unique_suffix()}.tmp")
         try:
             with open(tmp, "wb") as fh:
-                fh.write(MAGIC + struct.pack("<IQ", FORMAT, len(header)) + header
-                         + struct.pack("<I", zlib.crc32(header)))
                 for e, (_, a) in zip(entries, items):
-                    fh.write(b"\0" * (e["offset"] - fh.tell()))
-                    if a.dtype.byteorder == ">":
-                        a = a.astype(a.dtype.newbyteorder("<"))
-                    fh.write(memoryview(a).cast("B"))
+                    fh.seek(e["offset"])
+                    e["crc32"], e["finite"] = _write_array(fh, a)
+                fh.truncate(offset)
+                header = self._header(step, entries).ljust(reserved)   # JSON allows trailing spaces
+                fh.seek(0)
+                fh.write(MAGIC + struct.pack("<IQ", FORMAT, reserved) + header + struct.pack("<I", zlib.crc32(header)))
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
@@ -126,8 +126,30 @@ class CheckpointStore:
         self.last_step = int(step)
         return offset
 
+    def _header(self, step: int, entries: list) -> bytes:
+        return json.dumps({"run_id": self.run_id, "step": int(step), "arrays": entries}, sort_keys=True).encode()
+
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+SLICE = 1 << 22   # bytes per slice of a checkpoint write
+
+
+def _write_array(fh, a: np.ndarray) -> tuple[int, bool]:
+    """Write ``a``'s bytes (little-endian) at the file position: (CRC-32, all finite)."""
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    flat = a.reshape(-1)
+    step = max(1, SLICE // max(1, a.itemsize))
+    crc, finite = 0, True
+    for i in range(0, flat.size, step):
+        piece = flat[i:i + step]
+        crc = zlib.crc32(piece, crc)
+        if finite and a.dtype.kind == "f":
+            finite = bool(np.isfinite(piece).all())
+        fh.write(piece)
+    return crc, finite
 
 
 def all_finite(a: np.ndarray) -> bool:

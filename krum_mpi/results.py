@@ -235,8 +235,9 @@ class ResultsWriter:
         for s in self.specs:
             tail = self.tails[s.name]
             row_bytes = max(1, int(np.prod(tail, dtype=np.int64)) * np.dtype(s.dtype).itemsize)
-            h5.create_dataset(s.name, shape=(0, *tail), maxshape=(None, *tail), dtype=s.dtype,
-                              chunks=(max(16, min(4096, CHUNK_BYTES // row_bytes)), *tail), fillvalue=s.fill)
+            rows = max(16, min(4096, CHUNK_BYTES // row_bytes))   # a zero width (a rule that selects
+            h5.create_dataset(s.name, shape=(0, *tail), dtype=s.dtype, fillvalue=s.fill,  # none) chunks as 1
+                              maxshape=(None, *(t or None for t in tail)), chunks=(rows, *(t or 1 for t in tail)))
         h5.create_dataset("selection/byzantine", data=self.byzantine)
         for name, value in self.extra_selection.items():
             h5.create_dataset(f"selection/{name}", data=value)
