@@ -178,11 +178,13 @@ class ResultsWriter:
 
     def _update(self, i: int, status: str, final, h5py) -> None:
         spare, have = self.spares[i], self.spare_rows[i]
+        self._check_space(have or 0, final)
         if have is not None:
             try:
                 h5 = h5py.File(spare, "r+")
-            except BlockingIOError:   # a reader still holds it (it was <out> two flushes ago)
+            except OSError:   # a reader holds it open (it was <out> two flushes ago): HDF5's lock
                 have = self._replace_busy_spare(i)
+                spare = self.spares[i]
                 h5 = h5py.File(spare, "r+")
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +213,18 @@ class ResultsWriter:
                 g.create_dataset("params", data=final["params"])
         with open(spare, "rb+") as fh:   # data on disk before the rename makes it visible
             os.fsync(fh.fileno())
+
+    def _check_space(self, have: int, final) -> None:
+        """Refuse before HDF5 meets a full disk: a write that fails inside HDF5 can crash the process."""
+        need = (self.done - have) * sum(int(np.prod(self.tails[s.name], dtype=np.int64) or 1)
+                                        * np.dtype(s.dtype).itemsize for s in self.specs)
+        need += 2 * CHUNK_BYTES * len(self.specs) + (1 << 16) + (0 if final is None else final["params"].nbytes)
+        if have == 0 and self.path.exists():
+            need += self.path.stat().st_size
+        folder = self.path.parent if self.path.parent.exists() else Path(".")
+        vfs = os.statvfs(folder)
+        if vfs.f_bavail * vfs.f_frsize < need:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def _replace_busy_spare(self, i: int) -> int:
         """Copy the other (published) file to a fresh name for this flush; the reader keeps its inode."""
@@ -289,20 +303,18 @@ def check_can_write(path, force: bool) -> None:
     """Before any setup: refuse to overwrite without --force (no lost data), and find a folder that
     cannot be written now rather than at the first flush."""
     path = Path(path)
-    if path.is_dir():
-        raise ResultsError(f"{path} is a folder: --out must name a file such as results/run.h5")
-    if path.exists() and not force:
-        raise ResultsError(f"{path} already exists: choose another --out or pass --force to overwrite it")
     try:
+        if path.is_dir():
+            raise ResultsError(f"{path} is a folder: --out must name a file such as results/run.h5")
+        if path.exists() and not force:
+            raise ResultsError(f"{path} already exists: choose another --out or pass --force to overwrite it")
         path.parent.mkdir(parents=True, exist_ok=True)
         probe = path.with_name(f".{path.name}.{unique_suffix()}.probe")
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         probe.unlink()
     except OSError as exc:
         raise ResultsError(f"cannot write results in {path.parent}: {os_error_text(exc)}: "
                            "choose another --out (a folder you can write)") from None
-
 
 def read_run(path) -> dict:
     """Read a results file into a dict: attrs (config and provenance decoded), and every array."""
