@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import socket
 import struct
 import zlib
 from pathlib import Path
@@ -30,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ResultsError
+from .outfiles import fsync_folder, os_error_text, unique_suffix
 
 MAGIC = b"KRUMCKPT"
 FORMAT = 1
@@ -42,37 +41,6 @@ def path_for(results_path) -> Path:
     """The checkpoint file of a results file."""
     results_path = Path(results_path)
     return results_path.with_name(results_path.name + ".ckpt")
-
-
-def unique_suffix() -> str:
-    """host-pid-random: two runs never share a temporary name, even with the same --out."""
-    host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-_")[:32] or "host"
-    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def os_error_text(exc: BaseException) -> str:
-    """One short line for an OS error, also when HDF5 wraps it (it reports the errno text inside)."""
-    text = " ".join(str(exc).split())
-    marker = "error message = '"
-    if marker in text:
-        return text.split(marker, 1)[1].split("'", 1)[0]
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return text[:200]
 
 
 class CheckpointStore:

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import fsync_folder, os_error_text, unique_suffix
+from .outfiles import check_can_write  # noqa: F401  (the CLI checks the folder through results)
+from .outfiles import fsync_folder, os_error_text, unique_suffix
 from .errors import ResultsError
 from .native import status as native_status
 
@@ -71,6 +72,20 @@ PER_STEP = (
 )
 CHUNK_BYTES = 1 << 14
 LINK_UNSUPPORTED = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+def _chunk_rows(tail, dtype) -> tuple[int, int]:
+    """Rows per chunk of a per-step dataset (about CHUNK_BYTES a chunk), and bytes per row."""
+    row_bytes = max(1, int(np.prod([t or 1 for t in tail], dtype=np.int64)) * np.dtype(dtype).itemsize)
+    return max(16, min(4096, CHUNK_BYTES // row_bytes)), row_bytes
+
+
+def _can_open(path: Path, h5py) -> bool:
+    try:
+        h5py.File(path, "r+").close()
+        return True
+    except OSError:
+        return False
 
 
 class _Rows:
@@ -178,19 +193,16 @@ class ResultsWriter:
 
     def _update(self, i: int, status: str, final, h5py) -> None:
         spare, have = self.spares[i], self.spare_rows[i]
-        self._check_space(have or 0, final)
-        if have is not None:
-            try:
-                h5 = h5py.File(spare, "r+")
-            except OSError:   # a reader holds it open (it was <out> two flushes ago): HDF5's lock
-                have = self._replace_busy_spare(i)
-                spare = self.spares[i]
-                h5 = h5py.File(spare, "r+")
-        else:
+        if have is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            h5 = h5py.File(spare, "w")
-            self._create(h5)
+            with h5py.File(spare, "w") as h5:
+                self._create(h5)
             have = 0
+        elif not _can_open(spare, h5py):   # a reader holds it (it was <out> two flushes ago): HDF5's lock
+            have = self._replace_busy_spare(i)
+            spare = self.spares[i]
+        self._reserve(spare, have, final)
+        h5 = h5py.File(spare, "r+")
         with h5:
             k = self.done
             for s in self.specs:
@@ -214,17 +226,29 @@ class ResultsWriter:
         with open(spare, "rb+") as fh:   # data on disk before the rename makes it visible
             os.fsync(fh.fileno())
 
-    def _check_space(self, have: int, final) -> None:
-        """Refuse before HDF5 meets a full disk: a write that fails inside HDF5 can crash the process."""
-        need = (self.done - have) * sum(int(np.prod(self.tails[s.name], dtype=np.int64) or 1)
-                                        * np.dtype(s.dtype).itemsize for s in self.specs)
-        need += 2 * CHUNK_BYTES * len(self.specs) + (1 << 16) + (0 if final is None else final["params"].nbytes)
-        if have == 0 and self.path.exists():
-            need += self.path.stat().st_size
-        folder = self.path.parent if self.path.parent.exists() else Path(".")
-        vfs = os.statvfs(folder)
-        if vfs.f_bavail * vfs.f_frsize < need:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def _reserve(self, spare: Path, have: int, final) -> None:
+        """Allocate, before HDF5 writes, the disk space this flush can take: a write that fails inside
+        HDF5 (a full disk) can crash the process, a failed allocation here is a clean OSError. HDF5
+        writes its new blocks from its end of file on, into this space, and truncates what is left
+        when it closes the file."""
+        need = (1 << 18) + (0 if final is None else final["params"].nbytes)
+        for s in self.specs:
+            rows, row_bytes = _chunk_rows(self.tails[s.name], s.dtype)
+            need += (-(-(self.done - have) // rows) + 2) * rows * row_bytes
+        fd = os.open(spare, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                os.posix_fallocate(fd, size, need)
+            except OSError as exc:
+                os.ftruncate(fd, size)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise
+                vfs = os.statvfs(spare)   # no fallocate on this file system: check the free space
+                if vfs.f_bavail * vfs.f_frsize < need:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+        finally:
+            os.close(fd)
 
     def _replace_busy_spare(self, i: int) -> int:
         """Copy the other (published) file to a fresh name for this flush; the reader keeps its inode."""
@@ -248,8 +272,7 @@ class ResultsWriter:
                       "attack": cfg["attack"]["name"], "seed": cfg["run"]["seed"], "steps": cfg["run"]["steps"]})
         for s in self.specs:
             tail = self.tails[s.name]
-            row_bytes = max(1, int(np.prod(tail, dtype=np.int64)) * np.dtype(s.dtype).itemsize)
-            rows = max(16, min(4096, CHUNK_BYTES // row_bytes))   # a zero width (a rule that selects
+            rows, _ = _chunk_rows(tail, s.dtype)   # a zero width (a rule that selects
             h5.create_dataset(s.name, shape=(0, *tail), dtype=s.dtype, fillvalue=s.fill,  # none) chunks as 1
                               maxshape=(None, *(t or None for t in tail)), chunks=(rows, *(t or 1 for t in tail)))
         h5.create_dataset("selection/byzantine", data=self.byzantine)
@@ -275,46 +298,9 @@ class ResultsWriter:
         fsync_folder(self.path.parent)
 
 
-def remove_stale_files(path) -> list:
-    """Hidden files a killed run on this host left beside ``path`` (its two results files, link and
-    checkpoint temporaries), those of processes no longer alive: a later run on the same --out clears
-    them. Files of live runs, or of other hosts, are left alone."""
-    path = Path(path)
-    host = unique_suffix().rsplit("-", 2)[0]
-    removed = []
-    for name in (path.name, path.name + ".ckpt"):
-        for f in path.parent.glob(f".{name}.*"):
-            parts = f.name[len(name) + 2:].split(".")[0].rsplit("-", 2)
-            if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-                continue
-            try:
-                os.kill(int(parts[1]), 0)
-                continue              # alive: another run on this host
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue              # alive, another user's
-            f.unlink(missing_ok=True)
-            removed.append(f)
-    return removed
 
 
-def check_can_write(path, force: bool) -> None:
-    """Before any setup: refuse to overwrite without --force (no lost data), and find a folder that
-    cannot be written now rather than at the first flush."""
-    path = Path(path)
-    try:
-        if path.is_dir():
-            raise ResultsError(f"{path} is a folder: --out must name a file such as results/run.h5")
-        if path.exists() and not force:
-            raise ResultsError(f"{path} already exists: choose another --out or pass --force to overwrite it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.with_name(f".{path.name}.{unique_suffix()}.probe")
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        probe.unlink()
-    except OSError as exc:
-        raise ResultsError(f"cannot write results in {path.parent}: {os_error_text(exc)}: "
-                           "choose another --out (a folder you can write)") from None
+
 
 def read_run(path) -> dict:
     """Read a results file into a dict: attrs (config and provenance decoded), and every array."""
@@ -351,11 +337,7 @@ def read_run(path) -> dict:
 
 
 def _plain(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+    return value.decode() if isinstance(value, bytes) else value.item() if isinstance(value, np.generic) else value
 
 
 # -- provenance ---------------------------------------------------------------------------------

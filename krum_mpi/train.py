@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import aggregators, attacks, backend, checkpoint, config, data, models, preflight, results, resume
+from . import aggregators, attacks, backend, checkpoint, config, data, models, outfiles, preflight, results, resume
 from .comm import Comm, mpi_library_version
 from .comm import block_counts as comm_block_counts
 from .errors import ConfigError, KrumMPIError
@@ -194,7 +194,7 @@ def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, b
                                             into={"worker_momentum": server.X})   # X is free before step 1
     else:
         writer, start, arrays = results.ResultsWriter(out_path, cfg, *args), 0, None
-    results.remove_stale_files(out_path)
+    outfiles.remove_stale_files(out_path)
     writer.extra_attrs["adversary"] = cfg["attack"]["adversary"] if s.colluding else "omniscient"
     writer.extra_selection["worker_rank"] = np.repeat(np.arange(comm.size, dtype=np.int32), comm.counts)
     return writer, start, arrays
