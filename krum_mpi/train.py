@@ -155,7 +155,7 @@ class Watchdog(threading.Thread):
         while not self._stopped.wait(min(1.0, self.timeout_s / 4)):
             if time.monotonic() - self.last > self.timeout_s:
                 done = self.writer.done
-                self.writer.flush("failed")
+                _flush_failed(self.writer)   # a full disk must not keep the watchdog from ending the run
                 print(f"krum-mpi: error: no step finished for {self.timeout_s:g} s after step {done - 1} "
                       f"(a rank is hung or dead): results and last checkpoint kept in {self.writer.path}; "
                       "fix the cause, then rerun with --resume", file=sys.stderr, flush=True)
@@ -200,6 +200,41 @@ def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, b
     return writer, start, arrays
 
 
+def _start(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, blas_threads: int, theta: np.ndarray,
+           workers: LocalWorkers):
+    """Collective: rank 0 opens (or reopens and checks) the results and tells every rank where to
+    start (go or no-go: -1 and every rank leaves); parameters and momentum restored on a resume.
+    Returns (server, writer, checkpoint store, first step); the first three are None off rank 0."""
+    hostnames = comm.hostnames()
+    server = writer = store = arrays = None
+    if comm.is_root:
+        server = Server(s, cfg)
+        error = None
+        try:
+            writer, start, arrays = _open_results(s, cfg, out_path, comm, resume_run, blas_threads, hostnames,
+                                                  server)
+        except KrumMPIError as exc:
+            error = exc
+        start = comm.bcast_flag(-1 if error else start)
+        if error:
+            raise error
+        store = checkpoint.CheckpointStore(checkpoint.path_for(out_path), writer.run_id)
+        if arrays:
+            theta[:] = arrays["params"]
+            if start < cfg["run"]["steps"]:
+                server.restore(arrays)
+                store.last_step = start - 1
+        else:
+            theta[:] = s.model.init(np.random.default_rng([s.seed, SEED_PARAMS]))
+    else:
+        start = comm.bcast_flag(0)
+        if start < 0:
+            raise SystemExit(2)
+    if workers.momentum is not None and 0 < start < cfg["run"]["steps"]:
+        comm.scatter_rows(arrays["worker_momentum"] if comm.is_root else None, workers.momentum)
+    return server, writer, store, start
+
+
 def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
         stop: StopRequest | None = None) -> dict:
     """Train under ``cfg``; rank 0 writes ``out_path`` and returns a summary dict (others: the status).
@@ -217,35 +252,9 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     flush_every = run_cfg["checkpoint_every"] or eval_every
     deadline = run_cfg["gather_deadline_s"]
     workers = LocalWorkers(s, cfg, comm)
-    hostnames = comm.hostnames()
     theta = np.empty(s.d, dtype=np.float32)
 
-    # Rank 0 opens (or reopens and checks) the results and tells every rank where to start; -1: it failed.
-    server = writer = store = None
-    if comm.is_root:
-        server = Server(s, cfg)
-        error = None
-        try:
-            writer, start, arrays = _open_results(s, cfg, out_path, comm, resume, blas_threads, hostnames, server)
-        except KrumMPIError as exc:
-            error = exc
-        start = comm.bcast_flag(-1 if error else start)
-        if error:
-            raise error
-        store = checkpoint.CheckpointStore(checkpoint.path_for(out_path), writer.run_id)
-        if arrays:
-            theta[:] = arrays["params"]
-            if start < steps:
-                server.restore(arrays)
-                store.last_step = start - 1
-        else:
-            theta[:] = s.model.init(np.random.default_rng([s.seed, SEED_PARAMS]))
-    else:
-        start = comm.bcast_flag(0)
-        if start < 0:
-            raise SystemExit(2)
-    if workers.momentum is not None and 0 < start < steps:
-        comm.scatter_rows(arrays["worker_momentum"] if comm.is_root else None, workers.momentum)
+    server, writer, store, start = _start(s, cfg, out_path, comm, resume, blas_threads, theta, workers)
 
     def save(step_done: int, status: str) -> None:
         """Collective: rank 0 appends the new rows, then replaces the checkpoint; every rank learns

@@ -53,7 +53,10 @@ def test_round_trip_is_bitwise(tmp_path):
     for name, a in arrays.items():
         assert got[name].tobytes() == a.tobytes() and got[name].dtype == a.dtype
     assert got["worker_momentum"] is into          # read in place: no second n x d buffer
-    assert [p.name for p in tmp_path.iterdir()] == ["run.h5.ckpt"]   # no temporary left
+    visible = [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert visible == ["run.h5.ckpt"] and not list(tmp_path.glob("*.link"))
+    # the hidden slot it was written in is the same file (a hard link), not a second copy
+    assert {p.stat().st_ino for p in tmp_path.iterdir()} == {path.stat().st_ino}
 
 
 def test_a_run_that_made_nan_itself_can_resume(tmp_path):
@@ -131,15 +134,28 @@ def test_missing_file_is_one_line(tmp_path):
 
 
 def test_replacement_is_atomic_and_names_are_unique(tmp_path):
-    """A new checkpoint replaces the old one whole; two writers never share a temporary name."""
+    """A new checkpoint replaces the old one whole; the file <out>.ckpt names is not written while it
+    has that name (it is written again two checkpoints later, as a slot); two writers never share a
+    temporary name."""
     a = checkpoint.CheckpointStore(tmp_path / "run.h5.ckpt", "abc")
     b = checkpoint.CheckpointStore(tmp_path / "run.h5.ckpt", "abc")
     names = {checkpoint.unique_suffix() for _ in range(100)}
     assert len(names) == 100 and all(str(os.getpid()) in n for n in names)
-    a.write(1, _arrays(1))
-    b.write(2, _arrays(2))
+    assert not set(a.slots) & set(b.slots)
+    for step in range(1, 6):
+        a.write(step, _arrays(step))
+        with open(a.path, "rb") as held:
+            current = held.read()
+            a.write(step + 10, _arrays(step + 10))   # the next one goes to the other slot
+            held.seek(0)
+            assert held.read() == current
+        assert checkpoint.read(a.path, "abc", EXPECTED)[0] == step + 10
+    b.write(9, _arrays(9))
     step, got = checkpoint.read(a.path, "abc", EXPECTED)
-    assert step == 2 and got["params"].tobytes() == _arrays(2)["params"].tobytes()
+    assert step == 9 and got["params"].tobytes() == _arrays(9)["params"].tobytes()
+    a.remove()
+    b.remove()
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.fixture
@@ -161,6 +177,7 @@ def test_full_disk_keeps_the_previous_checkpoint_and_frees_the_space(tiny_tmpfs)
     with pytest.raises(ResultsError, match=r"No space left on device; the previous one \(step 3\) is kept") as err:
         store.write(4, big)
     assert "\n" not in str(err.value) and "--resume" in str(err.value)
-    assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["run.h5.ckpt"]   # no temporary holds the space
+    # nothing but the kept checkpoint (and its hard-linked slot) holds the space
+    assert {p.stat().st_ino for p in tiny_tmpfs.iterdir()} == {store.path.stat().st_ino}
     step, got = checkpoint.read(store.path, "abc", EXPECTED)
     assert step == 3 and got["params"].tobytes() == _arrays(3)["params"].tobytes()
