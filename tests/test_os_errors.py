@@ -53,12 +53,14 @@ def test_a_binary_config_is_one_line(tmp_path):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("name", ["../../escaped", "/tmp/krum-absolute-escape"])
-def test_run_name_cannot_leave_the_results_folder(tmp_path, config, name):
+@pytest.mark.parametrize("where", ["relative", "absolute"])
+def test_run_name_cannot_leave_the_results_folder(tmp_path, config, where):
+    token = os.urandom(4).hex()
+    name = f"../../escaped-{token}" if where == "relative" else f"/tmp/krum-absolute-escape-{token}"
     done = run_cli(["run", config, "--set", f'run.name="{name}"'], ranks=2, cwd=tmp_path, timeout=120)
     _one_line(done, "run.name", "--out")
-    assert not (tmp_path.parent.parent / "escaped").exists() and not any(tmp_path.parent.parent.glob("escaped-*"))
-    assert not list(Path("/tmp").glob("krum-absolute-escape*"))
+    assert not list(tmp_path.parent.parent.glob(f"escaped-{token}*"))
+    assert not list(Path("/tmp").glob(f"krum-absolute-escape-{token}*"))
 
 
 @pytest.fixture
