@@ -89,8 +89,8 @@ def available_memory() -> float:
     return avail
 
 
-def check_memory(cfg: dict, d: int, n_features: int, layer_sizes, counts, rank: int, ranks_here: int,
-                 max_selected: int, available: float | None = None) -> None:
+def check_memory(cfg: dict, d: int, n_features: int, layer_sizes, counts, ranks_here: int, max_selected: int,
+                 available: float | None = None) -> None:
     """Raise ConfigError when this node's ranks cannot hold the run (rank 0's share counted here)."""
     k_max = int(np.max(counts))
     root = rank_terms(cfg, d, n_features, layer_sizes, int(counts[0]), True, max_selected)

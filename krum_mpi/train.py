@@ -118,8 +118,9 @@ def _agree_on_setup(cfg: dict, comm: Comm, ranks_here: int) -> Setup:
     error = None
     try:
         setup = Setup(cfg, comm)
+        width = setup.aggregator.max_selected if comm.is_root else cfg["workers"]["n"]   # rank 0 knows the rule
         preflight.check_memory(cfg, setup.d, setup.dataset.n_features, setup.model.layer_sizes, comm.counts,
-                               comm.rank, ranks_here, int(np.max([1, *_max_selected(cfg, setup)])))
+                               ranks_here, width)
     except KrumMPIError as exc:
         error, setup = exc, None
     first = comm.first_rank_where(error is not None)
@@ -128,11 +129,6 @@ def _agree_on_setup(cfg: dict, comm: Comm, ranks_here: int) -> Setup:
             raise error
         raise SystemExit(2)
     return setup
-
-
-def _max_selected(cfg: dict, setup: Setup) -> list:
-    """The rule's selection width (known on rank 0; the others estimate with n)."""
-    return [setup.aggregator.max_selected] if hasattr(setup, "aggregator") else [cfg["workers"]["n"]]
 
 
 class Watchdog(threading.Thread):

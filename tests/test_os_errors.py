@@ -140,7 +140,7 @@ def test_memory_estimate_counts_rank_zero_and_the_others():
 
     cfg = cfgmod.validate({"workers": {"n": 16}, "optimizer": {"momentum": 0.9, "momentum_at": "worker"}})
     d = 1_863_690
-    args = (cfg, d, 784, [784, 1024, 1024, 10], [4, 4, 4, 4], 0)
+    args = (cfg, d, 784, [784, 1024, 1024, 10], [4, 4, 4, 4])
     preflight.check_memory(*args, 4, 1, available=1 * 2**30)      # all 4 ranks on one node: 0.6 GiB
     preflight.check_memory(*args, 1, 1, available=512 * 2**20)    # one rank per node: rank 0 alone fits
     with pytest.raises(ConfigError, match=r"needs about 0.595 GiB of memory on a node with 4 rank.*lower model.hidden"):
