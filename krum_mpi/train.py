@@ -330,7 +330,8 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
                 save(step, "running")
     except KrumMPIError as exc:    # found by one rank mid-run (a bad row in a dataset file, say)
         _flush_failed(writer)
-        if comm.size > 1 and not getattr(exc, "agreed", False):          # the other ranks wait in a collective: end them all, with the message
+        # the other ranks wait in a collective: end them all, with the message (unless all know already)
+        if comm.size > 1 and not getattr(exc, "agreed", False):
             print(f"krum-mpi: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
             comm.abort(2)
         raise
