@@ -127,7 +127,13 @@ def load_file(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found: give the path of a .toml or .yaml file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): "
+                          "a config is a .toml or .yaml text file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
@@ -212,6 +218,13 @@ def _check_value(key, value):
             raise ConfigError(f"{key} = {value!r} must be <= {hi}")
 
 
+def _check_run_name(value: str) -> None:
+    """run.name names the results file under results/: a name, never a path (that is --out's job)."""
+    if any(c in value for c in "/\\\0") or value.startswith(".") or len(value) > 200:
+        raise ConfigError(f"run.name = {value!r} must be a plain name (no '/', '\\' or leading '.', at most "
+                          "200 characters): it names the file under results/; to write elsewhere, pass --out")
+
+
 def _check_option(key, value):
     """Open-section options must be plain TOML scalars or lists of them (JSON-able)."""
     ok = isinstance(value, (bool, int, float, str)) or (
@@ -237,6 +250,8 @@ def validate(raw: dict) -> dict:
             if name in DEFAULTS[section]:
                 value = _check_type(key, value, DEFAULTS[section][name])
                 _check_value(key, value)
+                if key == "run.name":
+                    _check_run_name(value)
             elif section in OPEN_SECTIONS:
                 _check_option(key, value)
             else:

@@ -76,8 +76,8 @@ class Server:
         theta -= self.lr * g
 
     def state(self) -> dict:
-        """What a resume needs from the server (besides the parameters)."""
-        out = {"server_momentum": None if self.momentum is None else self.momentum.copy()}
+        """What a resume needs from the server (besides the parameters); views, written at once."""
+        out = {"server_momentum": self.momentum}
         for key, value in getattr(self.setup.aggregator, "state", {}).items():
             out[f"aggregator_state.{key}"] = backend.to_host(value)
         return out

@@ -21,12 +21,25 @@ import time
 import numpy as np
 
 from .comm import TASK_END, TASK_SAVE, TASK_STEP, DeadlineExchange
+from .errors import KrumMPIError
 
 
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far (Linux reports KiB)."""
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def flush_or_note(writer, status: str) -> None:
+    """On an error or a hung run: record ``status`` if the disk allows (a full disk must not keep the
+    run from ending); the first error is the one reported, this one is a note."""
+    if writer is None:
+        return
+    try:
+        writer.flush(status)
+    except KrumMPIError as exc:
+        print(f"krum-mpi: note: {exc}", file=sys.stderr, flush=True)
+
 
 STOP_GRACE_S = 10.0   # after a stop signal, how long a step may still take before the watchdog ends it
 
@@ -57,7 +70,7 @@ class Watchdog(threading.Thread):
         return min(self.timeout_s, max(STOP_GRACE_S, 3 * self.longest_step_s))
 
     def _end(self, status: str, code: int, message: str) -> None:
-        self.writer.flush(status)    # the records so far; the checkpoint stays the last one saved
+        flush_or_note(self.writer, status)   # the records so far; the checkpoint stays the last one saved
         print(f"krum-mpi: {message}: results and last checkpoint kept in {self.writer.path}; "
               "continue with the same command plus --resume", file=sys.stderr, flush=True)
         self.comm.abort(code)

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import aggregators, attacks, backend, config, data, models, results
+from . import aggregators, attacks, backend, checkpoint, config, data, models, outfiles, preflight, results, resume
 from .comm import Comm, mpi_library_version
 from .comm import block_counts as comm_block_counts
 from .errors import ConfigError, KrumMPIError
 from .progress import Progress
 from .server import Server
-from .steps import StepLoop, Watchdog, peak_rss_mib
+from .steps import StepLoop, Watchdog, flush_or_note, peak_rss_mib
 from .stop import StopRequest  # noqa: F401  (krum_mpi.train.StopRequest, as before)
 from .summary import summarize_arrays
 from .workers import LocalWorkers
@@ -111,11 +111,15 @@ def limit_blas_threads(comm: Comm) -> int:
     return threads
 
 
-def _agree_on_setup(cfg: dict, comm: Comm) -> Setup:
-    """Build the setup on every rank; if any rank fails, the lowest failing rank reports and all stop."""
+def _agree_on_setup(cfg: dict, comm: Comm, ranks_here: int) -> Setup:
+    """Build the setup on every rank, and check the run fits in memory before anything large is
+    allocated; if any rank fails, the lowest failing rank reports and all stop."""
     error = None
     try:
         setup = Setup(cfg, comm)
+        width = setup.aggregator.max_selected if comm.is_root else cfg["workers"]["n"]   # rank 0 knows the rule
+        preflight.check_memory(cfg, setup.d, setup.dataset.n_features, setup.model.layer_sizes, comm.counts,
+                               ranks_here, width)
     except KrumMPIError as exc:
         error, setup = exc, None
     first = comm.first_rank_where(error is not None)
@@ -126,20 +130,66 @@ def _agree_on_setup(cfg: dict, comm: Comm) -> Setup:
     return setup
 
 
-def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume: bool, blas_threads: int, hostnames):
-    """Rank 0: a results writer, new or reopened at its checkpoint (None when there is none)."""
+def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, blas_threads: int, hostnames,
+                  server: Server):
+    """Rank 0: (writer, first step, checkpoint arrays or None), new or checked for --resume.
+
+    Everything read is checked here, before rank 0 tells the others where to start (go or no-go)."""
     prov = results.provenance(mpi_library_version(), hostnames, comm.size, s.n, backend.device_description(s.device))
     prov.update({"dataset": s.dataset.provenance, "n_params": s.d, "adversary": cfg["attack"]["adversary"],
                  "blas_threads_per_rank": blas_threads or "library default"})
-    args = (out_path, cfg, config.run_id(cfg), prov, s.byzantine, s.aggregator.max_selected, False,
-            cfg["run"]["gather_deadline_s"] > 0)
-    if resume and Path(out_path).exists():
-        writer, checkpoint = results.ResultsWriter.resume(*args)
+    max_selected = s.aggregator.max_selected
+    preflight.check_disk(cfg, s.d, out_path, max_selected)
+    args = (config.run_id(cfg), prov, s.byzantine, max_selected, False, cfg["run"]["gather_deadline_s"] > 0)
+    if resume_run and Path(out_path).exists():
+        expected = {"params": ((s.d,), "float32")}
+        if server.momentum is not None:
+            expected["server_momentum"] = ((s.d,), "float32")
+        if cfg["optimizer"]["momentum"] > 0 and cfg["optimizer"]["momentum_at"] == "worker":
+            expected["worker_momentum"] = ((s.n, s.d), "float32")
+        writer, start, arrays = resume.load(out_path, cfg, args, s.d, expected, s.aggregator.rule.state_keys,
+                                            into={"worker_momentum": server.X})   # X is free before step 1
     else:
-        writer, checkpoint = results.ResultsWriter(*args), None
+        writer, start, arrays = results.ResultsWriter(out_path, cfg, *args), 0, None
+    outfiles.remove_stale_files(out_path)
     writer.extra_attrs["adversary"] = cfg["attack"]["adversary"] if s.colluding else "omniscient"
     writer.extra_selection["worker_rank"] = np.repeat(np.arange(comm.size, dtype=np.int32), comm.counts)
-    return writer, checkpoint
+    return writer, start, arrays
+
+
+def _start(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, blas_threads: int, theta: np.ndarray,
+           workers: LocalWorkers):
+    """Collective: rank 0 opens (or reopens and checks) the results and tells every rank where to
+    start (go or no-go: -1 and every rank leaves); parameters and momentum restored on a resume.
+    Returns (server, writer, checkpoint store, first step); the first three are None off rank 0."""
+    hostnames = comm.hostnames()
+    server = writer = store = arrays = None
+    if comm.is_root:
+        server = Server(s, cfg)
+        error = None
+        try:
+            writer, start, arrays = _open_results(s, cfg, out_path, comm, resume_run, blas_threads, hostnames,
+                                                  server)
+        except KrumMPIError as exc:
+            error = exc
+        start = comm.bcast_flag(-1 if error else start)
+        if error:
+            raise error
+        store = checkpoint.CheckpointStore(checkpoint.path_for(out_path), writer.run_id)
+        if arrays:
+            theta[:] = arrays["params"]
+            if start < cfg["run"]["steps"]:
+                server.restore(arrays)
+                store.last_step = start - 1
+        else:
+            theta[:] = s.model.init(np.random.default_rng([s.seed, SEED_PARAMS]))
+    else:
+        start = comm.bcast_flag(0)
+        if start < 0:
+            raise SystemExit(2)
+    if workers.momentum is not None and 0 < start < cfg["run"]["steps"]:
+        comm.scatter_rows(arrays["worker_momentum"] if comm.is_root else None, workers.momentum)
+    return server, writer, store, start
 
 
 def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
@@ -153,77 +203,34 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     comm = comm or Comm(cfg["workers"]["n"])
     stop = stop or StopRequest()
     blas_threads = limit_blas_threads(comm)
-    s = _agree_on_setup(cfg, comm)
+    s = _agree_on_setup(cfg, comm, comm.ranks_on_this_node())
     run_cfg = cfg["run"]
-    steps = run_cfg["steps"]
     workers = LocalWorkers(s, cfg, comm)
-    hostnames = comm.hostnames()
     theta = np.empty(s.d, dtype=np.float32)
 
-    # Rank 0 opens (or reopens) the results and tells every rank where to start; -1: it failed.
-    server = writer = checkpoint = None
-    if comm.is_root:
-        server = Server(s, cfg)
-        error = None
-        try:
-            writer, checkpoint = _open_results(s, cfg, out_path, comm, resume, blas_threads, hostnames)
-        except KrumMPIError as exc:
-            error = exc
-        start = comm.bcast_flag(-1 if error else (checkpoint["step"] + 1 if checkpoint else 0))
-        if error:
-            raise error
-        if checkpoint:
-            theta[:] = checkpoint["params"]
-            server.restore(checkpoint)
-        else:
-            theta[:] = s.model.init(np.random.default_rng([s.seed, SEED_PARAMS]))
-    else:
-        start = comm.bcast_flag(0)
-        if start < 0:
-            raise SystemExit(2)
-    if workers.momentum is not None and start > 0:
-        comm.scatter_rows(checkpoint["worker_momentum"] if comm.is_root else None, workers.momentum)
+    server, writer, store, start = _start(s, cfg, out_path, comm, resume, blas_threads, theta, workers)
+    save = _saver(comm, workers, server, writer, store, theta)
 
-    def save(step_done: int, status: str, peak_rss=None) -> None:
-        """Collective (unless ``peak_rss`` is given: rank 0 alone, no worker momentum): gather what a
-        resume needs; rank 0 flushes results and checkpoint atomically."""
-        all_momentum = None
-        if peak_rss is None:
-            rss = comm.gather_values(peak_rss_mib())
-            if workers.momentum is not None:
-                all_momentum = np.empty((s.n, s.d), dtype=np.float32) if comm.is_root else None
-                comm.gather_rows(workers.momentum, all_momentum)
-        else:
-            rss = peak_rss.copy()
-            rss[0] = peak_rss_mib()
-        if not comm.is_root:
-            return
-        writer.extra_attrs["peak_rss_mib"] = rss     # per rank, at this flush
-        writer.checkpoint = {"step": step_done, "params": theta.copy(), "worker_momentum": all_momentum,
-                             **server.state()}
-        writer.flush(status)
-
+    if start == 0:
+        _all_agree(comm, (lambda: writer.flush("running")) if comm.is_root else None)
     watchdog = progress = None
     if comm.is_root:
-        if start == 0:
-            writer.flush("running")
         if run_cfg["watchdog_s"] > 0:
             watchdog = Watchdog(run_cfg["watchdog_s"], writer, comm, stop)
             watchdog.start()
-        progress = Progress(steps, "train", unit="step", quiet=quiet, start=start)
+        progress = Progress(run_cfg["steps"], "train", unit="step", quiet=quiet, start=start)
     loop = StepLoop(s, cfg, comm, workers, server, writer, theta, stop, save, watchdog, progress)
     try:
         step, interrupted = loop.run(start)
     except KrumMPIError as exc:    # found by one rank mid-run (a bad row in a dataset file, say)
-        if writer is not None:
-            writer.flush("failed")
-        if comm.size > 1:          # the other ranks wait in a collective: end them all, with the message
+        flush_or_note(writer, "failed")
+        # the other ranks wait in a collective: end them all, with the message (unless all know already)
+        if comm.size > 1 and not getattr(exc, "agreed", False):
             print(f"krum-mpi: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
             comm.abort(2)
         raise
     except BaseException:
-        if writer is not None:
-            writer.flush("failed")   # records so far; the last checkpoint stays the one on disk
+        flush_or_note(writer, "failed")    # records so far; the last checkpoint stays the one on disk
         raise
 
     if watchdog is not None:
@@ -238,16 +245,76 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     return {**summarize(writer, s.byzantine), "status": status}
 
 
+def _saver(comm: Comm, workers: LocalWorkers, server, writer, store, theta: np.ndarray):
+    """The run's ``save(step_done, status, peak_rss=None)``."""
+
+    def save(step_done: int, status: str, peak_rss=None) -> None:
+        """Collective: rank 0 appends the new rows, then replaces the checkpoint; every rank learns
+        whether that worked (a full disk ends all ranks with one line, no rank left waiting).
+
+        With ``peak_rss`` (the ranks' peak memory as rank 0 last heard it): rank 0 alone, used with a
+        gather deadline when the workers hold no momentum; a failed write then raises on rank 0,
+        whose error handler ends the other ranks."""
+        final = status == "complete"
+        if peak_rss is not None:
+            rss = peak_rss.copy()
+            rss[0] = peak_rss_mib()
+        else:
+            rss = comm.gather_values(peak_rss_mib())
+            if workers.momentum is not None and not final:
+                # X is free between steps; with a gather deadline the step loop has drained every
+                # late reply first (and those land in the exchange's own buffers, never in X)
+                comm.gather_rows(workers.momentum, server.X if comm.is_root else None)
+        if not comm.is_root:
+            return _all_agree(comm, None)
+        writer.extra_attrs["peak_rss_mib"] = rss     # per rank, at this flush
+        if final:
+            def write():
+                writer.flush(status, final={"step": step_done, "params": theta})
+        else:
+            def write():
+                writer.flush(status)
+                store.write(step_done, {"params": theta, **server.state(),
+                                        "worker_momentum": server.X if workers.momentum is not None else None})
+                writer.note_checkpoint(step_done)
+        if peak_rss is not None:
+            write()
+        else:
+            _all_agree(comm, write)
+        if final:
+            store.remove()
+
+    return save
+
+
+def _all_agree(comm: Comm, write) -> None:
+    """Collective: rank 0 runs ``write`` (None elsewhere); if it fails (a full disk, a read-only
+    folder), every rank leaves together: rank 0 with the one-line error, the others with status 2."""
+    error = None
+    if write is not None:
+        try:
+            write()
+        except KrumMPIError as exc:
+            error = exc
+    if comm.bcast_flag(error is not None):
+        if error is None:
+            raise SystemExit(2)
+        error.agreed = True      # every rank knows: no abort needed
+        raise error
+
+
 def summarize(writer: results.ResultsWriter, byzantine: np.ndarray) -> dict:
-    k = writer.done
+    run = results.read_run(writer.path)
+    k = int(run["attrs"]["steps_done"])
+    metrics, timing = run["metrics"], run["timing"]
     return {
         "path": str(writer.path),
         "aggregator": writer.cfg["aggregator"]["name"],
         "attack": writer.cfg["attack"]["name"],
         "byzantine": int(byzantine.sum()),
         "steps": k,
-        "final_loss": float(writer.metrics["loss"][k - 1]) if k else float("nan"),
-        "mean_aggregate_s": float(np.mean(writer.timing["aggregate_s"][:k])) if k else float("nan"),
-        **summarize_arrays(writer.metrics["test_accuracy"][:k], writer.selected[:k], byzantine,
-                           writer.timing["step_s"][:k]),
+        "final_loss": float(metrics["loss"][k - 1]) if k else float("nan"),
+        "mean_aggregate_s": float(np.mean(timing["aggregate_s"][:k])) if k else float("nan"),
+        **summarize_arrays(metrics["test_accuracy"][:k], run["selection"]["selected"][:k], byzantine,
+                           timing["step_s"][:k]),
     }

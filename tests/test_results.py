@@ -94,3 +94,192 @@ def test_provenance_is_json():
     import krum_mpi.native as native
 
     assert prov["native_kernels"] == native.status()
+
+
+# -- the appended layout: cost, crash safety, OS errors -------------------------------------------
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WRITER_LOOP = """
+import sys, numpy as np
+from krum_mpi import config, results
+cfg = config.validate({"run": {"steps": 10**6}, "workers": {"n": 4}})
+w = results.ResultsWriter(sys.argv[1], cfg, config.run_id(cfg), {}, np.zeros(4, bool), 2, True, True)
+step = 0
+while True:
+    for _ in range(37):
+        w.record(step, float(step), np.nan, {k: float(step) for k in results.TIMINGS}, [step % 4],
+                 np.full(4, 0.25), np.zeros(4, bool), np.full(4, float(step)))
+        step += 1
+    w.flush("running")
+    print(step, flush=True)
+"""
+
+
+def _wchar():
+    return int(next(l for l in Path("/proc/self/io").read_text().splitlines() if l.startswith("wchar:")).split()[1])
+
+
+def test_kill9_at_any_moment_leaves_a_readable_consistent_file(tmp_path):
+    """A writer flushing as fast as it can, killed with SIGKILL at random moments, 25 times: the file
+    always opens, and holds rows 0..k-1 exactly as recorded (the last flush, whole, or the one before)."""
+    out = tmp_path / "r.h5"
+    rng = np.random.default_rng(1234)
+    for trial in range(25):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER_LOOP, str(out)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline(), "the writer did not flush"
+        time.sleep(float(rng.uniform(0, 0.4)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        run = results.read_run(out)
+        k = run["attrs"]["steps_done"]
+        assert k > 0 and k % 37 == 0
+        np.testing.assert_array_equal(run["metrics"]["step"], np.arange(k))
+        np.testing.assert_array_equal(run["metrics"]["loss"], np.arange(k, dtype=float))
+        np.testing.assert_array_equal(run["timing"]["worker_compute_s"][:, 3], np.arange(k, dtype=float))
+        np.testing.assert_array_equal(run["selection"]["selected"][:, 0], np.arange(k) % 4)
+    assert len(list(tmp_path.glob(".r.h5.*"))) <= 2 * 25   # hidden files of killed writers (removed by the next run)
+
+
+def test_flush_writes_what_changed_not_the_whole_run(tmp_path):
+    """Bytes written by a flush of 10 new rows stay the same whether 100 or 30,000 rows are done."""
+    w = _writer(tmp_path / "r.h5", steps=100_000)
+    def flush_bytes(rows):
+        for _ in range(rows):
+            w.record(w.done, 0.5, np.nan, _timing(0.1), [1], np.full(4, 0.25))
+        w.flush("running")          # the two files alternate: both catch up before measuring
+        w.flush("running")
+        for _ in range(10):
+            w.record(w.done, 0.5, np.nan, _timing(0.1), [1], np.full(4, 0.25))
+        before = _wchar()
+        w.flush("running")
+        return _wchar() - before
+    small = flush_bytes(100)
+    large = flush_bytes(30_000)
+    whole = (tmp_path / "r.h5").stat().st_size
+    assert whole > 1_000_000
+    assert large < 2 * small + 65536, (small, large)
+    assert large < whole / 5, (large, whole)
+
+
+def test_the_file_out_names_is_never_modified_in_place(tmp_path):
+    """Flushes go to the other file, then a rename; a reader holding <out> open (HDF5 locks it) keeps
+    its file unchanged, also when that file's turn to be written comes again (the writer copies)."""
+    path = tmp_path / "r.h5"
+    w = _writer(path)
+    w.record(0, 1.0, np.nan, _timing(0.1), [0])
+    w.flush()
+    with h5py.File(path, "r") as reader, open(path, "rb") as raw:
+        first = raw.read()
+        for step in range(1, 5):
+            w.record(step, 1.0, np.nan, _timing(0.1), [0])
+            w.flush()
+        raw.seek(0)
+        assert raw.read() == first
+        assert reader["metrics/step"][()].tolist() == [0]
+    assert results.read_run(path)["attrs"]["steps_done"] == 5
+    w.flush("complete", final={"step": 4, "params": np.ones(3, np.float32)})
+    assert os.stat(path).st_nlink == 1 and not list(tmp_path.glob(".r.h5.*"))   # one plain file at the end
+    assert results.read_run(path)["checkpoint"]["params"].tolist() == [1, 1, 1]
+
+
+def test_two_runs_with_the_same_out_do_not_share_a_temporary_name(tmp_path):
+    path = tmp_path / "r.h5"
+    a, b = _writer(path), _writer(path)
+    assert not set(a.spares) & set(b.spares)
+    for step in range(6):
+        for w in (a, b):
+            w.record(step, 1.0, np.nan, _timing(0.1), [0])
+            w.flush()
+    assert results.read_run(path)["attrs"]["steps_done"] == 6
+
+
+def test_one_line_adds_a_per_step_dataset(tmp_path, monkeypatch):
+    extra = results.PerStep("selection/recomputed", np.int32, -1)
+    monkeypatch.setattr(results, "PER_STEP", results.PER_STEP + (extra,))
+    w = _writer(tmp_path / "r.h5")
+    w.record(0, 1.0, np.nan, _timing(0.1), [0], values={"selection/recomputed": 3})
+    w.record(1, 1.0, np.nan, _timing(0.1), [0])
+    w.flush()
+    assert results.read_run(tmp_path / "r.h5")["selection"]["recomputed"].tolist() == [3, -1]
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real tmpfs of 1 MiB (root with mount rights; skipped where the machine does not allow it)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_full_disk_is_one_line_and_keeps_the_last_flush(tmpfs):
+    path = tmpfs / "r.h5"
+    cfg = config.validate({"run": {"steps": 10**6}, "workers": {"n": 64}})
+    w = results.ResultsWriter(path, cfg, "x", {}, np.zeros(64, bool), 64, True, True)
+    kept, error = 0, None
+    while error is None:
+        for _ in range(50):
+            w.record(w.done, 1.0, np.nan, _timing(0.1), np.arange(64), np.full(64, 1 / 64), np.zeros(64, bool),
+                     np.full(64, 0.1))
+        try:
+            w.flush("running")
+            kept = w.done
+        except ResultsError as exc:
+            error = str(exc)
+    assert "No space left on device" in error and f"results up to {kept} steps kept" in error
+    assert "\n" not in error and "--resume" in error
+    run = results.read_run(path)
+    assert run["attrs"]["steps_done"] == kept and run["metrics"]["step"].tolist() == list(range(kept))
+    inodes = {p.stat().st_ino for p in tmpfs.iterdir()}
+    assert inodes == {path.stat().st_ino}, "a half-written file still holds the space"
+    w.flush("failed")   # after a failed flush nothing more is written (and nothing raised twice)
+
+
+def test_read_only_folder_is_found_before_setup(tmpfs):
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    with pytest.raises(ResultsError, match="cannot write results in .*Read-only file system.*--out"):
+        results.check_can_write(tmpfs / "sub" / "r.h5", force=False)
+    with pytest.raises(ResultsError, match="cannot write results in .*Read-only file system"):
+        results.check_can_write(tmpfs / "r.h5", force=False)
+
+
+def test_permission_denied_is_found_before_setup(tmp_path):
+    """As an unprivileged user (root writes anywhere): a forked child drops to nobody."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to another user")
+    import tempfile
+    folder = Path(tempfile.mkdtemp(prefix="krum-perm-", dir="/tmp"))   # traversable by anyone, writable by root
+    folder.chmod(0o755)
+    messages = []
+    for target in (folder / "r.h5", folder / "sub" / "r.h5", tmp_path / "r.h5"):   # tmp_path: not traversable
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            message = "no error"
+            try:
+                os.close(read)
+                os.setgid(65534)
+                os.setuid(65534)
+                results.check_can_write(target, force=False)
+            except ResultsError as exc:
+                message = str(exc)
+            except BaseException as exc:
+                message = f"unexpected {type(exc).__name__}: {exc}"
+            finally:
+                os.write(write, message.encode())
+                os._exit(0)
+        os.close(write)
+        messages.append(os.read(read, 4096).decode())
+        os.close(read)
+        os.waitpid(pid, 0)
+    folder.rmdir()
+    for message in messages:
+        assert message.startswith("cannot write results in") and "Permission denied" in message, message

@@ -1,0 +1,124 @@
+"""Before the first step: will this run fit in memory and on disk? Refuse what cannot, naming the key.
+
+Memory: each rank's arrays are known from the config and the model (d parameters, n workers, k of
+them on this rank): the parameters, its workers' gradient rows and momentum, one minibatch's
+activations, and on rank 0 the gather buffer (n x d), the server's buffers, the rule's workspace,
+a test-set chunk and the per-step rows kept between flushes. The estimate for a node (rank 0's
+share plus the others', as if all ran here) is compared with the memory available now
+(MemAvailable, or the cgroup's limit when lower). What the ranks already hold (the interpreter,
+the data set) is already out of MemAvailable, so it is not counted again.
+
+Disk (rank 0): the results rows of every step (twice: two files alternate, see results.py) and the
+checkpoint (twice while it is replaced) against the free space of the results folder.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+
+GIB = float(1 << 30)
+ROWS_WITHOUT_COPY = ("average", "krum", "multi-krum")   # rules that need no (n, d) workspace
+
+
+def _gib(x: float) -> str:
+    return f"{x / GIB:.3g} GiB"
+
+
+def _d_key(cfg: dict) -> str:
+    return "model.hidden" if cfg["model"]["name"] == "mlp" else "data.n_features"
+
+
+def row_bytes(n: int, max_selected: int) -> int:
+    """Bytes of one step's record (every per-step dataset, weights and absent included)."""
+    return 8 * 8 + n * (8 + 4 + 1) + 4 * max_selected
+
+
+def rank_terms(cfg: dict, d: int, n_features: int, layer_sizes, k: int, root: bool, max_selected: int) -> list:
+    """(bytes, what, key) for one rank hosting k workers (and the server when ``root``)."""
+    n, opt = cfg["workers"]["n"], cfg["optimizer"]
+    batch = cfg["workers"]["batch_size"]
+    widths = sum(layer_sizes[1:])
+    worker_mom = opt["momentum"] > 0 and opt["momentum_at"] == "worker"
+    server_mom = opt["momentum"] > 0 and opt["momentum_at"] == "server"
+    dk = _d_key(cfg)
+    terms = [
+        (4.0 * d * 3, "the parameters, a gradient and its copy", dk),
+        (4.0 * k * d * (2 if worker_mom else 1), f"this rank's {k} gradient rows" +
+         (" and worker momentum" if worker_mom else ""), dk),
+        (4.0 * batch * (3 * n_features + 3 * widths + 4 * layer_sizes[-1]), "one minibatch's activations",
+         "workers.batch_size"),
+    ]
+    if root:
+        flush_every = cfg["run"]["checkpoint_every"] or cfg["run"]["eval_every"]
+        rule = cfg["aggregator"]["name"]
+        terms += [
+            (4.0 * n * d, f"the gather buffer (workers.n = {n} rows of d = {d})", "workers.n" if 4.0 * d < 1e8 else dk),
+            (4.0 * d * (4 if server_mom else 3), "the server's update buffers", dk),
+            (4.0 * n * d * (rule not in ROWS_WITHOUT_COPY) + 8.0 * n * n * 4 + 8.0 * n * min(d, 1 << 16),
+             f"the {rule} rule's workspace", dk),
+            (4.0 * 8192 * (n_features + 2 * widths + layer_sizes[-1]), "a test-set chunk", dk),
+            (2.0 * min(flush_every, cfg["run"]["steps"]) * row_bytes(n, max_selected),
+             "the per-step rows kept between flushes", "run.checkpoint_every"),
+        ]
+    return terms
+
+
+def available_memory() -> float:
+    """Bytes this node can still give: MemAvailable, capped by a cgroup v2 or v1 limit."""
+    avail = float("inf")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < (1 << 60):
+            avail = min(avail, float(int(limit) - usage))
+    return avail
+
+
+def check_memory(cfg: dict, d: int, n_features: int, layer_sizes, counts, ranks_here: int, max_selected: int,
+                 available: float | None = None) -> None:
+    """Raise ConfigError when this node's ranks cannot hold the run (rank 0's share counted here)."""
+    k_max = int(np.max(counts))
+    root = rank_terms(cfg, d, n_features, layer_sizes, int(counts[0]), True, max_selected)
+    other = rank_terms(cfg, d, n_features, layer_sizes, k_max, False, max_selected)
+    terms = root + [(b * (ranks_here - 1), f"{what} (x{ranks_here - 1} ranks)", key)
+                    for b, what, key in other] if ranks_here > 1 else root
+    need = sum(b for b, _, _ in terms)
+    avail = available_memory() if available is None else available
+    if need > avail:
+        b, what, key = max(terms)
+        raise ConfigError(f"this run needs about {_gib(need)} of memory on a node with {ranks_here} rank(s) but "
+                          f"{_gib(avail)} is available; the largest part is {what}, {_gib(b)}: lower {key} "
+                          "(or spread the ranks over more nodes)")
+
+
+def check_disk(cfg: dict, d: int, out_path, max_selected: int) -> None:
+    """Raise ConfigError when the results and checkpoint cannot fit in the results folder."""
+    n, opt = cfg["workers"]["n"], cfg["optimizer"]
+    rows = 2.0 * cfg["run"]["steps"] * row_bytes(n, max_selected)
+    worker_mom = opt["momentum"] > 0 and opt["momentum_at"] == "worker"
+    ckpt = 2.0 * 4 * d * (3 + (n if worker_mom else 0))
+    folder = Path(out_path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = float(shutil.disk_usage(folder).free)
+    if rows + ckpt > free:
+        key = "run.steps" if rows > ckpt else _d_key(cfg)
+        raise ConfigError(f"the results of this run need about {_gib(rows + ckpt)} on disk (rows of "
+                          f"{cfg['run']['steps']} steps: {_gib(rows)}, checkpoint: {_gib(ckpt)}) but {folder} has "
+                          f"{_gib(free)} free: lower {key}, or choose another --out")
+

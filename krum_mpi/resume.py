@@ -1,0 +1,94 @@
+"""--resume: read and check everything a resumed run starts from, on rank 0, before any rank goes on.
+
+The results file (``<out>``) gives the recorded rows; the checkpoint file (``<out>.ckpt``) gives the
+state after step s (parameters, momentum, rule state). Both are checked against this run's config
+(run id, shapes, dtypes, step range, per-array checksums, finiteness as saved, the Byzantine set);
+the first problem found is refused with one line, and rank 0 tells every rank (go or no-go) so none
+waits in a collective. Rows recorded past the checkpoint are dropped: the resumed run redoes them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import checkpoint
+from .errors import ResultsError
+from .results import ResultsWriter, read_run
+
+STATE_PREFIX = "aggregator_state."
+
+
+def reopen(path, cfg: dict, run_id: str, provenance: dict, byzantine, max_selected: int,
+           record_weights: bool, record_absent: bool = False):
+    """A writer holding the checked rows of the results file ``path``: (writer, attrs, final params)."""
+    old = read_run(path)
+    attrs = old["attrs"]
+    if attrs["run_id"] != run_id:
+        raise ResultsError(f"{path} holds another run (run_id {attrs['run_id']}, this config is {run_id}): "
+                           "resume with the same config and overrides, or choose another --out")
+    w = ResultsWriter(path, cfg, run_id, provenance, byzantine, max_selected, record_weights, record_absent)
+    done = attrs.get("steps_done")
+    if type(done) is not int or not 0 <= done <= cfg["run"]["steps"]:
+        raise ResultsError(f"{path}: steps_done = {done!r} is not a step count of this run "
+                           f"(0..{cfg['run']['steps']})")
+    arrays = {}
+    for s in w.specs:
+        group, name = s.name.split("/")
+        a = old.get(group, {}).get(name)
+        if a is None:
+            raise ResultsError(f"{path}: dataset {s.name} is missing: the file cannot be resumed")
+        if a.shape != (done, *w.tails[s.name]) or a.dtype != np.dtype(s.dtype):
+            raise ResultsError(f"{path}: {s.name} is {a.dtype} {a.shape}, expected {np.dtype(s.dtype)} "
+                               f"{(done, *w.tails[s.name])}")
+        arrays[s.name] = a
+    if not np.array_equal(arrays["metrics/step"], np.arange(done)):
+        raise ResultsError(f"{path}: metrics/step is not 0, 1, ..., {done - 1}: the file is damaged")
+    if not np.array_equal(old["selection"].get("byzantine"), w.byzantine):
+        raise ResultsError(f"{path}: selection/byzantine differs from this config's Byzantine workers")
+    w.created = attrs["created"]
+    w.done = w.rows.count = done
+    for s in w.specs:
+        w.rows.buf[s.name] = np.concatenate([arrays[s.name], np.full((64, *w.tails[s.name]), s.fill, s.dtype)])
+    w.last_checkpoint_step = int(attrs.get("last_checkpoint_step", -1))
+    w.extra_attrs["resumed_at_steps"] = [int(x) for x in np.atleast_1d(attrs.get("resumed_at_steps", []))]
+    return w, attrs, old.get("checkpoint")
+
+
+def load(path, cfg: dict, writer_args: tuple, d: int, expected: dict, state_keys, into: dict):
+    """(writer, first step to run, checkpoint arrays or None). ``writer_args``: what ResultsWriter
+    takes after the path; ``expected``: name -> (shape, dtype) of the arrays the checkpoint must hold."""
+    steps = cfg["run"]["steps"]
+    writer, attrs, in_results = reopen(path, cfg, *writer_args)
+    if attrs["status"] == "complete":
+        params = (in_results or {}).get("params")
+        if writer.done != steps or params is None or params.shape != (d,) or params.dtype != np.float32:
+            raise ResultsError(f"{path} says complete but lacks its {steps} steps or final float32 ({d},) "
+                               "parameters: the file is damaged; rerun with --force instead of --resume")
+        return writer, steps, {"params": params}
+    ck = checkpoint.path_for(path)
+    if not ck.exists():
+        if writer.last_checkpoint_step >= 0:
+            raise ResultsError(f"checkpoint {ck} is missing (the results record one after step "
+                               f"{writer.last_checkpoint_step}): restore it, or start over with --force "
+                               "instead of --resume")
+        if in_results is not None:
+            raise ResultsError(f"{path} keeps its checkpoint inside (an older krum-mpi wrote it): finish the "
+                               "run with that version, or start over with --force instead of --resume")
+        return ResultsWriter(path, cfg, *writer_args), 0, None   # stopped before its first checkpoint
+    step, arrays = checkpoint.read(ck, writer.run_id, expected, STATE_PREFIX, into)
+    if not -1 <= step < steps:   # -1: stopped before its first step
+        raise ResultsError(f"checkpoint {ck}: step {step} is outside this run's steps 0..{steps - 1}")
+    if step + 1 > writer.done:
+        raise ResultsError(f"checkpoint {ck}: step {step} is beyond the {writer.done} steps recorded in {path}")
+    if step < writer.last_checkpoint_step:
+        raise ResultsError(f"checkpoint {ck}: step {step} is older than the one {path} records "
+                           f"({writer.last_checkpoint_step}): it is not this run's latest checkpoint")
+    for name, a in arrays.items():
+        if name.startswith(STATE_PREFIX) and (name[len(STATE_PREFIX):] not in state_keys
+                                              or a.shape not in ((), (d,)) or a.dtype.kind not in "fiu"):
+            raise ResultsError(f"checkpoint {ck}: {name} ({a.dtype} {a.shape}) is not state of this run's rule")
+    if step == -1:    # nothing done yet: start over from the seeded parameters, as a fresh run would
+        return ResultsWriter(path, cfg, *writer_args), 0, None
+    writer.done = writer.rows.count = step + 1
+    writer.extra_attrs["resumed_at_steps"] = writer.extra_attrs["resumed_at_steps"] + [step + 1]
+    writer.last_checkpoint_step = step
+    return writer, step + 1, arrays
