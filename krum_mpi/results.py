@@ -69,6 +69,7 @@ PER_STEP = (
     PerStep("selection/selected", np.int32, -1, "selected"),  # worker ids, best first, -1 padded
     PerStep("selection/weights", np.float32, np.nan, "n", "weights"),
     PerStep("selection/absent", np.bool_, False, "n", "absent"),   # missed the gather deadline
+    PerStep("selection/recomputed", np.int32, 0),  # distances the certified selection recomputed
 )
 CHUNK_BYTES = 1 << 14
 LINK_UNSUPPORTED = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}

@@ -201,7 +201,8 @@ class StepLoop:
         timing = {"compute_s": float(meta[present, 1].max()), "gather_s": gather_s,
                   "aggregate_s": aggregate_s, "update_s": update_s, "step_s": step_s}
         self.writer.record(step, loss, acc, timing, selected, None if agg is None else agg.weights,
-                           absent=~present, worker_compute_s=np.where(present, meta[:, 1], np.nan))
+                           absent=~present, worker_compute_s=np.where(present, meta[:, 1], np.nan),
+                           values={"selection/recomputed": 0 if agg is None else agg.recomputed})
         if self.watchdog is not None:
             self.watchdog.beat(step_s)
         if self.progress is not None:

@@ -43,3 +43,14 @@ def test_blind_selects_like_a_nan_row_on_synthetic_data(tmp_path):
     runs = run_pair(tmp_path, 100, ["--set", "data.name=synthetic", "--set", "data.n_features=57",
                                     "--set", "data.n_train=3000", "--set", "data.n_test=600"])
     check_same_selections(runs)
+
+
+def test_recomputed_distances_are_recorded_per_step(tmp_path):
+    # an ordinary run recomputes nothing; the count is a per-step dataset of the results file
+    out = tmp_path / "run.h5"
+    proc = run_cli(["run", REPO / "configs" / "synthetic-krum-f6.toml", "--out", out, "--quiet",
+                    "--set", "run.steps=20", "--set", "run.eval_every=10"], ranks=2, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recomputed = results.read_run(out)["selection"]["recomputed"]
+    assert recomputed.dtype == np.int32 and recomputed.shape == (20,)
+    assert (recomputed >= 0).all()

@@ -199,13 +199,13 @@ def test_two_runs_with_the_same_out_do_not_share_a_temporary_name(tmp_path):
 
 
 def test_one_line_adds_a_per_step_dataset(tmp_path, monkeypatch):
-    extra = results.PerStep("selection/recomputed", np.int32, -1)
+    extra = results.PerStep("selection/example", np.int32, -1)
     monkeypatch.setattr(results, "PER_STEP", results.PER_STEP + (extra,))
     w = _writer(tmp_path / "r.h5")
-    w.record(0, 1.0, np.nan, _timing(0.1), [0], values={"selection/recomputed": 3})
+    w.record(0, 1.0, np.nan, _timing(0.1), [0], values={"selection/example": 3})
     w.record(1, 1.0, np.nan, _timing(0.1), [0])
     w.flush()
-    assert results.read_run(tmp_path / "r.h5")["selection"]["recomputed"].tolist() == [3, -1]
+    assert results.read_run(tmp_path / "r.h5")["selection"]["example"].tolist() == [3, -1]
 
 
 @pytest.fixture
