@@ -119,3 +119,23 @@ def native_isa(request, monkeypatch):
         native.reset_isa()
         yield request.param
     native.reset_isa()
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """mount_tmpfs(size) -> a real tmpfs of that size (e.g. "1m"), unmounted after the test; skips
+    where the machine does not allow mounting (needs root and mount rights)."""
+    mounted = []
+
+    def mount(size):
+        mnt = tmp_path / f"tmpfs-{len(mounted)}"
+        mnt.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)

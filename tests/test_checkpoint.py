@@ -3,7 +3,6 @@ a full disk (a real tmpfs where this machine lets us mount one)."""
 import json
 import os
 import struct
-import subprocess
 import zlib
 
 import numpy as np
@@ -159,15 +158,8 @@ def test_replacement_is_atomic_and_names_are_unique(tmp_path):
 
 
 @pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A real 1 MiB tmpfs (needs root and mount rights; skipped where the machine does not allow it)."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
+def tiny_tmpfs(mount_tmpfs):
+    return mount_tmpfs("1m")
 
 
 def test_full_disk_keeps_the_previous_checkpoint_and_frees_the_space(tiny_tmpfs):

@@ -64,14 +64,8 @@ def test_run_name_cannot_leave_the_results_folder(tmp_path, config, where):
 
 
 @pytest.fixture
-def tmpfs(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
+def tmpfs(mount_tmpfs):
+    return mount_tmpfs("4m")
 
 
 @pytest.mark.mpi

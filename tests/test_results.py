@@ -209,15 +209,8 @@ def test_one_line_adds_a_per_step_dataset(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def tmpfs(tmp_path):
-    """A real tmpfs of 1 MiB (root with mount rights; skipped where the machine does not allow it)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=True)
+def tmpfs(mount_tmpfs):
+    return mount_tmpfs("1m")
 
 
 def test_full_disk_is_one_line_and_keeps_the_last_flush(tmpfs):

@@ -143,7 +143,6 @@ def median(X, f):
 
 def trimmed_mean(X, f, b=None):
     """Mean of the values left after dropping the b smallest and b largest per coordinate."""
-    n = X.shape[0]
     b = f if b is None else b
     reduce = lambda xp, block: kept_mean(xp, block, b)  # noqa: E731
     vector = native_order(X, ORDER_TRIMMED, b)
