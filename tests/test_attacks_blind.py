@@ -110,8 +110,8 @@ def test_params_are_recorded_with_their_defaults():
 def test_cli_rejects_a_bad_magnitude_in_one_line(spambase_file, tmp_path):
     from conftest import REPO, run_cli
     out = tmp_path / "r.h5"
-    proc = run_cli(["run", REPO / "configs" / "attacks" / "spambase-blind-krum.toml", "--out", out,
-                    "--set", "attack.magnitude=1e40"], timeout=120)
+    proc = run_cli(["run", "--from-study", REPO / "jobs" / "attack-table.toml", "--cell", "attack.name=blind",
+                    "--cell", "aggregator.name=krum", "--out", out, "--set", "attack.magnitude=1e40"], timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("krum-mpi: error: attack: magnitude = 1e+40"), proc.stderr
@@ -129,8 +129,8 @@ def test_one_step_of_average_sees_one_blinding_row_and_the_crafted_rows(spambase
     and exactly five crafted ones reached the rule (two blinding rows would give -5.0e9)."""
     from conftest import REPO, run_cli
     out = tmp_path / f"{adversary}.h5"
-    proc = run_cli(["run", REPO / "configs" / "attacks" / "spambase-blind-average.toml", "--out", out,
-                    "--set", "run.steps=1", "--set", "run.eval_every=1", "--set", f"attack.adversary={adversary}",
+    proc = run_cli(["run", "--from-study", REPO / "jobs" / "attack-table.toml", "--cell", "attack.name=blind",
+                    "--cell", "aggregator.name=average", "--out", out, "--quiet", "--set", "run.steps=1", "--set", "run.eval_every=1", "--set", f"attack.adversary={adversary}",
                     "--set", "attack.magnitude=1e12", "--set", "attack.crafted=1e9"], ranks=4, timeout=300)
     assert proc.returncode == 0, proc.stderr
     with h5py.File(out, "r") as h5:

@@ -81,7 +81,7 @@ def test_every_attack_of_the_table_is_a_cell_for_average_krum_and_multi_krum():
     blind = {r for a, r in cells if a == "blind"} | {line.split("aggregator.name=")[1].split()[0]
                                                      for line in invalid if "attack.name=blind" in line}
     assert blind == {"average", "krum", "multi-krum", "median", "trimmed-mean", "meamed", "geometric-median",
-                     "centered-clipping", "mda"}
+                     "centered-clipping", "mda", "bulyan", "nnm+krum", "nnm+average", "nnm+trimmed-mean"}
     alie = next(r for r in plan.runs if r.labels["attack.name"] == "alie" and r.labels["aggregator.name"] == "krum")
     assert alie.config["attack"] == ALIE
     none = next(r for r in plan.runs if r.labels["attack.name"] == "none")
