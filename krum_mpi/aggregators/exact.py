@@ -72,7 +72,7 @@ def sub_block_dots(xp, a, b):
 
 def rows_sq_distances(X, rows):
     """(values, bounds): (r, r) float64 arrays of the distances among X[rows], from float64 Grams
-    of column chunks centred on the chunk's coordinate-wise median (one pass over those rows,
+    of column chunks centred on a coordinate-wise median of up to 5 of those rows (one pass over them,
     cheaper than pair by pair when many pairs share rows). The products of SUB columns err by
     gamma_(SUB + 1) (||e_i|| + ||e_j||)^2 and the centring by 3u; the sums over sub-blocks and
     chunks add gamma_(sub-blocks + 8). float32 rows never underflow or overflow in float64 here."""
@@ -83,9 +83,10 @@ def rows_sq_distances(X, rows):
     dist = np.zeros((r, r))
     scale = np.zeros((r, r))  # sum over chunks of (||e_i|| + ||e_j||)^2
     index = xp.asarray(rows)
-    for c in range(0, d, chunk):
+    sample = np.unique(np.linspace(0, r - 1, min(r, 5)).astype(np.int64))  # a median of 5 rows: robust
+    for c in range(0, d, chunk):                                           # to 2 huge ones, and cheap
         b = X[index, c:c + chunk].astype(xp.float64)
-        b -= lower_median(xp, b)
+        b -= lower_median(xp, b[sample])
         gram = sub_block_dots(xp, b, b)
         norms = np.maximum(np.diag(gram), 0.0)
         dist += norms[:, None] + norms[None, :] - 2.0 * gram
