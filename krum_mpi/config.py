@@ -54,8 +54,13 @@ DEFAULTS: dict = {
         "max_train": 0,          # cap on training samples used (0: all)
     },
     "model": {
-        "name": "mlp",           # logistic | softmax | mlp
+        "name": "mlp",           # logistic | softmax | mlp (NumPy) | mnist-cnn | lenet5 | resnet20 |
+                                 # char-transformer | torch (PyTorch: pip install 'krum-mpi[torch]')
         "hidden": [20, 20],      # MLP hidden widths
+        "factory": "",           # name = torch: "package.module:function" or "path/to/file.py:function"
+        "kwargs": {},            # PyTorch models: extra keyword arguments of the builder
+        "loss": "cross-entropy",  # PyTorch models: cross-entropy | nll | mse | multi-margin
+        "augment": "auto",       # PyTorch image models: auto (the zoo recipe) | none | crop-flip
     },
     "optimizer": {
         "lr": 0.05,              # SGD learning rate
@@ -86,7 +91,9 @@ CHOICES = {
     "data.name": ("spambase", "mnist", "synthetic", "hdf5"),
     "data.split": ("iid", "dirichlet", "gamma"),
     "data.generator": ("teacher", "mixture"),
-    "model.name": ("logistic", "softmax", "mlp"),
+    "model.name": ("logistic", "softmax", "mlp", "mnist-cnn", "lenet5", "resnet20", "char-transformer", "torch"),
+    "model.loss": ("cross-entropy", "nll", "mse", "multi-margin"),
+    "model.augment": ("auto", "none", "crop-flip"),
     "optimizer.momentum_at": ("server", "worker"),
     "attack.adversary": ("omniscient", "colluding"),
 }
@@ -197,6 +204,12 @@ def _check_type(key, value, default):
                 isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value):
             raise ConfigError(f"{key} = {value!r} must be a list of positive integers, e.g. [20, 20]")
         value = [int(v) for v in value]
+    elif isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} = {value!r} must be a table, e.g. {{d_model = 128}}")
+        for name, option in value.items():
+            _check_option(f"{key}.{name}", option)
+        value = dict(value)
     return value
 
 
@@ -304,11 +317,11 @@ def load_config(path, overrides=()) -> dict:
 
 
 def flatten(cfg: dict) -> dict:
-    """{"run": {"steps": 5}} -> {"run.steps": 5}; lists become JSON strings for table columns."""
+    """{"run": {"steps": 5}} -> {"run.steps": 5}; lists and tables become JSON strings for table columns."""
     flat = {}
     for section, body in cfg.items():
         for name, value in body.items():
-            flat[f"{section}.{name}"] = json.dumps(value) if isinstance(value, list) else value
+            flat[f"{section}.{name}"] = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
     return flat
 
 
