@@ -52,6 +52,7 @@ DEFAULTS: dict = {
         "noise": 0.0,            # synthetic: label noise / class overlap
         "standardize": True,     # standardise features with training statistics
         "max_train": 0,          # cap on training samples used (0: all)
+        "image_shape": [],       # synthetic: [channels, height, width] makes image rows (n_features = product)
     },
     "model": {
         "name": "mlp",           # logistic | softmax | mlp (NumPy) | mnist-cnn | lenet5 | resnet20 |

@@ -72,7 +72,8 @@ def mnist_to_h5(src, out, test_fraction: float = 0.2, seed: int = 0, compression
                 f"(seed {seed}, test fraction {test_fraction})")
     return write_arrays(out, X_train, y_train, X_test, y_test, name="mnist", n_classes=10,
                         source="MNIST (LeCun, Cortes, Burges); pixels scaled to [0, 1]",
-                        source_sha256=sums, description=note, scaling="global", compression=compression)
+                        source_sha256=sums, description=note, scaling="global", compression=compression,
+                        input_shape=mnist.INPUT_SHAPE)
 
 
 def libsvm_to_h5(src, out, name: str | None = None, test_file=None, test_fraction: float = 0.0,
@@ -129,7 +130,8 @@ def synthetic_to_h5(dataset, out, compression=None) -> Path:
     with DatasetWriter(out, n_features=dataset.n_features, name=dataset.name,
                        n_classes=dataset.n_classes, compression=compression,
                        source=f"krum-mpi synthetic generator {dataset.generator!r}",
-                       scaling="none", description=json.dumps(dataset.provenance)) as w:
+                       scaling="none", description=json.dumps(dataset.provenance),
+                       input_shape=dataset.input_shape) as w:
         for X, y in dataset.iter_train(CHUNK_ROWS):
             w.append("train", X, y)
         w.append("test", *dataset.test_set())
