@@ -38,7 +38,7 @@ DEFAULTS: dict = {
         "device": "cpu",         # where workers compute gradients: cpu | gpu
     },
     "data": {
-        "name": "spambase",      # spambase | mnist | synthetic | hdf5
+        "name": "spambase",      # spambase | mnist | synthetic | hdf5 | text
         "path": "",              # file or folder; "" = default location (KRUM_MPI_DATA or cache)
         "test_fraction": 0.2,    # held-out part, for datasets without a test split
         "split": "iid",          # iid | dirichlet | gamma (heterogeneity across workers)
@@ -52,6 +52,7 @@ DEFAULTS: dict = {
         "noise": 0.0,            # synthetic: label noise / class overlap
         "standardize": True,     # standardise features with training statistics
         "max_train": 0,          # cap on training samples used (0: all)
+        "context": 64,           # text: characters per window (the character model's context)
         "image_shape": [],       # synthetic: [channels, height, width] makes image rows (n_features = product)
     },
     "model": {
@@ -89,7 +90,7 @@ OPEN_SECTIONS = ("aggregator", "attack")
 CHOICES = {
     "run.device": ("auto", "cpu", "gpu"),
     "workers.device": ("cpu", "gpu"),
-    "data.name": ("spambase", "mnist", "synthetic", "hdf5"),
+    "data.name": ("spambase", "mnist", "synthetic", "hdf5", "text"),
     "data.split": ("iid", "dirichlet", "gamma"),
     "data.generator": ("teacher", "mixture"),
     "model.name": ("logistic", "softmax", "mlp", "mnist-cnn", "lenet5", "resnet20", "char-transformer", "torch"),
@@ -116,6 +117,7 @@ BOUNDS = {
     "data.n_classes": (2, None),
     "data.noise": (0.0, 1.0),
     "data.max_train": (0, None),
+    "data.context": (1, None),
     "optimizer.lr": (0.0, None),
     "optimizer.momentum": (0.0, 1.0),
     "aggregator.f": (-1, None),

@@ -159,3 +159,31 @@ def test_synthetic_images_are_seeded_and_shaped():
     means = open_dataset({**cfg, "image_shape": [1, 28, 28]}, seed=2).means.reshape(4, 1, 28, 28)
     corr = np.corrcoef(means[..., :-1].ravel(), means[..., 1:].ravel())[0, 1]
     assert corr > 0.8
+
+
+def test_text_windows_and_next_character_labels(tmp_path):
+    text = "the quick brown fox jumps over the lazy dog. " * 40
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    ds = open_dataset({"name": "text", "path": str(path), "context": 8, "test_fraction": 0.1})
+    vocab = sorted(set(text))
+    assert ds.n_classes == len(vocab) and ds.n_features == 8 and ds.n_train == len(text) - 180 - 8
+    X, y = ds.read_train(np.array([3, 0]))
+    decode = lambda ids: "".join(vocab[int(i)] for i in ids)           # noqa: E731
+    assert decode(X[0]) == text[3:11] and vocab[y[0]] == text[11]
+    assert decode(X[1]) == text[0:8] and vocab[y[1]] == text[8]
+    Xt, yt = ds.test_set()
+    tail = text[len(text) - 180:]
+    assert len(yt) == (180 - 1) // 8 and decode(Xt[1]) == tail[8:16] and vocab[yt[1]] == tail[16]
+    np.testing.assert_array_equal(ds.train_labels()[:5], [vocab.index(c) for c in text[8:13]])
+
+
+def test_text_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"abc\xff\xfe")
+    with pytest.raises(DataError, match="not UTF-8"):
+        open_dataset({"name": "text", "path": str(bad)})
+    short = tmp_path / "short.txt"
+    short.write_text("tiny")
+    with pytest.raises(DataError, match="no training or no test window"):
+        open_dataset({"name": "text", "path": str(short), "context": 64})

@@ -130,3 +130,18 @@ def test_kill9_then_resume_is_bitwise_identical_with_a_torch_model(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     for got, want in zip(_record(out), _record(ref)):
         assert got.tobytes() == want.tobytes(), "the resumed run differs from the uninterrupted one"
+
+
+def test_char_transformer_learns_text(tmp_path):
+    """The character model on a text file (the package's own source), small, 2 ranks."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(p.read_text() for p in sorted((REPO / "krum_mpi").glob("*.py"))))
+    out = tmp_path / "text.h5"
+    settings = ["--set", "data.name=text", "--set", f"data.path={corpus}", "--set", "data.context=32",
+                "--set", "model.name=char-transformer",
+                "--set", "model.kwargs={d_model = 64, n_layers = 2, n_heads = 4, d_ff = 128}",
+                "--set", "run.steps=40", "--set", "run.eval_every=40", "--set", "workers.n=4",
+                "--set", "workers.batch_size=8", "--set", "optimizer.lr=0.5"]
+    done = run_cli(["run", CONFIG, "--out", out, *settings], ranks=2)
+    assert done.returncode == 0, done.stderr
+    _assert_loss_falls(out, 40)
