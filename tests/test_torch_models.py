@@ -172,3 +172,41 @@ def test_batchnorm_keeps_no_running_statistics():
     assert all(not m.track_running_stats for m in model.module.modules()
                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
     assert list(model.module.buffers()) == []
+
+
+def test_parameters_are_views_of_theta_and_the_gradient_lands_in_the_row():
+    """0 copies of theta in: every bound parameter aliases theta's memory; the row is written in place."""
+    model = models.make({"name": "lenet5"}, 784, 10)
+    theta = model.init(np.random.default_rng(0))
+    flat = torch.from_numpy(theta)
+    views = model._views(flat)
+    lo, hi = theta.ctypes.data, theta.ctypes.data + theta.nbytes
+    assert all(lo <= v.data_ptr() < hi for v in views.values())
+    X, y = _batch("lenet5", 784, 10)
+    rows = np.zeros((3, model.n_params), np.float32)
+    model.gradient_into(theta, X, y, rows[1])
+    assert not rows[0].any() and not rows[2].any() and rows[1].any()
+
+
+def test_gpu_worker_gradient_equals_the_cpu_gradient():
+    """workers.device = gpu: theta and the batch as CuPy arrays, handed to torch by DLPack."""
+    from krum_mpi.backend import gpu_unavailable_reason
+
+    reason = gpu_unavailable_reason()
+    if reason is None and not torch.cuda.is_available():
+        reason = "this torch build has no CUDA"
+    if reason:
+        pytest.skip(f"GPU workers need CuPy, CUDA and a CUDA build of torch: {reason}")
+    import cupy
+
+    model = models.make({"name": "mnist-cnn"}, 784, 10)
+    theta = model.init(np.random.default_rng(0))
+    X, y = _batch("mnist-cnn", 784, 10)
+    cpu, gpu_to_host = np.empty(model.n_params, np.float32), np.empty(model.n_params, np.float32)
+    loss_cpu = model.gradient_into(theta, X, y, cpu)
+    loss_gpu = model.gradient_into(cupy.asarray(theta), cupy.asarray(X), cupy.asarray(y), gpu_to_host)
+    device_row = cupy.empty(model.n_params, cupy.float32)
+    model.gradient_into(cupy.asarray(theta), cupy.asarray(X), cupy.asarray(y), device_row)
+    assert loss_gpu == pytest.approx(loss_cpu, rel=1e-4)
+    np.testing.assert_allclose(gpu_to_host, cpu, rtol=1e-3, atol=1e-5 * np.abs(cpu).max())
+    np.testing.assert_array_equal(cupy.asnumpy(device_row), gpu_to_host)

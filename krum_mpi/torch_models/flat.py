@@ -27,6 +27,9 @@ from torch import nn
 from ..errors import ConfigError
 from .augment import crop_flip
 
+# cuBLAS is deterministic only with a fixed workspace; it must be set before CUDA starts
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 TAG_TORCH = 11     # (seed, TAG_TORCH, worker, step): torch generator and augmentation of one gradient
 LOSSES = ("cross-entropy", "nll", "mse", "multi-margin")
 EVAL_CHUNK = 1000
