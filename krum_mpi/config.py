@@ -63,6 +63,7 @@ DEFAULTS: dict = {
         "kwargs": {},            # PyTorch models: extra keyword arguments of the builder
         "loss": "cross-entropy",  # PyTorch models: cross-entropy | nll | mse | multi-margin
         "augment": "auto",       # PyTorch image models: auto (the zoo recipe) | none | crop-flip
+        "weight_decay": 0.0,     # L2 coefficient: each worker adds weight_decay * theta to its gradient
     },
     "optimizer": {
         "lr": 0.05,              # SGD learning rate
@@ -119,6 +120,7 @@ BOUNDS = {
     "data.max_train": (0, None),
     "data.context": (1, None),
     "optimizer.lr": (0.0, None),
+    "model.weight_decay": (0.0, None),
     "optimizer.momentum": (0.0, 1.0),
     "aggregator.f": (-1, None),
     "run.gather_deadline_s": (0.0, None),

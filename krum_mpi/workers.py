@@ -22,6 +22,7 @@ class LocalWorkers:
         self.rows = np.empty((k, d), dtype=np.float32)       # one gradient (or momentum) row per worker
         self.meta = np.empty((k, 2), dtype=np.float64)       # per worker: minibatch loss, compute seconds
         self.mu = opt["momentum"]
+        self.weight_decay = cfg["model"]["weight_decay"]
         self.momentum = np.zeros((k, d), dtype=np.float32) \
             if (opt["momentum_at"] == "worker" and self.mu > 0) else None
         self.is_byzantine = setup.byzantine[setup.local_workers]
@@ -50,6 +51,8 @@ class LocalWorkers:
                 yb = s.attack.label_map(yb, s.dataset.n_classes)
             loss = s.model.gradient_into(theta_w, backend.to_device(xb, xp), backend.to_device(yb, xp),
                                          self.rows[j], seed=s.seed, worker=worker, step=step)
+            if self.weight_decay > 0:       # L2 term of the worker's loss, as ByzFL's clients add it
+                self.rows[j] += self.weight_decay * theta
             if self.momentum is not None:   # the momentum must outlive the row: one copy back
                 self.momentum[j] *= self.mu
                 self.momentum[j] += self.rows[j]
