@@ -13,7 +13,7 @@ from ..errors import ConfigError
 
 
 def literal(value) -> str:
-    """A TOML literal for a scalar or a list of scalars."""
+    """A TOML literal for a scalar, a list of scalars or a table of them."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -28,6 +28,8 @@ def literal(value) -> str:
         return json.dumps(value)       # a TOML basic string: JSON's escapes are valid TOML escapes
     if isinstance(value, list):
         return "[" + ", ".join(literal(v) for v in value) + "]"
+    if isinstance(value, dict):        # an inline table (model.kwargs)
+        return "{" + ", ".join(f"{_key(k)} = {literal(v)}" for k, v in value.items()) + "}"
     raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML: use numbers, strings, "
                       "booleans or lists of them")
 
