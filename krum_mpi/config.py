@@ -334,8 +334,23 @@ def to_json(cfg: dict) -> str:
     return json.dumps(cfg, sort_keys=True)
 
 
+# Keys added after runs and studies already existed: left out of a run's identity while they hold
+# their default, so the ids of existing runs (their results files, their study folders) stay valid.
+LATER_KEYS = (("model", "factory"), ("model", "kwargs"), ("model", "loss"), ("model", "augment"),
+              ("model", "weight_decay"), ("data", "context"), ("data", "image_shape"))
+
+
+def identity(cfg: dict) -> dict:
+    """The part of a resolved config that identifies its run (see LATER_KEYS)."""
+    out = {section: dict(body) for section, body in cfg.items()}
+    for section, key in LATER_KEYS:
+        if section in out and key in out[section] and out[section][key] == DEFAULTS[section][key]:
+            del out[section][key]
+    return out
+
+
 def run_id(cfg: dict) -> str:
-    """A stable short id of a resolved config (the hash of its canonical JSON)."""
+    """A stable short id of a resolved config (the hash of the canonical JSON of its identity)."""
     import hashlib
 
-    return hashlib.sha256(to_json(cfg).encode()).hexdigest()[:12]
+    return hashlib.sha256(to_json(identity(cfg)).encode()).hexdigest()[:12]

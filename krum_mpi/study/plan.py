@@ -65,7 +65,7 @@ def override(key: str, value) -> str:
 
 
 def run_id(cfg: dict, ranks: int, nodes: int) -> str:
-    key = {"config": cfg, "ranks": ranks}
+    key = {"config": config.identity(cfg), "ranks": ranks}
     if nodes:
         key["nodes"] = nodes
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
