@@ -30,3 +30,19 @@ def test_numpy_models_never_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_a_torch_model_without_torch_is_one_clear_line():
+    """Where PyTorch is not installed (simulated: the import of torch fails), a torch model asks for
+    the extra in one line."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from krum_mpi import models\nfrom krum_mpi.errors import ConfigError\n"
+            "try:\n    models.make({'name': 'mnist-cnn'}, 784, 10)\n"
+            "except ConfigError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert "needs PyTorch" in line and "pip install 'krum-mpi[torch]'" in line and "\n" not in line
