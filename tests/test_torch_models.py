@@ -211,3 +211,11 @@ def test_gpu_worker_gradient_equals_the_cpu_gradient():
     np.testing.assert_allclose(gpu_to_host, cpu, rtol=1e-3, atol=1e-5 * np.abs(cpu).max())
     np.testing.assert_array_equal(cupy.asnumpy(device_row), gpu_to_host)
 
+
+
+def test_unused_parameters_get_a_zero_gradient():
+    model = models.make({"name": "torch", "factory": f"{USER_MODEL}:with_unused_parameters"}, 6, 3)
+    theta = model.init(np.random.default_rng(0))
+    row = np.full(model.n_params, np.nan, np.float32)
+    model.gradient_into(theta, *_batch("x", 6, 3), row)
+    assert np.isfinite(row).all() and not row[-20:].any() and row[:21].any()

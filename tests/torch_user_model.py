@@ -25,3 +25,17 @@ def broken(n_features, n_classes, input_shape=None):
 
 def not_a_module(n_features, n_classes, input_shape=None):
     return torch.zeros(3)
+
+
+class _WithUnusedHead(nn.Module):
+    def __init__(self, n_features, n_classes):
+        super().__init__()
+        self.used = nn.Linear(n_features, n_classes)
+        self.unused = nn.Linear(4, 4)          # e.g. a head only another task trains
+
+    def forward(self, x):
+        return self.used(x.flatten(1))
+
+
+def with_unused_parameters(n_features, n_classes, input_shape=None):
+    return _WithUnusedHead(n_features, n_classes)

@@ -151,16 +151,18 @@ class TorchModel:
             inputs = inputs.to(flat.dtype)
         logits = torch.func.functional_call(self.module, params, (inputs,))
         loss = self._loss_of(logits, targets.to(flat.device))
-        grads = torch.autograd.grad(loss, list(params.values()))
+        views = list(params.values())
+        grads = torch.autograd.grad(loss, views, allow_unused=True)
         row = _tensor(out)
-        pieces = [g.reshape(-1) for g in grads]
+        # a parameter the forward pass did not use has a zero gradient (autograd gives None)
+        pieces = [torch.zeros_like(v).reshape(-1) if g is None else g.reshape(-1) for g, v in zip(grads, views)]
         if row.device == flat.device:
             torch.cat(pieces, out=row)
         else:                                     # GPU worker, host send buffer: the one transfer
             row.copy_(torch.cat(pieces))
         return float(loss.detach())
 
-    def logits(self, theta, X) -> np.ndarray:
+    def logits(self, theta, X) -> torch.Tensor:
         flat = _tensor(theta).detach()
         self._place(flat)
         inputs, _ = self._inputs(X, None)
