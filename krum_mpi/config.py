@@ -38,7 +38,7 @@ DEFAULTS: dict = {
         "device": "cpu",         # where workers compute gradients: cpu | gpu
     },
     "data": {
-        "name": "spambase",      # spambase | mnist | synthetic | hdf5
+        "name": "spambase",      # spambase | mnist | synthetic | hdf5 | text
         "path": "",              # file or folder; "" = default location (KRUM_MPI_DATA or cache)
         "test_fraction": 0.2,    # held-out part, for datasets without a test split
         "split": "iid",          # iid | dirichlet | gamma (heterogeneity across workers)
@@ -52,10 +52,18 @@ DEFAULTS: dict = {
         "noise": 0.0,            # synthetic: label noise / class overlap
         "standardize": True,     # standardise features with training statistics
         "max_train": 0,          # cap on training samples used (0: all)
+        "context": 64,           # text: characters per window (the character model's context)
+        "image_shape": [],       # synthetic: [channels, height, width] makes image rows (n_features = product)
     },
     "model": {
-        "name": "mlp",           # logistic | softmax | mlp
+        "name": "mlp",           # logistic | softmax | mlp (NumPy) | mnist-cnn | lenet5 | resnet20 |
+                                 # char-transformer | torch (PyTorch: pip install 'krum-mpi[torch]')
         "hidden": [20, 20],      # MLP hidden widths
+        "factory": "",           # name = torch: "package.module:function" or "path/to/file.py:function"
+        "kwargs": {},            # PyTorch models: extra keyword arguments of the builder
+        "loss": "cross-entropy",  # PyTorch models: cross-entropy | nll | mse | multi-margin
+        "augment": "auto",       # PyTorch image models: auto (the zoo recipe) | none | crop-flip
+        "weight_decay": 0.0,     # L2 coefficient: each worker adds weight_decay * theta to its gradient
     },
     "optimizer": {
         "lr": 0.05,              # SGD learning rate
@@ -83,10 +91,12 @@ OPEN_SECTIONS = ("aggregator", "attack")
 CHOICES = {
     "run.device": ("auto", "cpu", "gpu"),
     "workers.device": ("cpu", "gpu"),
-    "data.name": ("spambase", "mnist", "synthetic", "hdf5"),
+    "data.name": ("spambase", "mnist", "synthetic", "hdf5", "text"),
     "data.split": ("iid", "dirichlet", "gamma"),
     "data.generator": ("teacher", "mixture"),
-    "model.name": ("logistic", "softmax", "mlp"),
+    "model.name": ("logistic", "softmax", "mlp", "mnist-cnn", "lenet5", "resnet20", "char-transformer", "torch"),
+    "model.loss": ("cross-entropy", "nll", "mse", "multi-margin"),
+    "model.augment": ("auto", "none", "crop-flip"),
     "optimizer.momentum_at": ("server", "worker"),
     "attack.adversary": ("omniscient", "colluding"),
 }
@@ -108,7 +118,9 @@ BOUNDS = {
     "data.n_classes": (2, None),
     "data.noise": (0.0, 1.0),
     "data.max_train": (0, None),
+    "data.context": (1, None),
     "optimizer.lr": (0.0, None),
+    "model.weight_decay": (0.0, None),
     "optimizer.momentum": (0.0, 1.0),
     "aggregator.f": (-1, None),
     "run.gather_deadline_s": (0.0, None),
@@ -203,6 +215,12 @@ def _check_type(key, value, default):
                 isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value):
             raise ConfigError(f"{key} = {value!r} must be a list of positive integers, e.g. [20, 20]")
         value = [int(v) for v in value]
+    elif isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} = {value!r} must be a table, e.g. {{d_model = 128}}")
+        for name, option in value.items():
+            _check_option(f"{key}.{name}", option)
+        value = dict(value)
     return value
 
 
@@ -319,11 +337,11 @@ def load_config(path, overrides=()) -> dict:
 
 
 def flatten(cfg: dict) -> dict:
-    """{"run": {"steps": 5}} -> {"run.steps": 5}; lists become JSON strings for table columns."""
+    """{"run": {"steps": 5}} -> {"run.steps": 5}; lists and tables become JSON strings for table columns."""
     flat = {}
     for section, body in cfg.items():
         for name, value in body.items():
-            flat[f"{section}.{name}"] = json.dumps(value) if isinstance(value, list) else value
+            flat[f"{section}.{name}"] = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
     return flat
 
 
@@ -331,8 +349,23 @@ def to_json(cfg: dict) -> str:
     return json.dumps(cfg, sort_keys=True)
 
 
+# Keys added after runs and studies already existed: left out of a run's identity while they hold
+# their default, so the ids of existing runs (their results files, their study folders) stay valid.
+LATER_KEYS = (("model", "factory"), ("model", "kwargs"), ("model", "loss"), ("model", "augment"),
+              ("model", "weight_decay"), ("data", "context"), ("data", "image_shape"))
+
+
+def identity(cfg: dict) -> dict:
+    """The part of a resolved config that identifies its run (see LATER_KEYS)."""
+    out = {section: dict(body) for section, body in cfg.items()}
+    for section, key in LATER_KEYS:
+        if section in out and key in out[section] and out[section][key] == DEFAULTS[section][key]:
+            del out[section][key]
+    return out
+
+
 def run_id(cfg: dict) -> str:
-    """A stable short id of a resolved config (the hash of its canonical JSON)."""
+    """A stable short id of a resolved config (the hash of the canonical JSON of its identity)."""
     import hashlib
 
-    return hashlib.sha256(to_json(cfg).encode()).hexdigest()[:12]
+    return hashlib.sha256(to_json(identity(cfg)).encode()).hexdigest()[:12]

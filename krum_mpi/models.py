@@ -1,8 +1,23 @@
-"""Models with explicit gradients on one flat parameter vector.
+"""Models with explicit gradients on one flat parameter vector, and the worker-side model interface.
 
-    model = make(cfg["model"], n_features, n_classes)
-    theta = model.init(rng)                        # float32 (d,)
-    loss, grad = model.loss_and_grad(theta, X, y)  # float, array (d,) in theta's namespace and dtype
+The interface every model implements (these NumPy models and the PyTorch ones of
+``krum_mpi.torch_models``), all the training loop ever calls::
+
+    model = make(cfg["model"], n_features, n_classes, input_shape)
+    model.n_params                                 # d
+    theta = model.init(rng)                        # float32 NumPy (d,), from a seeded Generator
+    model.set_threads(k)                           # this rank's share of the cores (k >= 1)
+    loss = model.gradient_into(theta, X, y, out, seed=s, worker=w, step=t)
+                                                   # minibatch loss; its gradient written into out,
+                                                   # a float32 (d,) row of the send buffer
+    model.accuracy(theta, X_test, y_test)          # fraction correct
+
+``gradient_into`` is a pure function of (theta, X, y, seed, worker, step): anything random inside a
+model (dropout, augmentation) draws from a stream seeded by (seed, worker, step).
+
+The NumPy models below (the zero-dependency default: nothing here imports torch) also keep
+``loss, grad = model.loss_and_grad(theta, X, y)``, which returns the gradient as a new array in
+theta's namespace and dtype (float64 for the gradient checks).
 
 Every model is a stack of dense layers z_l = a_{l-1} W_l + b_l with ReLU between them:
 - ``logistic``: one layer p -> 1, sigmoid cross-entropy (binary; needs n_classes = 2);
@@ -20,7 +35,7 @@ import math
 
 import numpy as np
 
-from .backend import array_namespace
+from .backend import array_namespace, to_host
 from .errors import ConfigError
 
 
@@ -75,8 +90,22 @@ class Model:
         X = xp.asarray(X, dtype=theta.dtype)
         return xp, X
 
-    def loss_and_grad(self, theta, X, y):
-        """Mean cross-entropy over the batch and its gradient (same namespace and dtype as theta)."""
+    def set_threads(self, threads: int) -> None:
+        """NumPy models compute with BLAS, whose threads the training loop limits per rank."""
+
+    def gradient_into(self, theta, X, y, out, *, seed: int = 0, worker: int = 0, step: int = 0) -> float:
+        """The interface's gradient: written straight into ``out`` (each layer's matmul writes its
+        block of the row); nothing random, so seed, worker and step are not used."""
+        if array_namespace(out) is not array_namespace(theta):   # GPU worker, host send buffer
+            loss, grad = self.loss_and_grad(theta, X, y)
+            out[...] = to_host(grad)
+            return loss
+        loss, _ = self.loss_and_grad(theta, X, y, out=out)
+        return loss
+
+    def loss_and_grad(self, theta, X, y, out=None):
+        """Mean cross-entropy over the batch and its gradient (same namespace and dtype as theta),
+        in ``out`` when given (a contiguous (d,) array of theta's dtype), else in a new array."""
         xp, X = self._prepare(theta, X)
         y = xp.asarray(y)
         layers = self.unflatten(theta)
@@ -98,7 +127,7 @@ class Model:
             dz = xp.exp(log_probs)
             dz[rows, y] -= 1
             dz /= n
-        grad = xp.empty_like(theta)
+        grad = xp.empty_like(theta) if out is None else out
         grad_layers = self.unflatten(grad)
         for l in range(len(layers) - 1, -1, -1):
             a_prev = X if l == 0 else xp.maximum(zs[l - 1], 0)
@@ -135,9 +164,17 @@ def _sigmoid(z, xp):
     return 0.5 * (1 + xp.tanh(0.5 * z))
 
 
-def make(model_cfg: dict, n_features: int, n_classes: int) -> Model:
-    """The model of a ``model`` config section for data of n_features and n_classes."""
+NUMPY_MODELS = ("logistic", "softmax", "mlp")
+
+
+def make(model_cfg: dict, n_features: int, n_classes: int, input_shape=None) -> Model:
+    """The model of a ``model`` config section for data of n_features and n_classes (and, for
+    images, input_shape = (channels, height, width)). Only a PyTorch model imports torch."""
     name = model_cfg.get("name", "mlp")
+    if name not in NUMPY_MODELS:
+        from . import torch_models    # raises ConfigError (one line) when torch is not installed
+
+        return torch_models.make(model_cfg, n_features, n_classes, input_shape)
     if name == "logistic":
         if n_classes != 2:
             raise ConfigError(f"model.name = 'logistic' is binary but the data has {n_classes} classes: "
@@ -150,4 +187,4 @@ def make(model_cfg: dict, n_features: int, n_classes: int) -> Model:
         if not all(isinstance(h, int) and h >= 1 for h in hidden):
             raise ConfigError(f"model.hidden = {hidden!r} must be a list of positive integers, e.g. [20, 20]")
         return Model("mlp", [n_features, *hidden, n_classes], binary=False)
-    raise ConfigError(f"unknown model.name {name!r}: use logistic, softmax or mlp")
+    raise ConfigError(f"unknown model.name {name!r}")   # unreachable: torch_models.make checks names

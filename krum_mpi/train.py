@@ -72,7 +72,8 @@ class Setup:
         self.seed = run["seed"]
         self.n = workers["n"]
         self.dataset = data.open_dataset(cfg["data"], seed=self.seed)
-        self.model = models.make(cfg["model"], self.dataset.n_features, self.dataset.n_classes)
+        self.model = models.make(cfg["model"], self.dataset.n_features, self.dataset.n_classes,
+                                 getattr(self.dataset, "input_shape", None))
         self.d = self.model.n_params
         self.attack = attacks.make(cfg["attack"]["name"], self.n, workers["byzantine"], cfg["aggregator"]["f"],
                                    **config.attack_params(cfg))

@@ -2,6 +2,7 @@
 the colluding adversary, the crafting they agree on."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -21,9 +22,11 @@ class LocalWorkers:
         self.rows = np.empty((k, d), dtype=np.float32)       # one gradient (or momentum) row per worker
         self.meta = np.empty((k, 2), dtype=np.float64)       # per worker: minibatch loss, compute seconds
         self.mu = opt["momentum"]
+        self.weight_decay = cfg["model"]["weight_decay"]
         self.momentum = np.zeros((k, d), dtype=np.float32) \
             if (opt["momentum_at"] == "worker" and self.mu > 0) else None
         self.is_byzantine = setup.byzantine[setup.local_workers]
+        setup.model.set_threads(max(1, (os.cpu_count() or 1) // comm.ranks_on_this_node()))
         self.flip_labels = setup.attack.kind == "data"
         self.byz_comm = comm.split_byzantine(bool(self.is_byzantine.any())) if setup.colluding else None
         if self.byz_comm is not None:
@@ -36,22 +39,24 @@ class LocalWorkers:
             self.aggregate_fn = lambda Z: rule(Z, f, **options)
 
     def compute(self, theta: np.ndarray, step: int) -> None:
-        """Each worker's minibatch gradient at ``theta`` (label-flipped for Byzantine data attacks)."""
+        """Each worker's minibatch gradient at ``theta`` (label-flipped for Byzantine data attacks),
+        written by the model straight into the worker's row of the send buffer."""
         s = self.setup
         xp = s.worker_xp
         theta_w = backend.to_device(theta, xp)
-        for j in range(len(s.local_workers)):
+        for j, worker in enumerate(s.local_workers):
             t0 = time.perf_counter()
             xb, yb = s.shards[j].batch(step, self.batch_size)
             if self.flip_labels and self.is_byzantine[j]:
                 yb = s.attack.label_map(yb, s.dataset.n_classes)
-            loss, grad = s.model.loss_and_grad(theta_w, backend.to_device(xb, xp), backend.to_device(yb, xp))
-            grad = backend.to_host(grad)
-            if self.momentum is not None:
+            loss = s.model.gradient_into(theta_w, backend.to_device(xb, xp), backend.to_device(yb, xp),
+                                         self.rows[j], seed=s.seed, worker=worker, step=step)
+            if self.weight_decay > 0:       # L2 term of the worker's loss, as ByzFL's clients add it
+                self.rows[j] += self.weight_decay * theta
+            if self.momentum is not None:   # the momentum must outlive the row: one copy back
                 self.momentum[j] *= self.mu
-                self.momentum[j] += grad
-                grad = self.momentum[j]
-            self.rows[j] = grad
+                self.momentum[j] += self.rows[j]
+                self.rows[j] = self.momentum[j]
             self.meta[j] = (loss, time.perf_counter() - t0)
 
     def collude(self, step: int) -> None:

@@ -152,7 +152,8 @@ def test_progress_bar_line():
 
 
 def test_registry_names_official_sources_and_checksums():
-    assert set(dl.DATASETS) == {"spambase", "mnist", "covtype", "higgs", "susy", "epsilon"}
+    assert set(dl.DATASETS) == {"spambase", "mnist", "fashion-mnist", "cifar10", "covtype", "higgs", "susy",
+                                "epsilon"}
     for spec in dl.DATASETS.values():
         for r in spec.files:
             assert all(u.startswith(("https://", "http://")) for u in r.urls)

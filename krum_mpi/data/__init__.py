@@ -6,7 +6,8 @@
     X_test, y_test = ds.test_set()
 
 ``data.name`` picks the source: ``spambase`` (UCI CSV), ``mnist`` (IDX gzip), ``synthetic`` (generated
-on the fly, any size) or ``hdf5`` (the on-disk format of ``krum_mpi.data.store``, read row by row).
+on the fly, any size), ``hdf5`` (the on-disk format of ``krum_mpi.data.store``, read row by row) or
+``text`` (character windows of a text file, for the character-level language model).
 """
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ def open_dataset(data_cfg: dict, seed: int = 0) -> Dataset:
         from . import synthetic as module
     elif name == "hdf5":
         from . import store as module
+    elif name == "text":
+        from . import text as module
     else:
-        raise DataError(f"unknown data.name {name!r}: use spambase, mnist, synthetic or hdf5")
+        raise DataError(f"unknown data.name {name!r}: use spambase, mnist, synthetic, hdf5 or text")
     return module.load(cfg, seed)
 
 

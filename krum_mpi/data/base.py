@@ -77,6 +77,7 @@ class Dataset:
     n_train: int
     n_test: int
     provenance: dict
+    input_shape = None   # (channels, height, width) where rows are images, for the image models
 
     def __init__(self, split: str = "iid", alpha: float = 1.0, gamma: float = 1.0, seed: int = 0):
         self.split = split

@@ -3,6 +3,7 @@
     krum-mpi data list
     krum-mpi data download spambase [--dest DIR] [--sha256 HEX] [--quiet]
     krum-mpi data convert spambase|mnist [SRC] OUT.h5 [--test-fraction F] [--seed S]
+    krum-mpi data convert fashion-mnist|cifar10 [SRC] OUT.h5      (images: the file records input_shape)
     krum-mpi data convert libsvm SRC OUT.h5 [--test-file T | --test-fraction F] [--name N]
     krum-mpi data convert csv SRC OUT.h5 [--label-column K] [--n-classes C] [--skip-header]
     krum-mpi data convert synthetic OUT.h5 --n-train N [--n-test N --n-features P --n-classes C ...]
@@ -31,13 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="datasets that 'download' knows")
 
     d = sub.add_parser("download", help="fetch a public dataset (checksum, resume, progress bar)")
-    d.add_argument("name", help="spambase, mnist, covtype, higgs, susy or epsilon")
+    d.add_argument("name", help="spambase, mnist, fashion-mnist, cifar10, covtype, higgs, susy or epsilon")
     d.add_argument("--dest", help="folder to download into (default: KRUM_MPI_DATA or the user cache)")
     d.add_argument("--sha256", help="expected digest (for a one-file dataset without a published one)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
 
     c = sub.add_parser("convert", help="convert a dataset to the krum-mpi HDF5 format")
-    c.add_argument("format", choices=["spambase", "mnist", "libsvm", "csv", "synthetic"])
+    c.add_argument("format", choices=["spambase", "mnist", "fashion-mnist", "cifar10", "libsvm", "csv",
+                                      "synthetic"])
     c.add_argument("paths", nargs="+", metavar="SRC OUT",
                    help="source file or folder (optional for spambase/mnist/synthetic) and the output .h5")
     c.add_argument("--test-fraction", type=float, default=None,
@@ -66,7 +68,7 @@ def _convert(args) -> str:
     from . import convert
 
     fmt, paths = args.format, args.paths
-    optional_src = fmt in ("spambase", "mnist", "synthetic")
+    optional_src = fmt in ("spambase", "mnist", "fashion-mnist", "cifar10", "synthetic")
     if len(paths) == 1 and optional_src:
         src, out = None, paths[0]
     elif len(paths) == 2 and fmt != "synthetic":
@@ -82,6 +84,10 @@ def _convert(args) -> str:
         return convert.spambase_to_h5(src, out, 0.2 if frac is None else frac, args.seed, **common)
     if fmt == "mnist":
         return convert.mnist_to_h5(src, out, 0.2 if frac is None else frac, args.seed, **common)
+    if fmt == "fashion-mnist":
+        return convert.fashion_mnist_to_h5(src, out, **common)
+    if fmt == "cifar10":
+        return convert.cifar10_to_h5(src, out, **common)
     if fmt == "libsvm":
         return convert.libsvm_to_h5(src, out, args.name, args.test_file, frac or 0.0, args.seed, **common)
     if fmt == "csv":
@@ -113,6 +119,8 @@ def _print_info(summary: dict, as_json: bool) -> None:
     for key in ("source", "description", "created"):
         if summary.get(key):
             print(f"  {key}: {summary[key]}")
+    if summary.get("input_shape"):
+        print(f"  images: rows are {' x '.join(map(str, summary['input_shape']))} (channels x height x width)")
     for name, digest in summary.get("source_sha256", {}).items():
         print(f"  sha256 {digest}  {name}")
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..progress import Progress
-from . import csvfile, libsvm, mnist, spambase
+from . import cifar10, csvfile, libsvm, mnist, spambase
 from .base import TAG_TEST_SPLIT, train_test_split
 from .spambase import sha256_of
 from .store import DatasetWriter, write_arrays
@@ -74,7 +74,38 @@ def mnist_to_h5(src, out, test_fraction: float = 0.2, seed: int = 0, compression
                 f"(seed {seed}, test fraction {test_fraction})")
     return write_arrays(out, X_train, y_train, X_test, y_test, name="mnist", n_classes=10,
                         source="MNIST (LeCun, Cortes, Burges); pixels scaled to [0, 1]",
-                        source_sha256=sums, description=note, scaling="global", compression=compression)
+                        source_sha256=sums, description=note, scaling="global", compression=compression,
+                        input_shape=mnist.INPUT_SHAPE)
+
+
+def fashion_mnist_to_h5(src, out, compression=None) -> Path:
+    """Fashion-MNIST (the same IDX files as MNIST, in data_dir()/fashion-mnist by default)."""
+    folder = Path(src) if src else mnist.resolve("", "fashion-mnist")
+    files = mnist.TRAIN_FILES + mnist.TEST_FILES
+    found = [mnist._find(folder, name) for name in files]
+    if not all(found):
+        raise DataError(f"Fashion-MNIST not found in {folder} (need {', '.join(files)}): "
+                        "run 'krum-mpi data download fashion-mnist'")
+    X_train, y_train = mnist.read_pair(found[0], found[1])
+    X_test, y_test = mnist.read_pair(found[2], found[3])
+    return write_arrays(out, X_train, y_train, X_test, y_test, name="fashion-mnist", n_classes=10,
+                        source="Fashion-MNIST (Xiao, Rasul, Vollgraf 2017); pixels scaled to [0, 1]",
+                        source_sha256={f.name: sha256_of(f) for f in found}, scaling="global",
+                        description="official split: 60,000 training images, 10,000 test images",
+                        compression=compression, input_shape=mnist.INPUT_SHAPE)
+
+
+def cifar10_to_h5(src, out, compression=None) -> Path:
+    """CIFAR-10 from the official binary archive (or its extracted folder); per-pixel statistics
+    (``scaling = "feature"``) standardise each channel-pixel with the training images' mean and std."""
+    source = cifar10.locate(str(src) if src else "")
+    X_train, y_train, X_test, y_test = cifar10.read(source)
+    sums = {source.name: sha256_of(source)} if source.is_file() else {}
+    return write_arrays(out, X_train, y_train, X_test, y_test, name="cifar10", n_classes=10,
+                        source="CIFAR-10 (Krizhevsky 2009), binary version; pixels scaled to [0, 1]",
+                        source_sha256=sums, scaling="feature", compression=compression,
+                        description="official split: 50,000 training images, 10,000 test images; "
+                                    "rows are (3, 32, 32) channel-major", input_shape=cifar10.INPUT_SHAPE)
 
 
 def libsvm_to_h5(src, out, name: str | None = None, test_file=None, test_fraction: float = 0.0,
@@ -138,7 +169,8 @@ def synthetic_to_h5(dataset, out, compression=None) -> Path:
     with DatasetWriter(out, n_features=dataset.n_features, name=dataset.name,
                        n_classes=dataset.n_classes, compression=compression,
                        source=f"krum-mpi synthetic generator {dataset.generator!r}",
-                       scaling="none", description=json.dumps(dataset.provenance)) as w:
+                       scaling="none", description=json.dumps(dataset.provenance),
+                       input_shape=dataset.input_shape) as w:
         for X, y in dataset.iter_train(CHUNK_ROWS):
             w.append("train", X, y)
         w.append("test", *dataset.test_set())

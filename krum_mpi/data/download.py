@@ -2,10 +2,11 @@
 
 Each file is downloaded to ``FILE.part``; an interrupted download resumes from the bytes already
 there with an HTTP Range request (a server that ignores the Range header sends the whole file, and
-the part is started over). The finished file is checked against its SHA-256 before it is moved into
-place; a mismatch removes the part and raises DataError. Where the publisher gives no checksum
-(the LIBSVM copies of covtype, HIGGS, SUSY, epsilon), the digest of the first download is written next
-to the file (``FILE.sha256``) and later downloads are checked against it.
+the part is started over). The finished file is checked against its SHA-256 (or, where the
+publisher gives only that, its MD5: Fashion-MNIST, CIFAR-10) before it is moved into place; a
+mismatch removes the part and raises DataError. Where the publisher gives no checksum (the LIBSVM
+copies of covtype, HIGGS, SUSY, epsilon), the digest of the first download is written next to the file
+(``FILE.sha256``) and later downloads are checked against it.
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from .paths import data_dir
 BLOCK = 1 << 20
 LIBSVM = "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets"
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist", "http://yann.lecun.com/exdb/mnist")
+FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",
+                   "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class Remote:
     urls: tuple                          # tried in order
     sha256: tuple = ()                   # accepted digests; empty: none published
     size: int | None = None
+    md5: str = ""                        # the publisher's MD5, where that is all it gives
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,10 @@ class RemoteDataset:
 
 def _mnist(name, sha):
     return Remote(name, tuple(f"{m}/{name}" for m in MNIST_MIRRORS), (sha,))
+
+
+def _fashion(name, md5):
+    return Remote(name, tuple(f"{m}/{name}" for m in FASHION_MIRRORS), md5=md5)
 
 
 DATASETS = {
@@ -61,6 +70,19 @@ DATASETS = {
         _mnist("t10k-images-idx3-ubyte.gz", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
         _mnist("t10k-labels-idx1-ubyte.gz", "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
     ), "MNIST, 60,000 + 10,000 images 28x28 (LeCun, Cortes, Burges)"),
+    # Zalando publishes MD5 sums only (README of the fashion-mnist repository)
+    "fashion-mnist": RemoteDataset("fashion-mnist", (
+        _fashion("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+        _fashion("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+        _fashion("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+        _fashion("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+    ), "Fashion-MNIST, 60,000 + 10,000 images 28x28 (Xiao, Rasul, Vollgraf; MIT)",
+        "krum-mpi data convert fashion-mnist . fashion-mnist.h5"),
+    # the binary version (fixed-length records): the Python version is pickled, which krum-mpi never loads
+    "cifar10": RemoteDataset("cifar10", (
+        Remote("cifar-10-binary.tar.gz", (CIFAR10_URL,), size=170_052_171, md5="c32a1d4ab5d03f1284b67883e8d87530"),),
+        "CIFAR-10, 50,000 + 10,000 colour images 32x32 (Krizhevsky 2009), official binary archive",
+        "krum-mpi data convert cifar10 cifar-10-binary.tar.gz cifar10.h5"),
     "covtype": RemoteDataset("covtype", (
         Remote("covtype.libsvm.binary.scale.bz2", (f"{LIBSVM}/binary/covtype.libsvm.binary.scale.bz2",)),),
         "Covertype (binary, scaled; LIBSVM copy of UCI), 581,012 x 54",
@@ -79,8 +101,8 @@ DATASETS = {
 }
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
+def sha256_file(path, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(BLOCK), b""):
             h.update(block)
@@ -146,7 +168,10 @@ def download_file(remote: Remote, folder: Path, progress: bool = True, sha256: s
         accepted = (recorded.read_text().split()[0],)
     if final.is_file():
         digest = sha256_file(final)
-        if not accepted or digest in accepted:
+        if remote.md5 and not accepted:
+            if sha256_file(final, "md5") == remote.md5:
+                return final
+        elif not accepted or digest in accepted:
             return final
         final.rename(folder / (remote.filename + ".bad"))   # keep the evidence, fetch again
     errors = []
@@ -167,8 +192,14 @@ def download_file(remote: Remote, folder: Path, progress: bool = True, sha256: s
         part.unlink()
         raise DataError(f"{final}: checksum mismatch (sha256 {digest}, expected {accepted[0]}); "
                         "the download was removed: run the command again")
+    if remote.md5 and not accepted:
+        md5 = sha256_file(part, "md5")
+        if md5 != remote.md5:
+            part.unlink()
+            raise DataError(f"{final}: checksum mismatch (MD5 {md5}, published {remote.md5}); "
+                            "the download was removed: run the command again")
     os.replace(part, final)
-    if not accepted:
+    if not accepted and not remote.md5:
         recorded.write_text(f"{digest}  {remote.filename}\n")
         print(f"{remote.filename}: the publisher gives no checksum; recorded sha256 {digest} in "
               f"{recorded}", file=sys.stderr)

@@ -26,6 +26,7 @@ IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 TRAIN_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 N_CLASSES = 10
+INPUT_SHAPE = (1, 28, 28)   # channels, height, width: the image models reshape rows to it
 
 
 def read_idx(path, expected_magic: int) -> np.ndarray:
@@ -109,5 +110,7 @@ def load(cfg: dict, seed: int) -> ArrayDataset:
         X_train = (X_train - mean) / std
         X_test = (X_test - mean) / std
         provenance.update(pixel_mean=mean, pixel_std=std)
-    return ArrayDataset("mnist", X_train, y_train, X_test, y_test, N_CLASSES, provenance,
-                        split=cfg["split"], alpha=cfg["alpha"], gamma=cfg["gamma"], seed=seed)
+    dataset = ArrayDataset("mnist", X_train, y_train, X_test, y_test, N_CLASSES, provenance,
+                           split=cfg["split"], alpha=cfg["alpha"], gamma=cfg["gamma"], seed=seed)
+    dataset.input_shape = INPUT_SHAPE
+    return dataset

@@ -3,7 +3,8 @@
 Layout (format_version 1)::
 
     /                 attrs: format = "krum-mpi-dataset", format_version = 1, name, n_features,
-                      n_classes, scaling ("feature" | "global" | "none"), source, source_sha256
+                      n_classes, scaling ("feature" | "global" | "none"), source, source_sha256,
+                      input_shape (optional: (channels, height, width) where rows are images)
                       (JSON: file name -> sha256 of the original files), created, description
     /feature_names    (p,) strings, where known
     /train/X          (N, p) float32, chunked by rows (about 64 KiB per chunk), so a worker reads
@@ -77,7 +78,8 @@ class DatasetWriter:
 
     def __init__(self, path, n_features: int, name: str, n_classes: int | None = None,
                  source: str = "", source_sha256: dict | None = None, description: str = "",
-                 feature_names=None, scaling: str = "feature", compression: str | None = None):
+                 feature_names=None, scaling: str = "feature", compression: str | None = None,
+                 input_shape=None):
         if scaling not in SCALINGS:
             raise ValueError(f"scaling {scaling!r} is not one of {SCALINGS}")
         self.path = Path(path)
@@ -93,6 +95,10 @@ class DatasetWriter:
                                n_features=self.p, scaling=scaling, source=source,
                                source_sha256=json.dumps(source_sha256 or {}), description=description,
                                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        if input_shape is not None:
+            if int(np.prod(input_shape)) != self.p:
+                raise ValueError(f"input_shape {tuple(input_shape)} does not hold {self.p} features")
+            self.file.attrs["input_shape"] = np.asarray(input_shape, dtype=np.int64)
         if feature_names is not None:
             self.file.create_dataset("feature_names", data=np.array(feature_names, dtype=object),
                                      dtype=h5py.string_dtype())
@@ -223,6 +229,8 @@ class H5Dataset(Dataset):
         self.n_features = int(f.attrs["n_features"])
         self.n_classes = int(f.attrs["n_classes"])
         self.scaling = str(f.attrs.get("scaling", "feature"))
+        if "input_shape" in f.attrs:
+            self.input_shape = tuple(int(v) for v in f.attrs["input_shape"])
         self.X, self.y = f["train"]["X"], f["train"]["y"]
         n_rows = self.X.shape[0]
         # Rows of /train that form the training set (None: all of them, in order).
@@ -314,7 +322,8 @@ def load(cfg: dict, seed: int) -> H5Dataset:
 def info(path) -> dict:
     """Summary of a dataset file: attributes, shapes, chunking, label counts (labels read in chunks)."""
     with open_file(path) as f:
-        out = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        out = {k: (v.tolist() if isinstance(v, np.ndarray) else v.item() if hasattr(v, "item") else v)
+               for k, v in f.attrs.items()}
         out["source_sha256"] = json.loads(out.get("source_sha256", "{}"))
         C = int(f.attrs["n_classes"])
         for split in ("train", "test"):

@@ -10,6 +10,10 @@ Generators (``data.generator``):
   (a softmax-regression teacher; with C = 2 a logistic one). Linearly separable when noise = 0.
 - ``mixture``: y uniform over C classes; x = mu_y + N(0, I_p), with class means mu_c of norm 2 drawn
   at random (two means are about 2.8 apart: a Bayes error of about 8 % for two classes in high p).
+With ``data.image_shape = [C, H, W]`` the rows are images for the convolutional models
+(``n_features`` becomes C*H*W; use it with ``generator = "mixture"``): each class mean is a smooth
+random pattern (a sum of low-frequency plane waves, see ``_image_means``, scaled to a pixel RMS of
+0.5), so neighbouring pixels are correlated as in real images; the noise is N(0, I) per pixel.
 For both, ``data.noise`` is the probability that a label is replaced by a uniformly random class.
 The test set is a separate stream (split = test) of ``data.n_test`` samples.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import DataError
 from .base import TAG_TEACHER, TAG_TEST, TAG_TRAIN, Dataset
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -68,7 +73,11 @@ class SyntheticDataset(Dataset):
         super().__init__(split=cfg["split"], alpha=cfg["alpha"], gamma=cfg["gamma"], seed=seed)
         self.generator = cfg["generator"]
         self.name = f"synthetic-{self.generator}"
-        self.n_features = int(cfg["n_features"])
+        shape = [int(v) for v in cfg.get("image_shape") or []]
+        if shape and len(shape) != 3:
+            raise DataError(f"data.image_shape = {shape} must be [channels, height, width]")
+        self.input_shape = tuple(shape) if shape else None
+        self.n_features = int(np.prod(shape)) if shape else int(cfg["n_features"])
         self.n_classes = int(cfg["n_classes"])
         self.n_train = int(cfg["n_train"])
         if cfg["max_train"] > 0:
@@ -80,15 +89,16 @@ class SyntheticDataset(Dataset):
         if self.generator == "teacher":
             self.weights = rng.standard_normal((p, C)).astype(np.float32)
         elif self.generator == "mixture":
-            means = rng.standard_normal((C, p))
-            self.means = (2.0 * means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
+            means = _image_means(rng, C, self.input_shape) if self.input_shape else rng.standard_normal((C, p))
+            scale = 2.0 * (np.sqrt(p / 16) if self.input_shape else 1.0)
+            self.means = (scale * means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
         else:
             raise ValueError(f"unknown data.generator {self.generator!r}: use teacher or mixture")
         self._keys = {TAG_TRAIN: stream_key(seed, TAG_TRAIN), TAG_TEST: stream_key(seed, TAG_TEST)}
         self.provenance = {"source": "synthetic", "generator": self.generator, "seed": seed,
                            "n_features": p, "n_classes": C, "noise": self.noise,
                            "n_train": self.n_train, "n_test": self.n_test,
-                           "standardized": False}
+                           "standardized": False, "input_shape": list(shape)}
 
     # Columns of a row's random stream: 0..p-1 features, p: label noise coin, p+1: noisy label,
     # p+2: class (mixture).
@@ -144,6 +154,20 @@ class SyntheticDataset(Dataset):
         """Yield the training set in order, chunk by chunk (to write it to the HDF5 format)."""
         for a in range(0, self.n_train, chunk_rows):
             yield self.generate(TAG_TRAIN, np.arange(a, min(a + chunk_rows, self.n_train)))
+
+
+def _image_means(rng: np.random.Generator, n_classes: int, shape) -> np.ndarray:
+    """(C, c*h*w) smooth patterns: per class and channel, a sum of 4 plane waves of random direction,
+    frequency (at most 3 cycles across the image) and phase."""
+    c, h, w = shape
+    yy, xx = np.meshgrid(np.arange(h) / h, np.arange(w) / w, indexing="ij")
+    out = np.zeros((n_classes, c, h, w))
+    for k in range(n_classes):
+        for ch in range(c):
+            for _ in range(4):
+                fy, fx = rng.uniform(-3, 3, size=2)
+                out[k, ch] += np.cos(2 * np.pi * (fy * yy + fx * xx) + rng.uniform(0, 2 * np.pi))
+    return out.reshape(n_classes, -1)
 
 
 def load(cfg: dict, seed: int) -> SyntheticDataset:

@@ -87,7 +87,7 @@ def toml_text(cfg: dict, header: str) -> str:
 
 
 def run_id(cfg: dict, ranks: int, nodes: int) -> str:
-    key = {"config": cfg, "ranks": ranks}
+    key = {"config": config.identity(cfg), "ranks": ranks}
     if nodes:
         key["nodes"] = nodes
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
