@@ -65,6 +65,7 @@ DEFAULTS: dict = {
     "aggregator": {
         "name": "average",       # see krum_mpi.aggregators.names()
         "f": -1,                 # declared f given to the rule; -1: workers.byzantine
+        "placement": "gather",   # gather (rank 0 holds every row) | sharded | per-shard (docs/sharded.md)
     },
     "attack": {
         "name": "none",          # see krum_mpi.attacks.names()
@@ -89,6 +90,7 @@ CHOICES = {
     "model.name": ("logistic", "softmax", "mlp"),
     "optimizer.momentum_at": ("server", "worker"),
     "attack.adversary": ("omniscient", "colluding"),
+    "aggregator.placement": ("gather", "sharded", "per-shard"),
 }
 
 # (minimum, maximum) for numbers; None = unbounded
@@ -264,6 +266,32 @@ def _check_consistency(cfg: dict) -> None:
         raise ConfigError(f"attack.name = {cfg['attack']['name']!r} but workers.byzantine = 0: "
                           "set workers.byzantine > 0 or attack.name=none")
     _check_rule_and_attack(cfg)
+    _check_placement(cfg)
+
+
+def _check_placement(cfg: dict) -> None:
+    """What a sharded or per-shard placement cannot do yet is refused before any MPI work."""
+    placement = cfg["aggregator"]["placement"]
+    if placement == "gather":
+        return
+    if placement == "sharded":
+        from .sharded import split_rule
+        try:
+            split_rule(cfg["aggregator"]["name"])
+        except ValueError as exc:
+            raise ConfigError(_one_line(exc))
+    from . import attacks
+    kind = attacks.make(cfg["attack"]["name"], cfg["workers"]["n"], cfg["workers"]["byzantine"],
+                        cfg["aggregator"]["f"], **attack_params(cfg)).kind
+    if kind not in ("none", "data") and cfg["attack"]["adversary"] != "colluding":
+        raise ConfigError(f"aggregator.placement = {placement!r}: no rank sees every gradient, so an omniscient "
+                          "adversary cannot craft there; set attack.adversary = 'colluding' (or placement = 'gather')")
+    if cfg["run"]["gather_deadline_s"] > 0:
+        raise ConfigError(f"aggregator.placement = {placement!r} cannot run with run.gather_deadline_s > 0: "
+                          "set run.gather_deadline_s = 0 or placement = 'gather'")
+    if cfg["optimizer"]["momentum"] > 0 and cfg["optimizer"]["momentum_at"] == "server":
+        raise ConfigError(f"aggregator.placement = {placement!r} supports momentum at the workers only: "
+                          "set optimizer.momentum_at = 'worker' (or momentum = 0, or placement = 'gather')")
 
 
 def _options(section: dict, fixed) -> dict:
@@ -320,4 +348,6 @@ def run_id(cfg: dict) -> str:
     """A stable short id of a resolved config (the hash of its canonical JSON)."""
     import hashlib
 
+    if cfg.get("aggregator", {}).get("placement") == "gather":   # the default: ids from before the key stay
+        cfg = {**cfg, "aggregator": {k: v for k, v in cfg["aggregator"].items() if k != "placement"}}
     return hashlib.sha256(to_json(cfg).encode()).hexdigest()[:12]
