@@ -25,8 +25,9 @@ def inputs(d=37, seed=0):
     bad[1, 3] = np.nan
     bad[9, -1] = np.inf
     cases["nonfinite"] = bad
-    tied = np.repeat(rng.normal(size=(1, d)).astype(np.float32), N, axis=0)
-    tied[::2] += np.float32(2.0**-20)   # near-ties that only the exact level separates
+    # small integers on a large offset: exact ties between different rows, and intervals from the
+    # fast kernel too wide to order them (the direct and exact levels decide)
+    tied = (1e6 + rng.integers(-2, 3, size=(N, d))).astype(np.float32)
     tied[4] = tied[6]
     cases["ties"] = tied
     return cases

@@ -2,8 +2,11 @@
 ``Blocks`` object, whose sums run over the list (the same code sums MPI ranks' partials)."""
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from krum_mpi import sharded
+from test_certified import adversarial_matrices
 from sharded_cases import F, RULES, close, gathered, inputs, same_selection
 
 SPLITS = [[37], [18, 19], [1, 7, 29], [10, 1, 13, 13]]
@@ -60,3 +63,28 @@ def test_per_shard_selects_block_by_block():
 
 def test_block_bounds_uneven():
     assert sharded.block_bounds(10, 3).tolist() == [0, 4, 7, 10]
+
+
+def test_refinement_runs_through_the_blocks():
+    """Exact ties between different rows: the summed direct and exact levels decide (recomputed > 0)."""
+    X = inputs()["ties"]
+    result = sharded.aggregate("mda", blocks_of(X, [1, 7, 29]), F, {})
+    assert result.recomputed > 0
+    assert same_selection("mda", gathered("mda", X)[1], result.selected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(adversarial_matrices(), st.integers(0, 2**32 - 1))
+def test_sharded_selections_equal_gathered_on_adversarial_inputs(case, seed):
+    X, f = case
+    n, d = X.shape
+    parts = 1 + seed % min(4, d)
+    cuts = sorted(np.random.default_rng(seed).choice(np.arange(1, d), size=parts - 1, replace=False).tolist()) \
+        if parts > 1 else []
+    widths = np.diff([0, *cuts, d]).tolist()
+    rules = ["krum", "multi-krum"] + (["bulyan"] if n >= 4 * f + 3 else []) + (["mda"] if n <= 10 else [])
+    for rule in rules:
+        want, want_selected = gathered(rule, X, f)
+        result = sharded.aggregate(rule, blocks_of(X, widths), f, {})
+        assert same_selection(rule, want_selected, result.selected), (rule, widths)
+        assert close(want, np.concatenate(result.vectors), X), (rule, widths)
