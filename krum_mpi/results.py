@@ -67,6 +67,7 @@ class ResultsWriter:
         self.extra_attrs: dict = {}
         self.checkpoint: dict | None = None   # set by the training loop before each flush
         self.extra_selection: dict = {}       # per-worker arrays, e.g. worker_rank
+        self.extra_datasets: dict = {}        # path -> array, e.g. comm/bytes_sent (steps x ranks)
 
     @classmethod
     def resume(cls, path, cfg: dict, run_id: str, provenance: dict, byzantine, max_selected: int,
@@ -160,6 +161,8 @@ class ResultsWriter:
             g.create_dataset("byzantine", data=self.byzantine)
             for name, value in self.extra_selection.items():
                 g.create_dataset(name, data=value)
+            for name, value in self.extra_datasets.items():
+                h5.create_dataset(name, data=value[:k])
             if self.checkpoint is not None:
                 g = h5.create_group("checkpoint")
                 for name, value in self.checkpoint.items():

@@ -29,6 +29,7 @@ from .comm import block_counts as comm_block_counts
 from .errors import ConfigError, KrumMPIError
 from .progress import Progress
 from .server import Server
+from .sharded_step import ShardedStep
 from .steps import StepLoop, Watchdog, peak_rss_mib
 from .stop import StopRequest  # noqa: F401  (krum_mpi.train.StopRequest, as before)
 from .summary import summarize_arrays
@@ -162,8 +163,9 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
 
     # Rank 0 opens (or reopens) the results and tells every rank where to start; -1: it failed.
     server = writer = checkpoint = None
+    sharded = ShardedStep(s, cfg, comm) if cfg["aggregator"]["placement"] != "gather" else None
     if comm.is_root:
-        server = Server(s, cfg)
+        server = sharded or Server(s, cfg)   # sharded: no (n, d) buffer anywhere
         error = None
         try:
             writer, checkpoint = _open_results(s, cfg, out_path, comm, resume, blas_threads, hostnames)
@@ -211,7 +213,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
             watchdog = Watchdog(run_cfg["watchdog_s"], writer, comm, stop)
             watchdog.start()
         progress = Progress(steps, "train", unit="step", quiet=quiet, start=start)
-    loop = StepLoop(s, cfg, comm, workers, server, writer, theta, stop, save, watchdog, progress)
+    loop = StepLoop(s, cfg, comm, workers, server, writer, theta, stop, save, watchdog, progress, sharded)
     try:
         step, interrupted = loop.run(start)
     except KrumMPIError as exc:    # found by one rank mid-run (a bad row in a dataset file, say)
