@@ -23,3 +23,60 @@ def test_sharded_equals_gathered_across_ranks(ranks):
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["ranks"] == ranks
     assert report["failures"] == []
+
+
+KRUM_F6 = Path(__file__).parents[1] / "configs" / "synthetic-krum-f6.toml"
+SHORT = ["--set", "run.steps=30", "--set", "run.eval_every=10", "--set", "attack.adversary=colluding"]
+
+
+@pytest.mark.parametrize("rule", ["krum", "bulyan"])
+def test_sharded_training_selects_what_gather_selects(tmp_path, rule):
+    """Same seed, 3 ranks (uneven blocks of the 1,622 MLP parameters): the same workers at every step."""
+    import h5py
+    import numpy as np
+
+    from conftest import run_cli
+    files = {}
+    for placement in ("gather", "sharded"):
+        files[placement] = tmp_path / f"{placement}.h5"
+        f = ["--set", "aggregator.f=2", "--set", "workers.byzantine=2"] if rule == "bulyan" else []
+        done = run_cli(["run", KRUM_F6, "--out", files[placement], *SHORT, "--set", f"aggregator.name={rule}",
+                        "--set", f"aggregator.placement={placement}", *f], ranks=3)
+        assert done.returncode == 0, done.stderr
+    with h5py.File(files["gather"]) as g, h5py.File(files["sharded"]) as s:
+        assert np.array_equal(g["selection/selected"][()], s["selection/selected"][()])
+        assert s["comm/bytes_received"].shape == (30, 3) and s["comm/bytes_sent"].shape == (30, 3)
+        assert (s["comm/bytes_received"][()] > 0).all()
+        # the gathered placement funnels every row into rank 0: the busiest rank receives more
+        assert g["comm/bytes_received"][1:].max() > s["comm/bytes_received"][1:].max()
+
+
+def test_per_shard_records_each_blocks_selection(tmp_path):
+    import h5py
+
+    from conftest import run_cli
+    out = tmp_path / "per-shard.h5"
+    done = run_cli(["run", KRUM_F6, "--out", out, *SHORT, "--set", "aggregator.placement=per-shard"], ranks=2)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(out) as h5:
+        table = h5["selection/per_block"][()]
+        assert table.shape == (30, 2, 1)
+        assert ((table >= 0) & (table < 20)).all()
+
+
+@pytest.mark.parametrize("sets, words", [
+    (["aggregator.placement=sharded"], "adversary"),
+    (["aggregator.placement=sharded", "attack.adversary=colluding", "aggregator.name=clipping+krum"],
+     "placement = 'gather'"),
+    (["aggregator.placement=everywhere"], "aggregator.placement"),
+])
+def test_placement_refusals_are_one_line(tmp_path, sets, words):
+    from conftest import run_cli
+    args = ["run", KRUM_F6, "--out", tmp_path / "x.h5"]
+    for s in sets:
+        args += ["--set", s]
+    done = run_cli(args)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.strip().splitlines() if line]
+    assert len(lines) == 1 and words in lines[0], done.stderr
+    assert not (tmp_path / "x.h5").exists()
