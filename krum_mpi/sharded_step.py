@@ -35,7 +35,8 @@ class ShardedStep:
         self.blocks = sharded.Blocks([self.block], comm.allgather_parts, comm.size)
         self.lr = np.float32(cfg["optimizer"]["lr"])
         self.meta = np.empty((n, 2), dtype=np.float64) if comm.is_root else None
-        self.max_selected = aggregators.make(self.name, n, self.f, **self.options).max_selected
+        self.block_rule = aggregators.make(self.name, n, self.f, **self.options)   # per-shard: on this block
+        self.max_selected = self.block_rule.max_selected
         self.rule_state: dict = {}   # centered-clipping: {"center": this rank's block of the last aggregate}
         self.recomputed = 0
 
@@ -51,13 +52,14 @@ class ShardedStep:
                 self.rule_state = {"center": result.vectors}
             self.recomputed += result.recomputed
             return result.vectors[0], result.selected, result.weights, None
-        out, selections = sharded.per_shard(self.name, self.blocks, self.f, self.options)
+        result = self.block_rule(self.block)   # kept across steps: a stateful rule keeps its block's state
         width = max(1, self.max_selected)
         mine = np.full((1, width), -1.0)
-        if selections[0] is not None:
-            mine[0, :len(selections[0])] = selections[0][:width]
+        if result.selected is not None:
+            mine[0, :len(result.selected)] = result.selected[:width]
         table = self.comm.allgather_parts(mine).astype(np.int64)   # (ranks, width), -1: empty
-        return out[0], table[0][table[0] >= 0], None, table
+        vector = np.asarray(result.vector, dtype=np.float32)
+        return vector, table[0][table[0] >= 0], None, table
 
     def apply(self, theta: np.ndarray, g: np.ndarray) -> None:
         theta[self.cols] -= self.lr * g
