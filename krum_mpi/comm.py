@@ -162,9 +162,12 @@ class Comm:
         return out
 
     def allgatherv_params(self, params: np.ndarray, bounds: np.ndarray) -> None:
-        """Each rank's block params[bounds[r]:bounds[r + 1]] -> every rank's whole float32 vector (in place)."""
+        """Each rank's block params[bounds[r]:bounds[r + 1]] -> every rank's whole float32 vector (in
+        place): an allgather done as one Bcast per block, which MPICH ran 5-18x faster than
+        Allgatherv for d = 1e7 on 4 ranks of one node (0.03 s against 0.16-0.55 s)."""
         widths = np.diff(bounds).astype(np.int64)
-        self.world.Allgatherv(self.MPI.IN_PLACE, [params, widths, bounds[:-1].astype(np.int64), self.MPI.FLOAT])
+        for q in range(self.size):
+            self.world.Bcast([params[bounds[q]:bounds[q + 1]], self.MPI.FLOAT], root=q)
         mine = 4 * int(widths[self.rank])
         self.count("allgatherv_params", mine * (self.size - 1), params.nbytes - mine)
 
