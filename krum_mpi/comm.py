@@ -224,6 +224,13 @@ class Comm:
                           [out, self.MPI.DOUBLE] if self.is_root else None, root=0)
         return out
 
+    def gather_floats(self, values: np.ndarray) -> np.ndarray | None:
+        """Every rank's (k,) float64 array, on rank 0: (size, k) (None elsewhere)."""
+        local = np.ascontiguousarray(values, dtype=np.float64)
+        out = np.empty((self.size, local.size), dtype=np.float64) if self.is_root else None
+        self.world.Gather([local, self.MPI.DOUBLE], [out, self.MPI.DOUBLE] if self.is_root else None, root=0)
+        return out
+
     def max_value(self, value: float) -> float:
         buf = np.array([value], dtype=np.float64)
         out = np.zeros(1, dtype=np.float64)

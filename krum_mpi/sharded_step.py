@@ -10,7 +10,9 @@ Rank r owns the coordinates bounds[r]:bounds[r + 1] of every vector (uneven widt
 
 No rank ever holds another worker's whole gradient. Rank 0 records the step as in the gathered
 placement, plus per step and rank the payload bytes sent and received (``comm/bytes_sent``,
-``comm/bytes_received``) and, for per-shard, each block's selection (``selection/per_block``).
+``comm/bytes_received``), the seconds of each phase (``timing/rank_phase_s``: stop check and
+compute, exchange, rule, update with the allgather; they add up to the rank's step) and, for
+per-shard, each block's selection (``selection/per_block``).
 """
 from __future__ import annotations
 
@@ -81,12 +83,18 @@ class Traffic:
         self.sent = np.full((steps, ranks), -1, dtype=np.int64)        # -1: step not run in this process
         self.received = np.full((steps, ranks), -1, dtype=np.int64)
         self.per_block = None
+        self.phases = None   # (steps, ranks, PHASES) seconds, sharded placements only
         self.writer = writer
 
-    def note(self, step: int, table, per_block=None) -> None:
+    def note(self, step: int, table, per_block=None, phases=None) -> None:
         self.sent[step], self.received[step] = table[:, 0], table[:, 1]
         extra = self.writer.extra_datasets
         extra["comm/bytes_sent"], extra["comm/bytes_received"] = self.sent, self.received
+        if phases is not None:
+            if self.phases is None:
+                self.phases = np.full((len(self.sent),) + phases.shape, np.nan)
+            self.phases[step] = phases
+            extra["timing/rank_phase_s"] = self.phases
         if per_block is not None:
             if self.per_block is None:
                 self.per_block = np.full((len(self.sent),) + per_block.shape, -1, dtype=np.int64)
@@ -94,14 +102,15 @@ class Traffic:
             extra["selection/per_block"] = self.per_block
 
 
-def note_traffic(loop, step: int, per_block=None) -> None:
-    """Collective: every rank's bytes of this step reach rank 0's tables."""
+def note_traffic(loop, step: int, per_block=None, phases=None) -> None:
+    """Collective: every rank's bytes of this step (and its phase times, when given) reach rank 0's tables."""
     table = loop.comm.gather_traffic(loop.traffic_mark)
     loop.traffic_mark = loop.comm.traffic.copy()
+    phases = None if phases is None else loop.comm.gather_floats(phases)
     if loop.comm.is_root:
         if loop.traffic is None:
             loop.traffic = Traffic(loop.steps, loop.comm.size, loop.writer)
-        loop.traffic.note(step, table, per_block)
+        loop.traffic.note(step, table, per_block, phases)
 
 
 def run_sharded(loop, start: int):
@@ -125,7 +134,8 @@ def run_sharded(loop, start: int):
                   "step_s": t_end - t_step}
         if comm.is_root:
             record(loop, step, timing, selected, weights)
-        note_traffic(loop, step, per_block)
+        phases = np.array([t_exchange - t_step, timing["gather_s"], timing["aggregate_s"], timing["update_s"]])
+        note_traffic(loop, step, per_block, phases)
         if loop._flush_due(step):
             loop.save(step, "running")
     return step, 0

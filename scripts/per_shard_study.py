@@ -20,7 +20,10 @@ CONFIG = Path(__file__).parents[1] / "configs" / "synthetic-krum-f6.toml"
 def run(out: Path, attack: str, seed: int, placement: str, ranks: int, steps: int) -> Path:
     path = out / f"{attack}-{placement}-{seed}.h5"
     if not path.exists():
-        cmd = ["mpiexec", "-n", str(ranks), "krum-mpi", "run", str(CONFIG), "--out", str(path),
+        config = out / "config.toml"   # the preset without its Gaussian attack's sigma (set again below)
+        config.write_text("\n".join(line for line in CONFIG.read_text().splitlines() if not line.startswith("sigma")))
+        sigma = ["--set", "attack.sigma=200.0"] if attack == "gaussian" else []
+        cmd = ["mpiexec", "-n", str(ranks), "krum-mpi", "run", str(config), "--out", str(path), *sigma,
                "--set", f"run.seed={seed}", "--set", f"run.steps={steps}", "--set", f"run.eval_every={steps}",
                "--set", f"attack.name={attack}", "--set", "attack.adversary=colluding",
                "--set", f"aggregator.placement={placement}"]

@@ -56,6 +56,8 @@ def test_sharded_training_selects_what_gather_selects(tmp_path, rule, attack):
         assert np.isfinite(s["metrics/loss"][()]).all()
         assert s["comm/bytes_received"].shape == (30, 3) and s["comm/bytes_sent"].shape == (30, 3)
         assert (s["comm/bytes_received"][()] > 0).all()
+        phases = s["timing/rank_phase_s"][()]
+        assert phases.shape == (30, 3, 4) and (phases >= 0).all()
         # the gathered placement funnels every row into rank 0: the busiest rank receives more
         assert g["comm/bytes_received"][1:].max() > s["comm/bytes_received"][1:].max()
 
