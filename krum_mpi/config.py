@@ -281,11 +281,14 @@ def _check_placement(cfg: dict) -> None:
         except ValueError as exc:
             raise ConfigError(_one_line(exc))
     from . import attacks
-    kind = attacks.make(cfg["attack"]["name"], cfg["workers"]["n"], cfg["workers"]["byzantine"],
-                        cfg["aggregator"]["f"], **attack_params(cfg)).kind
-    if kind not in ("none", "data") and cfg["attack"]["adversary"] != "colluding":
-        raise ConfigError(f"aggregator.placement = {placement!r}: no rank sees every gradient, so an omniscient "
-                          "adversary cannot craft there; set attack.adversary = 'colluding' (or placement = 'gather')")
+    from .sharded import BLOCKWISE_ATTACKS
+    name = cfg["attack"]["name"]
+    kind = attacks.make(name, cfg["workers"]["n"], cfg["workers"]["byzantine"], cfg["aggregator"]["f"],
+                        **attack_params(cfg)).kind
+    if kind not in ("none", "data") and cfg["attack"]["adversary"] != "colluding" and name not in BLOCKWISE_ATTACKS:
+        raise ConfigError(f"aggregator.placement = {placement!r}: no rank sees every gradient, so the omniscient "
+                          f"adversary crafts block by block, which {name!r} cannot (it can: "
+                          f"{', '.join(BLOCKWISE_ATTACKS)}); set attack.adversary = 'colluding' or placement = 'gather'")
     if cfg["run"]["gather_deadline_s"] > 0:
         raise ConfigError(f"aggregator.placement = {placement!r} cannot run with run.gather_deadline_s > 0: "
                           "set run.gather_deadline_s = 0 or placement = 'gather'")

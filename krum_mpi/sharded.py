@@ -38,6 +38,9 @@ BLOCKWISE_RULES = ("average", "median", "trimmed-mean", "meamed")
 ITERATIVE_RULES = ("geometric-median", "centered-clipping")
 SHARDED_RULES = DISTANCE_RULES + BLOCKWISE_RULES + ITERATIVE_RULES
 PRE_STEPS = ("nnm",)
+# attacks whose every coordinate depends on that coordinate of the honest rows only (no random draw,
+# no search against the rule): the omniscient adversary crafts them block by block, the same values
+BLOCKWISE_ATTACKS = ("omniscient", "sign-flip", "ipm", "alie", "zero", "nan", "inf")
 
 
 def block_bounds(d: int, parts: int) -> np.ndarray:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import aggregators, config, sharded
+from .server import SEED_ATTACK
 
 
 class ShardedStep:
@@ -39,12 +40,25 @@ class ShardedStep:
         self.meta = np.empty((n, 2), dtype=np.float64) if comm.is_root else None
         self.block_rule = aggregators.make(self.name, n, self.f, **self.options)   # per-shard: on this block
         self.max_selected = self.block_rule.max_selected
+        crafts = setup.attack.kind not in ("none", "data") and not setup.colluding
+        self.crafted_rows = np.flatnonzero(setup.byzantine) if crafts else np.zeros(0, dtype=np.int64)
+        self.honest = ~setup.byzantine
         self.rule_state: dict = {}   # centered-clipping: {"center": this rank's block of the last aggregate}
         self.recomputed = 0
 
     def exchange(self, rows: np.ndarray, meta: np.ndarray) -> None:
         self.comm.alltoall_row_blocks(rows, self.bounds, self.block)
         self.comm.gather_rows(meta, self.meta, phase="gather_meta")
+
+    def craft(self, step: int) -> None:
+        """Omniscient adversary, block by block (sharded.BLOCKWISE_ATTACKS): each rank crafts the
+        Byzantine rows' coordinates of its block from the honest rows' coordinates there, which
+        are the values Server.craft gives those coordinates under the gathered placement."""
+        if self.crafted_rows.size == 0:
+            return
+        rng = np.random.default_rng([self.setup.seed, SEED_ATTACK, step])
+        crafted = self.setup.attack.craft(self.block[self.honest], self.crafted_rows.size, rng, aggregate=None)
+        self.block[self.crafted_rows] = np.asarray(crafted, dtype=np.float32)
 
     def aggregate(self):
         """(this rank's block of the aggregate, selected, weights, per-block selections or None)."""
@@ -125,6 +139,7 @@ def run_sharded(loop, start: int):
         loop._compute(step)
         t_exchange = comm.wtime()
         work.exchange(workers.rows, workers.meta)
+        work.craft(step)
         t_agg = comm.wtime()
         g, selected, weights, per_block = work.aggregate()
         t_upd = comm.wtime()

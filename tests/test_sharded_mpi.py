@@ -26,12 +26,15 @@ def test_sharded_equals_gathered_across_ranks(ranks):
 
 
 KRUM_F6 = Path(__file__).parents[1] / "configs" / "synthetic-krum-f6.toml"
-SHORT = ["--set", "run.steps=30", "--set", "run.eval_every=10", "--set", "attack.adversary=colluding"]
+SHORT = ["--set", "run.steps=30", "--set", "run.eval_every=10"]
+COLLUDING = ["--set", "attack.adversary=colluding"]
 
 
-@pytest.mark.parametrize("rule, attack", [("krum", "gaussian"), ("bulyan", "gaussian"), ("multi-krum", "nan"),
-                                          ("mda", "sign-flip")])
-def test_sharded_training_selects_what_gather_selects(tmp_path, rule, attack):
+@pytest.mark.parametrize("rule, attack, adversary", [
+    ("krum", "gaussian", "colluding"), ("bulyan", "gaussian", "colluding"), ("multi-krum", "nan", "colluding"),
+    ("mda", "sign-flip", "colluding"), ("krum", "alie", "omniscient"), ("multi-krum", "omniscient", "omniscient"),
+    ("krum", "inf", "omniscient")])
+def test_sharded_training_selects_what_gather_selects(tmp_path, rule, attack, adversary):
     """Same seed, 3 ranks (uneven blocks of the 1,622 MLP parameters): the same workers at every step
     (Multi-Krum and MDA: the same set)."""
     import h5py
@@ -45,7 +48,7 @@ def test_sharded_training_selects_what_gather_selects(tmp_path, rule, attack):
         files[placement] = tmp_path / f"{placement}.h5"
         f = ["--set", "aggregator.f=2", "--set", "workers.byzantine=2"] if rule == "bulyan" else []
         done = run_cli(["run", config, "--out", files[placement], *SHORT, "--set", f"aggregator.name={rule}",
-                        "--set", f'attack.name="{attack}"',
+                        "--set", f'attack.name="{attack}"', "--set", f"attack.adversary={adversary}",
                         "--set", f"aggregator.placement={placement}", *f], ranks=3)
         assert done.returncode == 0, done.stderr
     with h5py.File(files["gather"]) as g, h5py.File(files["sharded"]) as s:
@@ -67,7 +70,8 @@ def test_per_shard_records_each_blocks_selection(tmp_path):
 
     from conftest import run_cli
     out = tmp_path / "per-shard.h5"
-    done = run_cli(["run", KRUM_F6, "--out", out, *SHORT, "--set", "aggregator.placement=per-shard"], ranks=2)
+    done = run_cli(["run", KRUM_F6, "--out", out, *SHORT, *COLLUDING, "--set", "aggregator.placement=per-shard"],
+                   ranks=2)
     assert done.returncode == 0, done.stderr
     with h5py.File(out) as h5:
         table = h5["selection/per_block"][()]
@@ -76,7 +80,7 @@ def test_per_shard_records_each_blocks_selection(tmp_path):
 
 
 @pytest.mark.parametrize("sets, words", [
-    (["aggregator.placement=sharded"], "adversary"),
+    (["aggregator.placement=sharded"], "block by block"),
     (["aggregator.placement=sharded", "attack.adversary=colluding", "aggregator.name=clipping+krum"],
      "placement = 'gather'"),
     (["aggregator.placement=everywhere"], "aggregator.placement"),
