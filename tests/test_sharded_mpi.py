@@ -61,6 +61,17 @@ def test_sharded_training_selects_what_gather_selects(tmp_path, rule, attack, ad
         assert (s["comm/bytes_received"][()] > 0).all()
         phases = s["timing/rank_phase_s"][()]
         assert phases.shape == (30, 3, 4) and (phases >= 0).all()
+        # the accounting: rank 0 receives the other ranks' rows (4 d bytes) and metadata (16 bytes)
+        d = json.loads(g.attrs["provenance"])["n_params"]
+        others = int((g["selection/worker_rank"][()] != 0).sum())
+        assert (g["comm/bytes_received"][:, 0] == others * (4 * d + 16)).all()
+        # sharded: the rows' blocks of the other workers, the parameters' other blocks, the partials
+        ranks = s["selection/worker_rank"][()]
+        widths = np.diff([0, *[(d // 3) * (q + 1) + min(q + 1, d % 3) for q in range(3)]])
+        for r in range(3):
+            floor = 4 * int((ranks != r).sum()) * int(widths[r]) + 4 * (d - int(widths[r]))
+            assert (s["comm/bytes_received"][1:, r] > floor).all()
+            assert (s["comm/bytes_received"][1:, r] < floor + 200_000).all()
         # the gathered placement funnels every row into rank 0: the busiest rank receives more
         assert g["comm/bytes_received"][1:].max() > s["comm/bytes_received"][1:].max()
 
