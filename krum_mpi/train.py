@@ -75,6 +75,9 @@ class Setup:
         self.dataset = data.open_dataset(cfg["data"], seed=self.seed)
         self.model = models.make(cfg["model"], self.dataset.n_features, self.dataset.n_classes)
         self.d = self.model.n_params
+        if cfg["aggregator"]["placement"] != "gather" and self.d < comm.size:
+            raise ConfigError(f"aggregator.placement = {cfg['aggregator']['placement']!r} gives each rank a block of the "
+                              f"{self.d} parameters: use at most {self.d} ranks, or placement = 'gather'")
         self.attack = attacks.make(cfg["attack"]["name"], self.n, workers["byzantine"], cfg["aggregator"]["f"],
                                    **config.attack_params(cfg))
         self.colluding = cfg["attack"]["adversary"] == "colluding" and self.attack.kind not in ("none", "data")
