@@ -10,8 +10,8 @@ Rank r owns the coordinates bounds[r]:bounds[r + 1] of every vector (uneven widt
 
 No rank ever holds another worker's whole gradient. Rank 0 records the step as in the gathered
 placement, plus per step and rank the payload bytes sent and received (``comm/bytes_sent``,
-``comm/bytes_received``), the seconds of each phase (``timing/rank_phase_s``: stop check and
-compute, exchange, rule, update with the allgather; they add up to the rank's step) and, for
+``comm/bytes_received``), the seconds of each phase (``timing/rank_phase_s``, named by the
+attribute ``rank_phases``; they add up to the rank's step; recorded for ``gather`` too) and, for
 per-shard, each block's selection (``selection/per_block``).
 """
 from __future__ import annotations
@@ -90,6 +90,10 @@ class ShardedStep:
         return None
 
 
+GATHER_PHASES = "stop check and Bcast of the parameters, compute, Gatherv of rows and metadata, rule and update (rank 0)"
+SHARDED_PHASES = "stop check and compute, Alltoallv of row blocks (and crafting), rule, update and allgather of the parameters"
+
+
 class Traffic:
     """Rank 0's (steps, ranks) tables of bytes sent and received per step, and per-block selections."""
 
@@ -109,6 +113,8 @@ class Traffic:
                 self.phases = np.full((len(self.sent),) + phases.shape, np.nan)
             self.phases[step] = phases
             extra["timing/rank_phase_s"] = self.phases
+            placement = self.writer.cfg["aggregator"].get("placement", "gather")
+            self.writer.extra_attrs["rank_phases"] = GATHER_PHASES if placement == "gather" else SHARDED_PHASES
         if per_block is not None:
             if self.per_block is None:
                 self.per_block = np.full((len(self.sent),) + per_block.shape, -1, dtype=np.int64)

@@ -122,13 +122,17 @@ class StepLoop:
             if comm.any_true(self.stop.signal != 0):
                 return step - 1, self.stop.signal or -1
             comm.bcast_params(self.theta)
+            t_compute = comm.wtime()
             self._compute(step)
             t_gather = comm.wtime()
             comm.gather_rows(self.workers.rows, server.X if server else None)
             comm.gather_rows(self.workers.meta, server.meta if server else None)
+            t_rest = comm.wtime()
             if comm.is_root:
-                self._finish_step(step, self.everyone, t_step, comm.wtime() - t_gather)
-            note_traffic(self, step)
+                self._finish_step(step, self.everyone, t_step, t_rest - t_gather)
+            t_end = comm.wtime()   # phases of this rank (GATHER_PHASES): they add up to its step
+            note_traffic(self, step, phases=np.array([t_compute - t_step, t_gather - t_compute, t_rest - t_gather,
+                                                      t_end - t_rest]))
             if self._flush_due(step):
                 self.save(step, "running")
         return step, 0

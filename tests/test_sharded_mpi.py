@@ -61,6 +61,8 @@ def test_sharded_training_selects_what_gather_selects(tmp_path, rule, attack, ad
         assert (s["comm/bytes_received"][()] > 0).all()
         phases = s["timing/rank_phase_s"][()]
         assert phases.shape == (30, 3, 4) and (phases >= 0).all()
+        assert g["timing/rank_phase_s"].shape == (30, 3, 4)
+        assert "Bcast" in g.attrs["rank_phases"] and "allgather" in s.attrs["rank_phases"]
         # the accounting: rank 0 receives the other ranks' rows (4 d bytes) and metadata (16 bytes)
         d = json.loads(g.attrs["provenance"])["n_params"]
         others = int((g["selection/worker_rank"][()] != 0).sum())
