@@ -39,6 +39,9 @@ class Comm:
         self.n_workers = n_workers
         self.set_layout(block_counts(n_workers, self.size))
         self.audit = [] if os.environ.get("KRUM_MPI_AUDIT_DIR") else None
+        self.traffic = np.zeros(2, dtype=np.int64)   # payload bytes this rank sent, received (running)
+        self.phase_traffic: dict = {}                 # the same per phase: name -> [sent, received]
+        self._send_buffer = None
 
     def set_layout(self, counts) -> None:
         """Rank r hosts ``counts[r]`` consecutive workers (the gathered rows are in worker order)."""
@@ -77,8 +80,12 @@ class Comm:
         """Broadcast rank 0's float32 parameter vector into every rank's ``params`` (in place)."""
         self.world.Bcast([params, self.MPI.FLOAT], root=0)
         self._log("bcast_params", [0])
+        if self.is_root:
+            self.count("bcast_params", params.nbytes * (self.size - 1), 0)
+        else:
+            self.count("bcast_params", 0, params.nbytes)
 
-    def gather_rows(self, local: np.ndarray, out: np.ndarray | None) -> None:
+    def gather_rows(self, local: np.ndarray, out: np.ndarray | None, phase: str = "gather_rows") -> None:
         """Gather each rank's (k_r, d) block into rank 0's preallocated (n, d) ``out``.
 
         ``local`` and ``out`` must be C-contiguous with the same dtype (float32 gradients, float64
@@ -92,8 +99,10 @@ class Comm:
             displs = self.displs * width
             self.world.Gatherv(send, [out, counts, displs, mpi_type], root=0)
             self._log("gather_rows", range(self.size))
+            self.count(phase, 0, (out.nbytes // self.n_workers) * (self.n_workers - int(self.counts[0])))
         else:
             self.world.Gatherv(send, None, root=0)
+            self.count(phase, local.nbytes, 0)
 
     def scatter_rows(self, full: np.ndarray | None, local: np.ndarray) -> None:
         """Inverse of ``gather_rows``: rank 0's (n, d) ``full`` is split into each rank's ``local`` rows."""
@@ -104,6 +113,63 @@ class Comm:
             self.world.Scatterv([full, self.counts * width, self.displs * width, mpi_type], recv, root=0)
         else:
             self.world.Scatterv(None, recv, root=0)
+
+    # -- traffic accounting ---------------------------------------------------------------
+    def count(self, phase: str, sent: int, received: int) -> None:
+        """Payload bytes of this rank's own data delivered to other ranks (sent) and of other ranks'
+        data landing in this rank's buffers (received): what any algorithm must move, whatever
+        route the MPI library takes."""
+        self.traffic += (int(sent), int(received))
+        entry = self.phase_traffic.setdefault(phase, [0, 0])
+        entry[0] += int(sent)
+        entry[1] += int(received)
+
+    def gather_traffic(self, since: np.ndarray) -> np.ndarray | None:
+        """Every rank's (sent, received) bytes since its ``since`` snapshot, on rank 0: (size, 2)
+        int64 (None elsewhere). Not counted itself."""
+        local = self.traffic - since
+        out = np.empty((self.size, 2), dtype=np.int64) if self.is_root else None
+        self.world.Gather([local, self.MPI.INT64_T], [out, self.MPI.INT64_T] if self.is_root else None, root=0)
+        return out
+
+    # -- the sharded placement: coordinate blocks, every buffer typed (no pickling) ----------
+    def alltoall_row_blocks(self, rows: np.ndarray, bounds: np.ndarray, out: np.ndarray) -> None:
+        """Each rank's (k_r, d) float32 rows -> each rank q's (n, w_q) block: the columns
+        bounds[q]:bounds[q + 1] of every worker's row, in worker order (one Alltoallv)."""
+        k, d = rows.shape
+        widths = np.diff(bounds).astype(np.int64)
+        if self._send_buffer is None or self._send_buffer.size != k * d:
+            self._send_buffer = np.empty(k * d, dtype=np.float32)
+        send, offset = self._send_buffer, 0
+        for q in range(self.size):   # packed per destination: its (k, w_q) block, contiguous
+            w = int(widths[q])
+            send[offset:offset + k * w].reshape(k, w)[...] = rows[:, bounds[q]:bounds[q + 1]]
+            offset += k * w
+        send_counts = k * widths
+        send_displs = np.concatenate([[0], np.cumsum(send_counts)[:-1]])
+        mine = int(widths[self.rank])
+        self.world.Alltoallv([send, send_counts, send_displs, self.MPI.FLOAT],
+                             [out, self.counts * mine, self.displs * mine, self.MPI.FLOAT])
+        self._log("alltoall_row_blocks", range(self.size))
+        self.count("alltoall_row_blocks", 4 * k * (d - mine), 4 * (self.n_workers - k) * mine)
+
+    def allgather_parts(self, local: np.ndarray) -> np.ndarray:
+        """Every rank's (k, ...) float64 or uint8 array, stacked in rank order: (size * k, ...)."""
+        mpi_type = {np.dtype(np.float64): self.MPI.DOUBLE, np.dtype(np.uint8): self.MPI.UNSIGNED_CHAR}[local.dtype]
+        out = np.empty((self.size * local.shape[0],) + local.shape[1:], dtype=local.dtype)
+        self.world.Allgather([local, mpi_type], [out, mpi_type])
+        self.count("allgather_parts", local.nbytes * (self.size - 1), local.nbytes * (self.size - 1))
+        return out
+
+    def allgatherv_params(self, params: np.ndarray, bounds: np.ndarray) -> None:
+        """Each rank's block params[bounds[r]:bounds[r + 1]] -> every rank's whole float32 vector (in
+        place): an allgather done as one Bcast per block, which MPICH ran 5-18x faster than
+        Allgatherv for d = 1e7 on 4 ranks of one node (0.03 s against 0.16-0.55 s)."""
+        widths = np.diff(bounds).astype(np.int64)
+        for q in range(self.size):
+            self.world.Bcast([params[bounds[q]:bounds[q + 1]], self.MPI.FLOAT], root=q)
+        mine = 4 * int(widths[self.rank])
+        self.count("allgatherv_params", mine * (self.size - 1), params.nbytes - mine)
 
     # -- the colluding adversary's own channel ---------------------------------------------
     def split_byzantine(self, is_byzantine_rank: bool):
@@ -156,6 +222,13 @@ class Comm:
         out = np.empty(self.size, dtype=np.float64) if self.is_root else None
         self.world.Gather([np.array([value], dtype=np.float64), self.MPI.DOUBLE],
                           [out, self.MPI.DOUBLE] if self.is_root else None, root=0)
+        return out
+
+    def gather_floats(self, values: np.ndarray) -> np.ndarray | None:
+        """Every rank's (k,) float64 array, on rank 0: (size, k) (None elsewhere)."""
+        local = np.ascontiguousarray(values, dtype=np.float64)
+        out = np.empty((self.size, local.size), dtype=np.float64) if self.is_root else None
+        self.world.Gather([local, self.MPI.DOUBLE], [out, self.MPI.DOUBLE] if self.is_root else None, root=0)
         return out
 
     def max_value(self, value: float) -> float:

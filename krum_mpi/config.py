@@ -73,6 +73,7 @@ DEFAULTS: dict = {
     "aggregator": {
         "name": "average",       # see krum_mpi.aggregators.names()
         "f": -1,                 # declared f given to the rule; -1: workers.byzantine
+        "placement": "gather",   # gather (rank 0 holds every row) | sharded | per-shard (docs/sharded.md)
     },
     "attack": {
         "name": "none",          # see krum_mpi.attacks.names()
@@ -99,6 +100,7 @@ CHOICES = {
     "model.augment": ("auto", "none", "crop-flip"),
     "optimizer.momentum_at": ("server", "worker"),
     "attack.adversary": ("omniscient", "colluding"),
+    "aggregator.placement": ("gather", "sharded", "per-shard"),
 }
 
 # (minimum, maximum) for numbers; None = unbounded
@@ -297,6 +299,35 @@ def _check_consistency(cfg: dict) -> None:
         raise ConfigError(f"attack.name = {cfg['attack']['name']!r} but workers.byzantine = 0: "
                           "set workers.byzantine > 0 or attack.name=none")
     _check_rule_and_attack(cfg)
+    _check_placement(cfg)
+
+
+def _check_placement(cfg: dict) -> None:
+    """What a sharded or per-shard placement cannot do yet is refused before any MPI work."""
+    placement = cfg["aggregator"]["placement"]
+    if placement == "gather":
+        return
+    if placement == "sharded":
+        from .sharded import split_rule
+        try:
+            split_rule(cfg["aggregator"]["name"])
+        except ValueError as exc:
+            raise ConfigError(_one_line(exc))
+    from . import attacks
+    from .sharded import BLOCKWISE_ATTACKS
+    name = cfg["attack"]["name"]
+    kind = attacks.make(name, cfg["workers"]["n"], cfg["workers"]["byzantine"], cfg["aggregator"]["f"],
+                        **attack_params(cfg)).kind
+    if kind not in ("none", "data") and cfg["attack"]["adversary"] != "colluding" and name not in BLOCKWISE_ATTACKS:
+        raise ConfigError(f"aggregator.placement = {placement!r}: no rank sees every gradient, so the omniscient "
+                          f"adversary crafts block by block, which {name!r} cannot (it can: "
+                          f"{', '.join(BLOCKWISE_ATTACKS)}); set attack.adversary = 'colluding' or placement = 'gather'")
+    if cfg["run"]["gather_deadline_s"] > 0:
+        raise ConfigError(f"aggregator.placement = {placement!r} cannot run with run.gather_deadline_s > 0: "
+                          "set run.gather_deadline_s = 0 or placement = 'gather'")
+    if cfg["optimizer"]["momentum"] > 0 and cfg["optimizer"]["momentum_at"] == "server":
+        raise ConfigError(f"aggregator.placement = {placement!r} supports momentum at the workers only: "
+                          "set optimizer.momentum_at = 'worker' (or momentum = 0, or placement = 'gather')")
 
 
 def _options(section: dict, fixed) -> dict:
@@ -352,7 +383,8 @@ def to_json(cfg: dict) -> str:
 # Keys added after runs and studies already existed: left out of a run's identity while they hold
 # their default, so the ids of existing runs (their results files, their study folders) stay valid.
 LATER_KEYS = (("model", "factory"), ("model", "kwargs"), ("model", "loss"), ("model", "augment"),
-              ("model", "weight_decay"), ("data", "context"), ("data", "image_shape"))
+              ("model", "weight_decay"), ("data", "context"), ("data", "image_shape"),
+              ("aggregator", "placement"))
 
 
 def identity(cfg: dict) -> dict:

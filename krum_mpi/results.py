@@ -147,6 +147,7 @@ class ResultsWriter:
         self.next_spare = 0
         self.broken = False                   # a flush failed (disk full): later flushes write nothing
         self._lock = threading.Lock()         # the watchdog thread may flush too
+        self.extra_datasets: dict = {}        # name -> (steps, ...) array written whole at each flush (comm/*)
 
     def record(self, step: int, loss: float, test_accuracy: float, timing: dict, selected,
                weights=None, absent=None, worker_compute_s=None, values: dict | None = None) -> None:
@@ -218,6 +219,10 @@ class ResultsWriter:
             attrs["last_checkpoint_step"] = self.last_checkpoint_step
             for key, value in self.extra_attrs.items():
                 attrs[key] = value
+            for name, value in self.extra_datasets.items():   # small (steps x ranks): rewritten whole
+                if name in h5:
+                    del h5[name]
+                h5.create_dataset(name, data=value[:k])
             if final is not None:
                 g = h5.require_group("checkpoint")
                 g.attrs["step"] = int(final["step"])

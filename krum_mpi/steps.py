@@ -22,6 +22,7 @@ import numpy as np
 
 from .comm import TASK_END, TASK_SAVE, TASK_STEP, DeadlineExchange
 from .errors import KrumMPIError
+from .sharded_step import note_traffic, run_sharded
 
 
 def peak_rss_mib() -> float:
@@ -92,7 +93,8 @@ class Watchdog(threading.Thread):
 class StepLoop:
     """Runs steps ``start`` .. ``run.steps - 1``; ``run()`` returns (last step done, stop signal)."""
 
-    def __init__(self, s, cfg, comm, workers, server, writer, theta, stop, save, watchdog=None, progress=None):
+    def __init__(self, s, cfg, comm, workers, server, writer, theta, stop, save, watchdog=None, progress=None,
+                 sharded=None):
         self.s, self.cfg, self.comm, self.workers = s, cfg, comm, workers
         self.server, self.writer, self.theta, self.stop, self.save = server, writer, theta, stop, save
         self.watchdog, self.progress = watchdog, progress
@@ -103,8 +105,12 @@ class StepLoop:
         self.faults = cfg["faults"]
         self.everyone = np.ones(s.n, dtype=bool)
         self.nonfinite_steps = 0
+        self.sharded = sharded                    # a ShardedStep: aggregator.placement is not "gather"
+        self.traffic, self.traffic_mark = None, comm.traffic.copy()   # bytes per step and rank (rank 0)
 
     def run(self, start: int):
+        if self.sharded is not None:
+            return run_sharded(self, start)
         if self.deadline > 0:
             exchange = DeadlineExchange(self.comm, self.s.d)
             return self._deadline_root(start, exchange) if self.comm.is_root else self._deadline_worker(exchange)
@@ -129,12 +135,17 @@ class StepLoop:
             if comm.any_true(self.stop.signal != 0):
                 return step - 1, self.stop.signal or -1
             comm.bcast_params(self.theta)
+            t_compute = comm.wtime()
             self._compute(step)
             t_gather = comm.wtime()
             comm.gather_rows(self.workers.rows, server.X if server else None)
             comm.gather_rows(self.workers.meta, server.meta if server else None)
+            t_rest = comm.wtime()
             if comm.is_root:
-                self._finish_step(step, self.everyone, t_step, comm.wtime() - t_gather)
+                self._finish_step(step, self.everyone, t_step, t_rest - t_gather)
+            t_end = comm.wtime()   # phases of this rank (GATHER_PHASES): they add up to its step
+            note_traffic(self, step, phases=np.array([t_compute - t_step, t_gather - t_compute, t_rest - t_gather,
+                                                      t_end - t_rest]))
             if self._flush_due(step):
                 self.save(step, "running")
         return step, 0

@@ -29,6 +29,7 @@ from .comm import block_counts as comm_block_counts
 from .errors import ConfigError, KrumMPIError
 from .progress import Progress
 from .server import Server
+from .sharded_step import ShardedStep
 from .steps import StepLoop, Watchdog, flush_or_note, peak_rss_mib
 from .stop import StopRequest  # noqa: F401  (krum_mpi.train.StopRequest, as before)
 from .summary import summarize_arrays
@@ -75,6 +76,9 @@ class Setup:
         self.model = models.make(cfg["model"], self.dataset.n_features, self.dataset.n_classes,
                                  getattr(self.dataset, "input_shape", None))
         self.d = self.model.n_params
+        if cfg["aggregator"]["placement"] != "gather" and self.d < comm.size:
+            raise ConfigError(f"aggregator.placement = {cfg['aggregator']['placement']!r} gives each rank a block of the "
+                              f"{self.d} parameters: use at most {self.d} ranks, or placement = 'gather'")
         self.attack = attacks.make(cfg["attack"]["name"], self.n, workers["byzantine"], cfg["aggregator"]["f"],
                                    **config.attack_params(cfg))
         self.colluding = cfg["attack"]["adversary"] == "colluding" and self.attack.kind not in ("none", "data")
@@ -159,14 +163,14 @@ def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, b
 
 
 def _start(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, blas_threads: int, theta: np.ndarray,
-           workers: LocalWorkers):
+           workers: LocalWorkers, sharded=None):
     """Collective: rank 0 opens (or reopens and checks) the results and tells every rank where to
     start (go or no-go: -1 and every rank leaves); parameters and momentum restored on a resume.
     Returns (server, writer, checkpoint store, first step); the first three are None off rank 0."""
     hostnames = comm.hostnames()
     server = writer = store = arrays = None
     if comm.is_root:
-        server = Server(s, cfg)
+        server = sharded or Server(s, cfg)   # sharded: no (n, d) buffer anywhere
         error = None
         try:
             writer, start, arrays = _open_results(s, cfg, out_path, comm, resume_run, blas_threads, hostnames,
@@ -209,7 +213,8 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     workers = LocalWorkers(s, cfg, comm)
     theta = np.empty(s.d, dtype=np.float32)
 
-    server, writer, store, start = _start(s, cfg, out_path, comm, resume, blas_threads, theta, workers)
+    sharded = ShardedStep(s, cfg, comm) if cfg["aggregator"]["placement"] != "gather" else None
+    server, writer, store, start = _start(s, cfg, out_path, comm, resume, blas_threads, theta, workers, sharded)
     save = _saver(comm, workers, server, writer, store, theta)
 
     if start == 0:
@@ -220,7 +225,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
             watchdog = Watchdog(run_cfg["watchdog_s"], writer, comm, stop)
             watchdog.start()
         progress = Progress(run_cfg["steps"], "train", unit="step", quiet=quiet, start=start)
-    loop = StepLoop(s, cfg, comm, workers, server, writer, theta, stop, save, watchdog, progress)
+    loop = StepLoop(s, cfg, comm, workers, server, writer, theta, stop, save, watchdog, progress, sharded)
     try:
         step, interrupted = loop.run(start)
     except KrumMPIError as exc:    # found by one rank mid-run (a bad row in a dataset file, say)
@@ -264,7 +269,10 @@ def _saver(comm: Comm, workers: LocalWorkers, server, writer, store, theta: np.n
             rss = comm.gather_values(peak_rss_mib())
             if workers.momentum is not None and not final:
                 # X is free between steps; with a gather deadline the step loop has drained every
-                # late reply first (and those land in the exchange's own buffers, never in X)
+                # late reply first (and those land in the exchange's own buffers, never in X). A
+                # sharded placement has no X: the momentum rows get a buffer of their own.
+                if comm.is_root and getattr(server, "X", None) is None:
+                    server.X = np.empty((len(server.honest), theta.size), dtype=np.float32)
                 comm.gather_rows(workers.momentum, server.X if comm.is_root else None)
         if not comm.is_root:
             return _all_agree(comm, None)

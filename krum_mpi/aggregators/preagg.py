@@ -35,8 +35,12 @@ class PreStep:
 
 
 def nnm_mixing(X, f, options, step):
-    n = X.shape[0]
-    cert = CertifiedDistances(X, sq_distances(X))
+    return nnm_mixing_from(CertifiedDistances(X, sq_distances(X)), f)
+
+
+def nnm_mixing_from(cert, f):
+    """NNM's mixing matrix and owners from certified distances (wherever the rows are held)."""
+    n = cert.n
     mixing = np.zeros((n, n))
     for i in range(n):  # itself first, then its n - f - 1 exactly nearest (ties: lowest index)
         mixing[i, i] = mixing[i, nearest_rows(cert, i, n - f - 1)] = 1.0 / (n - f)
