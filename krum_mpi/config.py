@@ -16,7 +16,9 @@ import numbers
 import tomllib
 from pathlib import Path
 
+from . import runid
 from .errors import ConfigError
+from .runid import LATER_KEYS  # noqa: F401  (re-exported: the keys a run id leaves out at their default)
 
 # ---------------------------------------------------------------------------------------------
 # Defaults: every key a run config may hold, with its default. Comments say units and choices.
@@ -380,24 +382,11 @@ def to_json(cfg: dict) -> str:
     return json.dumps(cfg, sort_keys=True)
 
 
-# Keys added after runs and studies already existed: left out of a run's identity while they hold
-# their default, so the ids of existing runs (their results files, their study folders) stay valid.
-LATER_KEYS = (("model", "factory"), ("model", "kwargs"), ("model", "loss"), ("model", "augment"),
-              ("model", "weight_decay"), ("data", "context"), ("data", "image_shape"),
-              ("aggregator", "placement"))
-
-
 def identity(cfg: dict) -> dict:
-    """The part of a resolved config that identifies its run (see LATER_KEYS)."""
-    out = {section: dict(body) for section, body in cfg.items()}
-    for section, key in LATER_KEYS:
-        if section in out and key in out[section] and out[section][key] == DEFAULTS[section][key]:
-            del out[section][key]
-    return out
+    """The part of a resolved config that identifies its run (runid.LATER_KEYS)."""
+    return runid.identity(cfg, DEFAULTS)
 
 
 def run_id(cfg: dict) -> str:
     """A stable short id of a resolved config (the hash of the canonical JSON of its identity)."""
-    import hashlib
-
-    return hashlib.sha256(to_json(identity(cfg)).encode()).hexdigest()[:12]
+    return runid.digest(to_json(identity(cfg)))

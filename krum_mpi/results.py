@@ -22,16 +22,10 @@ never modified, so it opens after any kill; the lagging file is the one being wr
 from __future__ import annotations
 
 import errno
-import getpass
 import json
 import os
-import platform
 import shutil
-import subprocess
-import sys
 import threading
-import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +35,7 @@ import numpy as np
 from .outfiles import check_can_write  # noqa: F401  (the CLI checks the folder through results)
 from .outfiles import fsync_folder, os_error_text, unique_suffix
 from .errors import ResultsError
-from .native import status as native_status
+from .provenance import blas_info, provenance  # noqa: F401  (part of the results' schema: re-exported)
 
 SCHEMA_VERSION = 1
 METRICS = ("loss", "test_accuracy")
@@ -344,61 +338,3 @@ def read_run(path) -> dict:
 
 def _plain(value):
     return value.decode() if isinstance(value, bytes) else value.item() if isinstance(value, np.generic) else value
-
-
-# -- provenance ---------------------------------------------------------------------------------
-def _version(module: str) -> str | None:
-    try:
-        from importlib.metadata import version
-        return version(module)
-    except Exception:
-        return None
-
-
-def _git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except Exception:
-        return None
-
-
-def blas_info() -> list:
-    try:
-        from threadpoolctl import threadpool_info
-        keep = ("internal_api", "version", "num_threads", "architecture", "threading_layer", "filepath")
-        return [{k: v for k, v in info.items() if k in keep} for info in threadpool_info()]
-    except Exception as exc:
-        return [{"error": type(exc).__name__}]
-
-
-def provenance(mpi_library: str, hostnames: list, n_ranks: int, n_workers: int, device: str) -> dict:
-    env_keys = [k for k in os.environ if k.startswith(("SLURM_", "OPENBLAS_", "OMP_", "MKL_", "KRUM_MPI_"))]
-    return {
-        "uuid": str(uuid.uuid4()),
-        "time_unix": time.time(),
-        "time_iso": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cmdline": " ".join(sys.argv),
-        "cwd": os.getcwd(),
-        "user": _safe(getpass.getuser),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": {m: _version(m) for m in ("krum-mpi", "numpy", "h5py", "mpi4py", "mpich", "cupy-cuda12x")},
-        "git_commit": _git_commit(),
-        "mpi_library_version": mpi_library,
-        "hostnames": hostnames,
-        "n_ranks": n_ranks,
-        "n_workers": n_workers,
-        "device": device,
-        "blas": blas_info(),
-        "native_kernels": _safe(native_status),  # compiled kernels and ISA: near-ties can differ by ISA
-        "env": {k: os.environ[k] for k in sorted(env_keys)},
-    }
-
-
-def _safe(fn):
-    try:
-        return fn()
-    except Exception:
-        return None

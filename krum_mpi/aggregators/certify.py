@@ -262,7 +262,15 @@ class ScoreBoard:
             return (0, sum(Decimal(v).sqrt() for v in chosen) / half)
 
     def same(self, i):
-        return int(self.cert.group[i]) if (self.cert.group[self.rows] == self.cert.group[i]).sum() > 1 else -1 - int(i)
+        """A label equal for rows whose scores are equal by construction: when i's k nearest rows
+        are certain, its score is the sum over those pairs, so the multiset of pairs (rows read
+        through their identical-contents groups) is the label: mutual nearest neighbours at k = 1,
+        and rows with identical contents, get equal labels with no arithmetic at all."""
+        group = self.cert.group
+        near = self.candidates(i)
+        if len(near) == self.k:
+            return tuple(sorted((min(group[i], group[j]), max(group[i], group[j])) for j in near))
+        return int(group[i]) if (group[self.rows] == group[i]).sum() > 1 else -1 - int(i)
 
     def lowest(self, m, as_set=False):
         """The m rows with the lowest scores, best first, ties to the lowest index (as_set: which
