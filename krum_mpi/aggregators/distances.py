@@ -35,9 +35,10 @@ CPU_CHUNK_BYTES = 1 << 22  # float32 chunk buffer on CPU: 4 MiB ((64, 16384), (1
 CPU_CHUNK = None  # columns per chunk on CPU; None: CPU_CHUNK_BYTES / (4 n)
 GPU_CHUNK = 1 << 20  # on GPU: few launches, a bounded (n, 2^20) buffer
 NATIVE_BLOCK_BYTES = 1 << 18  # compiled kernel: (n, block) float32 scratch, L2-resident
-NATIVE_BLOCK_MAX = 128  # columns: the bound grows with block / lanes (128: 8 products per lane, a
-                        # relative bound near 4e-6 instead of 1.7e-5 at 1024, so that the scores of
-                        # i.i.d. rows at d = 1e7 separate without recomputation)
+NATIVE_BLOCK_MAX = 256  # columns: the bound grows with block / lanes (256: 16 products per lane, a
+                        # relative bound near 6e-6 instead of 1.7e-5 at 1024, so that the scores of
+                        # i.i.d. rows at d = 1e7 separate without recomputation: Krum, n = 16, took
+                        # 24 ms with 0 recomputed at 256, 27-31 ms at 128, 450 ms (22) at 1024)
 NUMPY_SUB = 256  # columns per float32 product on the NumPy path: BLAS sums in an unknown order, so
                  # the bound is gamma_(NUMPY_SUB + 1); batched products keep the calls few
 FIRST_CHUNK_BYTES = 1 << 18  # float64 copy of the first chunk on CPU, which picks the reference row
