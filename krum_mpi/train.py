@@ -123,8 +123,9 @@ def _agree_on_setup(cfg: dict, comm: Comm, ranks_here: int) -> Setup:
     try:
         setup = Setup(cfg, comm)
         width = setup.aggregator.max_selected if comm.is_root else cfg["workers"]["n"]   # rank 0 knows the rule
-        preflight.check_memory(cfg, setup.d, setup.dataset.n_features, setup.model.layer_sizes, comm.counts,
-                               ranks_here, width)
+        # a torch model's activations are not estimated (its layers are its own): inputs and outputs only
+        layers = getattr(setup.model, "layer_sizes", None) or [setup.dataset.n_features, setup.dataset.n_classes]
+        preflight.check_memory(cfg, setup.d, setup.dataset.n_features, layers, comm.counts, ranks_here, width)
     except KrumMPIError as exc:
         error, setup = exc, None
     first = comm.first_rank_where(error is not None)

@@ -89,22 +89,11 @@ def sq_distances(X, chunk=None, precise=None):
         first = GramSum(xp, n, np.float64, first_stop + 1)
         first.add_precise(X[:, :first_stop], None)  # around the coordinate-wise median
         candidates = central_order(to_numpy(first.distances()), to_numpy(first.finite))
-        reference = finite_reference(X, candidates)
-        result = accumulate(X, slices, reference, precise, [first])
+        result = accumulate(X, slices, candidates, precise, [first])
         if precise or median_relative_bound(result) <= POOR:
             return result
-        again = accumulate(X, slices, finite_reference(X, central_order(to_numpy(result.sq), result.finite)),
-                           precise, [first])
+        again = accumulate(X, slices, central_order(to_numpy(result.sq), result.finite), precise, [first])
         return again if median_relative_bound(again) < median_relative_bound(result) else result
-
-
-def finite_reference(X, candidates):
-    """The first candidate row that is finite everywhere (0 when none is: every row is then non-finite)."""
-    xp = array_namespace(X)
-    for i in candidates:
-        if bool(xp.isfinite(X[i]).all()):
-            return int(i)
-    return 0
 
 
 def median_relative_bound(result):
@@ -116,9 +105,11 @@ def median_relative_bound(result):
         return float(np.median(np.where(sq > 0, result.err[off] / sq, np.inf)))
 
 
-def accumulate(X, slices, reference, precise, done=()):
-    """Sum the chunk Grams (plus the GramSums already ``done``) into bounded distances; on CPU the
-    chunks are split over the thread budget."""
+def accumulate(X, slices, candidates, precise, done=()):
+    """Sum the chunk Grams (plus the GramSums already ``done``) into bounded distances, centred on
+    the first of the ``candidates`` rows (the compiled path moves to the next one where a candidate
+    turns out not finite); on CPU the chunks are split over the thread budget."""
+    reference = int(candidates[0])
     xp = array_namespace(X)
     n = X.shape[0]
     chunk = (slices[0].stop - slices[0].start) if slices else 1
@@ -126,7 +117,7 @@ def accumulate(X, slices, reference, precise, done=()):
 
     def work(first, stop):
         if lib is not None:
-            return native_work(lib, X, slices[first].start, slices[stop - 1].stop, reference, chunk)
+            return native_work(lib, X, slices[first].start, slices[stop - 1].stop, candidates, chunk)
         fast = GramSum(xp, n, X.dtype, NUMPY_SUB + 1)  # float32 sub-block Grams around the reference
         slow = GramSum(xp, n, np.float64, chunk + 1)  # float64 ones: the precise path and the fallback
         with np.errstate(invalid="ignore", over="ignore"):  # per thread: NaN/Inf rows are expected
@@ -137,7 +128,7 @@ def accumulate(X, slices, reference, precise, done=()):
 
     ranges = column_ranges(xp, len(slices), align=4) if slices else []
     parts = list(done) + [part for pair in run_ranges(work, ranges) for part in pair]
-    return combine(X, parts, reference)
+    return combine(X, parts, candidates)
 
 
 def gram_library(X):
@@ -151,10 +142,14 @@ def native_block(n, chunk):
     return max(1, min(chunk, block))
 
 
-def native_work(lib, X, col0, col1, reference, chunk):
+def native_work(lib, X, col0, col1, candidates, chunk):
     """The columns [col0, col1) on one thread by the compiled kernel: (fast, slow) GramSums like the
-    NumPy path. The kernel hands back a block where a finite row overflowed float32 (that row is
-    excluded and the block redone) or that it cannot do at all (that block goes the precise way)."""
+    NumPy path. The kernel hands back a block where the reference row is not finite (the next
+    candidate finite there takes over: distances are sums over blocks, each may have its own
+    centre), where a finite row overflowed float32 (that row is excluded and the block redone), or
+    that it cannot do at all (that block goes the precise way)."""
+    candidates = [int(i) for i in candidates]
+    reference = candidates[0]
     n = X.shape[0]
     block = native_block(n, chunk)
     lanes = LANES.get(lib.krum_gram_isa().decode(), 4)
@@ -171,6 +166,11 @@ def native_work(lib, X, col0, col1, reference, chunk):
         c = stop_at
         if c < col1:
             stop = min(c + block, col1)
+            if not bool(np.isfinite(X[reference, c:stop]).all()):
+                usable = [i for i in candidates if mask[i] and np.isfinite(X[i, c:stop]).all()]
+                if usable:
+                    reference = usable[0]
+                    continue
             huge = huge_rows(X[:, c:stop], reference, mask.astype(bool))
             if huge.any():  # redo this block without them
                 fast.excluded |= huge
@@ -308,9 +308,9 @@ def central_row(dist, finite):
     return int(central_order(dist, finite)[0])
 
 
-def combine(X, parts, reference):
+def combine(X, parts, candidates):
     """Sum the parts into symmetric distances, clamped at 0, zero diagonal, +inf for non-finite
-    rows, with their bounds; excluded rows bounded through the reference row."""
+    rows, with their bounds; excluded rows bounded through the first finite candidate row."""
     xp = array_namespace(X)
     finite = np.logical_and.reduce([p.finite for p in parts])
     excluded = np.logical_or.reduce([p.excluded for p in parts]) & finite
@@ -322,8 +322,11 @@ def combine(X, parts, reference):
     dist = 0.5 * (dist + dist.T)
     err = np.maximum(err, err.T) * (1.0 + 4.0 * U64)
     dist = np.maximum(dist, 0.0)
-    if excluded.any():
-        dist, err = bound_excluded(X, dist, err, excluded, finite, reference)
+    pivots = [int(i) for i in candidates if finite[i] and not excluded[i]]
+    if excluded.any() and pivots:
+        dist, err = bound_excluded(X, dist, err, excluded, finite, pivots[0])
+    elif excluded.any():  # no row to bound them through: their distances are unknown, to be refined
+        err[excluded, :] = err[:, excluded] = np.inf
     bad = ~finite
     dist = np.where(bad[:, None] | bad[None, :], np.inf, dist)
     err = np.where(bad[:, None] | bad[None, :], 0.0, err)
