@@ -142,7 +142,8 @@ def test_kill9_at_any_moment_leaves_a_readable_consistent_file(tmp_path):
         np.testing.assert_array_equal(run["metrics"]["loss"], np.arange(k, dtype=float))
         np.testing.assert_array_equal(run["timing"]["worker_compute_s"][:, 3], np.arange(k, dtype=float))
         np.testing.assert_array_equal(run["selection"]["selected"][:, 0], np.arange(k) % 4)
-    assert len(list(tmp_path.glob(".r.h5.*"))) <= 2 * 25   # hidden files of killed writers (removed by the next run)
+    # hidden files of killed writers: its two spares, and a fresh copy when a reader held one
+    assert len(list(tmp_path.glob(".r.h5.*"))) <= 3 * 25
 
 
 def test_flush_writes_what_changed_not_the_whole_run(tmp_path):
