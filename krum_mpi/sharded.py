@@ -23,9 +23,11 @@ import numpy as np
 from krum_mpi.aggregators import RULES, validate_options
 from krum_mpi.aggregators.base import to_numpy
 from krum_mpi.aggregators.bulyan import recursive_krum
+from krum_mpi.aggregators.clipping import clipping_scales
 from krum_mpi.aggregators.certify import CertifiedDistances, LocalRows, ScoreBoard, counting, distance_ranks
 from krum_mpi.aggregators.distances import Distances, sq_distances
 from krum_mpi.aggregators.exact import gamma
+from krum_mpi.aggregators.geomed import weiszfeld_weights
 from krum_mpi.aggregators.coordinatewise import closest_mean
 from krum_mpi.aggregators.krum import neighbour_count
 from krum_mpi.aggregators.mda import min_diameter_subset
@@ -205,11 +207,9 @@ def geometric_median(blocks: Blocks, f, iterations=3, nu=0.1, tol=0.0):
     weights = finite / finite.sum() if finite.any() else np.full(n, 1.0 / n)
     z = blocks.map(lambda b: combine_rows_float64(b, weights))
     for _ in range(iterations):
-        dist = norms_to(blocks, z)
-        beta = np.where(finite, 1.0 / np.maximum(nu, dist), 0.0)
-        if not beta.any():
+        new_weights = weiszfeld_weights(norms_to(blocks, z), finite, nu)
+        if new_weights is None:
             break
-        new_weights = beta / beta.sum()
         z_new = blocks.map(lambda b: combine_rows_float64(b, new_weights))
         moved = float(np.sqrt(blocks.total([np.sum((a.astype(np.float64) - c) ** 2, keepdims=True)
                                             for a, c in zip(z_new, z)])[0][0])) if tol > 0 else np.inf
@@ -227,10 +227,7 @@ def centered_clipping(blocks: Blocks, f, tau=100.0, iterations=1, center=None):
     v = [np.zeros(b.shape[1], dtype=b.dtype) for b in blocks.blocks] if center is None else list(center)
     weights = np.zeros(n)
     for _ in range(iterations):
-        dist = norms_to(blocks, v)
-        with np.errstate(divide="ignore"):
-            scale = np.where(finite, np.minimum(1.0, tau / dist), 0.0) / n
-        kept = 1.0 - scale.sum()
+        scale, kept = clipping_scales(norms_to(blocks, v), finite, tau, n)
         v = [combine_rows_float64(b, scale) + c * b.dtype.type(kept) for b, c in zip(blocks.blocks, v)]
         weights = weights * kept + scale
     return Result(v, None, weights)

@@ -13,6 +13,14 @@ from krum_mpi.aggregators.geomed import finite_rows
 from krum_mpi.aggregators.rowops import combine_rows, combine_rows_float64, distances_to_point, mixes_magnitudes
 
 
+def clipping_scales(dist, finite, tau, n):
+    """One clipping iteration's weights: (scale_i = min(1, tau / ||x_i - v||) / n, 0 for a
+    non-finite row; the centre's own share 1 - sum scale). Shared with the sharded placement."""
+    with np.errstate(divide="ignore"):
+        scale = np.where(finite, np.minimum(1.0, tau / dist), 0.0) / n
+    return scale, 1.0 - scale.sum()
+
+
 def centered_clipping(X, f, tau=100.0, iterations=1, center=None):
     """Clip each row's difference to the centre at radius tau, average, repeat ``iterations`` times."""
     xp = array_namespace(X)
@@ -26,9 +34,7 @@ def centered_clipping(X, f, tau=100.0, iterations=1, center=None):
     weights = np.zeros(n)
     for _ in range(iterations):
         dist = distances_to_point(X, v)
-        with np.errstate(divide="ignore"):
-            scale = np.where(finite, np.minimum(1.0, tau / dist), 0.0) / n
-        kept = 1.0 - scale.sum()
+        scale, kept = clipping_scales(dist, finite, tau, n)
         # huge finite rows next to ordinary ones: float64 sums keep the ordinary rows' share
         combine = combine_rows_float64 if mixes_magnitudes(dist, finite) else combine_rows
         moved = combine(X, scale)

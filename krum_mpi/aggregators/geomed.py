@@ -27,6 +27,13 @@ def finite_rows(X):
     return np.logical_and.reduce(run_ranges(work, column_ranges(xp, d, align=CHUNK)))
 
 
+def weiszfeld_weights(dist, finite, nu):
+    """One smoothed Weiszfeld step's convex weights (beta_i / sum beta, beta_i = 1 / max(nu, dist_i),
+    0 for a non-finite row), or None when no row is finite. Shared with the sharded placement."""
+    beta = np.where(finite, 1.0 / np.maximum(nu, dist), 0.0)
+    return beta / beta.sum() if beta.any() else None
+
+
 def geometric_median(X, f, iterations=3, nu=0.1, tol=0.0):
     """Smoothed Weiszfeld: ``iterations`` steps from the mean of the finite rows (stop early below tol)."""
     n, d = X.shape
@@ -35,10 +42,9 @@ def geometric_median(X, f, iterations=3, nu=0.1, tol=0.0):
     z = combine_rows(X, weights)
     for _ in range(iterations):
         dist = distances_to_point(X, z)
-        beta = np.where(finite, 1.0 / np.maximum(nu, dist), 0.0)
-        if not beta.any():
+        new_weights = weiszfeld_weights(dist, finite, nu)
+        if new_weights is None:
             break
-        new_weights = beta / beta.sum()
         # huge finite rows next to ordinary ones: float64 sums keep the ordinary rows' share
         combine = combine_rows_float64 if mixes_magnitudes(dist, finite) else combine_rows
         z_new = combine(X, new_weights)
