@@ -2,10 +2,11 @@
 import hashlib
 import http.server
 import io
-import threading
 
 import numpy as np
 import pytest
+
+from conftest import LoopbackServer
 
 from krum_mpi.data import DataError, download as dl
 
@@ -13,7 +14,7 @@ PAYLOAD = np.random.default_rng(0).integers(0, 256, 3_000_000, dtype=np.uint8).t
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 
 
-class Server:
+class Server(LoopbackServer):
     """Serves PAYLOAD at /file (with or without Range support) and records request headers."""
 
     def __init__(self, ranges=True):
@@ -48,17 +49,7 @@ class Server:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def remote(url, sha=(DIGEST,)):

@@ -8,11 +8,12 @@ import http.server
 import io
 import struct
 import tarfile
-import threading
 
 import h5py
 import numpy as np
 import pytest
+
+from conftest import LoopbackServer
 
 from conftest import run_cli
 from krum_mpi.data import DataError, download as dl, open_dataset
@@ -40,22 +41,11 @@ def _cifar_archive(rng, per_batch=4, n_test=3):
     return buf.getvalue(), arrays
 
 
-class FileServer:
+class FileServer(LoopbackServer):
     """Serves a folder on 127.0.0.1 (an ephemeral port) for the duration of a with-block."""
 
     def __init__(self, folder):
-        handler = functools.partial(_QuietHandler, directory=str(folder))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(functools.partial(_QuietHandler, directory=str(folder)))
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
