@@ -160,3 +160,14 @@ class LoopbackServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def steps_done(path):
+    """The steps a results file records as done, or -1 while it cannot be read (not written yet)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            return int(h5.attrs["steps_done"])
+    except (OSError, KeyError):
+        return -1

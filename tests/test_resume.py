@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, mpiexec_path, run_cli
+from conftest import REPO, mpiexec_path, run_cli, steps_done
 
 pytestmark = pytest.mark.mpi
 
@@ -28,18 +28,10 @@ def _start(out, extra=()):
                             start_new_session=True)
 
 
-def _steps_done(path):
-    try:
-        with h5py.File(path, "r") as h5:
-            return int(h5.attrs["steps_done"])
-    except (OSError, KeyError):
-        return -1
-
-
 def _wait_for_steps(proc, path, at_least, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _steps_done(path) >= at_least:
+        if steps_done(path) >= at_least:
             return
         if proc.poll() is not None:
             pytest.fail(f"run ended before step {at_least}: {proc.stderr.read()}")

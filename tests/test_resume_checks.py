@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, mpiexec_path
+from conftest import REPO, mpiexec_path, steps_done
 
 pytestmark = pytest.mark.mpi
 
@@ -68,14 +68,6 @@ def _run(config, out, *extra, timeout=TIMEOUT):
     return proc.returncode, err
 
 
-def _steps_done(path):
-    try:
-        with h5py.File(path, "r") as h5:
-            return int(h5.attrs["steps_done"])
-    except (OSError, KeyError):
-        return -1
-
-
 def _final_params(path):
     with h5py.File(path, "r") as h5:
         assert h5.attrs["status"] == "complete"
@@ -94,7 +86,7 @@ def setup(tmp_path_factory):
     proc = subprocess.Popen(_cmd(config, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             cwd=REPO, start_new_session=True)
     deadline = time.monotonic() + TIMEOUT
-    while not (killed.with_name("killed.h5.ckpt").exists() and _steps_done(killed) >= 45):
+    while not (killed.with_name("killed.h5.ckpt").exists() and steps_done(killed) >= 45):
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, mpiexec_path, run_cli
+from conftest import REPO, mpiexec_path, run_cli, steps_done
 
 pytest.importorskip("torch", reason="PyTorch not installed: pip install 'krum-mpi[torch]'")
 pytestmark = pytest.mark.mpi
@@ -93,14 +93,6 @@ def _record(path):
         return (h5["metrics/loss"][()], h5["metrics/test_accuracy"][()], h5["selection/selected"][()])
 
 
-def _steps_done(path):
-    try:
-        with h5py.File(path, "r") as h5:
-            return int(h5.attrs["steps_done"])
-    except (OSError, KeyError):
-        return -1
-
-
 def test_kill9_then_resume_is_bitwise_identical_with_a_torch_model(tmp_path):
     ref = tmp_path / "ref.h5"
     done = run_cli(["run", CONFIG, "--out", ref, *RESUME], ranks=2)
@@ -112,7 +104,7 @@ def test_kill9_then_resume_is_bitwise_identical_with_a_torch_model(tmp_path):
                             start_new_session=True)
     target = int(np.random.default_rng().integers(20, 120))
     deadline = time.monotonic() + 180
-    while _steps_done(out) < target:
+    while steps_done(out) < target:
         assert proc.poll() is None, f"run ended before step {target}: {proc.stderr.read()}"
         assert time.monotonic() < deadline, f"no step {target} within 180 s"
         time.sleep(0.05)
@@ -125,7 +117,7 @@ def test_kill9_then_resume_is_bitwise_identical_with_a_torch_model(tmp_path):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert 0 < _steps_done(out) < 250
+    assert 0 < steps_done(out) < 250
     resumed = run_cli(["run", CONFIG, "--out", out, "--resume", *RESUME], ranks=2)
     assert resumed.returncode == 0, resumed.stderr
     for got, want in zip(_record(out), _record(ref)):
