@@ -79,7 +79,8 @@ def _selections_frame(h5, run, columns=None):
     if "selection/selected" in h5 and "selection/byzantine" in h5:
         byz = h5["selection/byzantine"][()].astype(bool)
         sel = h5["selection/selected"][()].astype(np.int64)
-        sel = sel.reshape(sel.shape[0], -1)[:n]
+        # explicit width: a run that has just started has 0 rows, and reshape(0, -1) is ambiguous
+        sel = sel.reshape(sel.shape[0], int(np.prod(sel.shape[1:], dtype=np.int64)))[:n]
         valid = (sel >= 0) & (sel < byz.size)
         frame["n_selected"] = valid.sum(axis=1)
         is_byz = np.zeros(sel.shape, bool)

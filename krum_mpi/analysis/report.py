@@ -16,7 +16,7 @@ import pandas as pd
 
 from .. import __version__
 from ..errors import KrumMPIError, ResultsError
-from . import sections, tables
+from . import review, review_tables, sections, tables
 from .load import REPORT_MARKER, load_study
 from .markup import Report
 
@@ -36,11 +36,14 @@ def output_folder(study_dir, out_dir, write_tables):
     return out
 
 
-def save_tables(page, folder):
-    """The run summary and every table as CSV files."""
+def save_tables(page, folder, generic=True):
+    """The run summary and every table as CSV files (``generic=False``: the run summary only)."""
     summary, keys = page.summary, page.keys
     columns = [c for c in dict.fromkeys(RUN_COLUMNS[:2] + tuple(keys) + RUN_COLUMNS[2:]) if c in summary]
-    for name, frame in (("runs", summary[columns]), ("accuracy", page.t["acc"]),
+    summary[columns].to_csv(folder / "runs.csv", index=False)
+    if not generic:
+        return
+    for name, frame in (("accuracy", page.t["acc"]),
                         ("cost_of_resilience", page.t["cost"]), ("time_per_phase", page.t["phases"]),
                         ("scaling", page.t["scale"]), ("byzantine_selection", page.t["selection"])):
         if len(frame):
@@ -69,6 +72,9 @@ def build(study_dir, out_dir=None, fmt="md", bench_files=(), figure_formats=("pn
         sections.skipped(head, study)
         return write(head, out, fmt)
 
+    points = review_tables.review_points(page.summary)
+    if points:
+        return build_review(page, study, points, head, out, fmt, bench_paths, write_tables)
     sections.compute_tables(page, study)
     if write_tables:
         save_tables(page, out / "tables")
@@ -77,6 +83,26 @@ def build(study_dir, out_dir=None, fmt="md", bench_files=(), figure_formats=("pn
     sections.kernels(page, bench_paths)
     sections.closing(page, study, write_tables)
     sections.short_answers(head, answers, page.cannot)
+    head.blocks += page.rep.blocks
+    return write(head, out, fmt)
+
+
+def build_review(page, study, points, head, out, fmt, bench_paths, write_tables):
+    """The review report (runs named by review part, see ``review``): a section per point."""
+    page.keys = sections.experiment_keys(page.summary)
+    if write_tables:
+        save_tables(page, out / "tables", generic=False)
+
+    def generic_point_3(runs):   # the time and scaling section, on point 3's runs only
+        sub = sections.Page(fig_dir=page.fig_dir, figure_formats=page.figure_formats, rep=page.rep,
+                            cannot=page.cannot, summary=runs)
+        sections.compute_tables(sub, study)
+        return sections.point_3_time(sub)
+
+    answers = review.review_sections(page, study, points, out / "tables" if write_tables else None, generic_point_3)
+    sections.kernels(page, bench_paths)
+    review.closing(page, study, write_tables, sections.skipped)
+    review.short_verdicts(head, answers, page.cannot)
     head.blocks += page.rep.blocks
     return write(head, out, fmt)
 

@@ -1,12 +1,14 @@
 """``krum-mpi study``: sweeps of runs, planned, run here with mpiexec, or submitted to SLURM.
 
     krum-mpi study plan SPEC                     expand, check every run's config, print runs and cost
-    krum-mpi study run SPEC --local [--jobs N]   run here, N runs at a time (skips complete runs)
+    krum-mpi study run SPEC [--jobs N]           run here, N runs at a time (skips complete runs)
     krum-mpi study submit SPEC [--profile P]     SLURM job arrays + an analysis job (skips complete runs)
     krum-mpi study status SPEC|DIR               done / running / failed (with log tails) / pending
     krum-mpi study render SPEC [--profile P]     write the job scripts, to read (submit renders its own)
 
 The study folder is --dir, else study.dir of the spec, else studies/<name> (relative to here).
+run, submit and render take --part NAME (repeatable: the runs of those parts of a spec with
+[parts]) and --limit N (the first N of the runs to do): a slice of a study, to try it out.
 Job scripts are rendered at submit time for the site profile given then (--profile, else
 study.profile); jobs/ holds only the specs.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 from ..errors import KrumMPIError
 from . import bench_job, slurm
 from .folder import PLAN_FILE, SLURM_DIR, StudyFolder
-from .plan import format_table, make_plan
+from .plan import format_table, make_plan, select_runs
 from .spec import load_spec
 from .status import format_failures, format_status, run_states
 
@@ -61,21 +63,21 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-    if not args.local:
-        raise KrumMPIError("say where to run: 'krum-mpi study run SPEC --local' runs here with mpiexec; "
-                           "'krum-mpi study submit SPEC' submits to SLURM")
-    if args.jobs < 1:
-        raise KrumMPIError(f"--jobs {args.jobs} must be >= 1")
+    # `run` always runs here (`submit` is the SLURM path); --local is kept for the scripts that say it
     from .local import mpiexec_path, run_local
 
     spec = load_spec(args.spec)
+    jobs = spec.jobs if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise KrumMPIError(f"--jobs {jobs} must be >= 1")
     folder = _folder(spec, args.dir)
     if spec.bench:
         return bench_job.run_here(spec, folder)
     plan = _planned(spec)
     mpiexec = args.mpiexec or mpiexec_path()
     folder.write_plan(plan.to_dict(), plan.base_name, plan.base_text)
-    outcome = run_local(plan.to_dict(), folder, jobs=args.jobs, mpiexec=mpiexec)
+    chosen = dict(plan.to_dict(), runs=select_runs(plan.to_dict()["runs"], args.part, args.limit))
+    outcome = run_local(chosen, folder, jobs=jobs, mpiexec=mpiexec)
     print(f"study {spec.name}: {len(outcome['done'])} runs done, {len(outcome['failed'])} failed, "
           f"{len(outcome['skipped'])} already complete; results in {folder.runs}")
     if outcome["failed"]:
@@ -100,7 +102,7 @@ def cmd_submit(args) -> int:
     states = run_states(plan_dict, folder, None if args.dry_run else _slurm_states(folder))
     in_flight = {s.id for s in states if s.job}
     done = {s.id for s in states if s.state == "done"}
-    todo = [r for r in plan_dict["runs"] if r["id"] not in done | in_flight]
+    todo = select_runs([r for r in plan_dict["runs"] if r["id"] not in done | in_flight], args.part, args.limit)
     print(f"study {spec.name}: {len(plan_dict['runs'])} runs: {len(done)} complete, {len(in_flight)} "
           f"queued or running, {len(todo)} to submit")
     if not todo:
@@ -172,7 +174,7 @@ def cmd_render(args) -> int:
         files = slurm.render_bench(spec, profile, study_path, str(out))
     else:
         plan = _planned(spec)
-        runs = plan.to_dict()["runs"]
+        runs = select_runs(plan.to_dict()["runs"], args.part, args.limit)
         files, _ = slurm.render(plan.to_dict(), runs, profile, study_path, plan.base_text, str(out))
     slurm.write_scripts(files, out)
     print(f"wrote {', '.join(sorted(files))} to {out} (study folder {study_path}, profile {profile['name']})")
@@ -183,6 +185,10 @@ def cmd_render(args) -> int:
 SPEC = (("spec",), {})
 DIR = (("--dir",), {"help": "study folder (default: study.dir, else studies/<name>)"})
 PROFILE = (("--profile",), {"help": "site profile: a name in hpc/profiles/ or a .toml path"})
+PART = (("--part",), {"action": "append", "default": [], "metavar": "NAME",
+                      "help": "only the runs of this part of the spec (repeatable)"})
+LIMIT = (("--limit",), {"type": int, "default": 0, "metavar": "N",
+                        "help": "only the first N runs still to do (0: all)"})
 TAIL = (("--tail",), {"type": int, "default": 8, "help": "log lines shown per failed run"})
 
 
@@ -201,17 +207,18 @@ def main(argv) -> int:
 
     command(sub, "plan", "expand the spec, check every run, print runs and a cost estimate", cmd_plan,
             SPEC, DIR)
-    command(sub, "run", "run the study on this machine (--local)", cmd_run, SPEC,
-            (("--local",), {"action": "store_true", "help": "run here, each run under mpiexec -n RANKS"}),
-            (("--jobs", "-j"), {"type": int, "default": 1, "help": "runs at a time (default 1)"}), DIR,
+    command(sub, "run", "run the study on this machine", cmd_run, SPEC,
+            (("--local",), {"action": "store_true", "help": "run here (the default), each run under mpiexec -n RANKS"}),
+            (("--jobs", "-j"), {"type": int, "default": None,
+                                "help": "runs at a time (default: study.jobs of the spec, else 1)"}), DIR, PART, LIMIT,
             (("--mpiexec",), {"help": "mpiexec to use (default: $MPIEXEC, the one beside python, PATH)"}), TAIL)
-    command(sub, "submit", "submit SLURM job arrays and an analysis job", cmd_submit, SPEC, PROFILE, DIR,
+    command(sub, "submit", "submit SLURM job arrays and an analysis job", cmd_submit, SPEC, PROFILE, DIR, PART, LIMIT,
             (("--dry-run",), {"action": "store_true", "help": "render the job scripts, submit nothing"}),
             (("--no-report",), {"action": "store_true", "help": "submit no analysis job"}))
     command(sub, "status", "done / running / failed / pending runs of a study", cmd_status,
             (("target",), {"metavar": "SPEC|DIR"}), (("--dir",), {"help": "study folder, when SPEC is given"}), TAIL)
     command(sub, "render", "write the study's job scripts, to read or to submit with plain sbatch", cmd_render,
-            SPEC, PROFILE, (("--out",), {"help": "folder for the scripts (default: STUDY_DIR/slurm/rendered)"}),
+            SPEC, PROFILE, PART, LIMIT, (("--out",), {"help": "folder for the scripts (default: STUDY_DIR/slurm/rendered)"}),
             (("--study-dir",), {"help": "study folder as the jobs see it (default: studies/<name>, relative to "
                                         "where submit.sh is run)"}))
     args = p.parse_args(argv)

@@ -93,47 +93,72 @@ def run_id(cfg: dict, ranks: int, nodes: int) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def part_overrides(part) -> list:
+    """The ``--set`` overrides every run of ``part`` starts with: its base, and its name as run.name."""
+    sets = [override(k, v) for k, v in part.base.items()]
+    if part.name and "run.name" not in part.base:
+        sets.append(override("run.name", part.name))
+    return sets
+
+
 def make_plan(spec: Spec, check_models: bool = True) -> Plan:
-    """Every run of the spec, each config validated; bad runs are collected, not raised."""
+    """Every run of the spec (of every part), each config validated; bad runs are collected, not raised."""
     base_text = toml_text(spec.base, header=f"Base run config of study {spec.name} (from {spec.base_source}).")
     base_name = f"base-{hashlib.sha256(base_text.encode()).hexdigest()[:8]}.toml"
     runs, invalid, notes, seen, n_excluded = [], [], [], {}, 0
     dims = _Dims() if check_models else None
-    for index, assignment in enumerate(spec.combinations()):
-        launch = dict(spec.launch)
-        launch.update({k[len("launch."):]: v for k, v in assignment.items() if k.startswith("launch.")})
-        sets = [override(k, v) for k, v in assignment.items() if not k.startswith("launch.")]
-        raw = config.apply_overrides(spec.base, sets)
-        defaults_and_raw = {s: {**config.DEFAULTS[s], **raw.get(s, {})} for s in config.DEFAULTS}
-        if excluded(spec.exclude, defaults_and_raw, launch):   # before validating: skip what is not wanted
-            n_excluded += 1
-            continue
-        labels = dict(assignment)
-        what = f"run {index} (" + (" ".join(f"{k}={v}" for k, v in labels.items()) or "base") + ")"
-        try:
-            cfg = config.validate(raw)
-            n_params = dims.n_params(cfg, notes) if dims is not None else None
-        except ConfigError as exc:
-            invalid.append(f"{what}: {' '.join(str(exc).split())}")
-            continue
-        if excluded(spec.exclude, cfg, launch):   # again on the resolved config (defaults filled in)
-            n_excluded += 1
-            continue
-        run = Run(id=run_id(cfg, launch["ranks"], launch["nodes"]), ranks=launch["ranks"],
-                  nodes=launch["nodes"], gpus=launch["gpus"], time=launch["time"], group=launch["group"],
-                  needs_gpu="gpu" in (cfg["run"]["device"], cfg["workers"]["device"]),
-                  overrides=sets, labels=labels, config=cfg, n_params=n_params)
-        if run.id in seen:
-            notes.append(f"{what} is the same run as {seen[run.id]} (same resolved config and ranks): kept once")
-            continue
-        seen[run.id] = what
-        runs.append(run)
+    index = -1
+    for part in spec.parts:
+        first = part_overrides(part)
+        for assignment in part.combinations():
+            index += 1
+            launch = dict(part.launch)
+            launch.update({k[len("launch."):]: v for k, v in assignment.items() if k.startswith("launch.")})
+            sets = first + [override(k, v) for k, v in assignment.items() if not k.startswith("launch.")]
+            raw = config.apply_overrides(spec.base, sets)
+            defaults_and_raw = {s: {**config.DEFAULTS[s], **raw.get(s, {})} for s in config.DEFAULTS}
+            if excluded(part.exclude, defaults_and_raw, launch):   # before validating: skip what is not wanted
+                n_excluded += 1
+                continue
+            labels = ({"part": part.name} if part.name else {}) | assignment
+            what = f"run {index} (" + (" ".join(f"{k}={v}" for k, v in labels.items()) or "base") + ")"
+            try:
+                cfg = config.validate(raw)
+                n_params = dims.n_params(cfg, notes) if dims is not None else None
+            except ConfigError as exc:
+                invalid.append(f"{what}: {' '.join(str(exc).split())}")
+                continue
+            if excluded(part.exclude, cfg, launch):   # again on the resolved config (defaults filled in)
+                n_excluded += 1
+                continue
+            run = Run(id=run_id(cfg, launch["ranks"], launch["nodes"]), ranks=launch["ranks"],
+                      nodes=launch["nodes"], gpus=launch["gpus"], time=launch["time"], group=launch["group"],
+                      needs_gpu="gpu" in (cfg["run"]["device"], cfg["workers"]["device"]),
+                      overrides=sets, labels=labels, config=cfg, n_params=n_params)
+            if run.id in seen:
+                notes.append(f"{what} is the same run as {seen[run.id]} (same resolved config and ranks): kept once")
+                continue
+            seen[run.id] = what
+            runs.append(run)
     if not runs and not invalid:
         raise ConfigError(f"{spec.path}: study {spec.name} has no runs: its [[exclude]] rules drop "
                           f"all {n_excluded} combinations")
     if n_excluded:
         notes.append(f"{n_excluded} combinations excluded by [[exclude]]")
     return Plan(spec=spec, runs=runs, invalid=invalid, notes=notes, base_text=base_text, base_name=base_name)
+
+
+def select_runs(runs: list, parts=(), limit: int = 0) -> list:
+    """The runs of the named parts (all when none is named), at most ``limit`` of them (0: all)."""
+    known = {r["labels"].get("part", "") for r in runs}
+    for name in parts:
+        if name not in known:
+            raise ConfigError(f"no part {name!r} in this study: its parts are "
+                              f"{', '.join(sorted(k for k in known if k)) or 'none (it has no [parts])'}")
+    chosen = [r for r in runs if not parts or r["labels"].get("part", "") in parts]
+    if limit < 0:
+        raise ConfigError(f"--limit {limit} must be >= 0 (0: no limit)")
+    return chosen[:limit] if limit else chosen
 
 
 class _Dims:

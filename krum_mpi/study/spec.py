@@ -29,6 +29,18 @@ An axis named by a dotted key sweeps that key; an axis whose values are tables (
 above) sets several keys together, so ranks and workers can grow in step (weak scaling). Keys are
 ``launch.*`` or run config keys (``section.key``, checked against ``krum_mpi.config.DEFAULTS``).
 Unquoted dotted keys (``aggregator.name = [...]``) work too: TOML nests them and we flatten.
+
+A study of several grids (a review: fractions x rules x attacks; sample and model sizes; placements x
+ranks) puts each grid in a part instead of the top-level ``[sweep]``/``[[exclude]]``:
+
+    [parts.point1-fractions]          # a part: its own grid; the study is the union of its parts
+    base = { "workers.n" = 40 }       # overrides of the study's base config, for this part's runs
+    launch = { ranks = 1 }            # overrides of the study's [launch]
+    sweep = { "aggregator.name" = ["average", "krum"] }
+    exclude = [{ "aggregator.name" = "average", "workers.byzantine" = 2 }]
+
+Each run of a part gets ``run.name = "<part>"`` (unless the part's base sets it), so its results file
+records the part and a report can pick a part's runs; the plan labels each run with ``part``.
 """
 from __future__ import annotations
 
@@ -39,12 +51,32 @@ from pathlib import Path
 from .. import config
 from ..errors import ConfigError
 
-SPEC_SECTIONS = ("study", "base", "launch", "sweep", "exclude", "bench")
-STUDY_KEYS = ("name", "description", "base", "profile", "dir")
+SPEC_SECTIONS = ("study", "base", "launch", "sweep", "exclude", "bench", "parts")
+STUDY_KEYS = ("name", "description", "base", "profile", "dir", "jobs")
+PART_KEYS = ("base", "launch", "sweep", "exclude")
 
 # launch keys, their defaults, and what a value must be
 LAUNCH_DEFAULTS = {"ranks": 1, "nodes": 0, "gpus": 0, "time": "00:30:00", "group": 1}
 LAUNCH_MINIMUM = {"ranks": 1, "nodes": 0, "gpus": 0, "group": 1}
+
+
+@dataclass
+class Part:
+    """One grid of a study: its runs are the study's base plus ``base``, and its sweep's combinations."""
+
+    name: str                         # "" for the one grid of a spec without [parts]
+    base: dict                        # {dotted key: value}: overrides of the study's base config
+    launch: dict                      # launch settings of this part's runs
+    axes: list                        # [(axis name, [ {dotted key: value}, ... ]), ...]
+    exclude: list                     # [{dotted key: [allowed values]}, ...]
+
+    def combinations(self):
+        """Every {dotted key: value} assignment of the sweep (the cartesian product, in spec order)."""
+        for combo in itertools.product(*(values for _, values in self.axes)):
+            merged = {}
+            for part in combo:
+                merged.update(part)
+            yield merged
 
 
 @dataclass
@@ -60,14 +92,12 @@ class Spec:
     dir: str = ""
     description: str = ""
     bench: dict | None = None         # a benchmark job instead of training runs (see _load_bench)
+    parts: list = field(default_factory=list)     # [Part, ...]: the grids; one unnamed part without [parts]
+    jobs: int = 1                     # runs at a time of `study run` here (study.jobs; --jobs overrides)
 
     def combinations(self):
-        """Every {dotted key: value} assignment of the sweep (the cartesian product, in spec order)."""
-        for combo in itertools.product(*(values for _, values in self.axes)):
-            merged = {}
-            for part in combo:
-                merged.update(part)
-            yield merged
+        """Every {dotted key: value} assignment of the top-level sweep (a spec without [parts])."""
+        return Part("", {}, self.launch, self.axes, self.exclude).combinations()
 
 
 def load_spec(path) -> Spec:
@@ -101,34 +131,83 @@ def load_spec(path) -> Spec:
     launch = dict(LAUNCH_DEFAULTS)
     for key, value in _flatten(_table(raw, "launch", path)).items():
         launch[key] = check_launch_value(key, value, path)
+    jobs = study.get("jobs", 1)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"{path}: study.jobs = {jobs!r} must be an integer >= 1 (runs at a time here)")
 
+    if "parts" in raw:
+        for section in ("sweep", "exclude"):
+            if section in raw:
+                raise ConfigError(f"{path}: a spec with [parts] sweeps in each part: move [{section}] into "
+                                  "the parts (parts.<name>." + section + ")")
+        parts = _load_parts(raw["parts"], launch, path)
+    else:
+        axes = _load_axes(_table(raw, "sweep", path), path, "")
+        parts = [Part("", {}, launch, axes, _load_exclude(raw.get("exclude", []), path, ""))]
+    first = parts[0]
+    return Spec(path=path, name=_study_name(study, path), base=base, base_source=base_source,
+                launch=launch, axes=first.axes if len(parts) == 1 and not first.name else [],
+                exclude=first.exclude if len(parts) == 1 and not first.name else [],
+                profile=str(study.get("profile", "")), dir=str(study.get("dir", "")),
+                description=str(study.get("description", "")), parts=parts, jobs=jobs)
+
+
+def _load_parts(raw_parts, launch: dict, path) -> list:
+    """[parts.<name>] tables -> [Part, ...], each checked like a whole spec's grid."""
+    if not isinstance(raw_parts, dict) or not raw_parts:
+        raise ConfigError(f"{path}: [parts] must hold at least one [parts.<name>] table")
+    parts = []
+    for name, body in raw_parts.items():
+        where = f"part {name}"
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise ConfigError(f"{path}: part name {name!r} must be a word of letters, digits, - _ .")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: parts.{name} must be a table with base, launch, sweep, exclude")
+        for key in body:
+            if key not in PART_KEYS:
+                raise ConfigError(f"{path}: unknown key parts.{name}.{key}: known keys are {', '.join(PART_KEYS)}")
+        base = _flatten(_table(body, "base", path))
+        for key in base:
+            if key.startswith("launch."):
+                raise ConfigError(f"{path}: parts.{name}.base sets {key}: put launch settings in parts.{name}.launch")
+            check_key(key, path, where=f"parts.{name}.base")
+        part_launch = dict(launch)
+        for key, value in _flatten(_table(body, "launch", path)).items():
+            part_launch[key] = check_launch_value(key, value, path)
+        axes = _load_axes(_table(body, "sweep", path), path, where)
+        exclude = _load_exclude(body.get("exclude", []), path, where)
+        parts.append(Part(name, base, part_launch, axes, exclude))
+    return parts
+
+
+def _load_axes(sweep: dict, path, where: str) -> list:
     axes, seen = [], {}
-    for name, values in _flatten(_table(raw, "sweep", path)).items():
+    for name, values in _flatten(sweep).items():
         axes.append((name, _axis_values(name, values, path)))
         for assignment in axes[-1][1]:
             for key in assignment:
                 if seen.setdefault(key, name) != name:
-                    raise ConfigError(f"{path}: sweep axes {seen[key]!r} and {name!r} both set {key}: "
-                                      "merge them into one axis")
+                    raise ConfigError(f"{path}: sweep axes {seen[key]!r} and {name!r}{' of ' + where if where else ''}"
+                                      f" both set {key}: merge them into one axis")
+    return axes
 
-    exclude = raw.get("exclude", [])
+
+def _load_exclude(exclude, path, where: str) -> list:
+    of = f" of {where}" if where else ""
     if isinstance(exclude, dict):
         exclude = [exclude]
     if not isinstance(exclude, list) or not all(isinstance(e, dict) for e in exclude):
-        raise ConfigError(f"{path}: [[exclude]] must be a list of tables, "
+        raise ConfigError(f"{path}: [[exclude]]{of} must be a list of tables, "
                           'like {"aggregator.name" = "average"}')
     rules = []
     for rule in exclude:
         flat = _flatten(rule)
         if not flat:
-            raise ConfigError(f"{path}: an empty [[exclude]] table would drop every run: give keys to match")
+            raise ConfigError(f"{path}: an empty [[exclude]] table{of} would drop every run: give keys to match")
         for key in flat:
-            check_key(key, path, where="[[exclude]]")
+            check_key(key, path, where=f"[[exclude]]{of}")
         rules.append({k: v if isinstance(v, list) else [v] for k, v in flat.items()})
-
-    return Spec(path=path, name=_study_name(study, path), base=base, base_source=base_source,
-                launch=launch, axes=axes, exclude=rules, profile=str(study.get("profile", "")),
-                dir=str(study.get("dir", "")), description=str(study.get("description", "")))
+    return rules
 
 
 def _load_bench(path, raw: dict, study: dict) -> Spec:
@@ -136,7 +215,7 @@ def _load_bench(path, raw: dict, study: dict) -> Spec:
 
     It runs ``krum-mpi bench ARGS`` once, in the study folder, on one node: no sweep, no MPI.
     """
-    for section in ("base", "launch", "sweep", "exclude"):
+    for section in ("base", "launch", "sweep", "exclude", "parts"):
         if section in raw:
             raise ConfigError(f"{path}: a [bench] spec runs one benchmark job: remove [{section}]")
     bench = {"args": None, "gpus": 0, "time": "00:30:00"}

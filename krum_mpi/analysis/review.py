@@ -1,0 +1,247 @@
+"""The review report: one section per review point, each from its own part of the study.
+
+A study such as ``studies/review.toml`` holds several grids (parts); each run records its part as
+``run.name`` (``point1-clean``, ``point1-attack``, ``point2-samples``, ..., ``point3-placement``).
+``krum-mpi report`` sees those names and writes this report instead of the generic one:
+
+1. the cost without attack and the payoff under attack by Byzantine fraction, per rule and worker
+   momentum, with the cost-of-resilience figure (accuracy without attack against worst-case accuracy);
+2. how cost and payoff change with training samples, model size and minibatch size;
+3. exact Krum on sharded gradients and the per-shard baseline against the gather (selections,
+   accuracy, step time), followed by the generic time and scaling section on those runs.
+
+Each point ends with plain-language verdicts that say where the seeds cannot decide. The accuracy
+tables (``tables/point*.csv``) hold no timing; timings are in ``tables/*_timing.csv``.
+"""
+import pandas as pd
+
+from . import review_figures as rfig
+from . import review_tables as rt
+from .answers import settings_table
+from .load import read_partition
+from .markup import pct, pct_ci, pp_ci, show
+
+FRACTION = ("fraction", lambda f: f"{100 * f:.3g}%")
+
+
+def _save(tables, folder):
+    if folder is None:
+        return
+    for name, frame in tables.items():
+        if frame is not None and len(frame):
+            frame.to_csv(folder / f"{name}.csv", index=False)
+
+
+def _ci_col(frame, mean, ci, fmt=pct_ci):
+    return [fmt(m, c) for m, c in zip(frame[mean], frame[ci])]
+
+
+def parts_table(summary):
+    """What the study holds: each part, its runs, and the keys that vary inside it."""
+    rows = []
+    for name, g in summary.groupby("run.name", sort=True):
+        varying = []
+        for col in ("aggregator.name", "attack.name", "workers.byzantine", "aggregator.f", "optimizer.momentum",
+                    "data.n_train", "model.hidden", "workers.batch_size", "aggregator.placement", "n_ranks",
+                    "run.seed"):
+            if col in g and g[col].astype(str).nunique() > 1:
+                varying.append(f"{col} ({g[col].astype(str).nunique()})")
+        rows.append({"part": name, "runs": len(g), "data": ", ".join(sorted(g["data.name"].astype(str).unique())),
+                     "workers": ", ".join(str(v) for v in sorted(g["n_workers"].unique())),
+                     "steps": ", ".join(str(v) for v in sorted(g["steps"].unique())),
+                     "what varies (values)": ", ".join(varying)})
+    return rows
+
+
+def point_1(page, runs, table_dir):
+    """Cost and payoff by Byzantine fraction; returns the verdicts."""
+    rep = page.rep
+    rep.h(2, "1. The cost without attack and the payoff under attack, by Byzantine fraction")
+    runs = rt.point1_frame(runs)
+    acc, res = rt.point1_accuracy(runs), rt.point1_resilience(runs)
+    _save({"point1_accuracy": acc, "point1_resilience": res,
+           "point1_timing": rt.timing(runs, ["rule", "momentum", "k", "threat"])}, table_dir)
+    n = int(runs["n_workers"].iloc[0])
+    rep.p(f"{len(runs)} runs, n = {n} workers. *Without attack* the rule is told f = k and every worker is "
+          "honest; *under attack* k workers are Byzantine. Cost = accuracy without attack minus averaging's "
+          "without attack; payoff = worst-case accuracy over the attacks minus averaging's worst case at the "
+          "same fraction. Accuracies: mean ± 95% t half-width over seeds; differences: [95% Welch interval].")
+    page.draw(rfig.cost_of_resilience(res), "cost_of_resilience",
+              "Cost of resilience: accuracy without attack (x) against worst-case accuracy over the attacks (y), "
+              "per rule, one panel per Byzantine fraction")
+    page.draw(rfig.worst_vs_fraction(res), "point1_worst_vs_fraction",
+              "Worst-case accuracy over the attacks against the Byzantine fraction, per rule")
+    rep.table(show(res.assign(clean_s=_ci_col(res, "clean", "clean_ci"), worst_s=_ci_col(res, "worst", "worst_ci"),
+                              cost_s=_ci_col(res, "cost", "cost_ci", pp_ci), pay_s=_ci_col(res, "payoff", "payoff_ci", pp_ci)),
+                   {"rule": ("rule", None), "momentum": ("momentum", None), "fraction": FRACTION,
+                    "clean_s": ("no attack", None), "worst_s": ("worst case", None),
+                    "worst_attack": ("worst attack", None), "cost_s": ("cost vs averaging", None),
+                    "pay_s": ("payoff vs averaging", None)}))
+    rep.p("Final accuracy under each attack (columns), rule told f = k; `none`: no Byzantine worker:")
+    wide = acc.assign(cell=_ci_col(acc, "accuracy", "accuracy_ci")).pivot_table(
+        index=["rule", "momentum", "fraction"], columns="threat", values="cell", aggfunc="first").reset_index()
+    wide["fraction"] = wide["fraction"].map(FRACTION[1])
+    rep.table(wide.fillna("-"))
+    return point_1_verdicts(res)
+
+
+def point_1_verdicts(res):
+    lines = []
+    robust = res[res["rule"] != rt.BASELINE]
+    for mom, g in robust.groupby("momentum", sort=True):
+        tag = "without momentum" if mom == "off" else f"with worker momentum {mom}"
+        for frac, cell in g.groupby("fraction", sort=True):
+            worse = cell[cell["cost_verdict"].str.startswith("worse")]["rule"].tolist()
+            unsure = cell[cell["cost_verdict"].str.startswith("cannot")]["rule"].tolist()
+            better = cell[cell["payoff_verdict"].str.startswith("better")]["rule"].tolist()
+            pay_unsure = cell[cell["payoff_verdict"].str.startswith("cannot")]["rule"].tolist()
+            lines.append(f"{pct(frac, 1)} Byzantine, {tag}: without attack {_names(worse)} lose accuracy to "
+                         f"averaging (the seeds cannot decide for {_names(unsure)}); under the worst attack "
+                         f"{_names(better)} beat averaging (cannot decide: {_names(pay_unsure)}).")
+    return lines
+
+
+def _names(rules):
+    return ", ".join(rules) if rules else "none"
+
+
+def point_2(page, runs, table_dir):
+    rep = page.rep
+    rep.h(2, "2. How cost and payoff change with training samples, model size and minibatch size")
+    runs = rt.threat_frame(runs)
+    panels, verdicts, tables = [], [], {}
+    for part, axis, title in rt.POINT2_AXES:
+        sub = runs[runs["run.name"] == part]
+        if not len(sub):
+            page.flag(f"no runs of part {part}: how the cost changes with {title} is not measured.")
+            continue
+        acc, eff = rt.axis_accuracy(sub, axis), rt.axis_effects(sub, axis)
+        short = part.split("-", 1)[1]
+        tables.update({f"point2_{short}_accuracy": acc, f"point2_{short}_effects": eff,
+                       f"point2_{short}_timing": rt.timing(sub, [axis, "rule", "threat"])})
+        panels.append((title, acc))
+        rep.h(3, f"By {title} (`{axis}`)")
+        rep.p(f"{len(sub)} runs: {sub['data.name'].iloc[0]} data, n = {int(sub['n_workers'].iloc[0])} workers, "
+              f"{int(sub['steps'].iloc[0])} steps. Final accuracy (mean ± 95% half-width over seeds):")
+        wide = acc.assign(cell=_ci_col(acc, "accuracy", "accuracy_ci")).pivot_table(
+            index="value", columns=["rule", "threat"], values="cell", aggfunc="first")
+        wide.columns = [f"{r}, {t}" for r, t in wide.columns]
+        rep.table(wide.reset_index().rename(columns={"value": title}))
+        rep.p("Cost (no attack) and payoff (under attack) of each robust rule against averaging, [95% Welch]:")
+        rep.table(show(eff.assign(cost_s=_ci_col(eff, "cost", "cost_ci", pp_ci),
+                                  pay_s=_ci_col(eff, "payoff", "payoff_ci", pp_ci)),
+                       {"value": (title, None), "rule": ("rule", None), "cost_s": ("cost", None),
+                        "cost_verdict": ("cost verdict", None), "pay_s": ("payoff", None),
+                        "payoff_verdict": ("payoff verdict", None)}))
+        verdicts += _trend(eff, title)
+        largest = float(sub[axis].astype(float).max())
+        if axis == "data.n_train":
+            seen = int(sub["steps"].max() * sub["n_workers"].max() * sub["workers.batch_size"].max())
+            rep.p(f"The runs draw {seen} samples in all ({int(sub['steps'].max())} steps x n x minibatch): with "
+                  f"{largest:.0e} training samples most are never drawn, so a fixed step budget cannot show an "
+                  "effect of the set's size beyond that; epochs over the large sets are the cluster version's.")
+    _save(tables, table_dir)
+    if panels:
+        page.draw(rfig.scale_axes(panels), "point2_scale",
+                  "Final accuracy against training samples, model size and minibatch size (solid: no attack)")
+    return verdicts
+
+
+def _trend(eff, title):
+    """One verdict per robust rule: at which axis values cost / payoff are decided."""
+    lines = []
+    for rule, g in eff.groupby("rule", sort=True):
+        def where(col, word):
+            vals = [f"{v:g}" for v, s in zip(g["value"].astype(float), g[col]) if s.startswith(word)]
+            return ", ".join(vals) or "none"
+        lines.append(f"{rule} by {title}: loses to averaging without attack at {where('cost_verdict', 'worse')}; "
+                     f"beats it under attack at {where('payoff_verdict', 'better')}; the seeds cannot decide the "
+                     f"cost at {where('cost_verdict', 'cannot')} and the payoff at {where('payoff_verdict', 'cannot')}.")
+    return lines
+
+
+def point_3(page, runs, table_dir):
+    rep = page.rep
+    rep.h(2, "3. Exact Krum on sharded gradients, the per-shard baseline, and the gather")
+    runs = rt.threat_frame(runs)
+    acc = rt.placement_accuracy(runs)
+    sel = read_partition(list(zip(runs["file"], runs["run"])), "selections", ["run", "step", "top"])
+    by_run = {run: tuple(g.sort_values("step")["top"]) for run, g in sel.groupby("run")}
+    agree = rt.selection_agreement(runs, by_run)
+    timing = rt.timing(runs.rename(columns={"aggregator.placement": "placement", "n_ranks": "ranks"}),
+                       ["rule", "threat", "ranks", "placement"])
+    _save({"point3_accuracy": acc, "point3_selections": agree, "point3_timing": timing}, table_dir)
+    rep.p(f"{len(runs)} runs. Final accuracy per placement (mean ± 95% half-width over seeds) and the share of "
+          "steps in which a Byzantine worker was selected:")
+    rep.table(show(acc.assign(a=_ci_col(acc, "accuracy", "accuracy_ci")),
+                   {"rule": ("rule", None), "threat": ("threat", None), "ranks": ("ranks", None),
+                    "placement": ("placement", None), "n_seeds": ("seeds", None), "a": ("final accuracy", None),
+                    "byz_selected": ("Byzantine selected", pct)}))
+    rep.p("Selections against the gather run of the same rule, threat, seed and ranks (share of steps with the "
+          "same first choice; largest accuracy difference over seeds):")
+    rep.table(show(agree, {"rule": ("rule", None), "threat": ("threat", None), "ranks": ("ranks", None),
+                           "placement": ("placement", None), "seeds": ("seeds", None),
+                           "steps_same": ("steps same, mean", pct), "steps_same_min": ("steps same, min", pct),
+                           "accuracy_diff_max": ("max |accuracy difference|", pct)}))
+    rep.p("Milliseconds per step on this machine (timings vary between reruns; not part of the reproduced tables):")
+    rep.table(show(timing, {"rule": ("rule", None), "threat": ("threat", None), "ranks": ("ranks", None),
+                            "placement": ("placement", None), "step_ms": ("ms/step", lambda v: f"{v:.3g}"),
+                            "aggregate_ms": ("aggregate ms", lambda v: f"{v:.3g}")}))
+    page.draw(rfig.placements(acc, timing), "point3_placements",
+              "Final accuracy and time per step of exact sharded Krum, per-shard Krum and the gather, by ranks")
+    verdicts = []
+    for place, g in agree.groupby("placement", sort=True):
+        same = g["steps_same"].min()
+        verdicts.append(f"{place} against gather: {pct(same)} of steps with the same selection at worst "
+                        f"({'identical' if same == 1.0 else 'not identical'}), accuracy differs by at most "
+                        f"{pct(g['accuracy_diff_max'].max())}.")
+    return verdicts
+
+
+def review_sections(page, study, points, table_dir, generic_point_3):
+    """Write the review report's sections into ``page.rep``; returns {point: verdict lines}."""
+    rep, summary = page.rep, page.summary
+    rep.h(2, "The study")
+    rep.table(settings_table(summary))
+    rep.p("The study's parts (a run's part is its `run.name`):")
+    rep.table(pd.DataFrame(parts_table(summary)))
+    seeds = summary.groupby([c for c in ("run.name", "rule", "attack.name", "workers.byzantine", "aggregator.f",
+                                         "optimizer.momentum", "data.n_train", "model.hidden", "workers.batch_size",
+                                         "aggregator.placement", "n_ranks") if c in summary], dropna=False)["seed"].nunique()
+    if len(seeds) and seeds.min() < 3:
+        page.flag(f"{int((seeds < 3).sum())} cells have fewer than 3 seeds: their intervals are wide or missing.")
+    answers = {}
+    writers = {1: point_1, 2: point_2, 3: point_3}
+    for point, writer in writers.items():
+        if point in points:
+            answers[point] = writer(page, points[point], table_dir)
+        else:
+            page.flag(f"no runs of review point {point} (run.name {rt.POINTS[point]}-...) in this study.")
+    if 3 in points:
+        answers.setdefault(3, [])
+        answers[3] += generic_point_3(points[3])
+    return answers
+
+
+def short_verdicts(head, answers, cannot):
+    head.h(2, "Verdicts")
+    titles = {1: "(1) Cost without attack and payoff under attack, by Byzantine fraction",
+              2: "(2) With training samples, model size and minibatch size",
+              3: "(3) Exact Krum on sharded gradients against the gather and the per-shard baseline"}
+    for point, title in titles.items():
+        head.p(f"**{title}**")
+        head.items(answers.get(point) or ["Not answerable from this data (see below)."])
+    if cannot:
+        head.p(f"What these runs cannot answer ({len(cannot)} points) is listed under *What this data cannot "
+               "support*. \"Cannot decide\" means the 95% interval of the difference crosses 0: more seeds, "
+               "or larger effects, are needed.")
+
+
+def closing(page, study, write_tables, skipped):
+    rep = page.rep
+    rep.h(2, "What this data cannot support")
+    rep.items(page.cannot or ["Nothing flagged by the checks above; the intervals only cover seed-to-seed noise."])
+    skipped(rep, study)
+    rep.p(("Tables as CSV in `tables/` (every run: `runs.csv`; timings only in `*_timing.csv` and `runs.csv`). "
+           if write_tables else "") + "Figures as PNG" + (" and SVG" if "svg" in page.figure_formats else "")
+          + " in `figures/`.")

@@ -1,0 +1,128 @@
+"""Figures of the review report, one per point, each readable without the text: titles say what is
+compared, axes say what is measured, error bars are the 95% intervals over seeds."""
+import numpy as np
+
+from .figures import _colors, new_figure
+
+MARKERS = "os^vDPX*<>ph"
+
+
+def _pct(v):
+    return 100 * np.asarray(v, dtype=float)
+
+
+def _err(v):
+    v = _pct(v)
+    return np.where(np.isfinite(v), v, 0.0)
+
+
+def cost_of_resilience(res):
+    """Per rule: accuracy without attack (x) against worst-case accuracy over the attacks (y), one
+    panel per Byzantine fraction; filled markers without momentum, hollow with worker momentum.
+    A rule up and to the right costs little and resists; the diagonal is "attacks change nothing"."""
+    fractions = sorted(res["fraction"].unique())
+    cols = min(3, len(fractions))
+    rows = int(np.ceil(len(fractions) / cols))
+    fig = new_figure(4.2 * cols, 3.9 * rows + 0.6)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    rules = sorted(res["rule"].unique())
+    colors = _colors(rules)
+    lo = min(_pct(res["worst"]).min(), _pct(res["clean"]).min()) - 3
+    for ax, frac in zip(axes, fractions):
+        sub = res[res["fraction"] == frac]
+        for i, rule in enumerate(rules):
+            for mom, g in sub[sub["rule"] == rule].groupby("momentum"):
+                hollow = mom != "off"
+                ax.errorbar(_pct(g["clean"]), _pct(g["worst"]), xerr=_err(g["clean_ci"]), yerr=_err(g["worst_ci"]),
+                            fmt=MARKERS[i % len(MARKERS)], color=colors[rule], mfc="none" if hollow else colors[rule],
+                            ms=7, capsize=2, lw=0.8, label=rule if not hollow else None)
+        ax.plot([0, 100], [0, 100], color="0.7", lw=0.8, ls="--")
+        k, n = int(sub["k"].iloc[0]), int(round(sub["k"].iloc[0] / frac))
+        ax.set_title(f"{100 * frac:.3g}% Byzantine ({k} of {n} workers)", fontsize=10)
+        ax.set_xlim(max(lo, 0), 100)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("accuracy without attack, rule told f (%)")
+        ax.set_ylabel(f"worst-case accuracy over {int(sub['attacks'].max())} attacks (%)")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(fractions):]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), fontsize=8,
+               title="filled: no momentum; hollow: worker momentum 0.9", title_fontsize=8)
+    fig.suptitle("Cost of resilience: what a rule costs without attack against what it keeps under the worst attack")
+    return fig
+
+
+def worst_vs_fraction(res):
+    """Point 1's second view: worst-case accuracy against the Byzantine fraction, per rule (no momentum)."""
+    fig = new_figure(6.8, 4.2)
+    ax = fig.subplots()
+    sub = res[res["momentum"] == "off"] if (res["momentum"] == "off").any() else res
+    rules = sorted(sub["rule"].unique())
+    colors = _colors(rules)
+    for i, rule in enumerate(rules):
+        g = sub[sub["rule"] == rule].sort_values("fraction")
+        ax.errorbar(_pct(g["fraction"]), _pct(g["worst"]), yerr=_err(g["worst_ci"]), marker=MARKERS[i % len(MARKERS)],
+                    color=colors[rule], label=rule, capsize=2, lw=1)
+    ax.set_xlabel("Byzantine workers (% of n)")
+    ax.set_ylabel("worst-case final accuracy over the attacks (%)")
+    ax.set_title("Worst case over the attack catalogue, by Byzantine fraction (no momentum)", fontsize=10)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return fig
+
+
+def scale_axes(panels):
+    """Point 2: one panel per axis (samples, model size, minibatch): final accuracy per rule and
+    threat against the axis value (log scale), 95% intervals. ``panels``: [(title, accuracy table)]."""
+    fig = new_figure(4.4 * len(panels), 4.2)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
+    for ax, (title, acc) in zip(axes, panels):
+        labels = sorted({f"{r}, {t}" for r, t in zip(acc["rule"], acc["threat"])})
+        colors = _colors(labels)
+        for label in labels:
+            rule, threat = label.split(", ", 1)
+            g = acc[(acc["rule"] == rule) & (acc["threat"] == threat)].sort_values("value")
+            x = np.asarray(g["value"], dtype=float)
+            ax.errorbar(x, _pct(g["accuracy"]), yerr=_err(g["accuracy_ci"]), marker="o",
+                        ls="-" if threat == "none" else "--", color=colors[label], label=label, capsize=2)
+        ax.set_xscale("log")
+        ax.set_xlabel(title)
+        ax.set_ylabel("final test accuracy (%)")
+        ax.set_title(f"by {title}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Does the cost (solid: no attack) and payoff (dashed: under attack) change with scale?")
+    return fig
+
+
+def placements(acc, timing):
+    """Point 3: final accuracy (left) and milliseconds per step (right) per placement and ranks."""
+    fig = new_figure(10, 4.0)
+    left, right = fig.subplots(1, 2)
+    cells = sorted({(t, r) for t, r in zip(acc["threat"], acc["ranks"])})
+    places = list(dict.fromkeys(sorted(acc["placement"].unique(), key=["gather", "sharded", "per-shard"].index
+                                       if set(acc["placement"]) <= {"gather", "sharded", "per-shard"} else str)))
+    width = 0.8 / max(len(places), 1)
+    colors = _colors(places)
+    for j, place in enumerate(places):
+        a = [acc[(acc["threat"] == t) & (acc["ranks"] == r) & (acc["placement"] == place)] for t, r in cells]
+        x = np.arange(len(cells)) + j * width
+        left.bar(x, [_pct(g["accuracy"]).mean() if len(g) else 0 for g in a], width,
+                 yerr=[_err(g["accuracy_ci"]).mean() if len(g) else 0 for g in a], color=colors[place],
+                 label=place, capsize=2)
+        t = [timing[(timing["threat"] == th) & (timing["ranks"] == r) & (timing["placement"] == place)]
+             for th, r in cells]
+        right.bar(x, [g["step_ms"].mean() if len(g) else 0 for g in t], width,
+                  yerr=[np.nan_to_num(g["step_ms_ci"]).mean() if len(g) else 0 for g in t],
+                  color=colors[place], label=place, capsize=2)
+    for ax, ylabel in ((left, "final test accuracy (%)"), (right, "ms per step (this machine)")):
+        ax.set_xticks(np.arange(len(cells)) + width * (len(places) - 1) / 2)
+        ax.set_xticklabels([f"{t}\n{r} ranks" for t, r in cells], fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    left.set_title("Accuracy: exact sharded Krum, per-shard, gather", fontsize=10)
+    right.set_title("Step time per placement", fontsize=10)
+    return fig
