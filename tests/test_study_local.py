@@ -111,6 +111,7 @@ def test_a_run_past_its_time_limit_is_stopped(tmp_path):
     assert "time limit (launch.time) reached" in result.stdout
 
 
-def test_run_needs_local(spec):
-    result = run_cli(["study", "run", spec], timeout=60)
-    assert result.returncode == 2 and "--local" in result.stderr
+def test_run_runs_here_without_local(spec, tmp_path):
+    """`study run` runs here with or without --local (`submit` is the SLURM path); --jobs must be >= 1."""
+    result = run_cli(["study", "run", spec, "--jobs", "0", "--dir", tmp_path / "o"], timeout=60)
+    assert result.returncode != 0 and "--jobs 0 must be >= 1" in result.stderr

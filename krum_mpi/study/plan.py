@@ -8,6 +8,7 @@ again when a study grows.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -187,6 +188,14 @@ class _Dims:
         if dims is None:
             return None
         from .. import models
+
+        # a study for a cluster may hold PyTorch cells that this machine cannot build: a note, as for data
+        if cfg["model"]["name"] not in models.NUMPY_MODELS and importlib.util.find_spec("torch") is None:
+            note = (f"PyTorch is not installed here, so the {cfg['model']['name']} models are not checked "
+                    "(pip install 'krum-mpi[torch]' where they run)")
+            if note not in notes:
+                notes.append(note)
+            return None
 
         return models.make(cfg["model"], *dims).n_params
 
