@@ -66,6 +66,13 @@ def point_1(page, runs, table_dir):
           "honest; *under attack* k workers are Byzantine. Cost = accuracy without attack minus averaging's "
           "without attack; payoff = worst-case accuracy over the attacks minus averaging's worst case at the "
           "same fraction. Accuracies: mean ± 95% t half-width over seeds; differences: [95% Welch interval].")
+    if not len(res):
+        page.flag("point 1 has no run with Byzantine workers or a declared f > 0: cost and payoff by fraction "
+                  "are not measured.")
+        return []
+    if not (res["attacks"] > 0).any() or not res["clean"].notna().any():
+        page.flag("point 1 lacks either its runs without attack or its runs under attack: the cost-of-resilience "
+                  "figure needs both.")
     page.draw(rfig.cost_of_resilience(res), "cost_of_resilience",
               "Cost of resilience: accuracy without attack (x) against worst-case accuracy over the attacks (y), "
               "per rule, one panel per Byzantine fraction")
@@ -86,19 +93,36 @@ def point_1(page, runs, table_dir):
 
 
 def point_1_verdicts(res):
+    """One line per robust rule and momentum setting: its cost and payoff at each fraction, in words."""
     lines = []
     robust = res[res["rule"] != rt.BASELINE]
-    for mom, g in robust.groupby("momentum", sort=True):
-        tag = "without momentum" if mom == "off" else f"with worker momentum {mom}"
-        for frac, cell in g.groupby("fraction", sort=True):
-            worse = cell[cell["cost_verdict"].str.startswith("worse")]["rule"].tolist()
-            unsure = cell[cell["cost_verdict"].str.startswith("cannot")]["rule"].tolist()
-            better = cell[cell["payoff_verdict"].str.startswith("better")]["rule"].tolist()
-            pay_unsure = cell[cell["payoff_verdict"].str.startswith("cannot")]["rule"].tolist()
-            lines.append(f"{pct(frac, 1)} Byzantine, {tag}: without attack {_names(worse)} lose accuracy to "
-                         f"averaging (the seeds cannot decide for {_names(unsure)}); under the worst attack "
-                         f"{_names(better)} beat averaging (cannot decide: {_names(pay_unsure)}).")
+    groups = sorted(robust.groupby(["momentum", "rule"], sort=True), key=lambda item: item[0][0] != "off")
+    for (mom, rule), g in groups:
+        tag = "no momentum" if mom == "off" else f"momentum {mom}"
+        cost = "; ".join(f"{pct(r.fraction, 1)}: {pp_ci(r.cost, r.cost_ci)} {_word(r.cost_verdict, 'loss', 'gain')}"
+                         for r in g.itertuples())
+        pays = [r for r in g.itertuples() if r.payoff_verdict.startswith("better")]
+        unsure = [r for r in g.itertuples() if r.payoff_verdict.startswith("cannot")]
+        worse = [r for r in g.itertuples() if r.payoff_verdict.startswith("worse")]
+        pay = (("beats averaging's worst case at " + ", ".join(f"{pct(r.fraction, 1)} ({pp_ci(r.payoff, r.payoff_ci)}, "
+                                                               f"worst: {r.worst_attack})" for r in pays))
+               if pays else "never beats averaging's worst case")
+        if worse:
+            pay += "; is worse than it at " + ", ".join(pct(r.fraction, 1) for r in worse)
+        if unsure:
+            pay += "; the seeds cannot decide at " + ", ".join(pct(r.fraction, 1) for r in unsure)
+        if not g["payoff"].notna().any():
+            pay = "is not measured (no runs under attack next to averaging's)"
+        lines.append(f"**{rule}** ({tag}). Cost without attack, against averaging: {cost}. Under attack it {pay}.")
     return lines
+
+
+def _word(verdict, low, high):
+    if verdict.startswith("worse"):
+        return f"({low})"
+    if verdict.startswith("better"):
+        return f"({high})"
+    return "(cannot decide)" if verdict.startswith("cannot") else f"({verdict})"
 
 
 def _names(rules):
@@ -133,6 +157,8 @@ def point_2(page, runs, table_dir):
                        {"value": (title, None), "rule": ("rule", None), "cost_s": ("cost", None),
                         "cost_verdict": ("cost verdict", None), "pay_s": ("payoff", None),
                         "payoff_verdict": ("payoff verdict", None)}))
+        if not len(eff):
+            page.flag(f"by {title}: no robust rule next to averaging in the same cells, so no cost or payoff.")
         verdicts += _trend(eff, title)
         largest = float(sub[axis].astype(float).max())
         if axis == "data.n_train":
@@ -190,6 +216,9 @@ def point_3(page, runs, table_dir):
     page.draw(rfig.placements(acc, timing), "point3_placements",
               "Final accuracy and time per step of exact sharded Krum, per-shard Krum and the gather, by ranks")
     verdicts = []
+    if not len(agree):
+        page.flag("point 3 has no sharded or per-shard run with a gather run of the same rule, threat, seed and "
+                  "ranks: whether the selections are identical is not measured.")
     for place, g in agree.groupby("placement", sort=True):
         same = g["steps_same"].min()
         verdicts.append(f"{place} against gather: {pct(same)} of steps with the same selection at worst "

@@ -27,7 +27,7 @@ def cost_of_resilience(res):
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     rules = sorted(res["rule"].unique())
     colors = _colors(rules)
-    lo = min(_pct(res["worst"]).min(), _pct(res["clean"]).min()) - 3
+    lo = np.nanmin(np.r_[_pct(res["worst"]), _pct(res["clean"]), 100.0]) - 3
     for ax, frac in zip(axes, fractions):
         sub = res[res["fraction"] == frac]
         for i, rule in enumerate(rules):

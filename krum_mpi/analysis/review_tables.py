@@ -15,6 +15,9 @@ from .stats import mean_ci, welch_diff_ci
 POINTS = {1: "point1", 2: "point2", 3: "point3"}
 BASELINE = "average"
 # point 2: the part, the column that is its axis, and what the axis is called
+EFFECT_COLUMNS = ["axis", "value", "rule", "cost", "cost_ci", "cost_verdict", "payoff", "payoff_ci", "payoff_verdict"]
+AGREEMENT_COLUMNS = ["rule", "threat", "ranks", "placement", "seeds", "steps_same", "steps_same_min",
+                     "accuracy_diff_max"]
 POINT2_AXES = (("point2-samples", "data.n_train", "training samples"),
                ("point2-model", "prov.n_params", "model parameters d"),
                ("point2-batch", "workers.batch_size", "minibatch size"))
@@ -33,10 +36,10 @@ def review_points(summary):
 
 
 def momentum_label(frame):
-    """``off``, or ``0.9 (worker)``: worker momentum is what changes the vectors a rule sees."""
+    """``off``, or ``0.9 at workers``: worker momentum is what changes the vectors a rule sees."""
     mom = pd.to_numeric(frame.get("optimizer.momentum", pd.Series(0.0, index=frame.index)), errors="coerce")
     at = frame.get("optimizer.momentum_at", pd.Series("server", index=frame.index)).astype(str)
-    return pd.Series([("off" if not m > 0 else f"{m:g} ({a})") for m, a in zip(mom.fillna(0.0), at)],
+    return pd.Series([("off" if not m > 0 else f"{m:g} at {a}s") for m, a in zip(mom.fillna(0.0), at)],
                      index=frame.index)
 
 
@@ -159,7 +162,7 @@ def axis_effects(runs, axis):
                 row.update({name: diff, f"{name}_ci": ci,
                             f"{name}_verdict": verdict(diff, ci, min(len(mine), len(theirs)))})
             rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
 
 
 def timing(runs, keys):
@@ -206,7 +209,7 @@ def selection_agreement(runs, selected_by_run):
                      "accuracy_diff": r["final_accuracy"] - ref["final_accuracy"]})
     frame = pd.DataFrame(rows)
     if not len(frame):
-        return frame
+        return pd.DataFrame(columns=AGREEMENT_COLUMNS)
     return (frame.groupby(["rule", "threat", "ranks", "placement"], sort=True)
             .agg(seeds=("seed", "count"), steps_same=("steps_same", "mean"),
                  steps_same_min=("steps_same", "min"), accuracy_diff_max=("accuracy_diff", lambda x: x.abs().max()))
