@@ -301,3 +301,24 @@ def test_preempted_run_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path)
     log = h5.with_suffix(".log").read_text()
     assert "interrupted with a checkpoint, requeueing" in log
     assert "interrupted by a signal" in log
+
+
+def test_a_two_task_slice_of_the_review_cluster_spec_completes(slurm_cluster, tmp_path, spambase_file):
+    """`--part point2-batch --limit 6` submits 6 runs of studies/review-cluster.toml (4 ranks each, groups
+    of 5): two array tasks, then the analysis job; all complete and the report has point 2."""
+    spec = REPO / "studies" / "review-cluster.toml"
+    folder = tmp_path / "out"
+    submit = run_cli(["study", "submit", spec, "--profile", "local-test", "--dir", folder, "--part", "point2-batch",
+                      "--limit", "6"], env={**slurm_cluster.env, "KRUM_MPI_DATA": str(spambase_file.parents[1])},
+                     cwd=tmp_path, timeout=300)
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    (record,) = json.loads((folder / "slurm" / "submissions.json").read_text())
+    tasks = [ids for script_tasks in record["tasks"].values() for ids in script_tasks]
+    assert [len(ids) for ids in tasks] == [5, 1]
+    states = slurm_cluster.wait(list(record["arrays"].values()) + [record["report"]], timeout=900)
+    assert set(states.values()) == {"COMPLETED"}, states
+    for run_id in (i for ids in tasks for i in ids):
+        with h5py.File(folder / "runs" / f"{run_id}.h5", "r") as h5:
+            assert h5.attrs["status"] == "complete" and json.loads(h5.attrs["config"])["run"]["name"] == "point2-batch"
+    report = (folder / "report" / "report.md").read_text()
+    assert "## 2. How cost and payoff change" in report and "By minibatch size" in report
