@@ -36,6 +36,11 @@ def cost_of_resilience(res):
                 ax.errorbar(_pct(g["clean"]), _pct(g["worst"]), xerr=_err(g["clean_ci"]), yerr=_err(g["worst_ci"]),
                             fmt=MARKERS[i % len(MARKERS)], color=colors[rule], mfc="none" if hollow else colors[rule],
                             ms=7, capsize=2, lw=0.8, label=rule if not hollow else None)
+                if not hollow:   # name the point too: the legend's colours are close for ten rules
+                    for x, y in zip(_pct(g["clean"]), _pct(g["worst"])):
+                        if np.isfinite(x) and np.isfinite(y):
+                            ax.annotate(rule, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6,
+                                        color=colors[rule])
         ax.plot([0, 100], [0, 100], color="0.7", lw=0.8, ls="--")
         k, n = int(sub["k"].iloc[0]), int(round(sub["k"].iloc[0] / frac))
         ax.set_title(f"{100 * frac:.3g}% Byzantine ({k} of {n} workers)", fontsize=10)
