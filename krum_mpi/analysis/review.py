@@ -174,15 +174,21 @@ def point_2(page, runs, table_dir):
 
 
 def _trend(eff, title):
-    """One verdict per robust rule: at which axis values cost / payoff are decided."""
+    """One verdict per robust rule: where its cost and payoff are decided, which way, and by how much."""
     lines = []
     for rule, g in eff.groupby("rule", sort=True):
-        def where(col, word):
-            vals = [f"{v:g}" for v, s in zip(g["value"].astype(float), g[col]) if s.startswith(word)]
-            return ", ".join(vals) or "none"
-        lines.append(f"{rule} by {title}: loses to averaging without attack at {where('cost_verdict', 'worse')}; "
-                     f"beats it under attack at {where('payoff_verdict', 'better')}; the seeds cannot decide the "
-                     f"cost at {where('cost_verdict', 'cannot')} and the payoff at {where('payoff_verdict', 'cannot')}.")
+        clauses = []
+        for col, when in (("cost", "Without attack"), ("payoff", "Under attack")):
+            said = []
+            for word, text in (("worse", "worse than averaging"), ("better", "better than averaging"),
+                               ("cannot", "the seeds cannot decide")):
+                rows = [r for r in g.itertuples() if getattr(r, f"{col}_verdict").startswith(word)]
+                if rows:
+                    said.append(f"{text} at " + ", ".join(
+                        f"{float(r.value):g}" + ("" if word == "cannot" else f" ({pp_ci(getattr(r, col), getattr(r, f'{col}_ci'))})")
+                        for r in rows))
+            clauses.append(f"{when}, " + "; ".join(said or ["no comparison"]))
+        lines.append(f"**{rule}** by {title}. " + ". ".join(clauses) + ".")
     return lines
 
 
