@@ -22,6 +22,8 @@ from .load import read_partition
 from .markup import pct, pct_ci, pp_ci, show
 
 FRACTION = ("fraction", lambda f: f"{100 * f:.3g}%")
+REVIEW_FRACTIONS = (0.01, 0.025, 0.05, 0.10, 0.20, 0.33)   # the fractions the review asks about
+LARGE_MODEL, LARGE_DATA = 1e6, 1e7
 
 
 def _save(tables, folder):
@@ -73,6 +75,14 @@ def point_1(page, runs, table_dir):
     if not (res["attacks"] > 0).any() or not res["clean"].notna().any():
         page.flag("point 1 lacks either its runs without attack or its runs under attack: the cost-of-resilience "
                   "figure needs both.")
+    have = sorted(res["fraction"].unique())
+    missing = [f for f in REVIEW_FRACTIONS if not any(abs(f - h) <= 0.1 * f for h in have)]   # 13/40 is 33%
+    if missing:
+        page.flag(f"Byzantine fractions {', '.join(pct(f, 1) for f in missing)} of the review are not run here "
+                  f"(n = {n}: fractions run are {', '.join(pct(f, 1) for f in have)}).")
+    if (res["worst_seeds"] > 0).any():
+        rep.p("The worst case is the attack with the lowest mean accuracy; taking the minimum over attacks biases it "
+              "down a little, and its interval is that attack's over seeds.")
     page.draw(rfig.cost_of_resilience(res), "cost_of_resilience",
               "Cost of resilience: accuracy without attack (x) against worst-case accuracy over the attacks (y), "
               "per rule, one panel per Byzantine fraction")
@@ -167,10 +177,29 @@ def point_2(page, runs, table_dir):
                   f"{largest:.0e} training samples most are never drawn, so a fixed step budget cannot show an "
                   "effect of the set's size beyond that; epochs over the large sets are the cluster version's.")
     _save(tables, table_dir)
+    _point_2_flags(page, runs)
     if panels:
         page.draw(rfig.scale_axes(panels), "point2_scale",
                   "Final accuracy against training samples, model size and minibatch size (solid: no attack)")
     return verdicts
+
+
+def _point_2_flags(page, runs):
+    """What point 2's runs leave out: large models, large data, real sets, the PyTorch zoo."""
+    d = runs["prov.n_params"].astype(float).max() if "prov.n_params" in runs else float("nan")
+    if not d >= LARGE_MODEL:
+        page.flag(f"the largest model has d = {d:.3g} parameters: nothing near 1e6.")
+    if not runs["data.name"].isin(["hdf5", "mnist"]).any():
+        page.flag("no real large data set in point 2 (only synthetic rows and spambase): the real sets "
+                  "(covtype, SUSY, HIGGS) are the cluster version's.")
+    if not (~runs["model.name"].isin(["mlp", "logistic", "softmax"])).any():
+        page.flag("no PyTorch zoo model in point 2 (lenet5, resnet20): the cluster version's point2-zoo.")
+    samples = runs[runs["run.name"] == "point2-samples"]
+    if len(samples):
+        drawn = samples["steps"].astype(float) * samples["n_workers"].astype(float) * samples["workers.batch_size"].astype(float)
+        if (drawn < samples["data.n_train"].astype(float)).any():
+            page.flag(f"point2-samples draws at most {int(drawn.max())} samples per run, fewer than its largest sets "
+                      "hold: the effect of data size beyond that is not measured.")
 
 
 def _trend(eff, title):
