@@ -88,8 +88,9 @@ def point_1(page, runs, table_dir):
               "per rule, one panel per Byzantine fraction")
     page.draw(rfig.worst_vs_fraction(res), "point1_worst_vs_fraction",
               "Worst-case accuracy over the attacks against the Byzantine fraction, per rule")
-    rep.table(show(res.assign(clean_s=_ci_col(res, "clean", "clean_ci"), worst_s=_ci_col(res, "worst", "worst_ci"),
-                              cost_s=_ci_col(res, "cost", "cost_ci", pp_ci), pay_s=_ci_col(res, "payoff", "payoff_ci", pp_ci)),
+    shown = res.assign(clean_s=_ci_col(res, "clean", "clean_ci"), worst_s=_ci_col(res, "worst", "worst_ci"),
+                       cost_s=_ci_col(res, "cost", "cost_ci", pp_ci), pay_s=_ci_col(res, "payoff", "payoff_ci", pp_ci))
+    rep.table(show(shown,
                    {"rule": ("rule", None), "momentum": ("momentum", None), "fraction": FRACTION,
                     "clean_s": ("no attack", None), "worst_s": ("worst case", None),
                     "worst_attack": ("worst attack", None), "cost_s": ("cost vs averaging", None),
@@ -184,6 +185,12 @@ def point_2(page, runs, table_dir):
     return verdicts
 
 
+def _at(row, col, with_value):
+    """``20`` or ``20 (-2.5 pp [-3.7, -1.4])``: an axis value, with the difference when it is decided."""
+    text = f"{float(row.value):g}"
+    return text + (f" ({pp_ci(getattr(row, col), getattr(row, f'{col}_ci'))})" if with_value else "")
+
+
 def _point_2_flags(page, runs):
     """What point 2's runs leave out: large models, large data, real sets, the PyTorch zoo."""
     d = runs["prov.n_params"].astype(float).max() if "prov.n_params" in runs else float("nan")
@@ -196,7 +203,8 @@ def _point_2_flags(page, runs):
         page.flag("no PyTorch zoo model in point 2 (lenet5, resnet20): the cluster version's point2-zoo.")
     samples = runs[runs["run.name"] == "point2-samples"]
     if len(samples):
-        drawn = samples["steps"].astype(float) * samples["n_workers"].astype(float) * samples["workers.batch_size"].astype(float)
+        drawn = (samples["steps"].astype(float) * samples["n_workers"].astype(float)
+                 * samples["workers.batch_size"].astype(float))
         if (drawn < samples["data.n_train"].astype(float)).any():
             page.flag(f"point2-samples draws at most {int(drawn.max())} samples per run, fewer than its largest sets "
                       "hold: the effect of data size beyond that is not measured.")
@@ -213,9 +221,7 @@ def _trend(eff, title):
                                ("cannot", "the seeds cannot decide")):
                 rows = [r for r in g.itertuples() if getattr(r, f"{col}_verdict").startswith(word)]
                 if rows:
-                    said.append(f"{text} at " + ", ".join(
-                        f"{float(r.value):g}" + ("" if word == "cannot" else f" ({pp_ci(getattr(r, col), getattr(r, f'{col}_ci'))})")
-                        for r in rows))
+                    said.append(f"{text} at " + ", ".join(_at(r, col, word != "cannot") for r in rows))
             clauses.append(f"{when}, " + "; ".join(said or ["no comparison"]))
         lines.append(f"**{rule}** by {title}. " + ". ".join(clauses) + ".")
     return lines
@@ -269,9 +275,10 @@ def review_sections(page, study, points, table_dir, generic_point_3):
     rep.table(settings_table(summary))
     rep.p("The study's parts (a run's part is its `run.name`):")
     rep.table(pd.DataFrame(parts_table(summary)))
-    seeds = summary.groupby([c for c in ("run.name", "rule", "attack.name", "workers.byzantine", "aggregator.f",
-                                         "optimizer.momentum", "data.n_train", "model.hidden", "workers.batch_size",
-                                         "aggregator.placement", "n_ranks") if c in summary], dropna=False)["seed"].nunique()
+    cell = [c for c in ("run.name", "rule", "attack.name", "workers.byzantine", "aggregator.f", "optimizer.momentum",
+                        "data.n_train", "model.hidden", "workers.batch_size", "aggregator.placement", "n_ranks")
+            if c in summary]
+    seeds = summary.groupby(cell, dropna=False)["seed"].nunique()
     if len(seeds) and seeds.min() < 3:
         page.flag(f"{int((seeds < 3).sum())} cells have fewer than 3 seeds: their intervals are wide or missing.")
     answers = {}

@@ -218,7 +218,8 @@ def main(argv) -> int:
     command(sub, "status", "done / running / failed / pending runs of a study", cmd_status,
             (("target",), {"metavar": "SPEC|DIR"}), (("--dir",), {"help": "study folder, when SPEC is given"}), TAIL)
     command(sub, "render", "write the study's job scripts, to read or to submit with plain sbatch", cmd_render,
-            SPEC, PROFILE, PART, LIMIT, (("--out",), {"help": "folder for the scripts (default: STUDY_DIR/slurm/rendered)"}),
+            SPEC, PROFILE, PART, LIMIT,
+            (("--out",), {"help": "folder for the scripts (default: STUDY_DIR/slurm/rendered)"}),
             (("--study-dir",), {"help": "study folder as the jobs see it (default: studies/<name>, relative to "
                                         "where submit.sh is run)"}))
     args = p.parse_args(argv)
