@@ -63,7 +63,8 @@ class CheckpointStore:
 
         One pass over each array in slices of 4 MiB: checksum, finiteness and write while the slice
         is in cache; the header (offsets laid out first, checksums filled in last) is written at the end."""
-        items = [(name, np.ascontiguousarray(a)) for name, a in arrays.items() if a is not None]
+        items = [(name, a if isinstance(a, Streamed) else np.ascontiguousarray(a))
+                 for name, a in arrays.items() if a is not None]
         entries = []
         for name, a in items:
             if a.dtype.name not in DTYPES:
@@ -131,19 +132,33 @@ def _link_over(slot: Path, path: Path) -> None:
 SLICE = 1 << 22   # bytes per slice of a checkpoint write
 
 
-def _write_array(fh, a: np.ndarray) -> tuple[int, bool]:
+class Streamed:
+    """An array that reaches the writer piece by piece (model-parallel shards arriving from their
+    ranks), so the writer never holds it whole. ``pieces()``: an iterator of arrays of ``dtype``
+    whose C-order bytes, one after the other, are the array's."""
+
+    def __init__(self, shape, dtype, pieces):
+        self.shape, self.dtype, self.pieces = tuple(int(x) for x in shape), np.dtype(dtype), pieces
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def _write_array(fh, a) -> tuple[int, bool]:
     """Write ``a``'s bytes (little-endian) at the file position: (CRC-32, all finite)."""
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    flat = a.reshape(-1)
-    step = max(1, SLICE // max(1, a.itemsize))
-    crc, finite = 0, True
-    for i in range(0, flat.size, step):
-        piece = flat[i:i + step]
-        crc = zlib.crc32(piece, crc)
-        if finite and a.dtype.kind == "f":
-            finite = bool(np.isfinite(piece).all())
-        fh.write(piece)
+    crc, finite, written = 0, True, 0
+    for whole in (a.pieces() if isinstance(a, Streamed) else [a]):
+        if whole.dtype.byteorder == ">":
+            whole = whole.astype(whole.dtype.newbyteorder("<"))
+        flat = np.ascontiguousarray(whole).reshape(-1)
+        step = max(1, SLICE // max(1, whole.itemsize))
+        for i in range(0, flat.size, step):
+            piece = flat[i:i + step]
+            crc = zlib.crc32(piece, crc)
+            if finite and whole.dtype.kind == "f":
+                finite = bool(np.isfinite(piece).all())
+            fh.write(piece)
+        written += flat.nbytes
+    if written != a.nbytes:
+        raise ResultsError(f"checkpoint array of {a.nbytes} bytes received {written}: the pieces do not fit")
     return crc, finite
 
 

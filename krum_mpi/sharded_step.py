@@ -25,14 +25,17 @@ from .server import SEED_ATTACK
 class ShardedStep:
     """Every rank's state for sharded steps: its block of the rows, the rule, the update."""
 
-    def __init__(self, setup, cfg: dict, comm):
+    def __init__(self, setup, cfg: dict, comm, bounds=None, index=None):
+        """``bounds``, ``index``: the blocks of this rank's vector and which one it owns (model
+        parallelism: its shard's); by default, d in comm.size blocks, the rank's own."""
         n, d = setup.n, setup.d
         agg = cfg["aggregator"]
         self.comm, self.setup = comm, setup
         self.placement, self.name, self.f = agg["placement"], agg["name"], agg["f"]
         self.options = config.aggregator_options(cfg)
-        self.bounds = sharded.block_bounds(d, comm.size)
-        lo, hi = int(self.bounds[comm.rank]), int(self.bounds[comm.rank + 1])
+        self.bounds = sharded.block_bounds(d, comm.size) if bounds is None else bounds
+        index = comm.rank if index is None else index
+        lo, hi = int(self.bounds[index]), int(self.bounds[index + 1])
         self.cols = slice(lo, hi)
         self.block = np.empty((n, hi - lo), dtype=np.float32)
         self.blocks = sharded.Blocks([self.block], comm.allgather_parts, comm.size)
@@ -45,6 +48,15 @@ class ShardedStep:
         self.honest = ~setup.byzantine
         self.rule_state: dict = {}   # centered-clipping: {"center": this rank's block of the last aggregate}
         self.recomputed = 0
+
+    def begin(self, theta: np.ndarray) -> None:
+        """Once before the steps: afterwards every rank updates its block and gathers the rest."""
+        self.comm.bcast_params(theta)
+
+    def accuracy(self, theta: np.ndarray) -> float:
+        """Test accuracy (rank 0; NaN elsewhere). Collective for model parallelism (mp_step)."""
+        s = self.setup
+        return s.model.accuracy(theta, s.test_X, s.test_y) if self.comm.is_root else np.nan
 
     def exchange(self, rows: np.ndarray, meta: np.ndarray) -> None:
         self.comm.alltoall_row_blocks(rows, self.bounds, self.block)
@@ -136,7 +148,7 @@ def note_traffic(loop, step: int, per_block=None, phases=None) -> None:
 def run_sharded(loop, start: int):
     """The step loop of a sharded or per-shard run (StepLoop.run); returns (last step done, signal)."""
     comm, work, workers, theta = loop.comm, loop.sharded, loop.workers, loop.theta
-    comm.bcast_params(theta)   # once: afterwards every rank updates its block and gathers the rest
+    work.begin(theta)
     step = start - 1
     for step in range(start, loop.steps):
         t_step = comm.wtime()
@@ -153,8 +165,10 @@ def run_sharded(loop, start: int):
         t_end = comm.wtime()
         timing = {"gather_s": t_agg - t_exchange, "aggregate_s": t_upd - t_agg, "update_s": t_end - t_upd,
                   "step_s": t_end - t_step}
+        evaluate = (step + 1) % loop.eval_every == 0 or step == loop.steps - 1
+        acc = work.accuracy(theta) if evaluate else np.nan
         if comm.is_root:
-            record(loop, step, timing, selected, weights)
+            record(loop, step, timing, selected, weights, acc)
         phases = np.array([t_exchange - t_step, timing["gather_s"], timing["aggregate_s"], timing["update_s"]])
         note_traffic(loop, step, per_block, phases)
         if loop._flush_due(step):
@@ -162,11 +176,8 @@ def run_sharded(loop, start: int):
     return step, 0
 
 
-def record(loop, step: int, timing: dict, selected, weights) -> None:
+def record(loop, step: int, timing: dict, selected, weights, acc: float) -> None:
     s, meta = loop.s, loop.sharded.meta
-    acc = np.nan
-    if (step + 1) % loop.eval_every == 0 or step == loop.steps - 1:
-        acc = s.model.accuracy(loop.theta, s.test_X, s.test_y)
     honest = ~s.byzantine
     loss = float(np.mean(meta[honest, 0])) if honest.any() else float("nan")
     timing = {"compute_s": float(meta[:, 1].max()), **timing}

@@ -1,0 +1,179 @@
+"""Start, checkpoints and resume of a model-parallel run: no rank holds the whole parameter vector.
+
+The checkpoint (``<out>.ckpt``, checkpoint.py's format) holds each shard as an array of its own:
+``params.shard<s>`` (m_s,) for s < p (group 0's copies; every group holds the same shards) and,
+with worker momentum, ``worker_momentum.shard<s>`` (n, m_s), whose rows come from the ranks
+(g, s) of every group. Rank 0 writes each array as its pieces arrive, one piece at a time
+(checkpoint.Streamed). At the end of a run the checkpoint is kept: it holds the final parameters
+(results attribute ``final_params``), which a gathered results file would hold whole.
+
+A resume reads and checks the checkpoint on rank 0 (as for every placement), then sends each
+rank its shard and its workers' momentum rows. A checkpoint of another ``parallel.model`` is
+refused in one line: the shards of one split are not the shards of another.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import checkpoint, resume
+from .errors import KrumMPIError, ResultsError
+from .steps import peak_rss_mib
+
+PARAMS, MOMENTUM = "params.shard{}", "worker_momentum.shard{}"
+LAYOUT = ("shard-major: shard s holds, layer by layer, its W piece (row-major) then its bias piece; "
+          "even layers split W's columns (outputs), odd layers split W's rows (inputs), whose bias "
+          "belongs to shard 0; model_parallel.ShardLayout.natural_index maps it to models.py's layout")
+
+
+def check_layout(path, p: int) -> None:
+    """Refuse, in one line, to resume results written under another parallel.model."""
+    import h5py
+    try:
+        with h5py.File(path, "r") as h5:
+            old = int(h5.attrs.get("parallel_model", 1))
+    except (OSError, ValueError, TypeError):
+        return   # a damaged file: resume.reopen says what is wrong with it
+    if old != p:
+        raise ResultsError(f"{path} was written with parallel.model = {old} but this run has parallel.model = {p}: "
+                           f"its checkpoint holds the shards of that split; resume with --set parallel.model={old}, "
+                           "or start over with --force instead of --resume")
+
+
+def expected_arrays(grid, n: int, momentum: bool) -> dict:
+    out = {PARAMS.format(s): ((m,), "float32") for s, m in enumerate(grid.layout.sizes)}
+    if momentum:
+        out.update({MOMENTUM.format(s): ((n, m), "float32") for s, m in enumerate(grid.layout.sizes)})
+    return out
+
+
+def load(path, cfg: dict, writer_args: tuple, grid, n: int):
+    """resume.load for a model-parallel run: (writer, first step, checkpoint arrays or None)."""
+    check_layout(path, grid.p)
+    opt = cfg["optimizer"]
+    momentum = opt["momentum"] > 0 and opt["momentum_at"] == "worker"
+    return resume.load(path, cfg, writer_args, sum(grid.layout.sizes), expected_arrays(grid, n, momentum), (), {},
+                       final_in_checkpoint=True)
+
+
+def start(s, cfg: dict, out_path, comm, resume_run: bool, blas_threads: int, theta, workers, work, groups,
+          open_results, init_rng):
+    """Collective, as train._start: (work, writer, store, first step); writer and store on rank 0 only."""
+    hostnames = comm.hostnames()
+    grid, steps = s.grid, cfg["run"]["steps"]
+    writer = store = arrays = None
+    if comm.is_root:
+        error = None
+        try:
+            writer, first, arrays = open_results(s, cfg, out_path, comm, resume_run, blas_threads, hostnames, work)
+        except KrumMPIError as exc:
+            error = exc
+        first = comm.bcast_flag(-1 if error else first)
+        if error:
+            raise error
+        store = checkpoint.CheckpointStore(checkpoint.path_for(out_path), writer.run_id)
+        if arrays and first < steps:
+            store.last_step = first - 1
+        writer.extra_attrs.update(parallel_model=grid.p, model_shard_sizes=list(grid.layout.sizes),
+                                  params_layout=LAYOUT)
+    else:
+        first = comm.bcast_flag(0)
+        if first < 0:
+            raise SystemExit(2)
+    if comm.bcast_flag(1 if arrays else 0):
+        restore(comm, groups, grid, arrays, theta, workers.momentum if 0 < first < steps else None)
+    else:
+        theta[:] = grid.layout.init_shard(init_rng, grid.shard)
+    return work, writer, store, first
+
+
+def restore(comm, groups, grid, arrays, theta, momentum) -> None:
+    """Rank 0 sends each rank its shard (and its workers' momentum rows) from the checkpoint."""
+    if not comm.is_root:
+        groups.recv_at(theta)
+        if momentum is not None:
+            groups.recv_at(momentum)
+        return
+    for r in range(1, comm.size):
+        g, shard = divmod(r, grid.p)
+        groups.send_from_root(arrays[PARAMS.format(shard)], r)
+        if momentum is not None:
+            lo = int(grid.displs[g])
+            groups.send_from_root(arrays[MOMENTUM.format(shard)][lo:lo + int(grid.counts[g])], r)
+    theta[:] = arrays[PARAMS.format(0)]
+    if momentum is not None:
+        momentum[:] = arrays[MOMENTUM.format(0)][:int(grid.counts[0])]
+
+
+class Incoming:
+    """Rank 0's checkpoint arrays, each received piece by piece from the ranks that hold it, in one
+    fixed order (the order every other rank sends in); ``drain`` takes whatever a failed write left."""
+
+    def __init__(self, groups, grid, theta, momentum, n: int):
+        self.groups = groups
+        sizes, p = grid.layout.sizes, grid.p
+        self.arrays, self.pending = {}, []
+        for s in range(p):
+            self._add(PARAMS.format(s), (sizes[s],), [(s, (sizes[s],), theta)])
+        if momentum is not None:
+            for s in range(p):
+                self._add(MOMENTUM.format(s), (n, sizes[s]),
+                          [(g * p + s, (int(k), sizes[s]), momentum) for g, k in enumerate(grid.counts)])
+        self.taken = 0
+        largest = max([int(np.prod(shape)) for _, shape in self.pending] + [0])
+        self.buffer = np.empty(largest, dtype=np.float32)
+
+    def _add(self, name, shape, sources) -> None:
+        self.arrays[name] = checkpoint.Streamed(shape, np.float32, lambda: self._pieces(sources))
+        self.pending += [(src, piece) for src, piece, _ in sources if src != 0]
+
+    def _receive(self):
+        src, shape = self.pending[self.taken]
+        out = self.buffer[:int(np.prod(shape))].reshape(shape)
+        self.groups.recv_from(src, out)
+        self.taken += 1
+        return out
+
+    def _pieces(self, sources):
+        for src, _, own in sources:
+            yield own if src == 0 else self._receive()
+
+    def drain(self) -> None:
+        while self.taken < len(self.pending):
+            self._receive()
+
+
+def saver(comm, groups, grid, workers, writer, store, theta, all_agree, n: int):
+    """The run's ``save(step_done, status)`` (train._saver's job): collective."""
+    momentum = workers.momentum
+
+    def save(step_done: int, status: str, peak_rss=None) -> None:
+        final = status == "complete"
+        rss = comm.gather_values(peak_rss_mib())
+        if not comm.is_root:
+            if grid.group_id == 0:
+                groups.send_to_root(theta)
+            if momentum is not None:
+                groups.send_to_root(momentum)
+            return all_agree(comm, None)
+        writer.extra_attrs["peak_rss_mib"] = rss     # per rank, at this flush
+        incoming = Incoming(groups, grid, theta, momentum, n)
+
+        def write():
+            try:
+                writer.flush("running" if final else status)   # the rows first: the checkpoint never runs ahead
+                store.write(step_done, incoming.arrays)
+                writer.note_checkpoint(step_done)
+                if final:
+                    writer.extra_attrs["final_params"] = (f"{store.path.name}: arrays params.shard0 .. "
+                                                          f"params.shard{grid.p - 1} (attribute params_layout)")
+                    writer.flush(status)
+                    # the files that alternated are spare now (results.py removes its own when it keeps
+                    # the final parameters; here the checkpoint keeps them under <out>.ckpt, a hard link)
+                    for spare in (*writer.spares, *store.slots):
+                        spare.unlink(missing_ok=True)
+            finally:
+                incoming.drain()
+
+        all_agree(comm, write)
+
+    return save
