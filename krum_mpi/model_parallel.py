@@ -33,7 +33,7 @@ import numpy as np
 from . import models
 from .comm import block_counts
 from .errors import ConfigError
-from .sharded import block_bounds
+from .sharded import BLOCKWISE_ATTACKS, block_bounds
 
 SPLIT_MODELS = models.NUMPY_MODELS
 INIT_CHUNK_BYTES = 1 << 25   # the seeded initial weights are drawn in row chunks of at most 32 MiB
@@ -245,8 +245,9 @@ class Grid:
         self.layout = ShardLayout(model, p)
         if min(self.layout.sizes) < self.groups:
             raise ConfigError(f"parallel.model = {p} gives shards of {min(self.layout.sizes)} to "
-                              f"{max(self.layout.sizes)} parameters, each split again over the {self.groups} "
-                              "model groups: widen model.hidden, or use fewer ranks or a smaller parallel.model")
+                              f"{max(self.layout.sizes)} parameters, but each shard needs at least one per model "
+                              f"group ({self.groups}) to aggregate: widen model.hidden (or the model's outputs), or "
+                              "use fewer ranks or a smaller parallel.model")
         self.model = SplitMLP(model, p, [self.shard])
 
 
@@ -268,10 +269,16 @@ def check_config(cfg: dict) -> None:
                           f"'sharded'), not with aggregator.placement = {agg['placement']!r}: set it to 'sharded'")
     if cfg["workers"]["device"] != "cpu":
         raise ConfigError(f"parallel.model = {p} computes on the CPU: set workers.device = 'cpu'")
-    if cfg["attack"]["adversary"] == "colluding":
-        from . import attacks
-        kind = attacks.make(cfg["attack"]["name"], cfg["workers"]["n"], cfg["workers"]["byzantine"],
-                            agg["f"], **{k: v for k, v in cfg["attack"].items() if k not in ("name", "adversary")}).kind
-        if kind not in ("none", "data"):
-            raise ConfigError(f"parallel.model = {p}: the colluding adversary is not split by shard yet; set "
-                              "attack.adversary = 'omniscient' (crafted block by block) or parallel.model = 1")
+    from . import attacks
+    attack = cfg["attack"]
+    kind = attacks.make(attack["name"], cfg["workers"]["n"], cfg["workers"]["byzantine"], agg["f"],
+                        **{k: v for k, v in attack.items() if k not in ("name", "adversary")}).kind
+    if kind in ("none", "data"):
+        return
+    if attack["adversary"] == "colluding":
+        raise ConfigError(f"parallel.model = {p}: the colluding adversary is not split by shard yet; set "
+                          "attack.adversary = 'omniscient' (crafted block by block) or parallel.model = 1")
+    if attack["name"] not in BLOCKWISE_ATTACKS:
+        raise ConfigError(f"parallel.model = {p}: no rank holds a whole gradient, so the omniscient adversary "
+                          f"crafts block by block, which {attack['name']!r} cannot (it can: "
+                          f"{', '.join(BLOCKWISE_ATTACKS)}); choose one of those, or parallel.model = 1")
