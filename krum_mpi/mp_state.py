@@ -20,6 +20,7 @@ from .errors import KrumMPIError, ResultsError
 from .steps import peak_rss_mib
 
 PARAMS, MOMENTUM = "params.shard{}", "worker_momentum.shard{}"
+PIECE = 1 << 22   # floats per message of a checkpoint (16 MiB): rank 0's receive buffer, whatever the shard size
 LAYOUT = ("shard-major: shard s holds, layer by layer, its W piece (row-major) then its bias piece; "
           "even layers split W's columns (outputs), odd layers split W's rows (inputs), whose bias "
           "belongs to shard 0; model_parallel.ShardLayout.natural_index maps it to models.py's layout")
@@ -113,33 +114,47 @@ class Incoming:
         sizes, p = grid.layout.sizes, grid.p
         self.arrays, self.pending = {}, []
         for s in range(p):
-            self._add(PARAMS.format(s), (sizes[s],), [(s, (sizes[s],), theta)])
+            self._add(PARAMS.format(s), (sizes[s],), [(s, sizes[s], theta)])
         if momentum is not None:
             for s in range(p):
                 self._add(MOMENTUM.format(s), (n, sizes[s]),
-                          [(g * p + s, (int(k), sizes[s]), momentum) for g, k in enumerate(grid.counts)])
+                          [(g * p + s, int(k) * sizes[s], momentum) for g, k in enumerate(grid.counts)])
         self.taken = 0
-        largest = max([int(np.prod(shape)) for _, shape in self.pending] + [0])
-        self.buffer = np.empty(largest, dtype=np.float32)
+        self.buffer = np.empty(min(PIECE, max([count for _, count in self.pending] + [0])), dtype=np.float32)
 
     def _add(self, name, shape, sources) -> None:
         self.arrays[name] = checkpoint.Streamed(shape, np.float32, lambda: self._pieces(sources))
-        self.pending += [(src, piece) for src, piece, _ in sources if src != 0]
+        self.pending += [(src, len(chunk)) for src, size, _ in sources if src != 0 for chunk in pieces_of(size)]
 
     def _receive(self):
-        src, shape = self.pending[self.taken]
-        out = self.buffer[:int(np.prod(shape))].reshape(shape)
+        src, count = self.pending[self.taken]
+        out = self.buffer[:count]
         self.groups.recv_from(src, out)
         self.taken += 1
         return out
 
     def _pieces(self, sources):
-        for src, _, own in sources:
-            yield own if src == 0 else self._receive()
+        for src, size, own in sources:
+            if src == 0:
+                yield own
+            else:
+                for _ in pieces_of(size):
+                    yield self._receive()
 
     def drain(self) -> None:
         while self.taken < len(self.pending):
             self._receive()
+
+
+def pieces_of(size: int):
+    """The index ranges of one array's messages to rank 0 (sender and receiver cut alike)."""
+    return [range(i, min(size, i + PIECE)) for i in range(0, size, PIECE)]
+
+
+def send_pieces(groups, a: np.ndarray) -> None:
+    flat = a.reshape(-1)
+    for chunk in pieces_of(flat.size):
+        groups.send_to_root(flat[chunk.start:chunk.stop])
 
 
 def saver(comm, groups, grid, workers, writer, store, theta, all_agree, n: int):
@@ -151,9 +166,9 @@ def saver(comm, groups, grid, workers, writer, store, theta, all_agree, n: int):
         rss = comm.gather_values(peak_rss_mib())
         if not comm.is_root:
             if grid.group_id == 0:
-                groups.send_to_root(theta)
+                send_pieces(groups, theta)
             if momentum is not None:
-                groups.send_to_root(momentum)
+                send_pieces(groups, momentum)
             return all_agree(comm, None)
         writer.extra_attrs["peak_rss_mib"] = rss     # per rank, at this flush
         incoming = Incoming(groups, grid, theta, momentum, n)

@@ -21,6 +21,8 @@ from . import sharded
 from .comm_groups import ModelGroups
 from .sharded_step import ShardedStep
 
+UPDATE_CHUNK = 1 << 20
+
 
 def connect(setup, comm) -> ModelGroups:
     """Collective: the group and column communicators, and the split model's gather over its group."""
@@ -61,7 +63,9 @@ class MPStep(ShardedStep):
         self.comm.gather_rows(meta if self.grid.shard == 0 else meta[:0], self.meta, phase="gather_meta")
 
     def apply(self, theta: np.ndarray, g: np.ndarray) -> None:
-        theta[self.cols] -= self.lr * g
+        mine = theta[self.cols]
+        for i in range(0, g.size, UPDATE_CHUNK):   # no temporary the size of the block: memory is the point
+            mine[i:i + UPDATE_CHUNK] -= self.lr * g[i:i + UPDATE_CHUNK]
         if self.grid.groups > 1:
             self.column.allgatherv_params(theta, self.bounds)
         self.sync_replicas(theta)
