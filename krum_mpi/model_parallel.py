@@ -81,10 +81,12 @@ class ShardLayout:
             at += nb
         return out
 
-    def init_shard(self, rng: np.random.Generator, s: int) -> np.ndarray:
+    def init_shard(self, rng: np.random.Generator, s: int, out=None) -> np.ndarray:
         """Shard s of models.Model.init(rng), bitwise, without the whole vector: the same draws in row
-        chunks (a Generator's normals drawn in pieces are the same stream), keeping shard s's part."""
-        theta = np.zeros(self.sizes[s], dtype=np.float32)
+        chunks (a Generator's normals drawn in pieces are the same stream), keeping shard s's part.
+        Written into ``out`` when given (no second shard-sized array)."""
+        theta = np.zeros(self.sizes[s], dtype=np.float32) if out is None else out
+        theta[...] = 0
         if len(self.model.shapes) == 1:
             return theta
         last = len(self.model.shapes) - 1

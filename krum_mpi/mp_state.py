@@ -83,7 +83,7 @@ def start(s, cfg: dict, out_path, comm, resume_run: bool, blas_threads: int, the
     if comm.bcast_flag(1 if arrays else 0):
         restore(comm, groups, grid, arrays, theta, workers.momentum if 0 < first < steps else None)
     else:
-        theta[:] = grid.layout.init_shard(init_rng, grid.shard)
+        grid.layout.init_shard(init_rng, grid.shard, out=theta)
     return work, writer, store, first
 
 

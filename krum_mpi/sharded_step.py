@@ -162,6 +162,7 @@ def run_sharded(loop, start: int):
         g, selected, weights, per_block = work.aggregate()
         t_upd = comm.wtime()
         work.apply(theta, g)
+        g = None   # dead now: freed before the next step's aggregate exists (a block of d / ranks floats)
         t_end = comm.wtime()
         timing = {"gather_s": t_agg - t_exchange, "aggregate_s": t_upd - t_agg, "update_s": t_end - t_upd,
                   "step_s": t_end - t_step}
