@@ -175,12 +175,14 @@ def _aligned(x: int) -> int:
 
 
 def read(path, run_id: str, expected: dict, optional_prefix: str = "aggregator_state.",
-         into: dict | None = None) -> tuple[int, dict]:
+         into: dict | None = None, select=None) -> tuple[int, dict]:
     """Read and check a checkpoint: (step, arrays). Any problem raises ResultsError, one line.
 
     ``expected``: name -> (shape, dtype name) of every array that must be there, and nothing else
     except names starting with ``optional_prefix`` (whose shape is checked by the caller). ``into``:
-    name -> preallocated array to read that array into (saves a copy of the largest one).
+    name -> preallocated array to read that array into (saves a copy of the largest one). ``select``:
+    the names to read (None: all); the others are listed with None, to be read one at a time later
+    (a model-parallel resume never holds every shard at once).
     """
     path = Path(path)
     where = f"checkpoint {path}"
@@ -204,7 +206,8 @@ def read(path, run_id: str, expected: dict, optional_prefix: str = "aggregator_s
                 raise ResultsError(f"{where} belongs to run {meta['run_id']!r}, not {run_id!r}")
             arrays = {}
             for e in meta["arrays"]:
-                arrays[e["name"]] = _read_array(fh, e, size, where, expected, optional_prefix, into)
+                wanted = select is None or e["name"] in select
+                arrays[e["name"]] = _read_array(fh, e, size, where, expected, optional_prefix, into) if wanted else None
     except OSError as exc:
         raise ResultsError(f"cannot read {where}: {os_error_text(exc)}") from None
     missing = sorted(set(expected) - set(arrays))

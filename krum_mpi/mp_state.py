@@ -13,6 +13,8 @@ refused in one line: the shards of one split are not the shards of another.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from . import checkpoint, resume
@@ -47,13 +49,30 @@ def expected_arrays(grid, n: int, momentum: bool) -> dict:
     return out
 
 
+class ShardSource:
+    """A checked checkpoint whose arrays rank 0 reads one at a time, to send them on (resume)."""
+
+    def __init__(self, path, run_id: str, expected: dict):
+        self.path, self.run_id, self.expected = path, run_id, expected
+
+    def read(self, name: str) -> np.ndarray:
+        return checkpoint.read(self.path, self.run_id, self.expected, select={name})[1][name]
+
+
 def load(path, cfg: dict, writer_args: tuple, grid, n: int):
-    """resume.load for a model-parallel run: (writer, first step, checkpoint arrays or None)."""
+    """resume.load for a model-parallel run: (writer, first step, a ShardSource or None). Every array's
+    checksum is checked here, one array at a time, before any rank goes on; restore reads them again."""
     check_layout(path, grid.p)
     opt = cfg["optimizer"]
-    momentum = opt["momentum"] > 0 and opt["momentum_at"] == "worker"
-    return resume.load(path, cfg, writer_args, sum(grid.layout.sizes), expected_arrays(grid, n, momentum), (), {},
-                       final_in_checkpoint=True)
+    expected = expected_arrays(grid, n, opt["momentum"] > 0 and opt["momentum_at"] == "worker")
+    writer, first, arrays = resume.load(path, cfg, writer_args, sum(grid.layout.sizes), expected, (), {},
+                                        final_in_checkpoint=True, select=())
+    if arrays is None:
+        return writer, first, None
+    source = ShardSource(checkpoint.path_for(path), writer.run_id, expected)
+    for name in expected:
+        source.read(name)
+    return writer, first, source
 
 
 def start(s, cfg: dict, out_path, comm, resume_run: bool, blas_threads: int, theta, workers, work, groups,
@@ -87,22 +106,29 @@ def start(s, cfg: dict, out_path, comm, resume_run: bool, blas_threads: int, the
     return work, writer, store, first
 
 
-def restore(comm, groups, grid, arrays, theta, momentum) -> None:
-    """Rank 0 sends each rank its shard (and its workers' momentum rows) from the checkpoint."""
+def restore(comm, groups, grid, source: ShardSource, theta, momentum) -> None:
+    """Rank 0 reads the checkpoint one array at a time and sends each rank (g, s) shard s and its
+    workers' momentum rows of it, in 16 MiB pieces; it never holds two shards of the parameters."""
     if not comm.is_root:
-        groups.recv_at(theta)
+        recv_pieces(groups.recv_at, theta)
         if momentum is not None:
-            groups.recv_at(momentum)
+            recv_pieces(groups.recv_at, momentum)
         return
-    for r in range(1, comm.size):
-        g, shard = divmod(r, grid.p)
-        groups.send_from_root(arrays[PARAMS.format(shard)], r)
-        if momentum is not None:
-            lo = int(grid.displs[g])
-            groups.send_from_root(arrays[MOMENTUM.format(shard)][lo:lo + int(grid.counts[g])], r)
-    theta[:] = arrays[PARAMS.format(0)]
-    if momentum is not None:
-        momentum[:] = arrays[MOMENTUM.format(0)][:int(grid.counts[0])]
+    names = [PARAMS] + ([MOMENTUM] if momentum is not None else [])
+    try:
+        for name in names:
+            for s in range(grid.p):
+                whole = source.read(name.format(s))
+                for g in range(grid.groups):
+                    part = whole if name == PARAMS else whole[int(grid.displs[g]):int(grid.displs[g] + grid.counts[g])]
+                    if g == 0 and s == 0:
+                        (theta if name == PARAMS else momentum)[...] = part
+                    else:
+                        send_pieces(lambda piece, r=g * grid.p + s: groups.send_from_root(piece, r), part)
+                whole = None
+    except KrumMPIError as exc:   # it changed on disk since it was checked; the other ranks wait in a receive
+        print(f"krum-mpi: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        comm.abort(2)
 
 
 class Incoming:
@@ -151,10 +177,16 @@ def pieces_of(size: int):
     return [range(i, min(size, i + PIECE)) for i in range(0, size, PIECE)]
 
 
-def send_pieces(groups, a: np.ndarray) -> None:
-    flat = a.reshape(-1)
+def send_pieces(send, a: np.ndarray) -> None:
+    flat = np.ascontiguousarray(a).reshape(-1)
     for chunk in pieces_of(flat.size):
-        groups.send_to_root(flat[chunk.start:chunk.stop])
+        send(flat[chunk.start:chunk.stop])
+
+
+def recv_pieces(recv, out: np.ndarray) -> None:
+    flat = out.reshape(-1)   # a view: out is contiguous
+    for chunk in pieces_of(flat.size):
+        recv(flat[chunk.start:chunk.stop])
 
 
 def saver(comm, groups, grid, workers, writer, store, theta, all_agree, n: int):
@@ -166,9 +198,9 @@ def saver(comm, groups, grid, workers, writer, store, theta, all_agree, n: int):
         rss = comm.gather_values(peak_rss_mib())
         if not comm.is_root:
             if grid.group_id == 0:
-                send_pieces(groups, theta)
+                send_pieces(groups.send_to_root, theta)
             if momentum is not None:
-                send_pieces(groups, momentum)
+                send_pieces(groups.send_to_root, momentum)
             return all_agree(comm, None)
         writer.extra_attrs["peak_rss_mib"] = rss     # per rank, at this flush
         incoming = Incoming(groups, grid, theta, momentum, n)

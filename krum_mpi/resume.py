@@ -54,11 +54,12 @@ def reopen(path, cfg: dict, run_id: str, provenance: dict, byzantine, max_select
 
 
 def load(path, cfg: dict, writer_args: tuple, d: int, expected: dict, state_keys, into: dict,
-         final_in_checkpoint: bool = False):
+         final_in_checkpoint: bool = False, select=None):
     """(writer, first step to run, checkpoint arrays or None). ``writer_args``: what ResultsWriter
     takes after the path; ``expected``: name -> (shape, dtype) of the arrays the checkpoint must hold.
     ``final_in_checkpoint``: a complete run keeps its final parameters in the checkpoint file (the
-    shards of a model-parallel run), not in the results."""
+    shards of a model-parallel run), not in the results. ``select``: as checkpoint.read (the arrays
+    not selected are None)."""
     steps = cfg["run"]["steps"]
     writer, attrs, in_results = reopen(path, cfg, *writer_args)
     complete = attrs["status"] == "complete"
@@ -78,7 +79,7 @@ def load(path, cfg: dict, writer_args: tuple, d: int, expected: dict, state_keys
             raise ResultsError(f"{path} keeps its checkpoint inside (an older krum-mpi wrote it): finish the "
                                "run with that version, or start over with --force instead of --resume")
         return ResultsWriter(path, cfg, *writer_args), 0, None   # stopped before its first checkpoint
-    step, arrays = checkpoint.read(ck, writer.run_id, expected, STATE_PREFIX, into)
+    step, arrays = checkpoint.read(ck, writer.run_id, expected, STATE_PREFIX, into, select)
     if not -1 <= step < steps:   # -1: stopped before its first step
         raise ResultsError(f"checkpoint {ck}: step {step} is outside this run's steps 0..{steps - 1}")
     if step + 1 > writer.done:

@@ -126,3 +126,12 @@ def test_resume_after_sigterm_is_bitwise_the_uninterrupted_run(tmp_path):
     assert len(again.stderr.strip().splitlines()) == 1 and out.read_bytes() == before
     unsplit = run_cli(["run", config, "--out", out, "--resume", *RESUME[:-2]], ranks=4)
     assert unsplit.returncode == 2 and "parallel.model = 2 but this run has parallel.model = 1" in unsplit.stderr
+    # a damaged shard is found before any rank takes its shard (each array checked, one at a time)
+    ck = checkpoint.path_for(out)
+    raw = bytearray(ck.read_bytes())
+    header = json.loads(raw[20:20 + int.from_bytes(raw[12:20], "little")])
+    entry = next(e for e in header["arrays"] if e["name"] == "worker_momentum.shard1")
+    raw[entry["offset"] + 5] ^= 0x10
+    ck.write_bytes(bytes(raw))
+    damaged = run_cli(["run", config, "--out", out, "--resume", *RESUME], ranks=4)
+    assert damaged.returncode == 2 and "checksum mismatch in worker_momentum.shard1" in damaged.stderr
