@@ -114,6 +114,7 @@ class SplitMLP:
 
     def __init__(self, model: models.Model, p: int, local, gather=None):
         self.full, self.layout = model, ShardLayout(model, p)
+        self.layer_sizes = model.layer_sizes   # the memory preflight's activation estimate
         self.local, self.gather = list(local), gather
         self.n_params = self.layout.sizes[self.local[0]]
         self.replicas: dict = {}   # (shard, layer) -> copy of a row-parallel bias owned by shard 0
