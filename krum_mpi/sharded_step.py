@@ -46,6 +46,8 @@ class ShardedStep:
         crafts = setup.attack.kind not in ("none", "data") and not setup.colluding
         self.crafted_rows = np.flatnonzero(setup.byzantine) if crafts else np.zeros(0, dtype=np.int64)
         self.honest = ~setup.byzantine
+        self.momentum = None   # no server momentum under this placement (config refuses it) ...
+        self.X = None          # ... and no (n, d) gather buffer: train._open_results and _saver ask for both
         self.rule_state: dict = {}   # centered-clipping: {"center": this rank's block of the last aggregate}
         self.recomputed = 0
 

@@ -135,3 +135,18 @@ def test_resume_after_sigterm_is_bitwise_the_uninterrupted_run(tmp_path):
     ck.write_bytes(bytes(raw))
     damaged = run_cli(["run", config, "--out", out, "--resume", *RESUME], ranks=4)
     assert damaged.returncode == 2 and "checksum mismatch in worker_momentum.shard1" in damaged.stderr
+
+
+def test_a_complete_sharded_run_resumes(tmp_path):
+    """placement = sharded without model parallelism (p = 1): --resume of a finished run keeps it
+    (the sharded step had no server momentum attribute for the resume to ask about)."""
+    config, out = without_sigma(KRUM_F6, tmp_path), tmp_path / "sharded.h5"
+    args = ["run", config, "--out", out, "--set", "run.steps=10", "--set", "attack.name=alie",
+            "--set", "aggregator.placement=sharded"]
+    assert run_cli(args, ranks=2).returncode == 0
+    with h5py.File(out) as h5:
+        params = h5["checkpoint/params"][()]
+    again = run_cli([*args, "--resume"], ranks=2)
+    assert again.returncode == 0, again.stderr
+    with h5py.File(out) as h5:
+        assert h5.attrs["status"] == "complete" and h5["checkpoint/params"][()].tobytes() == params.tobytes()
