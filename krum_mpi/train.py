@@ -81,7 +81,8 @@ class Setup:
             self.grid = model_parallel.Grid(cfg["parallel"]["model"], self.n, comm.size, comm.rank, self.model)
             self.model = self.grid.model   # this rank's shard of the split MLP (d below: the shard's size)
             comm.set_layout(self.grid.world_counts)
-        self.d, self.d_total = self.model.n_params, sum(self.grid.layout.sizes) if self.grid else self.model.n_params
+        self.d = self.model.n_params   # model parallelism: this rank's shard
+        self.d_total = sum(self.grid.layout.sizes) if self.grid else self.d
         if cfg["aggregator"]["placement"] != "gather" and self.grid is None and self.d < comm.size:
             raise ConfigError(f"aggregator.placement = {cfg['aggregator']['placement']!r} gives each rank a block of the "
                               f"{self.d} parameters: use at most {self.d} ranks, or placement = 'gather'")
