@@ -61,7 +61,8 @@ class ShardedStep:
         if self.crafted_rows.size == 0:
             return
         rng = np.random.default_rng([self.setup.seed, SEED_ATTACK, step])
-        crafted = self.setup.attack.craft(self.block[self.honest], self.crafted_rows.size, rng, aggregate=None)
+        crafted = self.setup.attack.craft(self.block[self.honest], self.crafted_rows.size, rng, aggregate=None,
+                                          columns=(self.cols.start, self.setup.d))
         self.block[self.crafted_rows] = np.asarray(crafted, dtype=np.float32)
 
     def aggregate(self):
