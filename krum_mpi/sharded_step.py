@@ -133,7 +133,8 @@ class ShardedStep:
             if key == "center":
                 if not self.comm.bcast_flag(int("center" in restored)):
                     continue
-                full = restored["center"].astype(np.float32) if self.comm.is_root else np.empty(self.setup.d, np.float32)
+                full = (restored["center"].astype(np.float32) if self.comm.is_root
+                        else np.empty(self.setup.d, dtype=np.float32))
                 self.comm.bcast_params(full)
                 block = full[self.cols].copy()
                 if self.placement == "sharded":

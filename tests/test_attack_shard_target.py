@@ -44,7 +44,8 @@ def test_block_by_block_crafting_gives_the_whole_rows_values(blocks, target):
     whole = attack.craft(HONEST, 6, None)
     for ranks in (1, 2, 3, 4):   # the placement's blocks need not be the attack's
         bounds = block_bounds(23, ranks)
-        parts = [attack.craft(HONEST[:, lo:hi], 6, None, columns=(int(lo), 23)) for lo, hi in zip(bounds, bounds[1:])]
+        parts = [attack.craft(HONEST[:, lo:hi], 6, None, columns=(int(lo), 23))
+                 for lo, hi in zip(bounds, bounds[1:])]
         np.testing.assert_array_equal(np.concatenate(parts, axis=1), whole)
 
 

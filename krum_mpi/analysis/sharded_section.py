@@ -39,14 +39,30 @@ def prepared(summary):
     s["cell"] = text.agg("|".join, axis=1) if config else ""
     setting = [c for c in config if c != "run.seed"]
     s["setting"] = text[setting].agg("|".join, axis=1) if setting else ""
+    s["attack_text"] = _attack_texts(s, text)
     return s
 
 
+def _attack_texts(s, text):
+    """``name(key=value, ..., adversary)``: the attack's parameters that differ among the runs of that
+    attack (a default counts as a value, which the run table's own label leaves out)."""
+    if "attack.name" not in s:
+        return s["attack_label"].astype(str)
+    params = [c for c in text.columns if c.startswith("attack.") and c not in ("attack.name", "attack.adversary")]
+    out = pd.Series("", index=s.index, dtype=object)
+    for name, g in text.groupby(s["attack.name"].astype(str), sort=False):
+        varying = [c for c in params if g[c].nunique() > 1]
+        for idx in g.index:
+            shown = [f"{c[len('attack.'):]}={g.at[idx, c]}" for c in varying if not missing(s.at[idx, c])]
+            out[idx] = name + (f"({', '.join(shown)})" if shown else "")
+    adversary = s["attack.adversary"].astype(str) if "attack.adversary" in s else "omniscient"
+    none = pd.to_numeric(s["n_byzantine"], errors="coerce").fillna(0) == 0
+    return (out + " (" + adversary + ")").where(~none, "none")
+
+
 def _label(row):
-    attack = row["attack_label"] if row["attack_label"] == "none" or "adversary=" in str(row["attack_label"]) else \
-        f"{row['attack_label']} ({row.get('attack.adversary', 'omniscient')})"
     d = "d=?" if missing(row["d"]) else f"d={int(row['d']):,}"
-    return f"{row['aggregator.name']}, {attack}, n={int(row['n_workers'])}, {d}"
+    return f"{row['aggregator.name']}, {row['attack_text']}, n={int(row['n_workers'])}, {d}"
 
 
 def exactness(s):
@@ -59,10 +75,11 @@ def exactness(s):
         order = g.assign(_p=g["placement"].map({p: i for i, p in enumerate(PLACEMENTS)}).fillna(9))
         order = order.sort_values(["_p", "n_ranks", "model_parallel"])
         ref = order.iloc[0]
+        ref_name = f"{ref['placement']}, {int(ref['n_ranks'])} rank{'s' if ref['n_ranks'] > 1 else ''}"
         for _, r in order.iloc[1:].iterrows():
             rows.append({"setting": _label(r), "seed": r["seed"], "placement": r["placement"],
                          "n_ranks": r["n_ranks"], "model_parallel": r["model_parallel"], "steps": r["last_step"] + 1,
-                         "reference": f"{ref['placement']}, {int(ref['n_ranks'])} rank{'s' if ref['n_ranks'] > 1 else ''}",
+                         "reference": ref_name,
                          "identical": r["selection_digest"] == ref["selection_digest"],
                          "first_selection_diff": first_difference(r["selection_crcs"], ref["selection_crcs"]),
                          "first_loss_diff": first_difference(r["losses"], ref["losses"]),
@@ -139,7 +156,7 @@ def accuracy(s, level=0.95):
         p_mean, p_ci, p_n = mean_ci(naive["final_accuracy"], level)
         diff, diff_ci = welch_diff_ci(naive["final_accuracy"], exact["final_accuracy"], level)
         first = g.iloc[0]
-        rows.append({"setting": _label(first), "attack": first["attack_label"], "n_ranks": first["n_ranks"],
+        rows.append({"setting": _label(first), "attack": first["attack_text"], "n_ranks": first["n_ranks"],
                      "model_parallel": first["model_parallel"], "seeds": min(e_n, p_n),
                      "sharded": e_mean, "sharded_ci": e_ci, "per_shard": p_mean, "per_shard_ci": p_ci,
                      "diff": diff, "diff_ci": diff_ci, "verdict": verdict(diff, diff_ci),
