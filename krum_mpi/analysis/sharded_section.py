@@ -85,7 +85,8 @@ def exactness(s):
                          "first_loss_diff": first_difference(r["losses"], ref["losses"]),
                          "loss_gap": relative_gap(r["losses"], ref["losses"]),
                          "same_params": r["params_crc"] == ref["params_crc"] and r["params_crc"] >= 0})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    return out.sort_values(["setting", "placement", "n_ranks", "seed"]).reset_index(drop=True) if len(out) else out
 
 
 def relative_gap(a, b):
