@@ -98,21 +98,22 @@ class ShardedStep:
         return np.zeros(width, dtype=np.float32) if centre is None else np.asarray(centre, dtype=np.float32)
 
     def gather_state(self) -> None:
-        """Collective, before each checkpoint: every rank's block of the centre reaches rank 0 as one
-        (d,) float32 array (``state``). The blocks travel zero-padded to the widest block as float64,
-        which holds every float32 exactly."""
+        """Collective, before each checkpoint: the rule's state reaches rank 0 (``state``). Every rank's
+        block of the centre becomes one (d,) float32 array; the blocks travel zero-padded to the
+        widest block as float64, which holds every float32 exactly. Scalar state (per-shard: the step
+        count of a chained rule, the same on every rank) is rank 0's own."""
         self.saved = {}
-        if "center" not in self.state_keys:
-            return
-        widths = np.diff(self.bounds)
-        padded = np.zeros(int(widths.max()), dtype=np.float64)
-        padded[:widths[self.comm.rank]] = self._centre_block()
-        parts = self.comm.gather_floats(padded)
-        if self.comm.is_root:
-            centre = np.concatenate([parts[r, :widths[r]] for r in range(self.comm.size)]).astype(np.float32)
-            self.saved["aggregator_state.center"] = centre
-            for key, value in self.block_rule.state.items():   # per-shard: a step count, the same on every rank
-                if key != "center" and self.placement == "per-shard":
+        if "center" in self.state_keys:
+            widths = np.diff(self.bounds)
+            padded = np.zeros(int(widths.max()), dtype=np.float64)
+            padded[:widths[self.comm.rank]] = self._centre_block()
+            parts = self.comm.gather_floats(padded)
+            if self.comm.is_root:
+                self.saved["aggregator_state.center"] = np.concatenate(
+                    [parts[r, :widths[r]] for r in range(self.comm.size)]).astype(np.float32)
+        if self.comm.is_root and self.placement == "per-shard":
+            for key, value in self.block_rule.state.items():
+                if key != "center":
                     self.saved[f"aggregator_state.{key}"] = np.asarray(value)
 
     def state(self) -> dict:
