@@ -69,7 +69,8 @@ class CheckpointStore:
         for name, a in items:
             if a.dtype.name not in DTYPES:
                 raise ResultsError(f"checkpoint array {name} has dtype {a.dtype.name}, which a checkpoint cannot hold")
-            entries.append({"name": name, "dtype": a.dtype.name, "shape": list(a.shape), "nbytes": int(a.nbytes),
+            shape = np.shape(arrays[name])   # a 0-d step count stays 0-d (ascontiguousarray made it (1,))
+            entries.append({"name": name, "dtype": a.dtype.name, "shape": list(shape), "nbytes": int(a.nbytes),
                             "crc32": 0xFFFFFFFF, "finite": False, "offset": 0})   # widest values: room kept
         header = b""
         for _ in range(2):   # offsets depend on the header length, which depends on the offsets

@@ -270,6 +270,9 @@ def check_config(cfg: dict) -> None:
     if agg["placement"] != "sharded":
         raise ConfigError(f"parallel.model = {p} aggregates the parameter shards where they live (placement "
                           f"'sharded'), not with aggregator.placement = {agg['placement']!r}: set it to 'sharded'")
+    if agg["name"].endswith("centered-clipping"):   # its centre is kept by block, checkpointed by world rank
+        raise ConfigError(f"parallel.model = {p} does not carry centered clipping's centre across shards yet: "
+                          "choose another rule, or parallel.model = 1")
     if cfg["workers"]["device"] != "cpu":
         raise ConfigError(f"parallel.model = {p} computes on the CPU: set workers.device = 'cpu'")
     from . import attacks
@@ -281,7 +284,7 @@ def check_config(cfg: dict) -> None:
     if attack["adversary"] == "colluding":
         raise ConfigError(f"parallel.model = {p}: the colluding adversary is not split by shard yet; set "
                           "attack.adversary = 'omniscient' (crafted block by block) or parallel.model = 1")
-    if attack["name"] not in BLOCKWISE_ATTACKS:
+    if attack["name"] not in BLOCKWISE_ATTACKS or attack["name"] == "shard-target":   # its blocks: of the whole vector
         raise ConfigError(f"parallel.model = {p}: no rank holds a whole gradient, so the omniscient adversary "
                           f"crafts block by block, which {attack['name']!r} cannot (it can: "
                           f"{', '.join(BLOCKWISE_ATTACKS)}); choose one of those, or parallel.model = 1")

@@ -164,6 +164,8 @@ def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, b
             expected["server_momentum"] = ((s.d,), "float32")
         if cfg["optimizer"]["momentum"] > 0 and cfg["optimizer"]["momentum_at"] == "worker":
             expected["worker_momentum"] = ((s.n, s.d), "float32")
+        if cfg["aggregator"]["placement"] != "gather" and "center" in s.aggregator.rule.state_keys:
+            expected["aggregator_state.center"] = ((s.d,), "float32")   # sharded_step.gather_state
         writer, start, arrays = resume.load(out_path, cfg, args, s.d, expected, s.aggregator.rule.state_keys,
                                             into={"worker_momentum": server.X})   # X is free before step 1
     else:
@@ -206,6 +208,8 @@ def _start(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, blas_thr
             raise SystemExit(2)
     if workers.momentum is not None and 0 < start < cfg["run"]["steps"]:
         comm.scatter_rows(arrays["worker_momentum"] if comm.is_root else None, workers.momentum)
+    if sharded is not None and 0 < start < cfg["run"]["steps"]:
+        sharded.share_restored_state()
     return server, writer, store, start
 
 
@@ -235,7 +239,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     else:
         sharded = ShardedStep(s, cfg, comm) if cfg["aggregator"]["placement"] != "gather" else None
         server, writer, store, start = _start(s, cfg, out_path, comm, resume, blas_threads, theta, workers, sharded)
-        save = _saver(comm, workers, server, writer, store, theta)
+        save = _saver(comm, workers, server, writer, store, theta, sharded)
 
     if start == 0:
         _all_agree(comm, (lambda: writer.flush("running")) if comm.is_root else None)
@@ -271,7 +275,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     return {**summarize(writer, s.byzantine), "status": status}
 
 
-def _saver(comm: Comm, workers: LocalWorkers, server, writer, store, theta: np.ndarray):
+def _saver(comm: Comm, workers: LocalWorkers, server, writer, store, theta: np.ndarray, sharded=None):
     """The run's ``save(step_done, status, peak_rss=None)``."""
 
     def save(step_done: int, status: str, peak_rss=None) -> None:
@@ -294,6 +298,8 @@ def _saver(comm: Comm, workers: LocalWorkers, server, writer, store, theta: np.n
                 if comm.is_root and getattr(server, "X", None) is None:
                     server.X = np.empty((len(server.honest), theta.size), dtype=np.float32)
                 comm.gather_rows(workers.momentum, server.X if comm.is_root else None)
+        if sharded is not None and not final:
+            sharded.gather_state()   # the rule's state (a centre held block by block) reaches rank 0
         if not comm.is_root:
             return _all_agree(comm, None)
         writer.extra_attrs["peak_rss_mib"] = rss     # per rank, at this flush
