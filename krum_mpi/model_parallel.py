@@ -284,7 +284,8 @@ def check_config(cfg: dict) -> None:
     if attack["adversary"] == "colluding":
         raise ConfigError(f"parallel.model = {p}: the colluding adversary is not split by shard yet; set "
                           "attack.adversary = 'omniscient' (crafted block by block) or parallel.model = 1")
-    if attack["name"] not in BLOCKWISE_ATTACKS or attack["name"] == "shard-target":   # its blocks: of the whole vector
+    split_attacks = [a for a in BLOCKWISE_ATTACKS if a != "shard-target"]   # its blocks cut the natural layout
+    if attack["name"] not in split_attacks:
         raise ConfigError(f"parallel.model = {p}: no rank holds a whole gradient, so the omniscient adversary "
                           f"crafts block by block, which {attack['name']!r} cannot (it can: "
-                          f"{', '.join(BLOCKWISE_ATTACKS)}); choose one of those, or parallel.model = 1")
+                          f"{', '.join(split_attacks)}); choose one of those, or parallel.model = 1")
