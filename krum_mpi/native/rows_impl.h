@@ -103,9 +103,32 @@ KFN_FAST static void KFN(tile1)(const float *const *rows, const float *w, int64_
     }
 }
 
+/* The columns [c0, c1) left over by a tile's vector groups, element by element with the tile's
+ * arithmetic (its anchor, its rows in order, its float32 weights, the same contraction), so that a
+ * column's value does not depend on where the block of columns starts or ends: the sharded placement
+ * then gets, block by block, bitwise the values of the whole rows. A non-finite element gets
+ * rows_element's verdict. */
+KFN_FAST static void KFN(tile_tail)(const struct rows_plan *p, int64_t t, float *out, int64_t out_stride,
+                                    int64_t c0, int64_t c1)
+{
+    const int64_t j0 = p->tile_j0[t], T = p->tile_T[t], u = p->tile_u[t];
+    const float *const *rows = p->tile_rows[t];
+    const float *w = p->tile_w[t];
+    for (int64_t col = c0; col < c1; col++) {
+        const float a = rows[0][col];
+        for (int64_t jt = 0; jt < T; jt++) {
+            float acc = 0.0f;
+            for (int64_t r = 0; r < u; r++)
+                acc += w[r * T + jt] * (rows[r][col] - a);
+            float res = acc + p->sum32[j0 + jt] * a;
+            out[(j0 + jt) * out_stride + col] = isfinite(res) ? res : rows_element(p, j0 + jt, col);
+        }
+    }
+}
+
 /* Output j over [c0, c1) from its own rows only (centred on its first one): the slow path of a tile
- * block that came out non-finite, and the columns left over by the tiles' vector groups. Elements
- * still non-finite get rows_element's verdict (NaN, or the float64 recompute). */
+ * block that came out non-finite. Elements still
+ * non-finite get rows_element's verdict (NaN, or the float64 recompute). */
 KFN_FAST static void KFN(redo)(const struct rows_plan *p, int64_t j, float *out, int64_t c0, int64_t c1)
 {
     const int64_t c = p->count[j], *idx = p->idx[j];
@@ -149,10 +172,10 @@ KFN_FAST static void KFN(rows_combine)(const struct rows_plan *p, int64_t col0, 
                 KFN(tile4)(p->tile_rows[t], p->tile_w[t], u, p->sum32 + j0, o, out_stride, b0, fast);
             else
                 KFN(tile1)(p->tile_rows[t], p->tile_w[t], u, p->sum32 + j0, o, out_stride, b0, fast);
+            if (fast < b1)
+                KFN(tile_tail)(p, t, out, out_stride, fast, b1);
             for (int64_t j = j0; j < j0 + T; j++) {
                 float *oj = out + j * out_stride;
-                if (fast < b1)
-                    KFN(redo)(p, j, oj, fast, b1);
                 if (!KFN(block_finite)(oj + b0, fast - b0))
                     KFN(redo)(p, j, oj, b0, fast);
             }
