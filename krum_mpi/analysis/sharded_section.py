@@ -114,8 +114,9 @@ def traffic(s):
     t = s.groupby(keys, dropna=False, sort=True).agg(
         runs=("run", "size"), busiest_received=("busiest_received", "mean"),
         mean_received=("mean_received", "mean"), step_s=("step_s", "mean")).reset_index()
-    gather = t[t["placement"] == "gather"].set_index(keys[:-1])
-    ref = t.set_index(keys[:-1]).index
+    # the reference of every run, model-parallel or not, is the gather of whole rows (parallel.model = 1)
+    gather = t[(t["placement"] == "gather") & (t["model_parallel"].fillna(1) == 1)].set_index(keys[:-2])
+    ref = t.set_index(keys[:-2]).index
     with np.errstate(invalid="ignore", divide="ignore"):   # one rank: no bytes at all
         t["busiest_vs_gather"] = t["busiest_received"].to_numpy() / gather["busiest_received"].reindex(ref).to_numpy()
         t["step_vs_gather"] = t["step_s"].to_numpy() / gather["step_s"].reindex(ref).to_numpy()
@@ -235,9 +236,12 @@ def _exactness_part(page, s, show_model):
                 "reference", "selections", "first step selected differs", "first step loss differs",
                 "relative loss gap there", "final parameters bitwise equal"]])
     rep.p("A run whose loss parts from its reference's before its selection does had already followed other "
-          "parameters (a relative gap near 1e-9 there is a rounding: a mean of rows computed block by block can "
-          "round otherwise than on whole rows), and its selections then differ on other inputs. A selection that "
-          "differs before the loss does is a different decision on the same parameters.")
+          "parameters, and its selections then differ on other inputs. A selection that differs before the "
+          "loss does is a different decision on the same parameters. Under model parallelism (parallel.model > 1) "
+          "the gradients themselves are computed by the split layers, so they equal the unsplit model's to float32 "
+          "rounding, not bitwise: such a run parts from the gathered one by a rounding (a relative gap near 1e-8) "
+          "at its first step, and its selections follow the same parameters only as long as that rounding does "
+          "not change a choice.")
     answers = []
     for placement in ("gather", "sharded", "per-shard"):
         g = ex[ex["placement"] == placement]
@@ -259,6 +263,12 @@ def _exactness_part(page, s, show_model):
     return answers
 
 
+def _p_label(row):
+    """' (parallel.model = p)' for a model-parallel run, '' otherwise."""
+    p = row.get("model_parallel", 1)
+    return "" if missing(p) or int(p) == 1 else f" (parallel.model = {int(p)})"
+
+
 def _traffic_part(page, t, show_model):
     rep = page.rep
     rep.h(4, "Traffic and time per step")
@@ -278,7 +288,7 @@ def _traffic_part(page, t, show_model):
     answers = []
     top = t[t["d"] == t["d"].max()]
     for (rule, ranks), g in top.groupby(["aggregator.name", "n_ranks"], sort=True):
-        parts = [f"{r['placement']} {megabytes(r['busiest_received'])} MB and {ms(r['step_s'])} ms"
+        parts = [f"{r['placement']}{_p_label(r)} {megabytes(r['busiest_received'])} MB and {ms(r['step_s'])} ms"
                  for _, r in g.iterrows()]
         answers.append(f"{rule}, d={int(g['d'].iloc[0]):,} on {int(ranks)} ranks, busiest rank per step: "
                        + "; ".join(parts) + ".")
@@ -286,11 +296,13 @@ def _traffic_part(page, t, show_model):
     if len(extra):
         rep.p("Krum's extra time per step over averaging, same setting and placement:")
         rep.table(pd.DataFrame({"d": extra["d"].map(lambda v: f"{int(v):,}"), "workers": extra["n_workers"],
-                                "ranks": extra["n_ranks"], "placement": extra["placement"],
+                                "ranks": extra["n_ranks"], **({"model-parallel": extra["model_parallel"]}
+                                                              if show_model else {}),
+                                "placement": extra["placement"],
                                 "krum ms/step": extra["krum_s"].map(ms), "average ms/step": extra["average_s"].map(ms),
                                 "extra ms": extra["extra_s"].map(ms), "krum / average": extra["ratio"].map(times)}))
         for _, r in extra[extra["d"] == extra["d"].max()].iterrows():
-            answers.append(f"Krum over averaging, {r['placement']}, d={int(r['d']):,}, {int(r['n_ranks'])} ranks: "
+            answers.append(f"Krum over averaging, {r['placement']}{_p_label(r)}, d={int(r['d']):,}, {int(r['n_ranks'])} ranks: "
                            f"+{ms(r['extra_s'])} ms per step ({times(r['ratio'])}).")
     else:
         page.flag("Krum and averaging never ran in the same setting and placement: Krum's extra time is not measured.")
