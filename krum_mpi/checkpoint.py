@@ -63,12 +63,14 @@ class CheckpointStore:
 
         One pass over each array in slices of 4 MiB: checksum, finiteness and write while the slice
         is in cache; the header (offsets laid out first, checksums filled in last) is written at the end."""
-        items = [(name, np.ascontiguousarray(a)) for name, a in arrays.items() if a is not None]
+        items = [(name, a if isinstance(a, Streamed) else np.ascontiguousarray(a))
+                 for name, a in arrays.items() if a is not None]
         entries = []
         for name, a in items:
             if a.dtype.name not in DTYPES:
                 raise ResultsError(f"checkpoint array {name} has dtype {a.dtype.name}, which a checkpoint cannot hold")
-            entries.append({"name": name, "dtype": a.dtype.name, "shape": list(a.shape), "nbytes": int(a.nbytes),
+            shape = np.shape(arrays[name])   # a 0-d step count stays 0-d (ascontiguousarray made it (1,))
+            entries.append({"name": name, "dtype": a.dtype.name, "shape": list(shape), "nbytes": int(a.nbytes),
                             "crc32": 0xFFFFFFFF, "finite": False, "offset": 0})   # widest values: room kept
         header = b""
         for _ in range(2):   # offsets depend on the header length, which depends on the offsets
@@ -131,19 +133,33 @@ def _link_over(slot: Path, path: Path) -> None:
 SLICE = 1 << 22   # bytes per slice of a checkpoint write
 
 
-def _write_array(fh, a: np.ndarray) -> tuple[int, bool]:
+class Streamed:
+    """An array that reaches the writer piece by piece (model-parallel shards arriving from their
+    ranks), so the writer never holds it whole. ``pieces()``: an iterator of arrays of ``dtype``
+    whose C-order bytes, one after the other, are the array's."""
+
+    def __init__(self, shape, dtype, pieces):
+        self.shape, self.dtype, self.pieces = tuple(int(x) for x in shape), np.dtype(dtype), pieces
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def _write_array(fh, a) -> tuple[int, bool]:
     """Write ``a``'s bytes (little-endian) at the file position: (CRC-32, all finite)."""
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    flat = a.reshape(-1)
-    step = max(1, SLICE // max(1, a.itemsize))
-    crc, finite = 0, True
-    for i in range(0, flat.size, step):
-        piece = flat[i:i + step]
-        crc = zlib.crc32(piece, crc)
-        if finite and a.dtype.kind == "f":
-            finite = bool(np.isfinite(piece).all())
-        fh.write(piece)
+    crc, finite, written = 0, True, 0
+    for whole in (a.pieces() if isinstance(a, Streamed) else [a]):
+        if whole.dtype.byteorder == ">":
+            whole = whole.astype(whole.dtype.newbyteorder("<"))
+        flat = np.ascontiguousarray(whole).reshape(-1)
+        step = max(1, SLICE // max(1, whole.itemsize))
+        for i in range(0, flat.size, step):
+            piece = flat[i:i + step]
+            crc = zlib.crc32(piece, crc)
+            if finite and whole.dtype.kind == "f":
+                finite = bool(np.isfinite(piece).all())
+            fh.write(piece)
+        written += flat.nbytes
+    if written != a.nbytes:
+        raise ResultsError(f"checkpoint array of {a.nbytes} bytes received {written}: the pieces do not fit")
     return crc, finite
 
 
@@ -160,12 +176,14 @@ def _aligned(x: int) -> int:
 
 
 def read(path, run_id: str, expected: dict, optional_prefix: str = "aggregator_state.",
-         into: dict | None = None) -> tuple[int, dict]:
+         into: dict | None = None, select=None) -> tuple[int, dict]:
     """Read and check a checkpoint: (step, arrays). Any problem raises ResultsError, one line.
 
     ``expected``: name -> (shape, dtype name) of every array that must be there, and nothing else
     except names starting with ``optional_prefix`` (whose shape is checked by the caller). ``into``:
-    name -> preallocated array to read that array into (saves a copy of the largest one).
+    name -> preallocated array to read that array into (saves a copy of the largest one). ``select``:
+    the names to read (None: all); the others are listed with None, to be read one at a time later
+    (a model-parallel resume never holds every shard at once).
     """
     path = Path(path)
     where = f"checkpoint {path}"
@@ -189,7 +207,8 @@ def read(path, run_id: str, expected: dict, optional_prefix: str = "aggregator_s
                 raise ResultsError(f"{where} belongs to run {meta['run_id']!r}, not {run_id!r}")
             arrays = {}
             for e in meta["arrays"]:
-                arrays[e["name"]] = _read_array(fh, e, size, where, expected, optional_prefix, into)
+                wanted = select is None or e["name"] in select
+                arrays[e["name"]] = _read_array(fh, e, size, where, expected, optional_prefix, into) if wanted else None
     except OSError as exc:
         raise ResultsError(f"cannot read {where}: {os_error_text(exc)}") from None
     missing = sorted(set(expected) - set(arrays))

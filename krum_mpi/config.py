@@ -81,6 +81,9 @@ DEFAULTS: dict = {
         "name": "none",          # see krum_mpi.attacks.names()
         "adversary": "omniscient",  # omniscient (crafted at the gather) | colluding (Byzantine ranks)
     },
+    "parallel": {
+        "model": 1,              # ranks per model group: the MLP split over p ranks (docs/sharded.md)
+    },
     "faults": {                  # injected faults, to test the reliability paths (docs/reliability.md)
         "slow_rank": -1,         # this MPI rank sleeps before sending its gradients ...
         "slow_from": 0,          # ... at steps slow_from <= step < slow_until
@@ -129,6 +132,7 @@ BOUNDS = {
     "aggregator.f": (-1, None),
     "run.gather_deadline_s": (0.0, None),
     "run.watchdog_s": (0.0, None),
+    "parallel.model": (1, None),
     "faults.slow_rank": (-1, None),
     "faults.slow_from": (0, None),
     "faults.slow_until": (0, None),
@@ -301,6 +305,8 @@ def _check_consistency(cfg: dict) -> None:
         raise ConfigError(f"attack.name = {cfg['attack']['name']!r} but workers.byzantine = 0: "
                           "set workers.byzantine > 0 or attack.name=none")
     _check_rule_and_attack(cfg)
+    from .model_parallel import check_config
+    check_config(cfg)   # parallel.model > 1: before the placement checks (it may set placement = sharded)
     _check_placement(cfg)
 
 

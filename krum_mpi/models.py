@@ -110,23 +110,7 @@ class Model:
         y = xp.asarray(y)
         layers = self.unflatten(theta)
         zs = self._forward(layers, X, xp)
-        n = X.shape[0]
-        logits = zs[-1]
-        if self.binary:
-            z = logits[:, 0]
-            yf = y.astype(theta.dtype)
-            # softplus(z) - y z, with softplus(z) = max(z, 0) + log1p(exp(-|z|)): no overflow
-            loss = xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z))) - yf * z
-            dz = (_sigmoid(z, xp) - yf).reshape(-1, 1) / n
-        else:
-            shifted = logits - logits.max(axis=1, keepdims=True)
-            lse = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-            log_probs = shifted - lse
-            rows = xp.arange(n)
-            loss = -log_probs[rows, y]
-            dz = xp.exp(log_probs)
-            dz[rows, y] -= 1
-            dz /= n
+        loss, dz = cross_entropy(zs[-1], y, self.binary, xp)
         grad = xp.empty_like(theta) if out is None else out
         grad_layers = self.unflatten(grad)
         for l in range(len(layers) - 1, -1, -1):
@@ -157,6 +141,26 @@ class Model:
             pred = self.predict(theta, X[a:a + chunk])
             correct += int((pred == xp.asarray(y[a:a + chunk])).sum())
         return correct / max(len(y), 1)
+
+
+def cross_entropy(logits, y, binary: bool, xp):
+    """(per-sample loss, gradient of the batch-mean loss with respect to the logits)."""
+    n = logits.shape[0]
+    if binary:
+        z = logits[:, 0]
+        yf = y.astype(logits.dtype)
+        # softplus(z) - y z, with softplus(z) = max(z, 0) + log1p(exp(-|z|)): no overflow
+        loss = xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z))) - yf * z
+        return loss, (_sigmoid(z, xp) - yf).reshape(-1, 1) / n
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    lse = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+    log_probs = shifted - lse
+    rows = xp.arange(n)
+    loss = -log_probs[rows, y]
+    dz = xp.exp(log_probs)
+    dz[rows, y] -= 1
+    dz /= n
+    return loss, dz
 
 
 def _sigmoid(z, xp):

@@ -53,12 +53,17 @@ def reopen(path, cfg: dict, run_id: str, provenance: dict, byzantine, max_select
     return w, attrs, old.get("checkpoint")
 
 
-def load(path, cfg: dict, writer_args: tuple, d: int, expected: dict, state_keys, into: dict):
+def load(path, cfg: dict, writer_args: tuple, d: int, expected: dict, state_keys, into: dict,
+         final_in_checkpoint: bool = False, select=None):
     """(writer, first step to run, checkpoint arrays or None). ``writer_args``: what ResultsWriter
-    takes after the path; ``expected``: name -> (shape, dtype) of the arrays the checkpoint must hold."""
+    takes after the path; ``expected``: name -> (shape, dtype) of the arrays the checkpoint must hold.
+    ``final_in_checkpoint``: a complete run keeps its final parameters in the checkpoint file (the
+    shards of a model-parallel run), not in the results. ``select``: as checkpoint.read (the arrays
+    not selected are None)."""
     steps = cfg["run"]["steps"]
     writer, attrs, in_results = reopen(path, cfg, *writer_args)
-    if attrs["status"] == "complete":
+    complete = attrs["status"] == "complete"
+    if complete and not final_in_checkpoint:
         params = (in_results or {}).get("params")
         if writer.done != steps or params is None or params.shape != (d,) or params.dtype != np.float32:
             raise ResultsError(f"{path} says complete but lacks its {steps} steps or final float32 ({d},) "
@@ -66,7 +71,7 @@ def load(path, cfg: dict, writer_args: tuple, d: int, expected: dict, state_keys
         return writer, steps, {"params": params}
     ck = checkpoint.path_for(path)
     if not ck.exists():
-        if writer.last_checkpoint_step >= 0:
+        if writer.last_checkpoint_step >= 0 or complete:
             raise ResultsError(f"checkpoint {ck} is missing (the results record one after step "
                                f"{writer.last_checkpoint_step}): restore it, or start over with --force "
                                "instead of --resume")
@@ -74,7 +79,7 @@ def load(path, cfg: dict, writer_args: tuple, d: int, expected: dict, state_keys
             raise ResultsError(f"{path} keeps its checkpoint inside (an older krum-mpi wrote it): finish the "
                                "run with that version, or start over with --force instead of --resume")
         return ResultsWriter(path, cfg, *writer_args), 0, None   # stopped before its first checkpoint
-    step, arrays = checkpoint.read(ck, writer.run_id, expected, STATE_PREFIX, into)
+    step, arrays = checkpoint.read(ck, writer.run_id, expected, STATE_PREFIX, into, select)
     if not -1 <= step < steps:   # -1: stopped before its first step
         raise ResultsError(f"checkpoint {ck}: step {step} is outside this run's steps 0..{steps - 1}")
     if step + 1 > writer.done:
@@ -86,6 +91,11 @@ def load(path, cfg: dict, writer_args: tuple, d: int, expected: dict, state_keys
         if name.startswith(STATE_PREFIX) and (name[len(STATE_PREFIX):] not in state_keys
                                               or a.shape not in ((), (d,)) or a.dtype.kind not in "fiu"):
             raise ResultsError(f"checkpoint {ck}: {name} ({a.dtype} {a.shape}) is not state of this run's rule")
+    if complete:
+        if step != steps - 1 or writer.done != steps:
+            raise ResultsError(f"checkpoint {ck}: step {step} is not the last step of the complete run in {path} "
+                               "(the files do not belong together): rerun with --force instead of --resume")
+        return writer, steps, arrays
     if step == -1:    # nothing done yet: start over from the seeded parameters, as a fresh run would
         return ResultsWriter(path, cfg, *writer_args), 0, None
     writer.done = writer.rows.count = step + 1

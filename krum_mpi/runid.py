@@ -7,7 +7,7 @@ import hashlib
 
 LATER_KEYS = (("model", "factory"), ("model", "kwargs"), ("model", "loss"), ("model", "augment"),
               ("model", "weight_decay"), ("data", "context"), ("data", "image_shape"),
-              ("aggregator", "placement"))
+              ("aggregator", "placement"), ("parallel", "model"))
 
 
 def identity(cfg: dict, defaults: dict) -> dict:
@@ -16,6 +16,8 @@ def identity(cfg: dict, defaults: dict) -> dict:
     for section, key in LATER_KEYS:
         if section in out and key in out[section] and out[section][key] == defaults[section][key]:
             del out[section][key]
+            if not out[section]:   # a section added later, all at its defaults: as if it did not exist
+                del out[section]
     return out
 
 

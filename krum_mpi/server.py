@@ -86,7 +86,7 @@ class Server:
         if self.momentum is not None:
             self.momentum[:] = checkpoint["server_momentum"]
         prefix = "aggregator_state."
-        saved = {k[len(prefix):]: backend.to_device(v, self.setup.xp)
+        saved = {k[len(prefix):]: v.item() if v.ndim == 0 else backend.to_device(v, self.setup.xp)   # a step count
                  for k, v in checkpoint.items() if k.startswith(prefix)}
         if saved:                 # stateful rules (centered clipping) carry state between steps
             self.setup.aggregator.state = saved

@@ -41,8 +41,9 @@ ITERATIVE_RULES = ("geometric-median", "centered-clipping")
 SHARDED_RULES = DISTANCE_RULES + BLOCKWISE_RULES + ITERATIVE_RULES
 PRE_STEPS = ("nnm",)
 # attacks whose every coordinate depends on that coordinate of the honest rows only (no random draw,
-# no search against the rule): the omniscient adversary crafts them block by block, the same values
-BLOCKWISE_ATTACKS = ("omniscient", "sign-flip", "ipm", "alie", "zero", "nan", "inf")
+# no search against the rule; shard-target: also on the coordinate's position, given as columns): the
+# omniscient adversary crafts them block by block, the same values
+BLOCKWISE_ATTACKS = ("omniscient", "sign-flip", "ipm", "alie", "zero", "nan", "inf", "shard-target")
 
 
 def block_bounds(d: int, parts: int) -> np.ndarray:

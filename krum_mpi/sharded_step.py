@@ -25,14 +25,17 @@ from .server import SEED_ATTACK
 class ShardedStep:
     """Every rank's state for sharded steps: its block of the rows, the rule, the update."""
 
-    def __init__(self, setup, cfg: dict, comm):
+    def __init__(self, setup, cfg: dict, comm, bounds=None, index=None):
+        """``bounds``, ``index``: the blocks of this rank's vector and which one it owns (model
+        parallelism: its shard's); by default, d in comm.size blocks, the rank's own."""
         n, d = setup.n, setup.d
         agg = cfg["aggregator"]
         self.comm, self.setup = comm, setup
         self.placement, self.name, self.f = agg["placement"], agg["name"], agg["f"]
         self.options = config.aggregator_options(cfg)
-        self.bounds = sharded.block_bounds(d, comm.size)
-        lo, hi = int(self.bounds[comm.rank]), int(self.bounds[comm.rank + 1])
+        self.bounds = sharded.block_bounds(d, comm.size) if bounds is None else bounds
+        index = comm.rank if index is None else index
+        lo, hi = int(self.bounds[index]), int(self.bounds[index + 1])
         self.cols = slice(lo, hi)
         self.block = np.empty((n, hi - lo), dtype=np.float32)
         self.blocks = sharded.Blocks([self.block], comm.allgather_parts, comm.size)
@@ -44,7 +47,20 @@ class ShardedStep:
         self.crafted_rows = np.flatnonzero(setup.byzantine) if crafts else np.zeros(0, dtype=np.int64)
         self.honest = ~setup.byzantine
         self.rule_state: dict = {}   # centered-clipping: {"center": this rank's block of the last aggregate}
+        self.state_keys = self.block_rule.rule.state_keys   # what a checkpoint carries ("center", a step count)
+        self.momentum = self.X = None   # no server momentum; X: rows of worker momentum for a checkpoint (train._saver)
+        self.saved: dict = {}        # rank 0: the gathered state of the next checkpoint
+        self.restored: dict = {}     # rank 0: the state read from the checkpoint on a resume
         self.recomputed = 0
+
+    def begin(self, theta: np.ndarray) -> None:
+        """Once before the steps: afterwards every rank updates its block and gathers the rest."""
+        self.comm.bcast_params(theta)
+
+    def accuracy(self, theta: np.ndarray) -> float:
+        """Test accuracy (rank 0; NaN elsewhere). Collective for model parallelism (mp_step)."""
+        s = self.setup
+        return s.model.accuracy(theta, s.test_X, s.test_y) if self.comm.is_root else np.nan
 
     def exchange(self, rows: np.ndarray, meta: np.ndarray) -> None:
         self.comm.alltoall_row_blocks(rows, self.bounds, self.block)
@@ -57,7 +73,8 @@ class ShardedStep:
         if self.crafted_rows.size == 0:
             return
         rng = np.random.default_rng([self.setup.seed, SEED_ATTACK, step])
-        crafted = self.setup.attack.craft(self.block[self.honest], self.crafted_rows.size, rng, aggregate=None)
+        crafted = self.setup.attack.craft(self.block[self.honest], self.crafted_rows.size, rng, aggregate=None,
+                                          columns=(self.cols.start, self.setup.d))
         self.block[self.crafted_rows] = np.asarray(crafted, dtype=np.float32)
 
     def aggregate(self):
@@ -81,13 +98,66 @@ class ShardedStep:
         theta[self.cols] -= self.lr * g
         self.comm.allgatherv_params(theta, self.bounds)
 
+    def _centre_block(self):
+        """This rank's block of centered clipping's centre, float32 (zeros before the first step,
+        as the rule starts from zeros)."""
+        if self.placement == "sharded":
+            centre = self.rule_state.get("center")
+            centre = None if centre is None else centre[0]
+        else:
+            centre = self.block_rule.state.get("center")
+        width = self.cols.stop - self.cols.start
+        return np.zeros(width, dtype=np.float32) if centre is None else np.asarray(centre, dtype=np.float32)
+
+    def gather_state(self) -> None:
+        """Collective, before each checkpoint: the rule's state reaches rank 0 (``state``). Every rank's
+        block of the centre becomes one (d,) float32 array; the blocks travel zero-padded to the
+        widest block as float64, which holds every float32 exactly. Scalar state (per-shard: the step
+        count of a chained rule, the same on every rank) is rank 0's own."""
+        self.saved = {}
+        if "center" in self.state_keys:
+            widths = np.diff(self.bounds)
+            padded = np.zeros(int(widths.max()), dtype=np.float64)
+            padded[:widths[self.comm.rank]] = self._centre_block()
+            parts = self.comm.gather_floats(padded)
+            if self.comm.is_root:
+                self.saved["aggregator_state.center"] = np.concatenate(
+                    [parts[r, :widths[r]] for r in range(self.comm.size)]).astype(np.float32)
+        if self.comm.is_root and self.placement == "per-shard":
+            for key, value in self.block_rule.state.items():
+                if key != "center":
+                    self.saved[f"aggregator_state.{key}"] = np.asarray(value)
+
     def state(self) -> dict:
-        """Server state a resume needs (train.py's checkpoint): none here (no server momentum under
-        this placement; a centered-clipping centre restarts from zero on resume)."""
-        return {"server_momentum": None}
+        """Server state a resume needs (train.py's checkpoint): the rule's state gathered by
+        ``gather_state`` (no server momentum under this placement)."""
+        return {"server_momentum": None, **self.saved}
 
     def restore(self, checkpoint: dict) -> None:
-        return None
+        """Rank 0: keep the checkpoint's rule state until ``share_restored_state`` hands it out."""
+        self.restored = {k[len("aggregator_state."):]: v for k, v in checkpoint.items()
+                         if k.startswith("aggregator_state.")}
+
+    def share_restored_state(self) -> None:
+        """Collective, on a resume: rank 0 broadcasts the centre (each rank keeps its block) and any
+        scalar state, so the resumed steps continue from the state the checkpoint saved."""
+        restored = self.restored if self.comm.is_root else {}
+        for key in self.state_keys:
+            if key == "center":
+                if not self.comm.bcast_flag(int("center" in restored)):
+                    continue
+                full = (restored["center"].astype(np.float32) if self.comm.is_root
+                        else np.empty(self.setup.d, dtype=np.float32))
+                self.comm.bcast_params(full)
+                block = full[self.cols].copy()
+                if self.placement == "sharded":
+                    self.rule_state = {"center": [block]}
+                else:
+                    self.block_rule.state["center"] = block
+            elif self.placement == "per-shard":
+                value = self.comm.bcast_flag(int(restored[key]) if key in restored else -1)
+                if value >= 0:
+                    self.block_rule.state[key] = value
 
 
 GATHER_PHASES = "stop check and Bcast of the parameters, compute, Gatherv of rows and metadata, rule and update (rank 0)"
@@ -136,7 +206,7 @@ def note_traffic(loop, step: int, per_block=None, phases=None) -> None:
 def run_sharded(loop, start: int):
     """The step loop of a sharded or per-shard run (StepLoop.run); returns (last step done, signal)."""
     comm, work, workers, theta = loop.comm, loop.sharded, loop.workers, loop.theta
-    comm.bcast_params(theta)   # once: afterwards every rank updates its block and gathers the rest
+    work.begin(theta)
     step = start - 1
     for step in range(start, loop.steps):
         t_step = comm.wtime()
@@ -150,11 +220,14 @@ def run_sharded(loop, start: int):
         g, selected, weights, per_block = work.aggregate()
         t_upd = comm.wtime()
         work.apply(theta, g)
+        g = None   # dead now: freed before the next step's aggregate exists (a block of d / ranks floats)
         t_end = comm.wtime()
         timing = {"gather_s": t_agg - t_exchange, "aggregate_s": t_upd - t_agg, "update_s": t_end - t_upd,
                   "step_s": t_end - t_step}
+        evaluate = (step + 1) % loop.eval_every == 0 or step == loop.steps - 1
+        acc = work.accuracy(theta) if evaluate else np.nan
         if comm.is_root:
-            record(loop, step, timing, selected, weights)
+            record(loop, step, timing, selected, weights, acc)
         phases = np.array([t_exchange - t_step, timing["gather_s"], timing["aggregate_s"], timing["update_s"]])
         note_traffic(loop, step, per_block, phases)
         if loop._flush_due(step):
@@ -162,11 +235,8 @@ def run_sharded(loop, start: int):
     return step, 0
 
 
-def record(loop, step: int, timing: dict, selected, weights) -> None:
+def record(loop, step: int, timing: dict, selected, weights, acc: float) -> None:
     s, meta = loop.s, loop.sharded.meta
-    acc = np.nan
-    if (step + 1) % loop.eval_every == 0 or step == loop.steps - 1:
-        acc = s.model.accuracy(loop.theta, s.test_X, s.test_y)
     honest = ~s.byzantine
     loss = float(np.mean(meta[honest, 0])) if honest.any() else float("nan")
     timing = {"compute_s": float(meta[:, 1].max()), **timing}

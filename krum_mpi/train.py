@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import aggregators, attacks, backend, checkpoint, config, data, models, outfiles, preflight, results, resume
+from . import (aggregators, attacks, backend, checkpoint, config, data, model_parallel, models, mp_state, mp_step,
+               outfiles, preflight, results, resume)
 from .comm import Comm, mpi_library_version
 from .comm import block_counts as comm_block_counts
 from .errors import ConfigError, KrumMPIError
@@ -75,8 +76,14 @@ class Setup:
         self.dataset = data.open_dataset(cfg["data"], seed=self.seed)
         self.model = models.make(cfg["model"], self.dataset.n_features, self.dataset.n_classes,
                                  getattr(self.dataset, "input_shape", None))
-        self.d = self.model.n_params
-        if cfg["aggregator"]["placement"] != "gather" and self.d < comm.size:
+        self.grid = None   # parallel.model > 1: this rank's place in the grid of model groups
+        if cfg["parallel"]["model"] > 1:
+            self.grid = model_parallel.Grid(cfg["parallel"]["model"], self.n, comm.size, comm.rank, self.model)
+            self.model = self.grid.model   # this rank's shard of the split MLP (d below: the shard's size)
+            comm.set_layout(self.grid.world_counts)
+        self.d = self.model.n_params   # model parallelism: this rank's shard
+        self.d_total = sum(self.grid.layout.sizes) if self.grid else self.d
+        if cfg["aggregator"]["placement"] != "gather" and self.grid is None and self.d < comm.size:
             raise ConfigError(f"aggregator.placement = {cfg['aggregator']['placement']!r} gives each rank a block of the "
                               f"{self.d} parameters: use at most {self.d} ranks, or placement = 'gather'")
         self.attack = attacks.make(cfg["attack"]["name"], self.n, workers["byzantine"], cfg["aggregator"]["f"],
@@ -91,7 +98,7 @@ class Setup:
             comm.set_layout(counts)
         else:
             self.byzantine = byzantine_mask(self.n, workers["byzantine"], self.seed)
-        self.local_workers = list(comm.worker_range())
+        self.local_workers = list(self.grid.workers if self.grid else comm.worker_range())
         self.shards = [self.dataset.shard(w, self.n) for w in self.local_workers]
         self.worker_xp = backend.namespace(backend.resolve_device(workers["device"]))
         if comm.is_root:
@@ -99,6 +106,7 @@ class Setup:
             self.xp = backend.namespace(self.device)
             self.aggregator = aggregators.make(cfg["aggregator"]["name"], self.n, cfg["aggregator"]["f"],
                                                **config.aggregator_options(cfg))
+        if comm.is_root or (self.grid is not None and self.grid.group_id == 0):   # group 0 evaluates together
             self.test_X, self.test_y = self.dataset.test_set()
 
 
@@ -142,17 +150,22 @@ def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, b
 
     Everything read is checked here, before rank 0 tells the others where to start (go or no-go)."""
     prov = results.provenance(mpi_library_version(), hostnames, comm.size, s.n, backend.device_description(s.device))
-    prov.update({"dataset": s.dataset.provenance, "n_params": s.d, "adversary": cfg["attack"]["adversary"],
+    prov.update({"dataset": s.dataset.provenance, "n_params": s.d_total, "adversary": cfg["attack"]["adversary"],
                  "blas_threads_per_rank": blas_threads or "library default"})
     max_selected = s.aggregator.max_selected
-    preflight.check_disk(cfg, s.d, out_path, max_selected)
+    preflight.check_disk(cfg, s.d_total, out_path, max_selected)
     args = (config.run_id(cfg), prov, s.byzantine, max_selected, False, cfg["run"]["gather_deadline_s"] > 0)
-    if resume_run and Path(out_path).exists():
+    if resume_run and Path(out_path).exists() and s.grid is not None:
+        writer, start, arrays = mp_state.load(out_path, cfg, args, s.grid, s.n)
+    elif resume_run and Path(out_path).exists():
+        mp_state.check_layout(out_path, 1)
         expected = {"params": ((s.d,), "float32")}
         if server.momentum is not None:
             expected["server_momentum"] = ((s.d,), "float32")
         if cfg["optimizer"]["momentum"] > 0 and cfg["optimizer"]["momentum_at"] == "worker":
             expected["worker_momentum"] = ((s.n, s.d), "float32")
+        if cfg["aggregator"]["placement"] != "gather" and "center" in s.aggregator.rule.state_keys:
+            expected["aggregator_state.center"] = ((s.d,), "float32")   # sharded_step.gather_state
         writer, start, arrays = resume.load(out_path, cfg, args, s.d, expected, s.aggregator.rule.state_keys,
                                             into={"worker_momentum": server.X})   # X is free before step 1
     else:
@@ -195,6 +208,8 @@ def _start(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, blas_thr
             raise SystemExit(2)
     if workers.momentum is not None and 0 < start < cfg["run"]["steps"]:
         comm.scatter_rows(arrays["worker_momentum"] if comm.is_root else None, workers.momentum)
+    if sharded is not None and 0 < start < cfg["run"]["steps"]:
+        sharded.share_restored_state()
     return server, writer, store, start
 
 
@@ -211,12 +226,20 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     blas_threads = limit_blas_threads(comm)
     s = _agree_on_setup(cfg, comm, comm.ranks_on_this_node())
     run_cfg = cfg["run"]
+    groups = mp_step.connect(s, comm) if s.grid else None   # parallel.model > 1 (collective)
     workers = LocalWorkers(s, cfg, comm)
-    theta = np.empty(s.d, dtype=np.float32)
+    theta = np.empty(s.d, dtype=np.float32)   # model parallelism: this rank's shard only
 
-    sharded = ShardedStep(s, cfg, comm) if cfg["aggregator"]["placement"] != "gather" else None
-    server, writer, store, start = _start(s, cfg, out_path, comm, resume, blas_threads, theta, workers, sharded)
-    save = _saver(comm, workers, server, writer, store, theta)
+    if groups is not None:
+        sharded = mp_step.MPStep(s, cfg, comm, groups)
+        server, writer, store, start = mp_state.start(s, cfg, out_path, comm, resume, blas_threads, theta, workers,
+                                                      sharded, groups, _open_results,
+                                                      np.random.default_rng([s.seed, SEED_PARAMS]))
+        save = mp_state.saver(comm, groups, s.grid, workers, writer, store, theta, _all_agree, s.n)
+    else:
+        sharded = ShardedStep(s, cfg, comm) if cfg["aggregator"]["placement"] != "gather" else None
+        server, writer, store, start = _start(s, cfg, out_path, comm, resume, blas_threads, theta, workers, sharded)
+        save = _saver(comm, workers, server, writer, store, theta, sharded)
 
     if start == 0:
         _all_agree(comm, (lambda: writer.flush("running")) if comm.is_root else None)
@@ -252,7 +275,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     return {**summarize(writer, s.byzantine), "status": status}
 
 
-def _saver(comm: Comm, workers: LocalWorkers, server, writer, store, theta: np.ndarray):
+def _saver(comm: Comm, workers: LocalWorkers, server, writer, store, theta: np.ndarray, sharded=None):
     """The run's ``save(step_done, status, peak_rss=None)``."""
 
     def save(step_done: int, status: str, peak_rss=None) -> None:
@@ -275,6 +298,8 @@ def _saver(comm: Comm, workers: LocalWorkers, server, writer, store, theta: np.n
                 if comm.is_root and getattr(server, "X", None) is None:
                     server.X = np.empty((len(server.honest), theta.size), dtype=np.float32)
                 comm.gather_rows(workers.momentum, server.X if comm.is_root else None)
+        if sharded is not None and not final:
+            sharded.gather_state()   # the rule's state (a centre held block by block) reaches rank 0
         if not comm.is_root:
             return _all_agree(comm, None)
         writer.extra_attrs["peak_rss_mib"] = rss     # per rank, at this flush

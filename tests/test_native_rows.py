@@ -260,3 +260,19 @@ def test_mda_rule_at_benchmark_size(monkeypatch):
     points[[5, 40]] += 3.0
     check_subset(squared_distances(points), 62, 0.0, monkeypatch)
     check_subset(squared_distances(points), 62, 1e-3, monkeypatch)
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 8, 13])
+def test_column_blocks_give_the_whole_rows_values_bitwise(k):
+    """A column's value does not depend on where its block of columns starts or ends (vector groups,
+    left-over columns, thread ranges): the sharded placement sums rows block by block and must get
+    the gathered placement's aggregate bitwise, or runs drift apart step after step."""
+    rng = np.random.default_rng(k)
+    X = (3.0 + rng.standard_normal((11, 2053)) * np.logspace(-3, 3, 2053)).astype(np.float32)
+    mixing = random_mixing(rng, k, 11)
+    whole = compiled(X, mixing)
+    for cuts in ([0, 1, 18, 35, 700, 2053], [0, 5, 1029, 2052, 2053], sorted({0, 2053, *rng.integers(1, 2053, 6)})):
+        blocks = [compiled(np.ascontiguousarray(X[:, a:b]), mixing) for a, b in zip(cuts[:-1], cuts[1:])]
+        assert np.array_equal(np.concatenate(blocks, axis=1), whole), cuts
+        assert np.array_equal(np.concatenate([combine_rows_many(X[:, a:b], mixing) for a, b in zip(cuts[:-1], cuts[1:])],
+                                             axis=1), combine_rows_many(X, mixing))

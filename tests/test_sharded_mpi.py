@@ -33,7 +33,8 @@ COLLUDING = ["--set", "attack.adversary=colluding"]
 @pytest.mark.parametrize("rule, attack, adversary", [
     ("krum", "gaussian", "colluding"), ("bulyan", "gaussian", "colluding"), ("multi-krum", "nan", "colluding"),
     ("mda", "sign-flip", "colluding"), ("krum", "alie", "omniscient"), ("multi-krum", "omniscient", "omniscient"),
-    ("krum", "inf", "omniscient")])
+    ("krum", "inf", "omniscient"),
+    ("krum", "shard-target", "omniscient"), ("multi-krum", "shard-target", "colluding")])
 def test_sharded_training_selects_what_gather_selects(tmp_path, rule, attack, adversary):
     """Same seed, 3 ranks (uneven blocks of the 1,622 MLP parameters): the same workers at every step
     (Multi-Krum and MDA: the same set)."""

@@ -15,6 +15,7 @@ One HDF5 file per run (schema in ``krum_mpi.results``). What comes out:
 Works the same on the default threaded scheduler and on a ``dask.distributed`` cluster (a Client
 created before loading is used for every compute).
 """
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -99,7 +100,38 @@ def _selections_frame(h5, run, columns=None):
     return pd.DataFrame(frame)
 
 
-_FRAMES = {"metrics": _metrics_frame, "timings": _timings_frame, "selections": _selections_frame}
+def _sharding_frame(h5, run, columns=None):
+    """Per step, for comparing placements (docs/sharded.md): the bytes received by the busiest rank
+    and per rank on average (NaN where not recorded), a CRC of the step's selection with each row's
+    entries sorted (a set for Multi-Krum), the loss, for per-shard the share of blocks whose own
+    selection includes a Byzantine worker, and a CRC of the final parameters (-1: none)."""
+    steps = h5["metrics/step"][()].astype(np.int64)
+    n = steps.shape[0]
+    frame = {"run": _key(run, n), "step": steps, "busiest_received": np.full(n, np.nan),
+             "mean_received": np.full(n, np.nan), "selection_crc": np.full(n, -1, np.int64),
+             "byz_block_share": np.full(n, np.nan), "loss": h5["metrics/loss"][()].astype(np.float64)[:n],
+             "params_crc": np.full(n, -1, np.int64)}
+    if "checkpoint/params" in h5:   # the final parameters of a complete run, the same on every row
+        frame["params_crc"][:] = zlib.crc32(h5["checkpoint/params"][()].tobytes())
+    if "comm/bytes_received" in h5:
+        received = h5["comm/bytes_received"][()].astype(np.float64)[:n]
+        received[received < 0] = np.nan     # -1: a step this process did not run (before a resume)
+        frame["busiest_received"][:len(received)] = received.max(axis=1)
+        frame["mean_received"][:len(received)] = received.mean(axis=1)
+    if "selection/selected" in h5:
+        sel = h5["selection/selected"][()].astype(np.int64)
+        sel = np.sort(sel.reshape(sel.shape[0], -1) if sel.ndim != 1 else sel[:, None], axis=1)[:n]
+        frame["selection_crc"][:len(sel)] = [zlib.crc32(row.tobytes()) for row in sel]
+    if "selection/per_block" in h5 and "selection/byzantine" in h5:
+        byz = h5["selection/byzantine"][()].astype(bool)
+        blocks = h5["selection/per_block"][()].astype(np.int64)[:n]   # (steps, ranks, width), -1 empty
+        hit = np.where(blocks >= 0, byz[np.clip(blocks, 0, byz.size - 1)], False).any(axis=2)
+        frame["byz_block_share"][:len(blocks)] = hit.mean(axis=1)
+    return pd.DataFrame(frame)
+
+
+_FRAMES = {"metrics": _metrics_frame, "timings": _timings_frame, "selections": _selections_frame,
+           "sharding": _sharding_frame}
 
 
 def read_partition(runs, kind, columns=None):
@@ -159,6 +191,11 @@ class Study:
     def selections(self):
         """Lazy: run, step, n_selected, top, byz_selected, top_byzantine, byz_weight."""
         return self._frame("selections")
+
+    @cached_property
+    def sharding(self):
+        """Lazy: run, step, busiest_received, mean_received, selection_crc, byz_block_share, loss, params_crc."""
+        return self._frame("sharding")
 
     def complete_runs(self):
         return self.runs[self.runs["status"] == "complete"]

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .. import benchfile
 from ..errors import KrumMPIError
-from . import figures, tables
+from . import figures, sharded_section, tables
 from .answers import (HEADERS, answer_cost, by_setting, key_columns, pivot, settings_table, train_rows,
                       varying)
 from .derived import experiment_keys
@@ -202,6 +202,7 @@ def point_3_time(page):
     else:
         page.flag("one number of workers only: the time overhead as workers grow is not measured.")
     answers += scaling(page)
+    answers += sharded_section.section(page)   # only when some run is not under placement = gather
     return answers
 
 

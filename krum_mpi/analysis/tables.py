@@ -7,6 +7,8 @@ final/best accuracy, mean seconds per phase). Experiments are told apart by
 except the seed); replicates of an experiment are its seeds. Confidence intervals are two-sided
 95% Student t intervals over seeds (NaN with one seed).
 """
+import hashlib
+
 import dask
 import numpy as np
 import pandas as pd
@@ -67,6 +69,24 @@ def _reduce_selections(part):
                                        "byz_weight_mean", "mean_selected"])
 
 
+def _reduce_sharding(part, warmup_steps):
+    """Per run: a digest of every step's selection, the per-step selection CRCs and losses (to find
+    where two runs part), a CRC of the final parameters, the mean bytes received per step by the busiest
+    rank and per rank (first ``warmup_steps`` left out: step 0 holds the initial broadcast), and for
+    per-shard the mean share of blocks that selected a Byzantine worker."""
+    rows = []
+    for run, g in part.groupby("run", sort=False):
+        timed = g.iloc[warmup_steps:] if len(g) > warmup_steps else g
+        digest = hashlib.sha256(g["selection_crc"].to_numpy(np.int64).tobytes()).hexdigest()[:16]
+        rows.append({"run": run, "selection_digest": digest, "selection_crcs": tuple(g["selection_crc"].tolist()),
+                     "losses": tuple(g["loss"].tolist()), "params_crc": int(g["params_crc"].iloc[0]),
+                     "busiest_received": float(timed["busiest_received"].mean()),
+                     "mean_received": float(timed["mean_received"].mean()),
+                     "byz_block_share": float(g["byz_block_share"].mean())})
+    return pd.DataFrame(rows, columns=["run", "selection_digest", "selection_crcs", "losses", "params_crc",
+                                       "busiest_received", "mean_received", "byz_block_share"])
+
+
 def summarise_runs(study, warmup_steps=1):
     """The run table plus per-run reductions of the per-step frames (one Dask compute).
 
@@ -75,13 +95,16 @@ def summarise_runs(study, warmup_steps=1):
     ``step_s``) leaving out the first ``warmup_steps`` steps (start-up costs); and the fraction of
     steps in which a Byzantine worker was among the selected (``byz_selected_frac``), was the first
     choice (``top_byzantine_frac``), and the mean weight share of Byzantine workers
-    (``byz_weight_mean``, NaN where the file stores no weights).
+    (``byz_weight_mean``, NaN where the file stores no weights); for comparing placements,
+    ``selection_digest``, ``busiest_received``, ``mean_received`` and ``byz_block_share``
+    (``_reduce_sharding``).
     """
     runs = study.runs
     if not len(runs):
         return runs.copy()
     reducers = [(study.metrics, _reduce_metrics, {}), (study.timings, _reduce_timings,
-                {"warmup_steps": warmup_steps}), (study.selections, _reduce_selections, {})]
+                {"warmup_steps": warmup_steps}), (study.selections, _reduce_selections, {}),
+                (study.sharding, _reduce_sharding, {"warmup_steps": warmup_steps})]
     lazy = []
     for frame, fn, kw in reducers:
         meta = fn(frame._meta, **kw)

@@ -19,10 +19,12 @@ from .label_flip import LabelFlip
 from .mimic import Mimic
 from .none import NoAttack
 from .omniscient import Omniscient
+from .shard_target import ShardTarget
 from .sign_flip import SignFlip
 
 _REGISTRY: dict[str, type[Attack]] = {cls.name: cls for cls in (
     NoAttack, Gaussian, Omniscient, SignFlip, LabelFlip, ALIE, ALIEOpt, IPM, IPMOpt, Mimic, NaN, Inf, Zero, Blind,
+    ShardTarget,
 )}
 
 

@@ -52,15 +52,22 @@ class Attack:
         """Labels the Byzantine workers train on: unchanged except for data attacks."""
         return y
 
-    def craft(self, honest, n_byzantine: int, rng=None, aggregate=None):
-        """The Byzantine vectors of one step: (n_byzantine, d) float32, same namespace as ``honest``."""
+    takes_columns = False   # True: _craft also takes ``columns`` (an attack whose values depend on the coordinate)
+
+    def craft(self, honest, n_byzantine: int, rng=None, aggregate=None, columns=None):
+        """The Byzantine vectors of one step: (n_byzantine, d) float32, same namespace as ``honest``.
+        ``columns``: (first, d_total) when ``honest`` holds only the coordinates first..first + d - 1
+        of longer vectors (block-by-block crafting of the sharded placement); None: whole rows."""
         xp = array_namespace(honest)
         if getattr(honest, "ndim", None) != 2:
             raise ValueError(f"honest must be a 2-D (h, d) array, got shape {getattr(honest, 'shape', None)}")
         n_byzantine = check_int("n_byzantine", n_byzantine, low=0)
         if n_byzantine == 0:
             return xp.empty((0, honest.shape[1]), dtype=xp.float32)
-        out = self._craft(xp, honest, n_byzantine, rng, aggregate)
+        if self.takes_columns:
+            out = self._craft(xp, honest, n_byzantine, rng, aggregate, columns=columns)
+        else:
+            out = self._craft(xp, honest, n_byzantine, rng, aggregate)
         return xp.ascontiguousarray(out, dtype=xp.float32)
 
     def _craft(self, xp, honest, n_byzantine, rng, aggregate):

@@ -1,0 +1,291 @@
+"""Model parallelism (``parallel.model = p``): the NumPy MLP split Megatron-style over a group of p ranks.
+
+Layers z_l = a_{l-1} W_l + b_l alternate between two kinds (Megatron-LM's MLP split):
+
+- column-parallel (even l): W_l's output units are split in p contiguous blocks (``block_bounds``),
+  the bias with them; the input is replicated, the output stays split. Forward: nothing to
+  exchange; backward: the partial input gradients dz_s W_s^T are summed over the group.
+- row-parallel (odd l): W_l's input units are split to match the previous layer's output split;
+  the partial products a_s W_s are summed over the group, then the replicated bias is added.
+  Backward: each shard keeps its own part of the input gradient (nothing to exchange).
+
+So one sum over the group per pair of layers in the forward pass and one in the backward. When the
+last layer is column-parallel (an odd number of layers), its logits (batch x classes) are gathered
+in the group, so every shard computes the same loss and the same logit gradient. A shard may get no
+output unit of a layer (2 classes over 4 shards): its arrays are empty.
+
+Every sum over the group is an allgather of the partials followed by a sum in shard order: every
+shard gets bitwise the same values whatever reduction algorithm the MPI library picks.
+
+A parameter belongs to exactly one shard. The replicated bias of a row-parallel layer belongs to
+shard 0; the other shards keep a copy (``replica_views``), refreshed from shard 0 after each update.
+Shard s's parameters form one contiguous vector, layer by layer: its W piece (row-major), then its
+bias piece when it owns one. ``ShardLayout.natural_index`` maps it to the natural flat layout of
+models.py. A ``SplitMLP`` holds a list of local shards (one under MPI; all p in a one-process test)
+and a ``gather`` that returns the partials of all p shards in shard order, as sharded.Blocks does.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import models
+from .comm import block_counts
+from .errors import ConfigError
+from .sharded import BLOCKWISE_ATTACKS, block_bounds
+
+SPLIT_MODELS = models.NUMPY_MODELS
+INIT_CHUNK_BYTES = 1 << 25   # the seeded initial weights are drawn in row chunks of at most 32 MiB
+
+
+class ShardLayout:
+    """Where each shard's parameters sit, for a models.Model split over p shards."""
+
+    def __init__(self, model: models.Model, p: int):
+        self.model, self.p = model, p
+        self.kinds = ["col" if l % 2 == 0 else "row" for l in range(len(model.shapes))]
+        self.splits = [block_bounds(o if kind == "col" else i, p) for (i, o), kind in zip(model.shapes, self.kinds)]
+        self.sizes = [sum(r * c + nb for r, c, nb in self.piece_shapes(s)) for s in range(p)]
+
+    def piece_shapes(self, s: int):
+        """Per layer: (rows, columns) of shard s's W piece and the length of its bias piece (0: not owned)."""
+        out = []
+        for (i, o), kind, split in zip(self.model.shapes, self.kinds, self.splits):
+            width = int(split[s + 1] - split[s])
+            out.append((i, width, width) if kind == "col" else (width, o, o if s == 0 else 0))
+        return out
+
+    def natural_index(self, s: int) -> np.ndarray:
+        """int64 positions in the natural flat vector (models.py) of shard s's parameters, in order."""
+        parts, at = [], 0
+        for (i, o), kind, split in zip(self.model.shapes, self.kinds, self.splits):
+            lo, hi = int(split[s]), int(split[s + 1])
+            if kind == "col":
+                parts += [(at + np.arange(i)[:, None] * o + np.arange(lo, hi)[None, :]).ravel(),
+                          at + i * o + np.arange(lo, hi)]
+            else:
+                parts.append(at + np.arange(lo * o, hi * o))
+                if s == 0:
+                    parts.append(at + i * o + np.arange(o))
+            at += i * o + o
+        return np.concatenate(parts).astype(np.int64)
+
+    def views(self, flat, s: int):
+        """Per layer: (W piece, bias piece or None) as views into shard s's flat vector."""
+        out, at = [], 0
+        for (rows, cols, nb), kind in zip(self.piece_shapes(s), self.kinds):
+            W = flat[at:at + rows * cols].reshape(rows, cols)
+            at += rows * cols
+            out.append((W, flat[at:at + nb] if kind == "col" or s == 0 else None))
+            at += nb
+        return out
+
+    def init_shard(self, rng: np.random.Generator, s: int, out=None) -> np.ndarray:
+        """Shard s of models.Model.init(rng), bitwise, without the whole vector: the same draws in row
+        chunks (a Generator's normals drawn in pieces are the same stream), keeping shard s's part.
+        Written into ``out`` when given (no second shard-sized array)."""
+        theta = np.zeros(self.sizes[s], dtype=np.float32) if out is None else out
+        theta[...] = 0
+        if len(self.model.shapes) == 1:
+            return theta
+        last = len(self.model.shapes) - 1
+        for l, ((i, o), kind, split, (W, _)) in enumerate(zip(self.model.shapes, self.kinds, self.splits,
+                                                               self.views(theta, s))):
+            scale = math.sqrt((1.0 if l == last else 2.0) / i)
+            lo, hi = int(split[s]), int(split[s + 1])
+            chunk = max(1, INIT_CHUNK_BYTES // (8 * max(o, 1)))
+            for r0 in range(0, i, chunk):
+                r1 = min(i, r0 + chunk)
+                draw = rng.standard_normal((r1 - r0, o)) * scale
+                if kind == "col":
+                    W[r0:r1] = draw[:, lo:hi]
+                elif r1 > lo and r0 < hi:
+                    W[max(r0, lo) - lo:min(r1, hi) - lo] = draw[max(r0, lo) - r0:min(r1, hi) - r0]
+        return theta
+
+
+class SplitMLP:
+    """The local shards of a models.Model split over p shards, with the worker-side model interface
+    (n_params, set_threads, gradient_into, accuracy) when one shard is local (under MPI).
+
+    ``gather(parts, widths)``: the list of local (..., w) arrays, one per local shard -> the list of
+    all p shards' arrays in shard order, shard q's of last dimension widths[q] (collective)."""
+
+    def __init__(self, model: models.Model, p: int, local, gather=None):
+        self.full, self.layout = model, ShardLayout(model, p)
+        self.layer_sizes = model.layer_sizes   # the memory preflight's activation estimate
+        self.local, self.gather = list(local), gather
+        self.n_params = self.layout.sizes[self.local[0]]
+        self.replicas: dict = {}   # (shard, layer) -> copy of a row-parallel bias owned by shard 0
+
+    def set_threads(self, threads: int) -> None:
+        """BLAS threads are limited by the training loop, as for the whole model."""
+
+    def layers(self, theta, s: int):
+        """Per layer: (W piece, bias) of shard s, the bias a replica where shard s does not own it."""
+        out = []
+        for l, (W, b) in enumerate(self.layout.views(theta, s)):
+            if b is None:
+                o = self.full.shapes[l][1]
+                b = self.replicas.setdefault((s, l), np.zeros(o, dtype=theta.dtype))
+            out.append((W, b))
+        return out
+
+    def replica_views(self, theta) -> list:
+        """The row-parallel biases of the local shard: views into theta on shard 0, copies elsewhere
+        (shard 0 broadcasts them in its group after each update)."""
+        s = self.local[0]
+        return [b for l, (W, b) in enumerate(self.layers(theta, s)) if self.layout.kinds[l] == "row"]
+
+    # -- the sums and gathers over the group ------------------------------------------------
+    def _sum(self, partials):
+        """Sum over the group's shards, in shard order: the same array for every local shard."""
+        width = partials[0].shape[-1]
+        every = self.gather(partials, [width] * self.layout.p)
+        total = every[0].copy()
+        for part in every[1:]:
+            total += part
+        return [total] * len(partials)
+
+    def _concat(self, parts, l: int):
+        split = self.layout.splits[l]
+        every = self.gather(parts, [int(w) for w in np.diff(split)])
+        return [np.concatenate(every, axis=1)] * len(parts)
+
+    # -- forward and backward --------------------------------------------------------------
+    def _forward(self, thetas, X):
+        """(per local shard: its layers, per local shard: every layer's pre-activations)."""
+        params = [self.layers(t, s) for s, t in zip(self.local, thetas)]
+        last = len(self.layout.kinds) - 1
+        a = [X] * len(self.local)
+        zs = [[] for _ in self.local]
+        for l, kind in enumerate(self.layout.kinds):
+            if kind == "col":
+                z = []
+                for ai, p in zip(a, params):
+                    zi = ai @ p[l][0]
+                    zi += p[l][1]
+                    z.append(zi)
+                if l == last:
+                    z = self._concat(z, l)
+            else:
+                z = [zi + p[l][1] for zi, p in zip(self._sum([ai @ p[l][0] for ai, p in zip(a, params)]), params)]
+            for k, zi in enumerate(z):
+                zs[k].append(zi)
+            a = [np.maximum(zi, 0) for zi in z] if l < last else z
+        return params, zs
+
+    def loss_and_grads(self, thetas, X, y, outs=None):
+        """Mean cross-entropy over the batch and each local shard's gradient block (in ``outs`` when given)."""
+        X = np.asarray(X, dtype=thetas[0].dtype)
+        y = np.asarray(y)
+        params, zs = self._forward(thetas, X)
+        loss, dz_full = models.cross_entropy(zs[0][-1], y, self.full.binary, np)
+        grads = [np.empty_like(t) for t in thetas] if outs is None else outs
+        grad_layers = [self.layout.views(g, s) for s, g in zip(self.local, grads)]
+        last = len(self.layout.kinds) - 1
+        if self.layout.kinds[last] == "col":
+            split = self.layout.splits[last]
+            dz = [dz_full[:, int(split[s]):int(split[s + 1])] for s in self.local]
+        else:
+            dz = [dz_full] * len(self.local)
+        for l in range(last, -1, -1):
+            for k in range(len(self.local)):
+                a_prev = X if l == 0 else np.maximum(zs[k][l - 1], 0)
+                gW, gb = grad_layers[k][l]
+                np.matmul(a_prev.T, dz[k], out=gW)
+                if gb is not None:
+                    gb[...] = dz[k].sum(axis=0)
+            if l == 0:
+                break
+            da = [dk @ p[l][0].T for dk, p in zip(dz, params)]
+            if self.layout.kinds[l] == "col":   # replicated input: the partial input gradients summed
+                da = self._sum(da)
+            dz = [dak * (zs[k][l - 1] > 0) for k, dak in enumerate(da)]
+        return float(loss.astype(np.float64).mean()), grads
+
+    def gradient_into(self, theta, X, y, out, *, seed: int = 0, worker: int = 0, step: int = 0) -> float:
+        """The worker interface (models.py) for the one local shard: its gradient block into ``out``."""
+        loss, _ = self.loss_and_grads([theta], X, y, [out])
+        return loss
+
+    def logits(self, thetas, X):
+        _, zs = self._forward(thetas, np.asarray(X, dtype=thetas[0].dtype))
+        return zs[0][-1]
+
+    def accuracy(self, theta, X, y, chunk: int = 8192) -> float:
+        """Fraction of correct predictions; collective over the group (every shard passes the same X)."""
+        correct = 0
+        for a in range(0, len(y), chunk):
+            z = self.logits([theta], X[a:a + chunk])
+            pred = (z[:, 0] > 0) if self.full.binary else z.argmax(axis=1)
+            correct += int((pred.astype(np.int64) == np.asarray(y[a:a + chunk])).sum())
+        return correct / max(len(y), 1)
+
+
+class Grid:
+    """Rank r = g * p + s: shard s of model group g. Group g hosts the workers
+    block_counts(n, G)[g] (contiguous ids); shard s's parameters are split in G aggregation blocks,
+    the g-th owned by rank (g, s). Pure arithmetic: the communicators come later (comm_groups)."""
+
+    def __init__(self, p: int, n_workers: int, ranks: int, rank: int, model):
+        if ranks % p:
+            raise ConfigError(f"parallel.model = {p} splits the ranks into groups of {p}, but there are {ranks} "
+                              f"ranks: launch a multiple of {p} (mpiexec -n {p * max(1, ranks // p)}) "
+                              "or change parallel.model")
+        if not isinstance(model, models.Model):
+            raise ConfigError(f"parallel.model = {p} splits the NumPy models ({', '.join(SPLIT_MODELS)}): "
+                              "set parallel.model = 1 for a PyTorch model")
+        self.p, self.groups = p, ranks // p
+        self.group_id, self.shard = divmod(rank, p)
+        self.counts = np.asarray(block_counts(n_workers, self.groups), dtype=np.int64)
+        self.displs = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+        start = int(self.displs[self.group_id])
+        self.workers = range(start, start + int(self.counts[self.group_id]))
+        # the world layout: shard 0 of each group reports its workers' losses (every shard has them)
+        self.world_counts = [int(self.counts[r // p]) if r % p == 0 else 0 for r in range(ranks)]
+        self.layout = ShardLayout(model, p)
+        if min(self.layout.sizes) < self.groups:
+            raise ConfigError(f"parallel.model = {p} gives shards of {min(self.layout.sizes)} to "
+                              f"{max(self.layout.sizes)} parameters, but each shard needs at least one per model "
+                              f"group ({self.groups}) to aggregate: widen model.hidden (or the model's outputs), or "
+                              "use fewer ranks or a smaller parallel.model")
+        self.model = SplitMLP(model, p, [self.shard])
+
+
+def check_config(cfg: dict) -> None:
+    """parallel.model > 1: what the split covers, refused in one line before any MPI work. The
+    aggregation is sharded by construction: placement 'gather' (the default) becomes 'sharded'."""
+    p = cfg["parallel"]["model"]
+    if p == 1:
+        return
+    name = cfg["model"]["name"]
+    if name not in SPLIT_MODELS:
+        raise ConfigError(f"parallel.model = {p} splits the NumPy models ({', '.join(SPLIT_MODELS)}), not "
+                          f"model.name = {name!r}: set parallel.model = 1")
+    agg = cfg["aggregator"]
+    if agg["placement"] == "gather":
+        agg["placement"] = "sharded"
+    if agg["placement"] != "sharded":
+        raise ConfigError(f"parallel.model = {p} aggregates the parameter shards where they live (placement "
+                          f"'sharded'), not with aggregator.placement = {agg['placement']!r}: set it to 'sharded'")
+    if agg["name"].endswith("centered-clipping"):   # its centre is kept by block, checkpointed by world rank
+        raise ConfigError(f"parallel.model = {p} does not carry centered clipping's centre across shards yet: "
+                          "choose another rule, or parallel.model = 1")
+    if cfg["workers"]["device"] != "cpu":
+        raise ConfigError(f"parallel.model = {p} computes on the CPU: set workers.device = 'cpu'")
+    from . import attacks
+    attack = cfg["attack"]
+    kind = attacks.make(attack["name"], cfg["workers"]["n"], cfg["workers"]["byzantine"], agg["f"],
+                        **{k: v for k, v in attack.items() if k not in ("name", "adversary")}).kind
+    if kind in ("none", "data"):
+        return
+    if attack["adversary"] == "colluding":
+        raise ConfigError(f"parallel.model = {p}: the colluding adversary is not split by shard yet; set "
+                          "attack.adversary = 'omniscient' (crafted block by block) or parallel.model = 1")
+    split_attacks = [a for a in BLOCKWISE_ATTACKS if a != "shard-target"]   # its blocks cut the natural layout
+    if attack["name"] not in split_attacks:
+        raise ConfigError(f"parallel.model = {p}: no rank holds a whole gradient, so the omniscient adversary "
+                          f"crafts block by block, which {attack['name']!r} cannot (it can: "
+                          f"{', '.join(split_attacks)}); choose one of those, or parallel.model = 1")

@@ -1,0 +1,71 @@
+"""The steps of a model-parallel run (``parallel.model = p``, docs/sharded.md "Model parallelism").
+
+Rank (g, s) = g * p + s holds shard s of the parameters (model_parallel.ShardLayout), never the
+whole vector. A step, in the sharded placement's loop (sharded_step.run_sharded):
+
+    every rank of group g: for each worker of the group, the split MLP's forward and backward
+        (sums over the group) -> the gradient block of shard s: rows (k_g, m_s)
+    shard column s: Alltoallv -> block (n, w): every worker's coordinates of sub-block g of shard s
+    sharded.aggregate over all R blocks (Allgather of partials, fixed order): the same certified
+        selection on every rank, and this rank's block of the aggregate
+    theta[sub-block g] <- SGD step; Allgatherv in the column: shard s whole on every rank (g, s);
+        shard 0 broadcasts the replicated biases of the row-parallel layers in its group
+
+With one group (G = 1) a rank's rows already are its block: nothing is exchanged or copied.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import sharded
+from .comm_groups import ModelGroups
+from .sharded_step import ShardedStep
+
+UPDATE_CHUNK = 1 << 20
+
+
+def connect(setup, comm) -> ModelGroups:
+    """Collective: the group and column communicators, and the split model's gather over its group."""
+    groups = ModelGroups(comm, setup.grid.p, setup.n)
+    setup.model.gather = groups.gather
+    return groups
+
+
+class MPStep(ShardedStep):
+    """Rank (g, s)'s state for model-parallel steps: sub-block g of shard s, the rule, the update."""
+
+    def __init__(self, setup, cfg: dict, comm, groups: ModelGroups):
+        grid = setup.grid
+        super().__init__(setup, cfg, comm, sharded.block_bounds(setup.d, grid.groups), grid.group_id)
+        self.grid, self.groups, self.column = grid, groups, groups.column
+        if grid.groups == 1:
+            self.block = None   # the rows are the block (bound at each exchange): no second copy
+
+    def begin(self, theta: np.ndarray) -> None:
+        """Every rank starts from its own shard (seeded or restored); the bias copies from shard 0."""
+        self.sync_replicas(theta)
+
+    def sync_replicas(self, theta: np.ndarray) -> None:
+        self.groups.bcast_from_shard0(self.setup.model.replica_views(theta))
+
+    def accuracy(self, theta: np.ndarray) -> float:
+        """Collective in group 0, which computes the split forward pass on the test set (rank 0 records it)."""
+        s = self.setup
+        return s.model.accuracy(theta, s.test_X, s.test_y) if self.grid.group_id == 0 else np.nan
+
+    def exchange(self, rows: np.ndarray, meta: np.ndarray) -> None:
+        if self.grid.groups == 1:
+            self.block = rows
+            self.blocks = sharded.Blocks([rows], self.comm.allgather_parts, self.comm.size)
+        else:
+            self.column.alltoall_row_blocks(rows, self.bounds, self.block)
+        # every shard of a group has its workers' losses: shard 0 reports them (the world layout)
+        self.comm.gather_rows(meta if self.grid.shard == 0 else meta[:0], self.meta, phase="gather_meta")
+
+    def apply(self, theta: np.ndarray, g: np.ndarray) -> None:
+        mine = theta[self.cols]
+        for i in range(0, g.size, UPDATE_CHUNK):   # no temporary the size of the block: memory is the point
+            mine[i:i + UPDATE_CHUNK] -= self.lr * g[i:i + UPDATE_CHUNK]
+        if self.grid.groups > 1:
+            self.column.allgatherv_params(theta, self.bounds)
+        self.sync_replicas(theta)

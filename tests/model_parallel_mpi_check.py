@@ -1,0 +1,50 @@
+"""Run under ``mpiexec -n R`` (tests/test_model_parallel_mpi.py): for every p dividing R, the split
+MLP over real group communicators gives each rank its shard of the unsplit model's gradient (to
+float32 rounding), and the same loss and accuracy. Rank 0 prints one JSON line."""
+import json
+
+import numpy as np
+
+from krum_mpi import models
+from krum_mpi.comm import Comm
+from krum_mpi.comm_groups import ModelGroups
+from krum_mpi.model_parallel import SplitMLP
+
+SHAPES = [[7, 5, 3], [57, 20, 20, 2], [9, 5, 7, 4, 3], [8, 6, 1]]
+
+
+def check(comm, p, sizes, failures):
+    groups = ModelGroups(comm, p, n_workers=comm.size // p)
+    model = models.Model("mlp", sizes, binary=sizes[-1] == 1)
+    split = SplitMLP(model, p, [groups.shard], gather=groups.gather)
+    rng = np.random.default_rng([len(sizes), p, groups.group_id])   # each group its own batch
+    theta = model.init(np.random.default_rng([7, 0]))
+    theta += np.random.default_rng(1).standard_normal(theta.size).astype(np.float32) * np.float32(0.1)
+    X = rng.standard_normal((5, sizes[0])).astype(np.float32)
+    y = rng.integers(0, 2 if sizes[-1] == 1 else sizes[-1], 5)
+    want_loss, want = model.loss_and_grad(theta, X, y)
+    index = split.layout.natural_index(groups.shard)
+    mine = theta[index].copy()
+    groups.bcast_from_shard0(split.replica_views(mine))   # the replicated biases, as after an update
+    out = np.empty_like(mine)
+    loss = split.gradient_into(mine, X, y, out)
+    tol = 64 * np.finfo(np.float32).eps * float(np.abs(want).max())
+    if not np.allclose(out, want[index], rtol=0, atol=tol) or abs(loss - want_loss) > 1e-6 * max(1, abs(want_loss)):
+        failures.append(f"p={p} {sizes}: rank {comm.rank} max error {float(np.abs(out - want[index]).max())}")
+    if split.accuracy(mine, X, y) != model.accuracy(theta, X, y):
+        failures.append(f"p={p} {sizes}: accuracy differs on rank {comm.rank}")
+
+
+def main():
+    comm = Comm(n_workers=1)
+    failures = []
+    for p in [q for q in (1, 2, 3, 4) if comm.size % q == 0]:
+        for sizes in SHAPES:
+            check(comm, p, sizes, failures)
+    every = comm.gather_values(float(len(failures)))   # typed buffers: each rank's count of failures
+    if comm.is_root:
+        print(json.dumps({"ranks": comm.size, "failing_ranks": int((every > 0).sum()), "failures": failures}))
+
+
+if __name__ == "__main__":
+    main()
