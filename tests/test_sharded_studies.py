@@ -25,7 +25,9 @@ def test_cluster_spec_sweeps_ranks_placements_and_model_sizes():
     strong = {(r.ranks, r.config["workers"]["n"]) for r in runs if r.config["run"]["name"] == "strong"}
     weak = {(r.ranks, r.config["workers"]["n"]) for r in runs if r.config["run"]["name"] == "weak"}
     assert {n for _, n in strong} == {64} and all(n == 4 * p for p, n in weak) and (64, 256) in weak
-    assert "TODO(parallel.model)" in (REPO / "studies" / "sharded-scaling.toml").read_text()
+    assert {r.config["parallel"]["model"] for r in runs} == {1, 2, 4}
+    assert all(r.config["aggregator"]["placement"] == "sharded" and r.ranks % r.config["parallel"]["model"] == 0
+               for r in runs if r.config["parallel"]["model"] > 1)
 
 
 def test_local_spec_has_the_three_parts():

@@ -231,27 +231,34 @@ def point_3(page, runs, table_dir):
     rep = page.rep
     rep.h(2, "3. Exact Krum on sharded gradients, the per-shard baseline, and the gather")
     runs = rt.threat_frame(runs)
+    if "parallel.model" in runs:   # a model-parallel run is its own placement in these tables
+        model = pd.to_numeric(runs["parallel.model"], errors="coerce").fillna(1).astype(int)
+        runs["aggregator.placement"] = [pl if p == 1 else f"{pl}, parallel.model={p}"
+                                        for pl, p in zip(runs["aggregator.placement"], model)]
     acc = rt.placement_accuracy(runs)
     sel = read_partition(list(zip(runs["file"], runs["run"])), "selections", ["run", "step", "top"])
     by_run = {run: tuple(g.sort_values("step")["top"]) for run, g in sel.groupby("run")}
     agree = rt.selection_agreement(runs, by_run)
-    timing = rt.timing(runs.rename(columns={"aggregator.placement": "placement", "n_ranks": "ranks"}),
-                       ["rule", "threat", "ranks", "placement"])
+    timing = rt.timing(runs.rename(columns={"aggregator.placement": "placement", "n_ranks": "ranks", "run.name": "part"}),
+                       ["part", "rule", "threat", "ranks", "placement"])
     _save({"point3_accuracy": acc, "point3_selections": agree, "point3_timing": timing}, table_dir)
     rep.p(f"{len(runs)} runs. Final accuracy per placement (mean ± 95% half-width over seeds) and the share of "
           "steps in which a Byzantine worker was selected:")
     rep.table(show(acc.assign(a=_ci_col(acc, "accuracy", "accuracy_ci")),
-                   {"rule": ("rule", None), "threat": ("threat", None), "ranks": ("ranks", None),
-                    "placement": ("placement", None), "n_seeds": ("seeds", None), "a": ("final accuracy", None),
+                   {"part": ("part", None), "rule": ("rule", None), "threat": ("threat", None),
+                    "ranks": ("ranks", None), "placement": ("placement", None), "n_seeds": ("seeds", None),
+                    "a": ("final accuracy", None),
                     "byz_selected": ("Byzantine selected", pct)}))
-    rep.p("Selections against the gather run of the same rule, threat, seed and ranks (share of steps with the "
+    rep.p("Selections against the gather run of the same part, rule, threat, seed and ranks (share of steps with the "
           "same first choice; largest accuracy difference over seeds):")
-    rep.table(show(agree, {"rule": ("rule", None), "threat": ("threat", None), "ranks": ("ranks", None),
+    rep.table(show(agree, {"part": ("part", None), "rule": ("rule", None), "threat": ("threat", None),
+                           "ranks": ("ranks", None),
                            "placement": ("placement", None), "seeds": ("seeds", None),
                            "steps_same": ("steps same, mean", pct), "steps_same_min": ("steps same, min", pct),
                            "accuracy_diff_max": ("max |accuracy difference|", pct)}))
     rep.p("Milliseconds per step on this machine (timings vary between reruns; not part of the reproduced tables):")
-    rep.table(show(timing, {"rule": ("rule", None), "threat": ("threat", None), "ranks": ("ranks", None),
+    rep.table(show(timing, {"part": ("part", None), "rule": ("rule", None), "threat": ("threat", None),
+                            "ranks": ("ranks", None),
                             "placement": ("placement", None), "step_ms": ("ms/step", lambda v: f"{v:.3g}"),
                             "aggregate_ms": ("aggregate ms", lambda v: f"{v:.3g}")}))
     page.draw(rfig.placements(acc, timing), "point3_placements",

@@ -106,25 +106,26 @@ def placements(acc, timing):
     """Point 3: final accuracy (left) and milliseconds per step (right) per placement and ranks."""
     fig = new_figure(10, 4.0)
     left, right = fig.subplots(1, 2)
-    cells = sorted({(t, r) for t, r in zip(acc["threat"], acc["ranks"])})
-    places = list(dict.fromkeys(sorted(acc["placement"].unique(), key=["gather", "sharded", "per-shard"].index
-                                       if set(acc["placement"]) <= {"gather", "sharded", "per-shard"} else str)))
+    cells = sorted({(p, t, r) for p, t, r in zip(acc["part"], acc["threat"], acc["ranks"])})
+    order = {"gather": 0, "sharded": 1, "per-shard": 2}
+    places = sorted(acc["placement"].unique(), key=lambda pl: (order.get(pl, 3), pl))
     width = 0.8 / max(len(places), 1)
     colors = _colors(places)
     for j, place in enumerate(places):
-        a = [acc[(acc["threat"] == t) & (acc["ranks"] == r) & (acc["placement"] == place)] for t, r in cells]
+        a = [acc[(acc["part"] == p) & (acc["threat"] == t) & (acc["ranks"] == r) & (acc["placement"] == place)]
+             for p, t, r in cells]
         x = np.arange(len(cells)) + j * width
         left.bar(x, [_pct(g["accuracy"]).mean() if len(g) else 0 for g in a], width,
                  yerr=[_err(g["accuracy_ci"]).mean() if len(g) else 0 for g in a], color=colors[place],
                  label=place, capsize=2)
-        t = [timing[(timing["threat"] == th) & (timing["ranks"] == r) & (timing["placement"] == place)]
-             for th, r in cells]
+        t = [timing[(timing["part"] == p) & (timing["threat"] == th) & (timing["ranks"] == r)
+                    & (timing["placement"] == place)] for p, th, r in cells]
         right.bar(x, [g["step_ms"].mean() if len(g) else 0 for g in t], width,
                   yerr=[np.nan_to_num(g["step_ms_ci"]).mean() if len(g) else 0 for g in t],
                   color=colors[place], label=place, capsize=2)
     for ax, ylabel in ((left, "final test accuracy (%)"), (right, "ms per step (this machine)")):
         ax.set_xticks(np.arange(len(cells)) + width * (len(places) - 1) / 2)
-        ax.set_xticklabels([f"{t}\n{r} ranks" for t, r in cells], fontsize=8)
+        ax.set_xticklabels([f"{t}\n{r} ranks\n{p.replace('point3-', '')}" for p, t, r in cells], fontsize=7)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)

@@ -16,7 +16,7 @@ POINTS = {1: "point1", 2: "point2", 3: "point3"}
 BASELINE = "average"
 # point 2: the part, the column that is its axis, and what the axis is called
 EFFECT_COLUMNS = ["axis", "value", "rule", "cost", "cost_ci", "cost_verdict", "payoff", "payoff_ci", "payoff_verdict"]
-AGREEMENT_COLUMNS = ["rule", "threat", "ranks", "placement", "seeds", "steps_same", "steps_same_min",
+AGREEMENT_COLUMNS = ["part", "rule", "threat", "ranks", "placement", "seeds", "steps_same", "steps_same_min",
                      "accuracy_diff_max"]
 POINT2_AXES = (("point2-samples", "data.n_train", "training samples"),
                ("point2-model", "prov.n_params", "model parameters d"),
@@ -177,12 +177,12 @@ def timing(runs, keys):
 
 
 def placement_accuracy(runs):
-    """Point 3: final accuracy per placement, ranks, rule and threat."""
+    """Point 3: final accuracy per part, placement, ranks, rule and threat."""
     rows = []
-    for (rule, threat, ranks, placement), g in runs.groupby(
-            ["rule", "threat", "n_ranks", "aggregator.placement"], sort=True):
+    for (part, rule, threat, ranks, placement), g in runs.groupby(
+            ["run.name", "rule", "threat", "n_ranks", "aggregator.placement"], sort=True):
         mean, ci, n = _acc(g["final_accuracy"])
-        rows.append({"rule": rule, "threat": threat, "ranks": int(ranks), "placement": placement,
+        rows.append({"part": part, "rule": rule, "threat": threat, "ranks": int(ranks), "placement": placement,
                      "n_seeds": n, "accuracy": mean, "accuracy_ci": ci,
                      "byz_selected": g["byz_selected_frac"].mean()})
     return pd.DataFrame(rows)
@@ -190,11 +190,11 @@ def placement_accuracy(runs):
 
 def selection_agreement(runs, selected_by_run):
     """Point 3: for each sharded / per-shard run, the share of steps whose selection equals that of
-    the gather run of the same rule, threat, seed and ranks, and the accuracy difference to it.
+    the gather run of the same part, rule, threat, seed and ranks, and the accuracy difference to it.
 
     ``selected_by_run``: {run: tuple of per-step first choices}."""
     rows = []
-    key = ["rule", "threat", "seed", "n_ranks"]
+    key = ["run.name", "rule", "threat", "seed", "n_ranks"]
     gathered = {tuple(r[k] for k in key): r for _, r in runs[runs["aggregator.placement"] == "gather"].iterrows()}
     for _, r in runs[runs["aggregator.placement"] != "gather"].iterrows():
         ref = gathered.get(tuple(r[k] for k in key))
@@ -204,13 +204,13 @@ def selection_agreement(runs, selected_by_run):
         same = np.nan
         if mine is not None and theirs is not None and len(mine) == len(theirs) and len(mine):
             same = float(np.mean([a == b for a, b in zip(mine, theirs)]))
-        rows.append({"rule": r["rule"], "threat": r["threat"], "ranks": int(r["n_ranks"]),
+        rows.append({"part": r["run.name"], "rule": r["rule"], "threat": r["threat"], "ranks": int(r["n_ranks"]),
                      "placement": r["aggregator.placement"], "seed": int(r["seed"]), "steps_same": same,
                      "accuracy_diff": r["final_accuracy"] - ref["final_accuracy"]})
     frame = pd.DataFrame(rows)
     if not len(frame):
         return pd.DataFrame(columns=AGREEMENT_COLUMNS)
-    return (frame.groupby(["rule", "threat", "ranks", "placement"], sort=True)
+    return (frame.groupby(["part", "rule", "threat", "ranks", "placement"], sort=True)
             .agg(seeds=("seed", "count"), steps_same=("steps_same", "mean"),
                  steps_same_min=("steps_same", "min"), accuracy_diff_max=("accuracy_diff", lambda x: x.abs().max()))
             .reset_index())
