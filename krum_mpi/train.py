@@ -113,8 +113,10 @@ class Setup:
 def limit_blas_threads(comm: Comm) -> int:
     """One node's cores split between its ranks: oversubscribed BLAS threads made a 2-core node with
     4 ranks about ten times slower per gradient. An explicit OMP/OPENBLAS/MKL_NUM_THREADS wins."""
-    if any(os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
-        return 0
+    chosen = [os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")]
+    if any(chosen):   # recorded in provenance: large products round differently with other counts
+        value = next(v for v in chosen if v)
+        return int(value) if value.strip().isdigit() else 0
     threads = max(1, (os.cpu_count() or 1) // comm.ranks_on_this_node())
     try:
         from threadpoolctl import threadpool_limits

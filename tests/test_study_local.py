@@ -1,4 +1,5 @@
 """`krum-mpi study run --local`: real mpiexec runs, a failing run, resuming, time limits."""
+import json
 import os
 import textwrap
 
@@ -64,6 +65,11 @@ def test_local_study_runs_fails_one_and_resumes(spec, tmp_path, mpiexec):
         with h5py.File(folder / "runs" / f"{run_id}.h5", "r") as f:
             assert f.attrs["status"] == "complete"
             assert f["selection/selected"].shape[0] == 20
+            # two runs at a time share the cores: each rank's BLAS threads are set, and recorded
+            # (large products round differently with other counts)
+            threads = json.loads(f.attrs["provenance"])["blas_threads_per_rank"]
+            if not any(os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
+                assert threads == max(1, (os.cpu_count() or 1) // (2 * f["comm/bytes_sent"].shape[1]))
     assert "2 runs done, 1 failed" in first.stdout
     # the failed run is named, with the tail of its log (the run's own error message)
     assert f"--- failed run {bad[0]} (exit status 2)" in first.stdout

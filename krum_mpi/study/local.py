@@ -103,6 +103,15 @@ class _Running:
         self.folder.exit_file(self.run["id"]).write_text(f"{rc}\n")
 
 
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def blas_threads_env(jobs: int, ranks: int) -> dict:
+    """Each rank's BLAS threads when ``jobs`` runs of ``ranks`` ranks share this machine's cores."""
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, jobs * ranks)))
+    return {name: threads for name in BLAS_THREAD_VARIABLES}
+
+
 def run_local(plan: dict, folder: StudyFolder, jobs: int = 1, mpiexec: str | None = None,
               stream=None) -> dict:
     """Run every run of ``plan`` (a study.json dict) not yet complete, ``jobs`` at a time.
@@ -117,13 +126,18 @@ def run_local(plan: dict, folder: StudyFolder, jobs: int = 1, mpiexec: str | Non
     progress = Progress(len(todo), stream)
     env = dict(os.environ)
     running, done, failed = [], [], []
+    # BLAS threads: the cores shared by the runs that run together, unless the user chose. Large
+    # matrix products round differently with other thread counts, so this also makes a rerun with
+    # the same jobs on the same machine give bitwise the same results (the count is in provenance).
+    pinned = any(env.get(k) for k in BLAS_THREAD_VARIABLES)
     queue = list(todo)
     try:
         while queue or running:
             while queue and len(running) < jobs:
                 run = queue.pop(0)
                 cmd = run_command(folder, plan["base"], run, mpiexec)
-                running.append(_Running(run, cmd, folder, env, parse_time(run["time"])))
+                run_env = env if pinned else {**env, **blas_threads_env(jobs, int(run.get("ranks", 1)))}
+                running.append(_Running(run, cmd, folder, run_env, parse_time(run["time"])))
             for r in list(running):
                 rc = r.poll()
                 if rc is None:
