@@ -171,3 +171,31 @@ def steps_done(path):
             return int(h5.attrs["steps_done"])
     except (OSError, KeyError):
         return -1
+
+
+def sigterm_after_steps(args, out, at_least, ranks):
+    """Start ``krum-mpi run ARGS`` (its results file ``out``) on ``ranks`` MPI ranks, send SIGTERM
+    once the file records ``at_least`` steps (or the run ended, or 120 s passed); returns
+    (exit status, stderr)."""
+    import signal
+    import time
+
+    cmd = [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "krum_mpi", "run", *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while steps_done(out) < at_least and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def checkpoint_header(path):
+    """A checkpoint file's bytes, the room kept for its JSON header, and the header itself."""
+    import json
+    import struct
+
+    raw = Path(path).read_bytes()
+    (length,) = struct.unpack("<Q", raw[12:20])
+    return raw, length, json.loads(raw[20:20 + length])

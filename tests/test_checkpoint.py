@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
+from conftest import checkpoint_header
 from krum_mpi import checkpoint
 from krum_mpi.errors import ResultsError
 
@@ -28,15 +29,9 @@ def _written(tmp_path, step=7, arrays=None):
     return store.path
 
 
-def _header(path):
-    raw = path.read_bytes()
-    (length,) = struct.unpack("<Q", raw[12:20])
-    return raw, length, json.loads(raw[20:20 + length])
-
-
-def _rewrite_header(path, meta):
+def _rewritecheckpoint_header(path, meta):
     """Replace the header by ``meta`` with a correct header checksum (a forged, not a damaged, file)."""
-    raw, length, _ = _header(path)
+    raw, length, _ = checkpoint_header(path)
     text = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
     assert len(text) <= length, "forged header longer than the room kept for it"
     text = text.ljust(length)
@@ -77,7 +72,7 @@ def test_a_run_that_made_nan_itself_can_resume(tmp_path):
 ])
 def test_damage_is_refused_in_one_line(tmp_path, damage, message):
     path = _written(tmp_path)
-    raw, _, meta = _header(path)
+    raw, _, meta = checkpoint_header(path)
     offset = next(e["offset"] for e in meta["arrays"] if e["name"] == "worker_momentum")
     path.write_bytes(damage(raw, offset))
     with pytest.raises(ResultsError, match=message) as err:
@@ -86,9 +81,9 @@ def test_damage_is_refused_in_one_line(tmp_path, damage, message):
 
 
 def _forge(path, edit):
-    _, _, meta = _header(path)
+    _, _, meta = checkpoint_header(path)
     edit(meta)
-    _rewrite_header(path, meta)
+    _rewritecheckpoint_header(path, meta)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -104,9 +99,9 @@ def _forge(path, edit):
 ])
 def test_forged_fields_are_refused(tmp_path, edit, message):
     path = _written(tmp_path)
-    _, _, meta = _header(path)
+    _, _, meta = checkpoint_header(path)
     meta["arrays"].sort(key=lambda e: e["name"] != "params")   # params first: the edits aim at it
-    _rewrite_header(path, meta)
+    _rewritecheckpoint_header(path, meta)
     _forge(path, edit)
     with pytest.raises(ResultsError, match=message):
         checkpoint.read(path, "abc", EXPECTED)
@@ -115,7 +110,7 @@ def test_forged_fields_are_refused(tmp_path, edit, message):
 def test_nan_written_over_finite_parameters_is_refused(tmp_path):
     """Even with the array checksum made to match: the header says the parameters were finite."""
     path = _written(tmp_path)
-    raw, _, meta = _header(path)
+    raw, _, meta = checkpoint_header(path)
     entry = next(e for e in meta["arrays"] if e["name"] == "params")
     params = np.frombuffer(raw, np.float32, D, entry["offset"]).copy()
     params[0] = np.nan

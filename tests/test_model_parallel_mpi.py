@@ -2,17 +2,15 @@
 on 4 ranks with parallel.model = 2 and 4 selecting what the gathered placement selects, a resume
 that is bitwise the uninterrupted run, and the refusal of another parallel.model on resume."""
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, mpiexec_path, run_cli, steps_done
+from conftest import REPO, checkpoint_header, mpiexec_path, run_cli, sigterm_after_steps
 from krum_mpi import checkpoint
 
 pytestmark = pytest.mark.mpi
@@ -89,9 +87,8 @@ def _final(path):
     with h5py.File(path) as h5:
         assert h5.attrs["status"] == "complete"
         rows = (h5["selection/selected"][()], h5["metrics/loss"][()])
-    header = json.loads(checkpoint.path_for(path).read_bytes()[20:][:int.from_bytes(
-        checkpoint.path_for(path).read_bytes()[12:20], "little")])
-    body = checkpoint.path_for(path).read_bytes()[min(e["offset"] for e in header["arrays"]):]
+    raw, _, header = checkpoint_header(checkpoint.path_for(path))
+    body = raw[min(e["offset"] for e in header["arrays"]):]
     return rows, header["step"], body
 
 
@@ -101,15 +98,8 @@ def test_resume_after_sigterm_is_bitwise_the_uninterrupted_run(tmp_path):
     done = run_cli(["run", config, "--out", ref, *RESUME], ranks=4)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "term.h5"
-    proc = subprocess.Popen([mpiexec_path(), "-n", "4", sys.executable, "-m", "krum_mpi", "run", str(config),
-                             "--out", str(out), *RESUME], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while steps_done(out) < 14 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 3, err
+    code, err = sigterm_after_steps([config, "--out", out, *RESUME], out, 14, ranks=4)
+    assert code == 3, err
     with h5py.File(out) as h5:
         assert h5.attrs["status"] == "interrupted" and 14 <= h5.attrs["steps_done"] < 100
     resumed = run_cli(["run", config, "--out", out, "--resume", *RESUME], ranks=4)

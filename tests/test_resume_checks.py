@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, mpiexec_path, steps_done
+from conftest import REPO, checkpoint_header, mpiexec_path, steps_done
 
 pytestmark = pytest.mark.mpi
 
@@ -106,15 +106,9 @@ def _fresh(setup, tmp_path):
     return out, tmp_path / "run.h5.ckpt"
 
 
-def _header(ckpt):
-    raw = ckpt.read_bytes()
-    (length,) = struct.unpack("<Q", raw[12:20])
-    return raw, length, json.loads(raw[20:20 + length])
-
-
 def _forge(ckpt, edit):
     """Change header fields and make the header checksum match again (a forged file, not a torn one)."""
-    raw, length, meta = _header(ckpt)
+    raw, length, meta = checkpoint_header(ckpt)
     edit(meta)
     text = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()[:length].ljust(length)
     ckpt.write_bytes(raw[:20] + text + struct.pack("<I", zlib.crc32(text)) + raw[24 + length:])
@@ -141,7 +135,7 @@ def test_the_pristine_state_resumes_bitwise(setup, tmp_path):
 
 
 def _nan_params(ckpt):
-    raw, length, meta = _header(ckpt)
+    raw, length, meta = checkpoint_header(ckpt)
     e = _entry(meta, "params")
     params = np.frombuffer(raw, np.float32, e["shape"][0], e["offset"]).copy()
     params[0] = np.nan
@@ -150,7 +144,7 @@ def _nan_params(ckpt):
 
 
 def _flip_bit(ckpt):
-    raw, _, meta = _header(ckpt)
+    raw, _, meta = checkpoint_header(ckpt)
     at = _entry(meta, "params")["offset"] + 17
     ckpt.write_bytes(raw[:at] + bytes([raw[at] ^ 0x04]) + raw[at + 1:])
 

@@ -1,16 +1,12 @@
 """Centered clipping under the sharded placements resumes bitwise: its centre, held block by block,
 is gathered into the checkpoint and handed back block by block (3 ranks, uneven blocks). A chained
 rule's step count (bucketing) resumes too, under every placement."""
-import signal
-import subprocess
-import sys
-import time
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, mpiexec_path, run_cli, steps_done
+from conftest import REPO, mpiexec_path, run_cli, sigterm_after_steps, steps_done
 from krum_mpi import checkpoint
 
 pytestmark = pytest.mark.mpi
@@ -32,15 +28,8 @@ def _datasets(path):
 
 def _stop_after_30_steps(out, settings):
     """Start the run on 3 ranks, SIGTERM it after at least 30 steps; returns the steps it recorded."""
-    cmd = [mpiexec_path(), "-n", "3", sys.executable, "-m", "krum_mpi", "run", str(CONFIG), "--out", str(out),
-           *settings]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while steps_done(out) < 30 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 3, err
+    code, err = sigterm_after_steps([CONFIG, "--out", out, *settings], out, 30, ranks=3)
+    assert code == 3, err
     stopped_at = steps_done(out)
     assert 30 <= stopped_at < 300
     assert b'"name": "aggregator_state.center"' in checkpoint.path_for(out).read_bytes()[:4096]

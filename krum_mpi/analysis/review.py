@@ -20,6 +20,7 @@ from . import review_tables as rt
 from .answers import settings_table
 from .load import read_partition
 from .markup import pct, pct_ci, pp_ci, show
+from .sections import short_answers
 
 FRACTION = ("fraction", lambda f: f"{100 * f:.3g}%")
 REVIEW_FRACTIONS = (0.01, 0.025, 0.05, 0.10, 0.20, 0.33)   # the fractions the review asks about
@@ -301,18 +302,15 @@ def review_sections(page, study, points, table_dir, generic_point_3):
     return answers
 
 
+VERDICT_TITLES = {1: "(1) Cost without attack and payoff under attack, by Byzantine fraction",
+                  2: "(2) With training samples, model size and minibatch size",
+                  3: "(3) Exact Krum on sharded gradients against the gather and the per-shard baseline"}
+
+
 def short_verdicts(head, answers, cannot):
-    head.h(2, "Verdicts")
-    titles = {1: "(1) Cost without attack and payoff under attack, by Byzantine fraction",
-              2: "(2) With training samples, model size and minibatch size",
-              3: "(3) Exact Krum on sharded gradients against the gather and the per-shard baseline"}
-    for point, title in titles.items():
-        head.p(f"**{title}**")
-        head.items(answers.get(point) or ["Not answerable from this data (see below)."])
-    if cannot:
-        head.p(f"What these runs cannot answer ({len(cannot)} points) is listed under *What this data cannot "
-               "support*. \"Cannot decide\" means the 95% interval of the difference crosses 0: more seeds, "
-               "or larger effects, are needed.")
+    short_answers(head, answers, cannot, heading="Verdicts", titles=VERDICT_TITLES,
+                  note=" \"Cannot decide\" means the 95% interval of the difference crosses 0: more seeds, "
+                       "or larger effects, are needed.")
 
 
 def closing(page, study, write_tables, skipped):

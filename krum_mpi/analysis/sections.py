@@ -294,15 +294,18 @@ def closing(page, study, write_tables):
           (" and SVG" if "svg" in page.figure_formats else "") + ": `figures/`.")
 
 
-def short_answers(head, answers, cannot):
-    """The review's three points answered in a few lines, at the top of the report."""
-    head.h(2, "Short answers to the review")
-    titles = {1: "(1) The cost without attack, and what robustness buys under attack",
-              2: "(2) How it changes with the number of samples and the model size",
-              3: "(3) The time overhead as workers grow"}
+SHORT_TITLES = {1: "(1) The cost without attack, and what robustness buys under attack",
+                2: "(2) How it changes with the number of samples and the model size",
+                3: "(3) The time overhead as workers grow"}
+
+
+def short_answers(head, answers, cannot, heading="Short answers to the review", titles=SHORT_TITLES, note=""):
+    """The review's three points answered in a few lines, at the top of the report; ``note`` follows
+    the count of what the runs cannot answer."""
+    head.h(2, heading)
     for point, title in titles.items():
         head.p(f"**{title}**")
         head.items(answers.get(point) or ["Not answerable from this data (see below)."])
     if cannot:
         head.p(f"What these runs cannot answer ({len(cannot)} points) is listed under "
-               "*What this data cannot support*.")
+               "*What this data cannot support*." + note)
