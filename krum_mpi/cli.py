@@ -24,7 +24,7 @@ from .errors import KrumMPIError
 EXIT_INTERRUPTED = 3   # stopped by SIGTERM/SIGUSR1 with a checkpoint: job scripts requeue on it
 
 DELEGATED = {  # subcommand -> module with main(argv) -> int
-    "bench": "krum_mpi.bench",
+    "bench": "krum_mpi.bench.aggregate",
     "data": "krum_mpi.data.cli",
     "study": "krum_mpi.study.cli",
     "report": "krum_mpi.analysis.report",
@@ -113,9 +113,9 @@ def run_config(args) -> dict:
 def cmd_run(argv, stop=None) -> int:
     args = run_parser().parse_args(argv)
 
-    from . import results, train
-    from .comm import Comm, launched_under_mpi
-    from .stop import StopRequest
+    from .run import results, train
+    from .parallel.comm import Comm, launched_under_mpi
+    from .run.stop import StopRequest
 
     stop = stop or StopRequest().install()
 
@@ -199,8 +199,8 @@ def main(argv=None) -> int:
         return 0
     sub, rest = argv[0], argv[1:]
     try:
-        if sub == "run":     # stop signals handled from the first moment (see krum_mpi/stop.py)
-            from .stop import StopRequest
+        if sub == "run":     # stop signals handled from the first moment (see krum_mpi/run/stop.py)
+            from .run.stop import StopRequest
             return cmd_run(rest, StopRequest().install())
         if sub in COMMANDS:
             return COMMANDS[sub](rest)

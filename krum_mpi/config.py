@@ -16,9 +16,9 @@ import numbers
 import tomllib
 from pathlib import Path
 
-from . import runid
+from .run import runid
 from .errors import ConfigError
-from .runid import LATER_KEYS  # noqa: F401  (re-exported: the keys a run id leaves out at their default)
+from .run.runid import LATER_KEYS  # noqa: F401  (re-exported: the keys a run id leaves out at their default)
 
 # ---------------------------------------------------------------------------------------------
 # Defaults: every key a run config may hold, with its default. Comments say units and choices.
@@ -305,7 +305,7 @@ def _check_consistency(cfg: dict) -> None:
         raise ConfigError(f"attack.name = {cfg['attack']['name']!r} but workers.byzantine = 0: "
                           "set workers.byzantine > 0 or attack.name=none")
     _check_rule_and_attack(cfg)
-    from .model_parallel import check_config
+    from .parallel.model_parallel import check_config
     check_config(cfg)   # parallel.model > 1: before the placement checks (it may set placement = sharded)
     _check_placement(cfg)
 
@@ -316,13 +316,13 @@ def _check_placement(cfg: dict) -> None:
     if placement == "gather":
         return
     if placement == "sharded":
-        from .sharded import split_rule
+        from .parallel.sharded import split_rule
         try:
             split_rule(cfg["aggregator"]["name"])
         except ValueError as exc:
             raise ConfigError(_one_line(exc))
     from . import attacks
-    from .sharded import BLOCKWISE_ATTACKS
+    from .parallel.sharded import BLOCKWISE_ATTACKS
     name = cfg["attack"]["name"]
     kind = attacks.make(name, cfg["workers"]["n"], cfg["workers"]["byzantine"], cfg["aggregator"]["f"],
                         **attack_params(cfg)).kind

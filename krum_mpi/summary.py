@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .results import read_run
+from .run.results import read_run
 
 COLUMNS = [("aggregator", "rule", "{}"), ("attack", "attack", "{}"), ("byzantine", "byz", "{}"),
            ("steps", "steps", "{}"), ("final_test_accuracy", "test err", "{:.3f}"),

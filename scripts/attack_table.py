@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from krum_mpi import results
+from krum_mpi.run import results
 from krum_mpi.study.folder import is_complete
 
 REPO = Path(__file__).resolve().parents[1]

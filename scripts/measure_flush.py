@@ -3,7 +3,7 @@
 Builds the results writer the training loop builds (same config, same per-step records) for an MLP
 784-1024-1024-10 (d = 1,863,690) with n = 16 workers and worker momentum, records steps, and times
 each flush together with the checkpoint it carries (parameters, every worker's momentum), exactly
-as ``krum_mpi.train`` does at a flush. Bytes are the bytes this process passed to write(2)
+as ``krum_mpi.run.train`` does at a flush. Bytes are the bytes this process passed to write(2)
 (``wchar`` of /proc/self/io), so they count what the flush wrote, whatever the file system.
 
     python scripts/measure_flush.py --out-dir results/flush --flushes 12 --every 10
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from krum_mpi import config, results
+from krum_mpi import config
+from krum_mpi.run import results
 
 SETTINGS = ["data.name=synthetic", "data.n_features=784", "data.n_classes=10", "model.hidden=[1024, 1024]",
             "workers.n=16", "optimizer.momentum=0.9", "optimizer.momentum_at=worker", "run.steps=100000"]
@@ -57,7 +58,7 @@ def main() -> None:
     momentum = rng.standard_normal((n, d)).astype(np.float32)
     timing = {k: 0.01 for k in results.TIMINGS}
     if new_layout:
-        from krum_mpi import checkpoint as ckpt_mod
+        from krum_mpi.run import checkpoint as ckpt_mod
         store = ckpt_mod.CheckpointStore(ckpt_mod.path_for(path), config.run_id(cfg))
     step = 0
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

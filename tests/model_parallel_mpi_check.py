@@ -6,9 +6,9 @@ import json
 import numpy as np
 
 from krum_mpi import models
-from krum_mpi.comm import Comm
-from krum_mpi.comm_groups import ModelGroups
-from krum_mpi.model_parallel import SplitMLP
+from krum_mpi.parallel.comm import Comm
+from krum_mpi.parallel.groups import ModelGroups
+from krum_mpi.parallel.model_parallel import SplitMLP
 
 SHAPES = [[7, 5, 3], [57, 20, 20, 2], [9, 5, 7, 4, 3], [8, 6, 1]]
 

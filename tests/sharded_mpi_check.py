@@ -10,8 +10,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from sharded_cases import F, RULES, close, gathered, inputs, same_selection  # noqa: E402
 
-from krum_mpi import sharded  # noqa: E402
-from krum_mpi.comm import Comm  # noqa: E402
+from krum_mpi.parallel import sharded  # noqa: E402
+from krum_mpi.parallel.comm import Comm  # noqa: E402
 
 WIDTHS = {1: [37], 2: [18, 19], 3: [1, 7, 29], 4: [10, 1, 13, 13]}
 

@@ -1,7 +1,7 @@
 """Synthetic run files that follow the results schema of the contract exactly, for fast tests of
 the analysis without MPI; plus a check that the schema's own reader accepts them.
 
-``write_run`` writes one file as ``krum_mpi.results`` documents it: root attributes
+``write_run`` writes one file as ``krum_mpi.run.results`` documents it: root attributes
 (schema_version 1, config JSON, run_id, status, created, provenance JSON and the quick attributes),
 ``metrics/{step,loss,test_accuracy}``, ``timing/{compute_s,gather_s,aggregate_s,update_s,step_s}``
 and ``selection/{selected,weights,byzantine}``.
@@ -12,7 +12,7 @@ import json
 import h5py
 import numpy as np
 
-from krum_mpi import results
+from krum_mpi.run import results
 
 
 def make_config(rule="krum", attack="none", n=10, byzantine=0, f=None, seed=0, steps=20, eval_every=5,

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from krum_mpi import attacks
-from krum_mpi.sharded import block_bounds
+from krum_mpi.parallel.sharded import block_bounds
 
 HONEST = np.random.default_rng(5).normal(size=(14, 23)).astype(np.float32)   # 23: uneven blocks
 

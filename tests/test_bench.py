@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from krum_mpi import bench, benchfile
+from krum_mpi.bench import aggregate as bench, schema as benchfile
 from krum_mpi.aggregators.distances import sq_distances
 from krum_mpi.errors import ConfigError, DeviceError
 

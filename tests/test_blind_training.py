@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_cli
-from krum_mpi import results
+from krum_mpi.run import results
 
 pytestmark = pytest.mark.mpi
 

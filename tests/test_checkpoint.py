@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import checkpoint_header
-from krum_mpi import checkpoint
+from krum_mpi.run import checkpoint
 from krum_mpi.errors import ResultsError
 
 D, N = 50, 4

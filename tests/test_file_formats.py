@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from krum_mpi import benchfile, results
+from krum_mpi.bench import schema as benchfile
+from krum_mpi.run import results
 from krum_mpi.analysis import load_study
 from krum_mpi.analysis.load import read_partition
 from krum_mpi.analysis.runtable import METRICS, TIMINGS

@@ -4,9 +4,11 @@ config checks and the streamed checkpoint arrays."""
 import numpy as np
 import pytest
 
-from krum_mpi import checkpoint, config, model_parallel, models
+from krum_mpi.run import checkpoint
+from krum_mpi import config, models
+from krum_mpi.parallel import model_parallel
 from krum_mpi.errors import ConfigError, ResultsError
-from krum_mpi.model_parallel import Grid, ShardLayout, SplitMLP
+from krum_mpi.parallel.model_parallel import Grid, ShardLayout, SplitMLP
 
 # 2, 3 and 4 layers (row- and column-parallel last layers), uneven splits, a binary output
 SHAPES = [[7, 5, 3], [57, 20, 20, 2], [9, 6, 5, 3], [9, 5, 7, 4, 3], [8, 6, 1]]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, checkpoint_header, mpiexec_path, run_cli, sigterm_after_steps
-from krum_mpi import checkpoint
+from krum_mpi.run import checkpoint
 
 pytestmark = pytest.mark.mpi
 CHECK = Path(__file__).parent / "model_parallel_mpi_check.py"

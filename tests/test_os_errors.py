@@ -129,7 +129,8 @@ def test_sizes_that_cannot_fit_are_refused_naming_the_key(tmp_path, config, over
 def test_memory_estimate_counts_rank_zero_and_the_others():
     """d = 1.9e6, n = 16 with worker momentum on 4 ranks of 4 workers: rank 0 holds the gather buffer
     (16 x d floats, 119 MB) and its 4 workers' rows and momentum; each other rank 8 x d floats."""
-    from krum_mpi import config as cfgmod, preflight
+    from krum_mpi import config as cfgmod
+    from krum_mpi.run import preflight
     from krum_mpi.errors import ConfigError
 
     cfg = cfgmod.validate({"workers": {"n": 16}, "optimizer": {"momentum": 0.9, "momentum_at": "worker"}})

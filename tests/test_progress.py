@@ -1,7 +1,7 @@
-"""The progress line (krum_mpi.progress): a bar on a terminal, lines in a log, nothing when quiet."""
+"""The progress line (krum_mpi.run.progress): a bar on a terminal, lines in a log, nothing when quiet."""
 import io
 
-from krum_mpi.progress import Progress, choose_mode
+from krum_mpi.run.progress import Progress, choose_mode
 
 
 class Terminal(io.StringIO):

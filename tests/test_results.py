@@ -5,7 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-from krum_mpi import config, results
+from krum_mpi import config
+from krum_mpi.run import results
 from krum_mpi.errors import ResultsError
 
 

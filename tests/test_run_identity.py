@@ -24,7 +24,7 @@ def test_numpy_models_never_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np; import krum_mpi.train, krum_mpi.cli; from krum_mpi import models; "
+    code = ("import sys, numpy as np; import krum_mpi.run.train, krum_mpi.cli; from krum_mpi import models; "
             "m = models.make({'name': 'mlp', 'hidden': [5]}, 4, 3); "
             "row = np.empty(m.n_params, np.float32); "
             "m.gradient_into(m.init(np.random.default_rng(0)), np.ones((2, 4), np.float32), np.array([0, 2]), row); "

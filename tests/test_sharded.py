@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from krum_mpi import sharded
+from krum_mpi.parallel import sharded
 from test_certified import adversarial_matrices
 from sharded_cases import F, RULES, close, gathered, inputs, same_selection
 

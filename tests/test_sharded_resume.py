@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, mpiexec_path, run_cli, sigterm_after_steps, steps_done
-from krum_mpi import checkpoint
+from krum_mpi.run import checkpoint
 
 pytestmark = pytest.mark.mpi
 

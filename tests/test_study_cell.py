@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from krum_mpi import results
+from krum_mpi.run import results
 from krum_mpi.errors import ConfigError
 from krum_mpi.study.cell import cell_config
 from krum_mpi.study.plan import make_plan

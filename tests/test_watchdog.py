@@ -2,7 +2,7 @@
 import threading
 
 from krum_mpi.errors import ResultsError
-from krum_mpi.steps import Watchdog
+from krum_mpi.run.steps import Watchdog
 
 
 class FullDiskWriter:

@@ -6,9 +6,9 @@
 - ``figures``: matplotlib figures (PNG and SVG).
 - ``report``: ``krum-mpi report STUDY_DIR`` (``sections``: one function per section; ``answers``: the
   sentences and tables behind them; ``markup``: Markdown / HTML).
-- ``read_bench``: a ``krum-mpi bench aggregate`` file as a table (format: ``krum_mpi.benchfile``).
+- ``read_bench``: a ``krum-mpi bench aggregate`` file as a table (format: ``krum_mpi.bench.schema``).
 """
-from ..benchfile import read_frame as read_bench
+from ..bench.schema import read_frame as read_bench
 from .load import Study, load_study
 
 __all__ = ["Study", "load_study", "read_bench"]

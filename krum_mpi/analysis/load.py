@@ -1,6 +1,6 @@
 """Load a study (a folder of run files, or any list of them) into tables.
 
-One HDF5 file per run (schema in ``krum_mpi.results``). What comes out:
+One HDF5 file per run (schema in ``krum_mpi.run.results``). What comes out:
 
 - ``Study.runs``: pandas, one row per readable run: the quick attributes, the flattened resolved
   config (``"aggregator.name"``, ``"workers.n"``, ...), provenance (``"prov.n_ranks"``, ...) and
@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .. import benchfile
+from ..bench import schema as benchfile
 from ..errors import ResultsError
 from .derived import add_derived_columns
 from .runtable import TIMINGS, probe_batch

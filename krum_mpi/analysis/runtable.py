@@ -2,7 +2,7 @@
 
 ``probe`` reads only attributes and dataset shapes (never the per-step data), so thousands of files
 are probed quickly; a file that cannot be used raises ``Skip`` with the one-line reason. The
-schema (version, per-step datasets) is the writer's: ``krum_mpi.results``.
+schema (version, per-step datasets) is the writer's: ``krum_mpi.run.results``.
 """
 import json
 from pathlib import Path
@@ -10,8 +10,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..results import METRICS as RESULT_METRICS
-from ..results import SCHEMA_VERSION, TIMINGS
+from ..run.results import METRICS as RESULT_METRICS
+from ..run.results import SCHEMA_VERSION, TIMINGS
 
 METRICS = ("step",) + RESULT_METRICS
 PHASES = TIMINGS[:-1]   # every timing but step_s, the whole step

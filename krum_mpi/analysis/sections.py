@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import benchfile
+from ..bench import schema as benchfile
 from ..errors import KrumMPIError
 from . import figures, sharded_section, tables
 from .answers import (HEADERS, answer_cost, by_setting, key_columns, pivot, settings_table, train_rows,

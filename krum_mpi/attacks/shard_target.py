@@ -25,7 +25,7 @@ COVERS = ("own", "mean")
 
 def block_range(d: int, blocks: int, target: int) -> tuple[int, int]:
     """[lo, hi) of block ``target`` (negative: from the end) of ``blocks`` equal blocks of d coordinates."""
-    from krum_mpi.sharded import block_bounds   # the placement's own cut, so the blocks match its ranks
+    from ..parallel.sharded import block_bounds  # the placement's own cut, so the blocks match its ranks
     if d < blocks:
         raise ValueError(f"shard-target: {blocks} blocks need at least {blocks} coordinates, the model has {d}: "
                          "set attack.blocks <= the number of parameters")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..progress import Progress
+from ..run.progress import Progress
 from . import cifar10, csvfile, libsvm, mnist, spambase
 from .base import TAG_TEST_SPLIT, train_test_split
 from .spambase import sha256_of

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..progress import Progress as ProgressLine
+from ..run.progress import Progress as ProgressLine
 from ..errors import DataError
 from .paths import data_dir
 
@@ -110,7 +110,7 @@ def sha256_file(path, algorithm: str = "sha256") -> str:
 
 
 class Progress(ProgressLine):
-    """A download's bytes, on stderr (krum_mpi.progress: a bar on a terminal, a line now and then in a log)."""
+    """A download's bytes, on stderr (krum_mpi.run.progress: a bar on a terminal, a line now and then in a log)."""
 
     def __init__(self, label: str, total: int | None, done: int = 0, stream=None, enabled: bool = True):
         super().__init__(total, label, unit="B", quiet=not enabled, stream=stream or sys.stderr, start=done)

@@ -5,7 +5,7 @@ reads the results files anywhere below the folder.
     studies/<name>/
         study.json            the expanded plan: every run's id, launch settings and overrides
         base-<hash>.toml      the base run config; run = base + that run's --set overrides
-        runs/<id>.h5          results of run <id> (krum_mpi.results schema; status "complete" when done)
+        runs/<id>.h5          results of run <id> (krum_mpi.run.results schema; status "complete" when done)
         runs/<id>.log         its output (every attempt appended, with a header line)
         runs/<id>.exit        its exit status, written when it ends (absent while it runs)
         slurm/NNN/            the scripts of submission NNN (array-*.sbatch, report.sbatch, submit.sh)

@@ -17,7 +17,7 @@ an argument, are timed against the same with a direct pair loop as the kernel (`
 ``--pairloop-d``; by default the largest n asked, at most 64, and the smallest d asked, at most
 10^6, so a small run stays small). Machine state goes with the figures: CPU model, cores, load
 average before and after, BLAS and its kernel (threadpoolctl), threads, GPU model. The file format:
-``krum_mpi.benchfile``.
+``krum_mpi.bench.schema``.
 
 ``gpu-check`` runs every rule's CuPy path against its NumPy path on random and adversarial inputs,
 then times Krum at n = 64, d = 2.5e7 (ResNet-50 scale) on the GPU.
@@ -33,15 +33,14 @@ import numpy as np
 
 import krum_mpi.aggregators as agg
 from krum_mpi.attacks.blind import blinding_magnitude
-from krum_mpi import benchfile
+from . import schema as benchfile
 from krum_mpi.aggregators.distances import Distances, sq_distances
 from krum_mpi.aggregators.mda import MAX_SUBSETS
 from krum_mpi.backend import namespace, resolve_device
-from krum_mpi.bench_gpu import gpu_check
-from krum_mpi.benchmeasure import (blas_summary, gemm_rate, kernel_summary, machine_state, peak_extra_bytes,
-                                   random_input, read_floor, rule_options, timed)
+from .gpu import gpu_check
+from .measure import blas_summary, gemm_rate, kernel_summary, machine_state, peak_extra_bytes, random_input, read_floor, rule_options, timed
 from krum_mpi.errors import ConfigError, KrumMPIError
-from krum_mpi.progress import Progress
+from ..run.progress import Progress
 
 DISTANCE_RULES = {"krum", "multi-krum", "bulyan", "mda"}
 BLINDED_RULES = ("krum", "multi-krum", "bulyan")  # also timed on the blinded input

@@ -1,6 +1,6 @@
 """The result file of ``krum-mpi bench aggregate``: its one schema, its writer and its reader.
 
-``krum_mpi.bench`` writes it and ``krum-mpi report --bench`` (``krum_mpi.analysis``) reads it, both
+``krum_mpi.bench.aggregate`` writes it and ``krum-mpi report --bench`` (``krum_mpi.analysis``) reads it, both
 through this module, so the columns cannot drift apart. One row per (rule, n, d):
 
     rule, device          the rule's name, "cpu" or "gpu"
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, ResultsError
+from ..errors import ConfigError, ResultsError
 
 FORMAT = "krum-mpi bench aggregate"
 FORMAT_VERSION = 1

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ResultsError
+from ..errors import ResultsError
 from .outfiles import fsync_folder, os_error_text, unique_suffix
 
 MAGIC = b"KRUMCKPT"

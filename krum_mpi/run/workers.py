@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from . import aggregators, backend, config
-from .server import SEED_ATTACK   # one attack-noise stream per step, whichever adversary crafts
+from .. import aggregators, backend, config
+from .server import SEED_ATTACK  # one attack-noise stream per step, whichever adversary crafts
 
 
 class LocalWorkers:

@@ -17,9 +17,9 @@ import sys
 
 import numpy as np
 
-from . import checkpoint, resume
-from .errors import KrumMPIError, ResultsError
-from .steps import peak_rss_mib
+from ..run import checkpoint, resume
+from ..errors import KrumMPIError, ResultsError
+from ..run.steps import peak_rss_mib
 
 PARAMS, MOMENTUM = "params.shard{}", "worker_momentum.shard{}"
 PIECE = 1 << 22   # floats per message of a checkpoint (16 MiB): rank 0's receive buffer, whatever the shard size

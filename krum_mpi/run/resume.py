@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import checkpoint
-from .errors import ResultsError
+from ..errors import ResultsError
 from .results import ResultsWriter, read_run
 
 STATE_PREFIX = "aggregator_state."

@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
-from .comm import TASK_END, TASK_SAVE, TASK_STEP, DeadlineExchange
-from .errors import KrumMPIError
-from .sharded_step import note_traffic, run_sharded
+from ..parallel.comm import TASK_END, TASK_SAVE, TASK_STEP, DeadlineExchange
+from ..errors import KrumMPIError
+from ..parallel.sharded_step import note_traffic, run_sharded
 
 
 def peak_rss_mib() -> float:

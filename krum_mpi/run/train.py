@@ -23,17 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import (aggregators, attacks, backend, checkpoint, config, data, model_parallel, models, mp_state, mp_step,
-               outfiles, preflight, results, resume)
-from .comm import Comm, mpi_library_version
-from .comm import block_counts as comm_block_counts
-from .errors import ConfigError, KrumMPIError
+from .. import aggregators, attacks, backend, config, data, models
+from . import checkpoint, outfiles, preflight, results, resume
+from ..parallel import model_parallel, mp_state, mp_step
+from ..parallel.comm import Comm, mpi_library_version
+from ..parallel.comm import block_counts as comm_block_counts
+from ..errors import ConfigError, KrumMPIError
 from .progress import Progress
 from .server import Server
-from .sharded_step import ShardedStep
+from ..parallel.sharded_step import ShardedStep
 from .steps import StepLoop, Watchdog, flush_or_note, peak_rss_mib
 from .stop import StopRequest  # noqa: F401  (krum_mpi.train.StopRequest, as before)
-from .summary import summarize_arrays
+from ..summary import summarize_arrays
 from .workers import LocalWorkers
 
 SEED_PARAMS, SEED_BYZANTINE = 0, 3   # attack noise: (seed, 2, step), see server.py and workers.py
@@ -221,7 +222,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
 
     With ``resume``, a run continues from the checkpoint in ``out_path`` when there is one. When
     ``stop`` is set on any rank, every rank leaves at the same step, rank 0 checkpoints, and the
-    summary says ``interrupted``. Unless ``quiet``, rank 0 shows its progress (krum_mpi.progress).
+    summary says ``interrupted``. Unless ``quiet``, rank 0 shows its progress (krum_mpi.run.progress).
     """
     comm = comm or Comm(cfg["workers"]["n"])
     stop = stop or StopRequest()

@@ -1,13 +1,13 @@
 """``krum-mpi bench gpu-check``: every rule's CuPy path against its NumPy path on random,
 adversarial and non-finite inputs, then Krum at n = 64, d = 2.5e7 (ResNet-50 scale) on the GPU,
-against its floor. Arguments: ``krum_mpi.bench.build_parser``."""
+against its floor. Arguments: ``krum_mpi.bench.aggregate.build_parser``."""
 import os
 
 import numpy as np
 
 import krum_mpi.aggregators as agg
 from krum_mpi.backend import gpu_model, namespace, resolve_device, to_host
-from krum_mpi.benchmeasure import gemm_rate, random_input, read_floor, rule_options, timed
+from .measure import gemm_rate, random_input, read_floor, rule_options, timed
 from krum_mpi.errors import DeviceError
 
 GPU_CASES = [("average", 9, 2), ("krum", 11, 3), ("multi-krum", 11, 3), ("median", 10, 3),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 GIB = float(1 << 30)
 ROWS_WITHOUT_COPY = ("average", "krum", "multi-krum")   # rules that need no (n, d) workspace

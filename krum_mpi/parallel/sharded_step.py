@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import aggregators, config, sharded
-from .server import SEED_ATTACK
+from .. import aggregators, config
+from . import sharded
+from ..run.server import SEED_ATTACK
 
 
 class ShardedStep:

@@ -7,7 +7,7 @@ import secrets
 import socket
 from pathlib import Path
 
-from .errors import ResultsError
+from ..errors import ResultsError
 
 
 def unique_suffix() -> str:

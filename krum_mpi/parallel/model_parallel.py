@@ -30,9 +30,9 @@ import math
 
 import numpy as np
 
-from . import models
+from .. import models
 from .comm import block_counts
-from .errors import ConfigError
+from ..errors import ConfigError
 from .sharded import BLOCKWISE_ATTACKS, block_bounds
 
 SPLIT_MODELS = models.NUMPY_MODELS
@@ -275,7 +275,7 @@ def check_config(cfg: dict) -> None:
                           "choose another rule, or parallel.model = 1")
     if cfg["workers"]["device"] != "cpu":
         raise ConfigError(f"parallel.model = {p} computes on the CPU: set workers.device = 'cpu'")
-    from . import attacks
+    from .. import attacks
     attack = cfg["attack"]
     kind = attacks.make(attack["name"], cfg["workers"]["n"], cfg["workers"]["byzantine"], agg["f"],
                         **{k: v for k, v in attack.items() if k not in ("name", "adversary")}).kind

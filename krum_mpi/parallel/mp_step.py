@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import sharded
-from .comm_groups import ModelGroups
+from .groups import ModelGroups
 from .sharded_step import ShardedStep
 
 UPDATE_CHUNK = 1 << 20

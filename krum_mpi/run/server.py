@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import aggregators, backend, config
+from .. import aggregators, backend, config
 
 SEED_ATTACK = 2   # attack noise of step t: default_rng([seed, SEED_ATTACK, t])
 

@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .native import status as native_status
+from ..native import status as native_status
 
 
 def _version(module: str) -> str | None:

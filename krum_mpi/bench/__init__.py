@@ -1,0 +1,1 @@
+"""Benchmarks: the aggregation kernels against their floors, the GPU check, the bench file schema."""
