@@ -57,23 +57,35 @@ static inline TARGET VFT CAT(mid_value, SFX)(VFT lo, VFT hi)
     return res;
 }
 
-/* Per lane, 1 where lo + hi > a + b exactly (float32 values; 0 when NaN is involved): TwoSum in
- * float64 on each side (exact: no overflow for float32 values), then a larger rounded sum means a
- * larger exact sum and equal rounded sums are decided by the exact remainders. The closest window's
- * test m - x_p > x_q - m with m = (lo + hi) / 2 the exact median; the NumPy path's sum_greater. */
-static inline TARGET VST CAT(sum_greater, SFX)(VFT lo, VFT hi, VFT a, VFT b)
+/* TwoSum of the float32 lanes lo + hi in float64, per half of the lanes: s = fl(lo + hi) and
+ * e = lo + hi - s exactly (no overflow for float32 values). */
+static inline TARGET void CAT(two_sum_halves, SFX)(VFT lo, VFT hi, VDT *s, VDT *e)
 {
-    VFHT l[2], h[2], x[2], y[2];
-    VSHT g[2];
+    VFHT l[2], h[2];
     __builtin_memcpy(l, &lo, sizeof lo);
     __builtin_memcpy(h, &hi, sizeof hi);
+    for (int k = 0; k < 2; k++) {
+        VDT p = TO_DOUBLE(l[k]), q = TO_DOUBLE(h[k]);
+        s[k] = p + q;
+        VDT back = s[k] - p;
+        e[k] = (p - (s[k] - back)) + (q - back);
+    }
+}
+
+/* Per lane, 1 where m_s + m_e > a + b exactly (ms, me: the TwoSum of the median's two values from
+ * two_sum_halves; 0 when NaN is involved): a larger rounded float64 sum means a larger exact sum,
+ * and equal rounded sums are decided by the exact remainders. The closest window's test
+ * m - x_p > x_q - m with m = (lo + hi) / 2 the exact median; the NumPy path's sum_greater. */
+static inline TARGET VST CAT(exact_greater, SFX)(const VDT *ms, const VDT *me, VFT a, VFT b)
+{
+    VFHT x[2], y[2];
+    VSHT g[2];
     __builtin_memcpy(x, &a, sizeof a);
     __builtin_memcpy(y, &b, sizeof b);
     for (int k = 0; k < 2; k++) {
-        VDT p = TO_DOUBLE(l[k]), q = TO_DOUBLE(h[k]), u = TO_DOUBLE(x[k]), v = TO_DOUBLE(y[k]);
-        VDT s = p + q, sq = s - p, e = (p - (s - sq)) + (q - sq);
-        VDT t = u + v, tv = t - u, et = (u - (t - tv)) + (v - tv);
-        VLT gt = (s > t) | ((s == t) & (e > et));
+        VDT u = TO_DOUBLE(x[k]), v = TO_DOUBLE(y[k]), t = u + v;
+        VDT back = t - u, et = (u - (t - back)) + (v - back);
+        VLT gt = (ms[k] > t) | ((ms[k] == t) & (me[k] > et));
         g[k] = __builtin_convertvector(-gt, VSHT);
     }
     VST res;
@@ -305,9 +317,26 @@ static TARGET void CAT(group, SFX)(const float *const *rowp, int64_t off, int64_
          * sum over it */
         int64_t keep = param;
         VST start = (VST){0};
-        VFT mlo = CAT(row_value, SFX)(t, (n - 1) / 2), mhi = CAT(row_value, SFX)(t, n / 2);
-        for (int64_t p = 0; p < n - keep; p++)
-            start += CAT(sum_greater, SFX)(mlo, mhi, CAT(row_value, SFX)(t, p), CAT(row_value, SFX)(t, p + keep));
+        /* Rounding is monotone, so unequal float32 sums already order the exact ones (overflow to
+         * +-inf included); only when some lane's float32 sums are equal (rare outside ties) is the
+         * count redone exactly, in float64 (exact_greater). */
+        VFT mlo = CAT(row_value, SFX)(t, (n - 1) / 2), mhi = CAT(row_value, SFX)(t, n / 2), sm = mlo + mhi;
+        VST tied = (VST){0};
+        for (int64_t p = 0; p < n - keep; p++) {
+            VFT st = CAT(row_value, SFX)(t, p) + CAT(row_value, SFX)(t, p + keep);
+            start -= (VST)(sm > st);
+            tied |= (VST)(sm == st);
+        }
+        int32_t any = 0;
+        for (int l = 0; l < VW; l++)
+            any |= tied[l];
+        if (any) {
+            VDT ms[2], me[2];
+            CAT(two_sum_halves, SFX)(mlo, mhi, ms, me);
+            start = (VST){0};
+            for (int64_t p = 0; p < n - keep; p++)
+                start += CAT(exact_greater, SFX)(ms, me, CAT(row_value, SFX)(t, p), CAT(row_value, SFX)(t, p + keep));
+        }
         /* Four float64 accumulators of register width (lane halves x even/odd p), named: a VW-wide double
          * vector or an indexed array would live on the stack, a store-forward chain per position. */
         VDT a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
