@@ -219,7 +219,7 @@ def grid_table(args, runs: dict) -> list[str]:
 
 
 def step_times(run: dict) -> np.ndarray:
-    """The run's per-step aggregation times in seconds (rank 0's timing/aggregate_s), NaN dropped."""
+    """The run's per-step aggregation times in seconds (timing/aggregate_s), NaN dropped."""
     t = np.asarray(run["timing"]["aggregate_s"], dtype=float)
     return t[np.isfinite(t)]
 
@@ -244,7 +244,7 @@ def time_lines(args, runs: dict, mom: str) -> list[str]:
         return []
     if args.layout == "grid":
         timed = [a for a in timed if a.startswith("near-tie")]
-    lines = ["Median aggregation time per step (ms, rank 0's `timing/aggregate_s`, every step of every seed) "
+    lines = ["Median aggregation time per step (ms, the results file's `timing/aggregate_s`, every step of every seed) "
              "under the attack and in the honest run (`none`) of the same rule; recomputed: distances the "
              "certified selection refined per step (`selection/recomputed`, mean over steps):", "",
              "| rule | attack | attack step (ms) | honest step (ms) | ratio | recomputed per step |",
@@ -274,7 +274,7 @@ def time_table(args, runs: dict) -> list[str]:
         f"Generated on {datetime.date.today().isoformat()} by `python scripts/attack_table.py --layout time "
         f"--steps {args.steps} --ranks {args.ranks} --seeds {' '.join(map(str, args.seeds))} "
         f"--attacks {quoted} --rules {' '.join(args.rules)}{' ' + sets if sets else ''}`; cells of "
-        "`jobs/attack-table.toml`. Timings from a shared machine: compare the ratios, not the milliseconds.",
+        "`jobs/attack-table.toml`. `average` takes no decision: its ratio is the yardstick of the machine's noise.",
         "",
     ]
     for mom in momentum_settings(args):
