@@ -206,16 +206,32 @@ def closest_to_median_mean(xp, block, keep):
     c, n = block.shape
     med = middle(xp, block)[:, None]
     if keep < n:
-        wide = block.astype(xp.float64) if block.dtype == xp.float32 else block
-        centre = two_sum(xp, wide[:, (n - 1) // 2:(n - 1) // 2 + 1], wide[:, n // 2:n // 2 + 1])
-        ends = two_sum(xp, wide[:, :n - keep], wide[:, keep:])
-        start = sum_greater(xp, centre, ends).sum(axis=1)[:, None]   # NaN compares False
+        start = low_farther(xp, block, keep).sum(axis=1)[:, None]
     else:
         start = xp.zeros((c, 1), dtype=xp.int64)
     position = xp.arange(n)[None, :]
     inside = (position >= start) & (position < start + keep)
     offsets = xp.where(inside, block - med, 0.0)
     return med[:, 0] + offsets.sum(axis=1, dtype=xp.float64) / keep
+
+
+def low_farther(xp, block, keep):
+    """(c, n - keep) booleans: a + b > x_p + x_(p+keep) exactly, a and b the middle values. Sums in
+    the block's dtype first: rounding is monotone, so unequal rounded sums (overflow to +-inf
+    included) already order the exact ones; only when some are equal (rare outside ties) are those
+    decided from TwoSums in float64 (as the compiled kernel does). NaN compares False."""
+    n = block.shape[1]
+    mid = slice((n - 1) // 2, (n - 1) // 2 + 1), slice(n // 2, n // 2 + 1)
+    centre = block[:, mid[0]] + block[:, mid[1]]
+    ends = block[:, :n - keep] + block[:, keep:]
+    farther = centre > ends
+    tied = centre == ends
+    if bool(tied.any()):
+        wide = block.astype(xp.float64) if block.dtype == xp.float32 else block
+        exact = sum_greater(xp, two_sum(xp, wide[:, mid[0]], wide[:, mid[1]]),
+                            two_sum(xp, wide[:, :n - keep], wide[:, keep:]))
+        farther = xp.where(tied, exact, farther)
+    return farther
 
 
 def meamed(X, f):
