@@ -9,6 +9,14 @@
 ``--rules`` and ``--attacks`` pick the cells; ``--table`` is the file written. ``--layout per-rule``
 writes one line per rule and attack with the final error under the heading ``--column``, and, for
 the ``blind`` attack, how often the blinding worker and a crafted worker were selected.
+``--layout time`` writes the per-step aggregation time of each attack beside the honest step's (the
+``none`` cell of the same rule) and the distances the rule recomputed per step: the table for the
+``near-tie`` attack, an attack on time (docs/attack-table-time.md). ``--set KEY=VALUE`` (repeatable)
+changes every cell, e.g. a larger model for d >= 1e5:
+
+    python scripts/attack_table.py --layout time --attacks none near-tie near-tie:variant=mirror \
+        --rules krum multi-krum --seeds 0 --steps 100 --ranks 4 --set 'model.hidden=[2000, 48]' \
+        --set workers.byzantine=4 --set aggregator.f=4 --table docs/attack-table-time.md
 
 Each cell is one run of the sweep jobs/attack-table.toml (n = 20 workers, f = 6, 6 Byzantine,
 minibatch 3, MLP 57-20-20-2, lr 0.05), picked with ``krum-mpi run --from-study SPEC --cell
@@ -38,7 +46,7 @@ SPEC = REPO / "jobs" / "attack-table.toml"
 RULES = ("average", "krum", "multi-krum")
 # NAME or NAME:key=value,... (extra attack parameters on top of the cell)
 ATTACKS = ("none", "gaussian", "sign-flip", "alie", "ipm", "alie-opt", "ipm-opt",
-           "alie-opt:objective=along", "ipm-opt:objective=along")
+           "alie-opt:objective=along", "ipm-opt:objective=along", "near-tie")
 MOMENTUM = {"plain SGD": [], "worker momentum 0.9": ["optimizer.momentum=0.9", "optimizer.momentum_at=worker"]}
 
 
@@ -121,13 +129,17 @@ def main(argv=None) -> int:
     p.add_argument("--rules", nargs="+", default=list(RULES))
     p.add_argument("--runs", type=Path, default=REPO / "results" / "attack-table", help="folder for the HDF5 files")
     p.add_argument("--table", type=Path, default=REPO / "docs" / "attack-table.md", help="Markdown file written")
-    p.add_argument("--layout", choices=("grid", "per-rule"), default="grid",
-                   help="grid: attacks x rules (docs/attack-table.md); per-rule: one line per rule and attack")
+    p.add_argument("--layout", choices=("grid", "per-rule", "time"), default="grid",
+                   help="grid: attacks x rules (docs/attack-table.md); per-rule: one line per rule and attack; "
+                        "time: per-step aggregation time beside the honest step's (docs/attack-table-time.md)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every cell (krum-mpi run --set), repeatable")
     p.add_argument("--column", default="final test error", help="per-rule layout: heading of the error column")
     args = p.parse_args(argv)
     args.runs.mkdir(parents=True, exist_ok=True)
     runs = sweep(args)
-    lines = grid_table(args, runs) if args.layout == "grid" else per_rule_table(args, runs)
+    layouts = {"grid": grid_table, "per-rule": per_rule_table, "time": time_table}
+    lines = layouts[args.layout](args, runs)
     args.table.parent.mkdir(parents=True, exist_ok=True)
     args.table.write_text("\n".join(lines))
     print(f"table: {args.table}")
@@ -137,10 +149,12 @@ def main(argv=None) -> int:
 def sweep(args) -> dict:
     """{(momentum, attack, rule): [run or None per seed]}: every cell run (or read back)."""
     runs = {}
-    total = len(MOMENTUM) * len(args.attacks) * len(args.rules) * len(args.seeds)
+    settings = momentum_settings(args)
+    total = len(settings) * len(args.attacks) * len(args.rules) * len(args.seeds)
     done = 0
-    for mom, overrides in MOMENTUM.items():
-        tag = "wm" if overrides else "sgd"
+    for mom, overrides in settings.items():
+        tag = ("wm" if overrides else "sgd") + "".join(
+            "-" + "".join(ch if ch.isalnum() or ch in ".=" else "_" for ch in kv) for kv in args.sets)
         for attack in args.attacks:
             name, _, extra = attack.partition(":")
             attack_sets = [f"attack.{kv}" for kv in extra.split(",") if kv]
@@ -149,13 +163,19 @@ def sweep(args) -> dict:
                 for seed in args.seeds:
                     stem = attack.replace(":", "-").replace("=", "-").replace(",", "-").replace('"', "")
                     out = args.runs / f"{stem}-{rule}-{tag}-s{seed}-{args.steps}.h5"
-                    run = run_one(selectors, seed, args.steps, overrides + attack_sets, out, args.ranks)
+                    run = run_one(selectors, seed, args.steps, overrides + attack_sets + args.sets, out, args.ranks)
                     runs.setdefault((mom, attack, rule), []).append(run)
                     done += 1
                     last = final_error(run) if run else None
                     print(f"[{done}/{total}] {mom:20s} {attack:9s} {rule:10s} seed {seed}: "
                           f"error {'FAILED' if last is None else f'{last:.3f}'}", flush=True)
     return runs
+
+
+def momentum_settings(args) -> dict:
+    """The momentum settings swept: both, or plain SGD only for the time layout (time per step does
+    not depend on the optimiser)."""
+    return {k: v for k, v in MOMENTUM.items() if args.layout != "time" or not v}
 
 
 def measure(runs: list, fn) -> list:
@@ -194,6 +214,71 @@ def grid_table(args, runs: dict) -> list[str]:
             lines.append(f"| {attack} | " + " | ".join(cell(picked[(mom, attack, r)], percent=True)
                                                        for r in args.rules if r != "average") + " |")
         lines.append("")
+        lines += time_lines(args, runs, mom)
+    return lines
+
+
+def step_times(run: dict) -> np.ndarray:
+    """The run's per-step aggregation times in seconds (timing/aggregate_s), NaN dropped."""
+    t = np.asarray(run["timing"]["aggregate_s"], dtype=float)
+    return t[np.isfinite(t)]
+
+
+def recomputed_per_step(run: dict) -> float:
+    r = run["selection"].get("recomputed")
+    return float("nan") if r is None or np.size(r) == 0 else float(np.mean(r))
+
+
+def median_ms(runs: list) -> float | None:
+    times = [step_times(r) for r in runs if r is not None]
+    times = [t for t in times if t.size]
+    return float(np.median(np.concatenate(times))) * 1e3 if times else None
+
+
+def time_lines(args, runs: dict, mom: str) -> list[str]:
+    """Per rule and attack other than none: the median per-step aggregation time (all steps of all
+    seeds) beside the none cell's of the same rule, their ratio, and the distances recomputed per
+    step. Only when ``none`` and a near-tie attack are among the attacks (grid layout)."""
+    timed = [a for a in args.attacks if a != "none"]
+    if "none" not in args.attacks or (args.layout == "grid" and not any(a.startswith("near-tie") for a in timed)):
+        return []
+    if args.layout == "grid":
+        timed = [a for a in timed if a.startswith("near-tie")]
+    lines = ["Median aggregation time per step (ms, the results file's `timing/aggregate_s`, every step of every seed) "
+             "under the attack and in the honest run (`none`) of the same rule; recomputed: distances the "
+             "certified selection refined per step (`selection/recomputed`, mean over steps):", "",
+             "| rule | attack | attack step (ms) | honest step (ms) | ratio | recomputed per step |",
+             "|---|---|---|---|---|---|"]
+    for rule in args.rules:
+        honest = median_ms(runs[(mom, "none", rule)])
+        for attack in timed:
+            crafted = median_ms(runs[(mom, attack, rule)])
+            ratio = f"{crafted / honest:.2f}" if crafted is not None and honest else "n/a"
+            recomputed = [recomputed_per_step(r) for r in runs[(mom, attack, rule)] if r is not None]
+            fmt = lambda v: "failed" if v is None else f"{v:.3f}"  # noqa: E731
+            rec = f"{np.nanmean(recomputed):.1f}" if recomputed and not np.isnan(recomputed).all() else "n/a"
+            lines.append(f"| {rule} | {attack} | {fmt(crafted)} | {fmt(honest)} | {ratio} | {rec} |")
+    return lines + [""]
+
+
+def time_table(args, runs: dict) -> list[str]:
+    """The aggregation time of each attack beside the honest step's, per momentum setting."""
+    quoted = " ".join(f"'{a}'" if '"' in a else a for a in args.attacks)
+    sets = " ".join(f"--set '{kv}'" for kv in args.sets)
+    lines = [
+        "# Attack table: aggregation time per step under attack and without",
+        "",
+        "An attack on time: the `near-tie` rows (one-ulp clones of an honest row; `variant=mirror`: pairs one",
+        "ulp up and down) make every certified decision among them refine its distances. The rules' answers",
+        "stay exact; this table gives what that costs per step, beside the same rule's honest run.",
+        f"Generated on {datetime.date.today().isoformat()} by `python scripts/attack_table.py --layout time "
+        f"--steps {args.steps} --ranks {args.ranks} --seeds {' '.join(map(str, args.seeds))} "
+        f"--attacks {quoted} --rules {' '.join(args.rules)}{' ' + sets if sets else ''}`; cells of "
+        "`jobs/attack-table.toml`. `average` takes no decision: its ratio is the yardstick of the machine's noise.",
+        "",
+    ]
+    for mom in momentum_settings(args):
+        lines += [f"## {mom}", ""] + time_lines(args, runs, mom)
     return lines
 
 

@@ -6,6 +6,7 @@ in coordinate-wise orderings NaN counts as larger than +inf; a non-finite row is
 """
 import itertools
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -96,15 +97,16 @@ def ref_trimmed_mean(X, f, b=None):
 
 def ref_closest_to_median(values, keep):
     """Mean of the ``keep`` values closest to their median; at equal distance the smaller value is
-    kept; NaN is the farthest."""
+    kept; NaN is the farthest. Distances of finite values to the exact median are compared exactly
+    (fractions): a float distance can round a strictly closer value into a tie."""
     n = len(values)
     col = sorted(values, key=lambda v: (math.isnan(v), v if not math.isnan(v) else 0.0))
-    med = col[n // 2] if n % 2 else 0.5 * col[n // 2 - 1] + 0.5 * col[n // 2]
-
-    def gap(v):
-        g = abs(v - med)
-        return math.inf if math.isnan(g) else g
-
+    if all(math.isfinite(v) for v in values):
+        med = (Fraction(col[(n - 1) // 2]) + Fraction(col[n // 2])) / 2
+        gap = lambda v: abs(Fraction(v) - med)  # noqa: E731
+    else:
+        med = col[n // 2] if n % 2 else 0.5 * col[n // 2 - 1] + 0.5 * col[n // 2]
+        gap = lambda v: math.inf if math.isnan(abs(v - med)) else abs(v - med)  # noqa: E731
     order = sorted(range(n), key=lambda i: (gap(values[i]), values[i] if not math.isnan(values[i]) else math.inf))
     return float(np.mean([values[i] for i in order[:keep]]))
 

@@ -49,7 +49,7 @@ def craft(name, honest=H, n_workers=5, n_byzantine=2, f=2, aggregate=mean_rule, 
 
 def test_registry_lists_the_catalogue_of_issue_4():
     expected = {"none", "gaussian", "omniscient", "sign-flip", "label-flip", "alie", "ipm", "alie-opt",
-                "ipm-opt", "mimic", "nan", "inf", "zero", "blind", "shard-target"}
+                "ipm-opt", "mimic", "nan", "inf", "zero", "blind", "shard-target", "near-tie"}
     assert set(ALL) == expected
     for name in ALL:
         assert attacks.get(name).name == name

@@ -1,5 +1,7 @@
 """The compiled order kernel (krum_mpi/native/order.c: median, trimmed mean, closest-to-median mean)
 on every ISA variant, against column-by-column float64 references and against the NumPy path."""
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -51,7 +53,7 @@ def reference(X, mode, param=0, rows=None):
     out = []
     for j in range(d):
         col = sorted_column(Y, j)
-        med = col[n // 2] if n % 2 else 0.5 * col[n // 2 - 1] + 0.5 * col[n // 2]
+        med = col[n // 2] if n % 2 else float(np.float32((col[n // 2 - 1] + col[n // 2]) / 2))
         if mode == cw.ORDER_MEDIAN:
             out.append(med)
         elif mode == cw.ORDER_TRIMMED:
@@ -62,14 +64,23 @@ def reference(X, mode, param=0, rows=None):
 
 
 def ref_closest(col, keep):
-    """The window rule of the NumPy path written out for one sorted column: the median and the
-    distance comparisons in float32 (at a float64 near tie float32 rounding decides which end goes,
-    as in the NumPy path), the mean of the window in float64."""
+    """The window rule for one sorted column: which end goes is decided on exact distances to the
+    exact median (fractions; a NaN is the farthest, infinities compare as floats), the mean of the
+    window as the NumPy path takes it (float32 offsets from the rounded median, summed in float64)."""
     s = [np.float32(v) for v in col]
     n = len(s)
-    med = s[n // 2] if n % 2 else s[n // 2 - 1] * np.float32(0.5) + s[n // 2] * np.float32(0.5)
-    start = sum(1 for p in range(n - keep) if (med - s[p]) > (s[p + keep] - med))  # NaN: False
+    med = s[n // 2] if n % 2 else np.float32((float(s[n // 2 - 1]) + float(s[n // 2])) / 2)
+    start = sum(1 for p in range(n - keep) if exact_low_farther(s, p, keep))
     return float(med) + sum(offsets(s[start:start + keep], med)) / keep
+
+
+def exact_low_farther(s, p, keep):
+    """m - s[p] > s[p + keep] - m for the exact median m of the sorted float32 values s."""
+    n = len(s)
+    mid, ends = (s[(n - 1) // 2], s[n // 2]), (s[p], s[p + keep])
+    if all(np.isfinite(v) for v in mid + ends):
+        return sum(Fraction(float(v)) for v in mid) > sum(Fraction(float(v)) for v in ends)
+    return float(mid[0]) + float(mid[1]) > float(ends[0]) + float(ends[1])  # NaN: False
 
 
 def offsets(values, med):

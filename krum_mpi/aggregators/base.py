@@ -46,7 +46,32 @@ def check_input(X, f):
     if X.dtype not in (np.float32, np.float64):
         raise ValueError(f"input dtype must be float32 or float64, got {X.dtype}")
     check_f(f)
+    if X.dtype == np.float64:
+        check_float64_range(X)
     return n, d
+
+
+# The largest finite |x| of float64 input whose decisions are certified exact: n d (2 x)^2 stays
+# far inside float64's range (below 2^1000 for n d < 2^100), so every squared distance, score,
+# bound and exact value converts to a finite float64, and sums of two values (the coordinate-wise
+# windows, the median) never overflow. float32 input is always inside (|x| < 2^128).
+FLOAT64_BOUND = 2.0**448
+
+
+def check_float64_range(X):
+    """ValueError (one line) when a finite entry of float64 X reaches FLOAT64_BOUND; one pass over X
+    in column chunks (no copy of X). NaN and +-inf are ordinary non-finite entries, not refused."""
+    xp = array_namespace(X)
+    n, d = X.shape
+    step = max(1, (1 << 20) // n)
+    largest = 0.0
+    for c in range(0, d, step):
+        block = X[:, c:c + step]
+        largest = max(largest, float(xp.where(xp.isfinite(block), xp.abs(block), 0.0).max()))
+    if largest >= FLOAT64_BOUND:
+        raise ValueError(f"float64 input holds |x| = {largest:.3g}, at or above 2^448 = {FLOAT64_BOUND:.3g}, "
+                         "the largest magnitude whose decisions are certified exact: scale the rows down "
+                         "(the rules are scale-equivariant) or send float32")
 
 
 def check_f(f):

@@ -5,7 +5,8 @@
    the last picks are not a tie of empty sums), move the winner to the selection, repeat.
    The distance matrix is computed once and reused.
 2. Per coordinate, average the beta = theta - 2f selected values closest to the median of the
-   selected values (at equal distance the smaller value is kept, as in meamed).
+   selected values (at equal distance the smaller value is kept, as in meamed; the distances are
+   compared exactly, coordinatewise.low_farther).
 """
 import numpy as np
 

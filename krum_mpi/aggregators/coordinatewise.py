@@ -1,9 +1,11 @@
 """Coordinate-wise rules: each output coordinate depends only on that coordinate of the n rows.
 
-median        coordinate-wise median (Yin et al. 2018); n even: mean of the two middle values
+median        coordinate-wise median (Yin et al. 2018); n even: the correctly rounded mean of the two
+              middle values
 trimmed-mean  drop the b largest and b smallest values per coordinate, average the rest (default b = f)
 meamed        mean of the n - f values closest to the coordinate-wise median (Xie et al. 2018);
-              at equal distance from the median the smaller value is kept
+              at equal distance from the median the smaller value is kept; the distances are
+              compared exactly
 
 Non-finite entries: ordering follows NumPy's sort, -inf < finite < +inf < NaN, so a NaN counts as
 larger than +inf. With at most f non-finite entries per coordinate and n within the rule's bound,
@@ -128,15 +130,45 @@ def native_order(X, mode, param=0, rows=None):
 
 
 def middle(xp, block):
-    """Median of each row of a row-sorted block."""
+    """Median of each row of a row-sorted block; for an even count the correctly rounded mean of the
+    two middle values. float32: their sum in float64 is one rounding and halving it is exact, and
+    float64 carries more than 2 x 24 + 2 bits, so rounding that to float32 is the correctly rounded
+    (a + b) / 2 (Figueroa, "When is double rounding innocuous?", 1995), subnormals included
+    (0.5 a + 0.5 b rounds each half first: the median of 2^-149 and 2^-149 came out 0). float64:
+    a + b rounds once, and halving is exact unless the sum is below 2^-1021, where it is exact;
+    only a sum beyond float64's range (both values huge, so halving them is exact) takes 0.5 a + 0.5 b."""
     n = block.shape[1]
     if n % 2:
         return block[:, n // 2]
-    return block[:, n // 2 - 1] * 0.5 + block[:, n // 2] * 0.5  # no overflow near the float max
+    a, b = block[:, n // 2 - 1], block[:, n // 2]
+    if block.dtype == xp.float32:
+        return ((a.astype(xp.float64) + b) * 0.5).astype(xp.float32)
+    total = a + b
+    out = total * 0.5
+    overflow = xp.isinf(total) & xp.isfinite(a) & xp.isfinite(b)
+    if bool(overflow.any()):
+        out = xp.where(overflow, a * 0.5 + b * 0.5, out)
+    return out
+
+
+def two_sum(xp, a, b):
+    """(s, e) with s = fl(a + b) and s + e = a + b exactly (Knuth's TwoSum; exact in float64 for any
+    a, b whose sum does not overflow, subnormals included)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def sum_greater(xp, a, b):
+    """Exactly a[0] + a[1] > b[0] + b[1], elementwise, from their TwoSums (s, e): rounding is
+    monotone, so a larger rounded sum means a larger exact sum and equal rounded sums are decided by
+    the exact remainders. NaN anywhere (or inf - inf) compares False."""
+    (sa, ea), (sb, eb) = a, b
+    return (sa > sb) | ((sa == sb) & (ea > eb))
 
 
 def median(X, f):
-    """Coordinate-wise median (0.5 a + 0.5 b of the middle values: finite for finite values)."""
+    """Coordinate-wise median (for an even count the correctly rounded mean of the middle values)."""
     vector = native_order(X, ORDER_MEDIAN)
     return Aggregation(per_sorted_chunk(X, middle) if vector is None else vector)
 
@@ -163,22 +195,43 @@ def kept_mean(xp, block, b):
 
 def closest_to_median_mean(xp, block, keep):
     """Per row of a row-sorted (c, n) block: the mean of the ``keep`` values closest to the row's
-    median. They form a window [a, a + keep) of the sorted row: a is the number of positions
+    median. They form a window [a, a + keep) of the sorted row: a is the number of positions p
     where the low end is strictly farther from the median than the value ``keep`` places above it
-    (the condition is monotone in a). At equal distance the larger value goes, so the result
-    depends on the values only, not on the order of the workers; NaN is the farthest.
-    Summed after subtracting the median (small terms: no cancellation)."""
+    (monotone in p). With m the exact median (a + b) / 2 of the middle values (a = b for odd n),
+    m - x_p > x_(p+keep) - m is a + b > x_p + x_(p+keep): two sums of two values, compared exactly
+    from their TwoSums in float64 (never on rounded distances, which made a strictly closer value
+    drop out: the window of -2^-25, 1, 2 around 1 kept -2^-25). At equal distance the larger value
+    goes, so the result depends on the values only, not on the order of the workers; NaN is the
+    farthest. The mean is taken of offsets from the median (small terms: no cancellation)."""
     c, n = block.shape
     med = middle(xp, block)[:, None]
     if keep < n:
-        low_farther = (med - block[:, :n - keep]) > (block[:, keep:] - med)  # NaN compares False
-        start = low_farther.sum(axis=1)[:, None]
+        start = low_farther(xp, block, keep).sum(axis=1)[:, None]
     else:
         start = xp.zeros((c, 1), dtype=xp.int64)
     position = xp.arange(n)[None, :]
     inside = (position >= start) & (position < start + keep)
     offsets = xp.where(inside, block - med, 0.0)
     return med[:, 0] + offsets.sum(axis=1, dtype=xp.float64) / keep
+
+
+def low_farther(xp, block, keep):
+    """(c, n - keep) booleans: a + b > x_p + x_(p+keep) exactly, a and b the middle values. Sums in
+    the block's dtype first: rounding is monotone, so unequal rounded sums (overflow to +-inf
+    included) already order the exact ones; only when some are equal (rare outside ties) are those
+    decided from TwoSums in float64 (as the compiled kernel does). NaN compares False."""
+    n = block.shape[1]
+    mid = slice((n - 1) // 2, (n - 1) // 2 + 1), slice(n // 2, n // 2 + 1)
+    centre = block[:, mid[0]] + block[:, mid[1]]
+    ends = block[:, :n - keep] + block[:, keep:]
+    farther = centre > ends
+    tied = centre == ends
+    if bool(tied.any()):
+        wide = block.astype(xp.float64) if block.dtype == xp.float32 else block
+        exact = sum_greater(xp, two_sum(xp, wide[:, mid[0]], wide[:, mid[1]]),
+                            two_sum(xp, wide[:, :n - keep], wide[:, keep:]))
+        farther = xp.where(tied, exact, farther)
+    return farther
 
 
 def meamed(X, f):

@@ -17,6 +17,7 @@ from .gaussian import Gaussian
 from .ipm import IPM, IPMOpt
 from .label_flip import LabelFlip
 from .mimic import Mimic
+from .near_tie import NearTie
 from .none import NoAttack
 from .omniscient import Omniscient
 from .shard_target import ShardTarget
@@ -24,7 +25,7 @@ from .sign_flip import SignFlip
 
 _REGISTRY: dict[str, type[Attack]] = {cls.name: cls for cls in (
     NoAttack, Gaussian, Omniscient, SignFlip, LabelFlip, ALIE, ALIEOpt, IPM, IPMOpt, Mimic, NaN, Inf, Zero, Blind,
-    ShardTarget,
+    ShardTarget, NearTie,
 )}
 
 

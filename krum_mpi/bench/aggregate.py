@@ -1,6 +1,7 @@
 """``krum-mpi bench``: micro-benchmarks of the aggregation rules against the machine's floors.
 
     krum-mpi bench aggregate [--rules R,...] [--n 16,64] [--d 1e7] [--f quarter|max|INT]
+                             [--input gaussian|near-tie|mirror|simplex|sparse]
                              [--device cpu|gpu] [--warmup 1] [--repeats 5] [--out FILE.h5|.json|.csv]
     krum-mpi bench gpu-check [--n 64] [--d 2.5e7]
 
@@ -18,6 +19,12 @@ an argument, are timed against the same with a direct pair loop as the kernel (`
 10^6, so a small run stays small). Machine state goes with the figures: CPU model, cores, load
 average before and after, BLAS and its kernel (threadpoolctl), threads, GPU model. The file format:
 ``krum_mpi.bench.schema``.
+
+``--input`` other than gaussian then times every rule again on a crafted input of the same shape
+(``measure.craft_input``: the near-tie attack's one-ulp clones of a row in the last f rows, their
+mirror pairs, a simplex of exactly equal distances, sparse +-1 rows) and prints, per rule, the
+crafted-input time over the honest-input time (``x_honest``) with the distances each recomputed:
+the price of exact decisions when the input is built to make them expensive.
 
 ``gpu-check`` runs every rule's CuPy path against its NumPy path on random and adversarial inputs,
 then times Krum at n = 64, d = 2.5e7 (ResNet-50 scale) on the GPU.
@@ -38,7 +45,8 @@ from krum_mpi.aggregators.distances import Distances, sq_distances
 from krum_mpi.aggregators.mda import MAX_SUBSETS
 from krum_mpi.backend import namespace, resolve_device
 from .gpu import gpu_check
-from .measure import blas_summary, gemm_rate, kernel_summary, machine_state, peak_extra_bytes, random_input, read_floor, rule_options, timed
+from .measure import (INPUTS, blas_summary, craft_input, gemm_rate, kernel_summary, machine_state, peak_extra_bytes,
+                      random_input, read_floor, rule_options, timed)
 from krum_mpi.errors import ConfigError, KrumMPIError
 from ..run.progress import Progress
 
@@ -118,7 +126,7 @@ def bench_aggregate(args):
         args.pairloop_n = min(64, max(ns))
     args.pairloop_d = min(int(1e6), min(ds)) if args.pairloop_d is None else args.pairloop_d
     n_pairloop = len(pair_loop_cases(rules, args.pairloop_n, 1))
-    per_input = len(rules) + len([r for r in rules if r in BLINDED_RULES])
+    per_input = len(rules) * (1 if args.input == "gaussian" else 2) + len([r for r in rules if r in BLINDED_RULES])
     progress = Progress(len(ds) * len(ns) * per_input + (n_pairloop if args.pairloop_n and device == "cpu" else 0),
                         "bench", unit="timing", quiet=args.quiet)
 
@@ -145,8 +153,10 @@ def bench_aggregate(args):
             print(f"# n={n} d={d:.0e}: read floor {read_s * 1e3:.1f} ms ({X.nbytes / read_s / 1e9:.1f} GB/s), "
                   f"n^2 d at the GEMM rate {gram_s * 1e3:.1f} ms; plain float32 X @ X.T "
                   f"{plain_s * 1e3:.1f} ms (x{plain_s / max(read_s, gram_s):.2f})", flush=True)
+            honest = {}
             for rule in rules:
                 row = bench_rule(rule, X, n, d, args, xp, read_s, gram_s, device)
+                honest[rule] = row
                 report["results"].append(row)
                 print(format_row(row), flush=True)
                 progress.update(progress.done + 1, rule=rule, n=n)
@@ -156,6 +166,8 @@ def bench_aggregate(args):
                     report["results"].append(row)
                     print(format_row(row), flush=True)
                     progress.update(progress.done + 1, rule=rule, n=n)
+            if args.input != "gaussian":
+                X = crafted_rows(X, honest, rules, n, d, args, xp, read_s, gram_s, device, report, progress)
             del X
 
     if args.pairloop_n and device == "cpu":
@@ -166,6 +178,26 @@ def bench_aggregate(args):
     benchfile.write(report, Path(args.out))
     print(f"# load average after {state['loadavg_after'][0]:.2f}; written to {args.out}", flush=True)
     return 0
+
+
+def crafted_rows(X, honest, rules, n, d, args, xp, read_s, gram_s, device, report, progress):
+    """Every rule again on the ``args.input`` family of the same shape (built in place over X; the
+    rows that depend on f are rebuilt per distinct f), each row with x_honest: its min_ms over the
+    same rule's on the gaussian input. Returns the array last used."""
+    by_f = {}
+    for rule in rules:
+        by_f.setdefault(choose_f(rule, n, args.f), []).append(rule)
+    for f, group in by_f.items():
+        X[...] = random_input(xp, n, d, args.seed)
+        craft_input(X, args.input, f, args.seed)
+        for rule in group:
+            row = bench_rule(rule, X, n, d, args, xp, read_s, gram_s, device, args.input)
+            row["x_honest"] = row["min_ms"] / honest[rule]["min_ms"]
+            report["results"].append(row)
+            print(format_row(row) + f"  x{row['x_honest']:.2f} of honest (recomputed {honest[rule]['recomputed']} "
+                  f"-> {row['recomputed']})", flush=True)
+            progress.update(progress.done + 1, rule=rule, n=n)
+    return X
 
 
 @contextlib.contextmanager
@@ -195,7 +227,8 @@ def bench_rule(rule, X, n, d, args, xp, read_s, gram_s, device, input_name="gaus
             "recomputed": int(recomputed), "min_ms": best * 1e3,
             "median_ms": float(np.median(times)) * 1e3, "floor": "max(read, gram)" if distance_based else "read",
             "floor_ms": floor_s * 1e3, "x_floor": best / floor_s, "gb_per_s": X.nbytes / best / 1e9,
-            "peak_extra_pct": None if peak is None else 100.0 * peak / X.nbytes, "times_ms": [t * 1e3 for t in times]}
+            "peak_extra_pct": None if peak is None else 100.0 * peak / X.nbytes, "x_honest": None,
+            "times_ms": [t * 1e3 for t in times]}
 
 
 def pair_loop_distances(X):
@@ -240,7 +273,7 @@ def bench_pair_loop(rules, args, progress=None):
 
 def format_row(row):
     peak = "" if row["peak_extra_pct"] is None else f"{row['peak_extra_pct']:6.2f}%"
-    rule = row["rule"] + (" [blinded]" if row["input"] == "blinded" else "")
+    rule = row["rule"] + ("" if row["input"] == "gaussian" else f" [{row['input']}]")
     return (f"  {rule:18s} n={row['n']:<3d} d={row['d']:.0e} f={row['f']:<3d} "
             f"min {row['min_ms']:9.1f} ms  median {row['median_ms']:9.1f} ms  "
             f"floor[{row['floor']}] {row['floor_ms']:8.1f} ms  x{row['x_floor']:6.2f}  "
@@ -257,6 +290,9 @@ def build_parser():
     a.add_argument("--n", default="16,64", help="worker counts (default 16,64)")
     a.add_argument("--d", default="1e7", help="parameter counts (default 1e7)")
     a.add_argument("--f", default="quarter", help="declared f: quarter ((n-3)//4), max, or an int (default quarter)")
+    a.add_argument("--input", default="gaussian", choices=list(INPUTS),
+                   help="also time every rule on this crafted input and print its time over the gaussian "
+                        "input's (default gaussian: honest rows only)")
     a.add_argument("--device", default="cpu", choices=["cpu", "gpu", "auto"])
     a.add_argument("--warmup", type=int, default=1)
     a.add_argument("--repeats", type=int, default=5)

@@ -13,7 +13,8 @@ import numpy as np
 
 from krum_mpi import native
 from krum_mpi.aggregators.parallel import column_ranges, cpu_budget, run_ranges
-from krum_mpi.backend import gpu_model, namespace, on_host, standard_normal, synchronize
+from krum_mpi.attacks import make as make_attack
+from krum_mpi.backend import array_namespace, gpu_model, namespace, on_host, standard_normal, synchronize
 
 
 def timed(fn, xp, warmup, repeats):
@@ -43,6 +44,50 @@ def peak_extra_bytes(fn):
 
 def random_input(xp, n, d, seed):
     return standard_normal(xp, (n, d), seed)
+
+
+INPUTS = ("gaussian", "near-tie", "mirror", "simplex", "sparse")
+SPARSE_DENSITY = 1e-3   # nonzero share of a sparse row
+
+
+def craft_input(X, family, crafted, seed):
+    """Turn the i.i.d. N(0, 1) rows X (n, d) into the input ``family``, in place (no second copy of a
+    large input); ``crafted``: the number of Byzantine rows (the last ones) where the family has them.
+      near-tie  the last ``crafted`` rows: the near-tie attack's one-ulp clones of row 0;
+      mirror    the same with variant "mirror": pairs one ulp above and below row 0;
+      simplex   every row is one N(0, 1) row on a 2^-10 grid with entry i (mod d) of row i raised by
+                2^-4: all pairwise squared distances are exactly 2^-7, distinct rows, every decision a tie;
+      sparse    every row zero but for a 1e-3 share of entries of +-1 at random places: integer
+                distances, many exact ties between different rows.
+    Every draw from ``seed``."""
+    n, d = X.shape
+    if family == "gaussian":
+        return X
+    if family in ("near-tie", "mirror"):
+        crafted = max(1, min(crafted, n - 1))
+        attack = make_attack("near-tie", n, crafted, crafted, variant="clone" if family == "near-tie" else "mirror")
+        X[n - crafted:] = attack.craft(X[:n - crafted], crafted)
+        return X
+    rng = np.random.default_rng(seed)
+    if family == "simplex":
+        base = np.round(rng.standard_normal(d) * 1024.0) / 1024.0
+        X[...] = to_device(X, base.astype(np.float32))
+        for i in range(n):
+            X[i, i % d] += np.float32(2.0**-4)
+        return X
+    if family == "sparse":
+        X[...] = 0.0
+        count = max(1, int(round(SPARSE_DENSITY * d)))
+        for i in range(n):
+            cols = rng.choice(d, size=count, replace=False)
+            X[i, cols] = to_device(X, rng.choice(np.float32([-1.0, 1.0]), size=count))
+        return X
+    raise ValueError(f"unknown input family {family!r}: choose one of {', '.join(INPUTS)}")
+
+
+def to_device(X, values):
+    """Host values as an array of X's namespace (CuPy when X is on the GPU)."""
+    return array_namespace(X).asarray(values)
 
 
 def read_floor(xp, X, warmup, repeats):

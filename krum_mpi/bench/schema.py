@@ -6,7 +6,9 @@ through this module, so the columns cannot drift apart. One row per (rule, n, d)
     rule, device          the rule's name, "cpu" or "gpu"
     input                 "gaussian" (i.i.d. N(0, 1) rows), or "blinded": the same with row 0 at the
                           blind attack's magnitude (its squares overflow a float32 sum) and row 1
-                          at -1000, the input that once took Krum over through arithmetic
+                          at -1000, the input that once took Krum over through arithmetic, or a
+                          crafted family of ``--input`` (measure.craft_input): "near-tie", "mirror"
+                          (the last f rows one-ulp clones of row 0), "simplex", "sparse"
     n, d, f               workers, parameters, declared Byzantine workers
     recomputed            distances the certified selection recomputed (direct or exact) in a call
     min_ms, median_ms     the rule's time over the repetitions
@@ -15,6 +17,8 @@ through this module, so the columns cannot drift apart. One row per (rule, n, d)
     gb_per_s              the input's bytes over min_ms
     peak_extra_pct        peak extra memory as a share of the input (CPU; empty when not measured)
     times_ms              every repetition's time
+    x_honest              a crafted input's min_ms over the same rule's min_ms on the gaussian input
+                          of the same shape (empty for gaussian and blinded rows; version 2)
 
 Three encodings, chosen by the file's suffix, each carrying ``format`` and ``format_version``:
 - ``.json``: {"format", "format_version", "command", "machine", "gemm", "floors", "pairloop",
@@ -36,12 +40,14 @@ import numpy as np
 from ..errors import ConfigError, ResultsError
 
 FORMAT = "krum-mpi bench aggregate"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)   # version 1: no x_honest column (read as empty)
 TEXT_COLUMNS = ("rule", "device", "input", "floor")
 INT_COLUMNS = ("n", "d", "f", "recomputed")
-FLOAT_COLUMNS = ("min_ms", "median_ms", "floor_ms", "x_floor", "gb_per_s", "peak_extra_pct")
+FLOAT_COLUMNS = ("min_ms", "median_ms", "floor_ms", "x_floor", "gb_per_s", "peak_extra_pct", "x_honest")
 COLUMNS = ("rule", "device", "input", "n", "d", "f", "recomputed", "min_ms", "median_ms", "floor", "floor_ms", "x_floor",
-           "gb_per_s", "peak_extra_pct")
+           "gb_per_s", "peak_extra_pct", "x_honest")
+OPTIONAL_COLUMNS = ("x_honest",)  # absent from version 1 files
 META_KEYS = ("command", "machine", "gemm", "floors", "pairloop")
 SUFFIXES = (".json", ".csv", ".h5", ".hdf5")
 
@@ -60,7 +66,8 @@ def write(report: dict, path) -> None:
     check_suffix(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **{k: report[k] for k in META_KEYS}}
-    rows = [{k: row[k] for k in COLUMNS + ("times_ms",)} for row in report["results"]]
+    rows = [{k: row.get(k) if k in OPTIONAL_COLUMNS else row[k] for k in COLUMNS + ("times_ms",)}
+            for row in report["results"]]
     suffix = path.suffix.lower()
     if suffix == ".json":
         path.write_text(json.dumps({**meta, "results": rows}, indent=2, default=float))
@@ -69,7 +76,7 @@ def write(report: dict, path) -> None:
             writer = csv.DictWriter(handle, fieldnames=COLUMNS + ("times_ms",))
             writer.writeheader()
             for row in rows:
-                writer.writerow({**row, "peak_extra_pct": "" if row["peak_extra_pct"] is None else row["peak_extra_pct"],
+                writer.writerow({**row, **{c: "" for c in ("peak_extra_pct", "x_honest") if row[c] is None},
                                  "times_ms": " ".join(repr(float(t)) for t in row["times_ms"])})
         meta_path(path).write_text(json.dumps(meta, indent=2, default=float))
     else:
@@ -131,13 +138,14 @@ def read(path) -> dict:
 def _check(meta: dict, rows) -> None:
     if meta.get("format") != FORMAT:
         raise ValueError(f"format is {meta.get('format')!r}, not {FORMAT!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"format_version {meta.get('format_version')!r}, this reader knows {FORMAT_VERSION}")
+    if meta.get("format_version") not in READABLE_VERSIONS:
+        raise ValueError(f"format_version {meta.get('format_version')!r}, this reader knows "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
     missing = [k for k in META_KEYS if k not in meta]
     if missing or not isinstance(rows, list):
         raise ValueError(f"missing {', '.join(missing) or 'results'}")
     for row in rows:
-        absent = [c for c in COLUMNS + ("times_ms",) if c not in row]
+        absent = [c for c in COLUMNS + ("times_ms",) if c not in row and c not in OPTIONAL_COLUMNS]
         if absent:
             raise ValueError(f"a result lacks column {absent[0]}")
 
@@ -146,7 +154,7 @@ def _typed(row: dict) -> dict:
     out = {c: str(row[c]) for c in TEXT_COLUMNS}
     out.update({c: int(row[c]) for c in INT_COLUMNS})
     for c in FLOAT_COLUMNS:
-        value = row[c]
+        value = row.get(c)
         out[c] = None if value is None or value == "" or (isinstance(value, float) and np.isnan(value)) else float(value)
     out["times_ms"] = [float(t) for t in row["times_ms"]]
     return out
@@ -155,7 +163,9 @@ def _typed(row: dict) -> dict:
 def _read_csv(path: Path):
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        if tuple(reader.fieldnames or ()) != COLUMNS + ("times_ms",):
+        fields = tuple(reader.fieldnames or ())
+        version_1 = tuple(c for c in COLUMNS if c not in OPTIONAL_COLUMNS) + ("times_ms",)
+        if fields not in (COLUMNS + ("times_ms",), version_1):
             raise ValueError(f"columns {reader.fieldnames} are not {list(COLUMNS) + ['times_ms']}")
         rows = [{**row, "times_ms": row["times_ms"].split()} for row in reader]
     meta = json.loads(meta_path(path).read_text())
@@ -172,11 +182,11 @@ def _read_h5(path: Path):
             value = value.item() if isinstance(value, np.generic) else value
             meta[key] = json.loads(value) if key in META_KEYS[1:] else value
         group = h5["results"]
-        columns = {k: group[k][()] for k in COLUMNS + ("times_ms",)}
+        columns = {k: group[k][()] for k in COLUMNS + ("times_ms",) if k in group or k not in OPTIONAL_COLUMNS}
     count = len(columns["rule"])
     rows = []
     for i in range(count):
-        row = {k: columns[k][i] for k in COLUMNS + ("times_ms",)}
+        row = {k: columns[k][i] for k in columns}
         rows.append({k: v.decode() if isinstance(v, bytes) else v for k, v in row.items()})
     return meta, rows
 

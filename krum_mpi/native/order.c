@@ -18,7 +18,9 @@
  * (split_median in order_impl.h), give the median's two values and the middle set without a
  * store. The reductions then read the rows they need from the tile with the
  * arithmetic of the NumPy path (krum_mpi/aggregators/coordinatewise.py, the reference): median
- * lo*0.5f + hi*0.5f, offsets from the median in float32, the closest window's sum in float64.
+ * of an even count (lo + hi) / 2 correctly rounded (float64 sum, halved, rounded once), the closest
+ * window decided exactly (lo + hi > x_p + x_(p+keep) by TwoSum in float64), offsets from the median
+ * in float32, the closest window's sum in float64.
  *
  * Time goes to the min/max (about 500 comparators per VW columns at n = 64) and, unless rows are
  * prefetched, to n interleaved memory streams. Single-threaded: the caller splits the columns.

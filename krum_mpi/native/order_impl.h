@@ -14,6 +14,10 @@ typedef int32_t CAT(VS, SFX) __attribute__((vector_size(VW * 4)));
 #define VFHT CAT(VFH, SFX)
 #define VDT CAT(VD, SFX)
 #define VST CAT(VS, SFX)
+typedef int64_t CAT(VL, SFX) __attribute__((vector_size(VW * 4)));  /* masks of VDT comparisons */
+typedef int32_t CAT(VSH, SFX) __attribute__((vector_size(VW * 2)));
+#define VLT CAT(VL, SFX)
+#define VSHT CAT(VSH, SFX)
 
 /* Float bits -> unsigned sort key: flipping the magnitude bits of negatives gives a signed order
  * -NaN < -inf < ... < -0.0 < +0.0 < ... < +inf < +NaN; subtracting the key of -inf (wrapping)
@@ -35,6 +39,58 @@ static inline TARGET VFT CAT(key_value, SFX)(V key)
 static inline TARGET VFT CAT(row_value, SFX)(const V *t, int64_t p)
 {
     return CAT(key_value, SFX)(t[p]);
+}
+
+/* The correctly rounded (lo + hi) / 2 of float32 values: their sum in float64 is one rounding,
+ * halving it is exact, and float64 has more than 2 x 24 + 2 bits, so the rounding to float32 is
+ * innocuous (Figueroa 1995), subnormals included. lo*0.5f + hi*0.5f rounded each half first (the
+ * median of 2^-149 and 2^-149 came out 0). The NumPy path's middle() computes the same. */
+static inline TARGET VFT CAT(mid_value, SFX)(VFT lo, VFT hi)
+{
+    VFHT l[2], h[2], r[2];
+    __builtin_memcpy(l, &lo, sizeof lo);
+    __builtin_memcpy(h, &hi, sizeof hi);
+    for (int k = 0; k < 2; k++)
+        r[k] = __builtin_convertvector((TO_DOUBLE(l[k]) + TO_DOUBLE(h[k])) * 0.5, VFHT);
+    VFT res;
+    __builtin_memcpy(&res, r, sizeof res);
+    return res;
+}
+
+/* TwoSum of the float32 lanes lo + hi in float64, per half of the lanes: s = fl(lo + hi) and
+ * e = lo + hi - s exactly (no overflow for float32 values). */
+static inline TARGET void CAT(two_sum_halves, SFX)(VFT lo, VFT hi, VDT *s, VDT *e)
+{
+    VFHT l[2], h[2];
+    __builtin_memcpy(l, &lo, sizeof lo);
+    __builtin_memcpy(h, &hi, sizeof hi);
+    for (int k = 0; k < 2; k++) {
+        VDT p = TO_DOUBLE(l[k]), q = TO_DOUBLE(h[k]);
+        s[k] = p + q;
+        VDT back = s[k] - p;
+        e[k] = (p - (s[k] - back)) + (q - back);
+    }
+}
+
+/* Per lane, 1 where m_s + m_e > a + b exactly (ms, me: the TwoSum of the median's two values from
+ * two_sum_halves; 0 when NaN is involved): a larger rounded float64 sum means a larger exact sum,
+ * and equal rounded sums are decided by the exact remainders. The closest window's test
+ * m - x_p > x_q - m with m = (lo + hi) / 2 the exact median; the NumPy path's sum_greater. */
+static inline TARGET VST CAT(exact_greater, SFX)(const VDT *ms, const VDT *me, VFT a, VFT b)
+{
+    VFHT x[2], y[2];
+    VSHT g[2];
+    __builtin_memcpy(x, &a, sizeof a);
+    __builtin_memcpy(y, &b, sizeof b);
+    for (int k = 0; k < 2; k++) {
+        VDT u = TO_DOUBLE(x[k]), v = TO_DOUBLE(y[k]), t = u + v;
+        VDT back = t - u, et = (u - (t - back)) + (v - back);
+        VLT gt = (ms[k] > t) | ((ms[k] == t) & (me[k] > et));
+        g[k] = __builtin_convertvector(-gt, VSHT);
+    }
+    VST res;
+    __builtin_memcpy(&res, g, sizeof res);
+    return res;
 }
 
 /* Row i's VW columns as keys; the largest key for the padding rows i >= n. */
@@ -147,7 +203,7 @@ static inline TARGET VFT CAT(split_median, SFX)(const V *t, int64_t N)
         hi0 = VMIN(hi0, u0);
         hi1 = VMIN(hi1, u1);
     }
-    return CAT(key_value, SFX)(VMAX(lo0, lo1)) * 0.5f + CAT(key_value, SFX)(VMIN(hi0, hi1)) * 0.5f;
+    return CAT(mid_value, SFX)(CAT(key_value, SFX)(VMAX(lo0, lo1)), CAT(key_value, SFX)(VMIN(hi0, hi1)));
 }
 
 /* Sum over the positions [N/4 - q, N - N/4 + q) of (value - med), q = 0 or 1, as sets (see
@@ -248,7 +304,7 @@ static TARGET void CAT(group, SFX)(const float *const *rowp, int64_t off, int64_
 
     /* Reductions over the sorted tile, NumPy's float32 arithmetic (no FMA contraction under -std=c11). */
     VFT med = n % 2 ? CAT(row_value, SFX)(t, n / 2)
-                    : CAT(row_value, SFX)(t, n / 2 - 1) * 0.5f + CAT(row_value, SFX)(t, n / 2) * 0.5f;
+                    : CAT(mid_value, SFX)(CAT(row_value, SFX)(t, n / 2 - 1), CAT(row_value, SFX)(t, n / 2));
     VFT res = med;
     if (mode == KRUM_ORDER_TRIMMED) {
         VFT acc = (VFT){0};
@@ -257,11 +313,30 @@ static TARGET void CAT(group, SFX)(const float *const *rowp, int64_t off, int64_
         res = med + acc / (float)(n - 2 * param);
     } else if (mode == KRUM_ORDER_CLOSEST) {
         /* window start = #positions p whose value is strictly farther below the median than the
-         * value keep places up is above it (NaN compares false); then a float64 sum over it */
+         * value keep places up is above it, decided exactly (NaN compares false); then a float64
+         * sum over it */
         int64_t keep = param;
         VST start = (VST){0};
-        for (int64_t p = 0; p < n - keep; p++)
-            start -= (VST)((med - CAT(row_value, SFX)(t, p)) > (CAT(row_value, SFX)(t, p + keep) - med));
+        /* Rounding is monotone, so unequal float32 sums already order the exact ones (overflow to
+         * +-inf included); only when some lane's float32 sums are equal (rare outside ties) is the
+         * count redone exactly, in float64 (exact_greater). */
+        VFT mlo = CAT(row_value, SFX)(t, (n - 1) / 2), mhi = CAT(row_value, SFX)(t, n / 2), sm = mlo + mhi;
+        VST tied = (VST){0};
+        for (int64_t p = 0; p < n - keep; p++) {
+            VFT st = CAT(row_value, SFX)(t, p) + CAT(row_value, SFX)(t, p + keep);
+            start -= (VST)(sm > st);
+            tied |= (VST)(sm == st);
+        }
+        int32_t any = 0;
+        for (int l = 0; l < VW; l++)
+            any |= tied[l];
+        if (any) {
+            VDT ms[2], me[2];
+            CAT(two_sum_halves, SFX)(mlo, mhi, ms, me);
+            start = (VST){0};
+            for (int64_t p = 0; p < n - keep; p++)
+                start += CAT(exact_greater, SFX)(ms, me, CAT(row_value, SFX)(t, p), CAT(row_value, SFX)(t, p + keep));
+        }
         /* Four float64 accumulators of register width (lane halves x even/odd p), named: a VW-wide double
          * vector or an indexed array would live on the stack, a store-forward chain per position. */
         VDT a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
@@ -321,6 +396,8 @@ static TARGET void CAT(order_reduce, SFX)(const float *const *rowp, int64_t n, i
 }
 
 #undef VFT
+#undef VLT
+#undef VSHT
 #undef VDT
 #undef VFHT
 #undef VST

@@ -34,7 +34,9 @@ from krum_mpi.aggregators.mda import min_diameter_subset
 from krum_mpi.aggregators.preagg import nnm_mixing_from
 from krum_mpi.aggregators.rowops import combine_rows, combine_rows_float64, combine_rows_many, distances_to_point
 
-EXACT_BYTES = 96   # one exact squared distance (an int scaled by 2^298, below 2^600 for float32 rows)
+# bytes of one exact squared distance, an int scaled by 2^SCALE: below 2^600 for float32 rows
+# (2^298 x d 2^258), below 2^4240 for float64 rows (2^2148 x d 2^2050), d < 2^40
+EXACT_BYTES = {np.dtype(np.float32): 96, np.dtype(np.float64): 544}
 DISTANCE_RULES = ("krum", "multi-krum", "bulyan", "mda")
 BLOCKWISE_RULES = ("average", "median", "trimmed-mean", "meamed")
 ITERATIVE_RULES = ("geometric-median", "centered-clipping")
@@ -119,11 +121,11 @@ class ShardedRows:
 
     def exact(self, pairs):
         pairs = list(pairs)
-        local = []
+        local, size = [], EXACT_BYTES[self.dtype]
         for b in self.blocks.blocks:
             ints = LocalRows(b).exact(pairs)
-            local.append(np.frombuffer(b"".join(v.to_bytes(EXACT_BYTES, "little") for v in ints),
-                                       dtype=np.uint8).reshape(len(pairs), EXACT_BYTES))
+            local.append(np.frombuffer(b"".join(v.to_bytes(size, "little") for v in ints),
+                                       dtype=np.uint8).reshape(len(pairs), size))
         parts = self.blocks.all_parts(np.stack(local))
         return [sum(int.from_bytes(parts[p, k].tobytes(), "little") for p in range(parts.shape[0]))
                 for k in range(len(pairs))]
