@@ -107,7 +107,8 @@ from pathlib import Path
 
 WRITER_LOOP = """
 import sys, numpy as np
-from krum_mpi import config, results
+from krum_mpi import config
+from krum_mpi.run import results
 cfg = config.validate({"run": {"steps": 10**6}, "workers": {"n": 4}})
 w = results.ResultsWriter(sys.argv[1], cfg, config.run_id(cfg), {}, np.zeros(4, bool), 2, True, True)
 step = 0
