@@ -123,6 +123,9 @@ def test_validation_accuracy_is_recorded_at_every_eval_step(tmp_path):
         np.testing.assert_array_equal(np.isfinite(val), np.isfinite(test))
         assert np.isfinite(val).sum() == 3 and ((val[np.isfinite(val)] >= 0) & (val[np.isfinite(val)] <= 1)).all()
         assert json.loads(h5.attrs["config"])["data"]["validation_fraction"] == 0.2
+        prov = json.loads(h5.attrs["provenance"])
+        assert prov["blas_kernel"].startswith(("openblas", "mkl", "blis", "flexiblas", "unknown"))
+        assert "blas_threads" in prov and "blas_coretype_env" in prov
     with h5py.File(plain, "r") as h5:
         assert "validation_accuracy" not in h5["metrics"]
 
@@ -155,3 +158,17 @@ def test_minibatches_and_byzantine_set_depend_on_the_seed_only():
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(byzantine_mask(20, 6, 1), byzantine_mask(20, 6, 1))
     assert not np.array_equal(byzantine_mask(20, 6, 1), byzantine_mask(20, 6, 2))
+
+
+# ---- provenance: the BLAS kernel ---------------------------------------------------------------------
+
+def test_blas_kernel_names_library_version_core_type_threads_and_the_forced_core_type():
+    from krum_mpi.run.provenance import blas_kernel
+    info = [{"internal_api": "openblas", "version": "0.3.31", "architecture": "Haswell", "num_threads": 2},
+            {"internal_api": "openmp", "version": None, "num_threads": 2}]
+    got = blas_kernel(info, env={"OPENBLAS_CORETYPE": "Haswell"})
+    assert got == {"kernel": "openblas 0.3.31 Haswell", "threads": 2, "coretype_env": "Haswell"}
+    two = info + [{"internal_api": "mkl", "version": "2024.1", "architecture": None, "num_threads": 4}]
+    assert blas_kernel(two, env={}) == {"kernel": "openblas 0.3.31 Haswell + mkl 2024.1 ?", "threads": [2, 4],
+                                        "coretype_env": None}
+    assert blas_kernel([], env={})["kernel"] == "unknown"
