@@ -167,3 +167,25 @@ def test_run_converged_reads_validation_accuracy_from_a_results_file(tmp_path):
     run["metrics"]["validation_accuracy"] = np.where(np.isfinite(run["metrics"]["test_accuracy"]), 0.7, np.nan)
     assert run_converged(run).converged and run_converged(run).change == 0.0
     assert test_only.window == (80, 99)
+
+
+# ---- tuning and the worst case -----------------------------------------------------------------------
+
+def test_tune_picks_the_best_mean_validation_accuracy_and_keeps_the_sensitivity():
+    from krum_mpi.analysis.protocol import tune
+    choice = tune({0.5: {0: 0.6, 1: float("nan")}, 0.05: {0: 0.91, 1: 0.89}, 0.005: {0: 0.88, 1: 0.92},
+                   5.0: {0: float("nan")}})
+    assert choice.value == 0.05 and choice.score == pytest.approx(0.90)   # tie with 0.005: grid order
+    assert choice.table[0.5] == 0.6 and math.isnan(choice.table[5.0])
+    with pytest.raises(ValueError, match="no grid value"):
+        tune({1.0: {0: float("nan")}})
+
+
+def test_worst_case_sets_numeric_attacks_apart_and_counts_the_attacks():
+    from krum_mpi.analysis.protocol import worst_case
+    cell = {"none": {0: 0.9}, "alie": {0: 0.8, 1: 0.7}, "min-max": {0: 0.6, 1: 0.65}, "blind": {0: 0.1},
+            "nan": {0: 0.9}, "ipm": {0: 0.7}}
+    worst = worst_case(cell)
+    assert (worst.attack, worst.mean) == ("min-max", pytest.approx(0.625))
+    assert worst.numeric == {"blind": 0.1, "nan": 0.9} and set(worst.means) == {"alie", "min-max", "ipm"}
+    assert not worst.enough and worst_case(cell, min_attacks=3).enough
