@@ -49,14 +49,15 @@ def craft(name, honest=H, n_workers=5, n_byzantine=2, f=2, aggregate=mean_rule, 
 
 def test_registry_lists_the_catalogue_of_issue_4():
     expected = {"none", "gaussian", "omniscient", "sign-flip", "label-flip", "alie", "ipm", "alie-opt",
-                "ipm-opt", "mimic", "nan", "inf", "zero", "blind", "shard-target", "min-max", "min-sum"}
+                "ipm-opt", "mimic", "nan", "inf", "zero", "blind", "shard-target", "min-max", "min-sum",
+                "agr-tailored"}
     assert set(ALL) == expected
     for name in ALL:
         assert attacks.get(name).name == name
 
 
 def test_unknown_attack_lists_the_known_names():
-    with pytest.raises(ValueError, match=r"unknown attack 'alie2': choose one of alie, alie-opt, ") as err:
+    with pytest.raises(ValueError, match=r"unknown attack 'alie2': choose one of agr-tailored, alie, alie-opt, ") as err:
         attacks.make("alie2", 20, 6, 6)
     assert "\n" not in str(err.value)
 

@@ -161,6 +161,27 @@ def test_ipm_opt_inner_objective_turns_krum_against_mu_at_least_as_much_as_fixed
     assert best < 0
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("rule", ["krum", "median", "trimmed-mean", "average", "geometric-median",
+                                  "centered-clipping"])
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_agr_tailored_turns_every_rule_against_mu_at_least_as_much_as_min_max(seed, rule, direction):
+    """k = 1 (the Min-Max gamma) is in the grid and the search maximises exactly this damage, so the
+    tailored attack is never weaker than Min-Max in the same direction; against Krum, the median, the
+    trimmed mean and averaging it turns the step against mu."""
+    honest = honest_rows(seed)
+    aggregate = lambda Z: aggregators.get(rule)(Z, F)  # noqa: E731
+    tailored = attacks.make("agr-tailored", N, F, F, direction=direction)
+    byz = tailored.craft(honest, F, np.random.default_rng(0), aggregate=aggregate)
+    got = inner(output(rule, honest, byz), honest)
+    minmax = inner(output(rule, honest, crafted("min-max", honest, direction=direction)), honest)
+    assert got <= minmax + 1e-9
+    assert tailored.last_gamma == pytest.approx(
+        tailored.last_choice * min_max_gamma(np, honest, perturbation(np, honest, direction)))
+    if direction == "unit" and rule in ("krum", "median", "trimmed-mean", "average"):
+        assert got < 0
+
+
 def test_alie_paper_z_is_zero_at_one_of_forty_and_then_sends_the_honest_mean():
     assert attacks.alie_z(40, 1) == 0.0
     honest = np.random.default_rng(0).standard_normal((39, 10)).astype(np.float32)
@@ -170,7 +191,7 @@ def test_alie_paper_z_is_zero_at_one_of_forty_and_then_sends_the_honest_mean():
 
 
 @pytest.mark.parametrize("name, params", [("min-max", {"direction": "sign"}), ("min-sum", {"direction": "std"}),
-                                          ("ipm-opt", {}), ("alie-opt", {})])
+                                          ("ipm-opt", {}), ("alie-opt", {}), ("agr-tailored", {})])
 def test_same_seed_same_rows_and_same_choice(name, params):
     honest = honest_rows(7)
     a, b = (attacks.make(name, N, F, F, **params) for _ in range(2))

@@ -25,12 +25,19 @@ at gamma = 0 (mu lies in the honest hull), so the feasible gammas are an interva
 (float64 throughout). A zero direction (mu = 0 for "unit" or "sign", sigma = 0 for "std") or a
 single honest gradient gives gamma* = 0: the attack then sends mu. ``last_gamma`` keeps the value of
 the last step.
+
+``agr-tailored`` is the rule-aware counterpart (the paper's "AGR-tailored" attacks, here by the
+line search of ``line_search.py``): the same row mu + gamma p, with gamma = k * gamma_minmax for k
+from ``grid`` (multiples of the Min-Max gamma, so the grid does not depend on the gradients' scale),
+k chosen each step through the rule in use to maximise the damage to the step (``objective``,
+"inner" by default). ``last_choice`` keeps k, ``last_gamma`` gamma.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .base import Attack, honest_mean, honest_std, repeat_rows
+from .line_search import check_grid, check_objective, line_search, unit
 
 DIRECTIONS = ("unit", "std", "sign")
 
@@ -108,3 +115,26 @@ class MinSum(_Agnostic):
     name = "min-sum"
     source = "Shejwalkar & Houmansadr, 'Manipulating the Byzantine', NDSS 2021 (Min-Sum)"
     gamma_of = staticmethod(min_sum_gamma)
+
+
+class AGRTailored(_Agnostic):
+    name = "agr-tailored"
+    source = "Shejwalkar & Houmansadr, NDSS 2021 (AGR-tailored): mu + gamma p with gamma searched against the rule"
+    # Multiples of the Min-Max gamma: below it (closer to the honest cloud) and well beyond it.
+    defaults = {"direction": "unit", "objective": "inner",
+                "grid": [0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0]}
+
+    def _validate(self):
+        super()._validate()
+        self.objective = check_objective(self.params["objective"])
+        self.grid = check_grid("gamma multiple", self.params["grid"])
+        self.params["grid"] = list(self.grid)
+        self.last_choice = None
+
+    def _craft(self, xp, honest, n_byzantine, rng, aggregate):
+        p = perturbation(xp, honest, self.params["direction"])
+        mu, base = honest_mean(xp, honest), min_max_gamma(xp, honest, p)
+        craft_at = lambda k, count: repeat_rows(xp, mu + (k * base) * p, count)  # noqa: E731
+        self.last_choice, _ = line_search(self, xp, honest, rng, aggregate, self.grid, craft_at, unit(xp, p))
+        self.last_gamma = self.last_choice * base
+        return craft_at(self.last_choice, n_byzantine)
