@@ -57,7 +57,8 @@ def test_registry_lists_the_catalogue_of_issue_4():
 
 
 def test_unknown_attack_lists_the_known_names():
-    with pytest.raises(ValueError, match=r"unknown attack 'alie2': choose one of agr-tailored, alie, alie-opt, ") as err:
+    expected = r"unknown attack 'alie2': choose one of agr-tailored, alie, alie-opt, "
+    with pytest.raises(ValueError, match=expected) as err:
         attacks.make("alie2", 20, 6, 6)
     assert "\n" not in str(err.value)
 
