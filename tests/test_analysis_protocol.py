@@ -189,3 +189,24 @@ def test_worst_case_sets_numeric_attacks_apart_and_counts_the_attacks():
     assert (worst.attack, worst.mean) == ("min-max", pytest.approx(0.625))
     assert worst.numeric == {"blind": 0.1, "nan": 0.9} and set(worst.means) == {"alie", "min-max", "ipm"}
     assert not worst.enough and worst_case(cell, min_attacks=3).enough
+
+
+def test_family_verdicts_apply_holm_over_the_whole_family():
+    base = {s: 0.9 for s in range(5)}
+    plus = lambda diffs: {s: 0.9 + d for s, d in enumerate(diffs)}  # noqa: E731
+    close = plus([0.005, 0.001, 0.005, 0.001, 0.003])     # p = 0.029 alone: not below 0.05 / 3
+    nulls = {f"null{i}": (plus(d), base) for i, d in enumerate([[0.01, -0.01, 0.005, -0.004, 0.0],
+                                                                [-0.02, 0.01, 0.0, 0.01, -0.002]])}
+    rows = paired.family_verdicts({"close": (close, base), **nulls})
+    alone = paired.paired_t(paired.paired_differences(close, base)[0])
+    assert 0.05 / 3 < alone.p_value < 0.05 and alone.excludes_zero()
+    assert [r.verdict for r in rows] == ["cannot decide"] * 3 and rows[0].family_size == 3
+    assert rows[0].p_holm == pytest.approx(3 * alone.p_value)
+    clear = paired.family_verdicts({"up": (plus([0.05, 0.051, 0.049, 0.05, 0.052]), base),
+                                    "down": (base, plus([0.05, 0.051, 0.049, 0.05, 0.052])),
+                                    "close": (close, base)})
+    assert [r.verdict for r in clear] == ["better", "worse", "better"]   # the last test is at alpha / 1
+    boot = paired.family_verdicts({"up": (plus([0.05, 0.051, 0.049, 0.05, 0.052]), base)}, method="bootstrap")
+    assert boot[0].verdict == "better" and boot[0].interval.method == "percentile bootstrap"
+    with pytest.raises(ValueError, match="method"):
+        paired.family_verdicts({}, method="welch")

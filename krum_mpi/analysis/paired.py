@@ -11,6 +11,7 @@ per-seed differences is the right one; an unpaired (Welch) interval on the two m
     paired_t(diffs)                 # Interval(estimate, low, high, n, p_value, "paired t")
     bootstrap(diffs, seed=0)        # Interval(..., "percentile bootstrap")
     holm([p1, p2, ...], alpha=0.05) # Holm: which verdicts stand, adjusted p-values, the family size
+    family_verdicts({"krum vs average, clean": (a, b), ...})   # intervals + Holm + verdict words
     accuracy_interval(values)       # mean and a t interval clipped to [0, 1]
     split_summary(values_by_seed)   # median, min, max, the seeds: for bimodal cells
 """
@@ -107,6 +108,34 @@ def holm(p_values, alpha: float = 0.05) -> Holm:
         else:
             stopped = True
     return Holm(rejected, adjusted, m, alpha)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    name: str
+    interval: Interval    # of the paired differences a - b
+    p_holm: float         # Holm-adjusted p-value within the family
+    verdict: str          # "better" | "worse" (a against b, surviving Holm) | "cannot decide"
+    family_size: int
+
+
+def family_verdicts(comparisons: dict, method: str = "t", alpha: float = 0.05, seed: int = 0) -> list:
+    """One Verdict per comparison name -> (a_by_seed, b_by_seed): the paired interval (``method`` "t"
+    or "bootstrap"), Holm over the whole family, and "better" / "worse" only where the Holm-corrected
+    test rejects "no difference" (the interval is then reported at the uncorrected level, with the
+    adjusted p-value beside it)."""
+    if method not in ("t", "bootstrap"):
+        raise ValueError(f"method must be t or bootstrap, got {method!r}")
+    intervals = {}
+    for name, (a, b) in comparisons.items():
+        diffs, _ = paired_differences(a, b)
+        intervals[name] = paired_t(diffs, 1 - alpha) if method == "t" else bootstrap(diffs, 1 - alpha, seed=seed)
+    correction = holm([iv.p_value for iv in intervals.values()], alpha)
+    out = []
+    for (name, iv), stands, p_adj in zip(intervals.items(), correction.rejected, correction.adjusted):
+        verdict = ("better" if iv.estimate > 0 else "worse") if stands else "cannot decide"
+        out.append(Verdict(name, iv, p_adj, verdict, correction.family_size))
+    return out
 
 
 def accuracy_interval(values, level: float = 0.95) -> Interval:
