@@ -54,6 +54,7 @@ DEFAULTS: dict = {
         "noise": 0.0,            # synthetic: label noise / class overlap
         "standardize": True,     # standardise features with training statistics
         "max_train": 0,          # cap on training samples used (0: all)
+        "validation_fraction": 0.0,  # share of the training rows held out for validation (0: none)
         "context": 64,           # text: characters per window (the character model's context)
         "image_shape": [],       # synthetic: [channels, height, width] makes image rows (n_features = product)
     },
@@ -69,7 +70,8 @@ DEFAULTS: dict = {
     },
     "optimizer": {
         "lr": 0.05,              # SGD learning rate
-        "momentum": 0.0,         # heavy-ball coefficient (0: plain SGD)
+        "momentum": 0.0,         # momentum coefficient beta (0: plain SGD)
+        "momentum_form": "heavy-ball",  # heavy-ball (m <- beta m + g) | ema (m <- beta m + (1 - beta) g)
         "momentum_at": "server",  # server (on the aggregate) | worker (each worker sends momentum)
     },
     "aggregator": {
@@ -104,6 +106,7 @@ CHOICES = {
     "model.loss": ("cross-entropy", "nll", "mse", "multi-margin"),
     "model.augment": ("auto", "none", "crop-flip"),
     "optimizer.momentum_at": ("server", "worker"),
+    "optimizer.momentum_form": ("heavy-ball", "ema"),
     "attack.adversary": ("omniscient", "colluding"),
     "aggregator.placement": ("gather", "sharded", "per-shard"),
 }
@@ -117,6 +120,7 @@ BOUNDS = {
     "workers.byzantine": (0, None),
     "workers.batch_size": (1, None),
     "data.test_fraction": (0.0, 1.0),
+    "data.validation_fraction": (0.0, 1.0),
     "data.alpha": (0.0, None),
     "data.gamma": (0.0, 1.0),
     "data.n_train": (1, None),
@@ -304,6 +308,8 @@ def _check_consistency(cfg: dict) -> None:
     if byz == 0 and cfg["attack"]["name"] != "none":
         raise ConfigError(f"attack.name = {cfg['attack']['name']!r} but workers.byzantine = 0: "
                           "set workers.byzantine > 0 or attack.name=none")
+    if cfg["optimizer"]["momentum_form"] == "ema" and cfg["optimizer"]["momentum"] >= 1:
+        raise ConfigError("optimizer.momentum = 1 with momentum_form = 'ema' never moves: use momentum < 1")
     _check_rule_and_attack(cfg)
     from .parallel.model_parallel import check_config
     check_config(cfg)   # parallel.model > 1: before the placement checks (it may set placement = sharded)

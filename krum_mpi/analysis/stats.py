@@ -1,7 +1,8 @@
 """Small statistics for the tables: Student t quantiles and confidence intervals.
 
 Only the t distribution is needed, so it is computed here (regularised incomplete beta by
-Lentz's continued fraction, then bisection) instead of depending on SciPy.
+Lentz's continued fraction, then bisection) instead of depending on SciPy. The paired intervals,
+Holm's correction and the summaries of the evidence protocol are in ``paired.py``, built on these.
 """
 import math
 

@@ -9,6 +9,7 @@ docs/attacks.md gives each attack's source, formula and defaults.
 """
 from __future__ import annotations
 
+from .agnostic import AGRTailored, MinMax, MinSum
 from .alie import ALIE, ALIEOpt, alie_z
 from .base import Attack
 from .blind import Blind
@@ -25,7 +26,7 @@ from .sign_flip import SignFlip
 
 _REGISTRY: dict[str, type[Attack]] = {cls.name: cls for cls in (
     NoAttack, Gaussian, Omniscient, SignFlip, LabelFlip, ALIE, ALIEOpt, IPM, IPMOpt, Mimic, NaN, Inf, Zero, Blind,
-    ShardTarget, NearTie,
+    ShardTarget, NearTie, MinMax, MinSum, AGRTailored,
 )}
 
 

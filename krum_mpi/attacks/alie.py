@@ -8,7 +8,7 @@ z, with n workers, m = n_byzantine of them Byzantine and s = floor(n/2 + 1) - m 
   z_formula = "honest" : z = PhiInv((n - m - s) / (n - m))  (n = 20, m = 6: 0.366; n = 25, m = 5: 0.253)
   z = <number>         : a fixed z (the authors' code uses 1.5)
 ``alie-opt`` picks z each step from ``grid`` by the line search of ``line_search.py`` (``objective``
-"distance" or "along").
+"inner", the default, "distance" or "along").
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ class ALIEOpt(Attack):
     name = "alie-opt"
     source = "ALIE with z chosen per step by line search against the rule in use (cf. Shejwalkar & Houmansadr, NDSS 2021)"
     # z from 0 to 5 by 0.1: krum-type rules stop selecting the ALIE point somewhere in this range.
-    defaults = {"grid": [round(0.1 * k, 1) for k in range(51)], "objective": "distance"}
+    defaults = {"grid": [round(0.1 * k, 1) for k in range(51)], "objective": "inner"}
 
     def _validate(self):
         _check_counts(self)

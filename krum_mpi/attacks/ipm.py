@@ -4,7 +4,7 @@ Every Byzantine worker sends -epsilon * mu (mu: the mean of the honest gradients
 (0.1) keeps the vector close enough to be selected by Krum while making the inner product with the
 true gradient negative; a large one (about 100) defeats median-type rules.
 ``ipm-opt`` picks epsilon each step from ``grid`` by the line search of ``line_search.py`` (``objective``
-"distance" or "along").
+"inner", the default, "distance" or "along").
 """
 from .base import Attack, check_real, honest_mean, repeat_rows
 from .line_search import check_grid, check_objective, line_search, unit
@@ -28,7 +28,7 @@ class IPMOpt(Attack):
     # Fine near 0 (where Krum is fooled), then the settings seen in the literature up to 100.
     defaults = {"grid": [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1,
                          1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0],
-                "objective": "distance"}
+                "objective": "inner"}
 
     def _validate(self):
         self.objective = check_objective(self.params["objective"])

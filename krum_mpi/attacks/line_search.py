@@ -3,13 +3,18 @@
 For each value v of the grid the Byzantine vectors are crafted at v, the rule in use aggregates
 them with the honest vectors, and the damage (in float64) is measured by ``objective``:
 
-    "distance" (default): ||aggregate - mu||, mu the honest mean
-    "along"             : (aggregate - mu) . u, u the unit direction the attack pushes in
-                          (ALIE: -sigma / ||sigma||, IPM: -mu / ||mu||)
+    "inner" (default): -(aggregate . mu) / ||mu||, mu the honest mean: how far the step the rule
+                       takes goes AGAINST the honest direction (the loss decrease of an SGD step is
+                       about lr * (aggregate . true gradient), so this is the damage to the step)
+    "distance"       : ||aggregate - mu||
+    "along"          : (aggregate - mu) . u, u the unit direction the attack pushes in
+                       (ALIE: -sigma / ||sigma||, IPM: -mu / ||mu||)
 
-The value with the largest damage wins; ties go to the earlier grid value. "along" exists because
-against Krum the distance rewards NOT being selected: Krum's honest pick is one noisy gradient, often
-farther from mu than the crafted vector, so the distance can be largest when the attack is ignored.
+The value with the largest damage wins; ties go to the earlier grid value. "distance" is
+misdirected against Krum-type rules: it rewards NOT being selected, since Krum's honest pick is one
+noisy gradient, often farther from mu than the crafted vector, so the distance can be largest when
+the attack is ignored (an honest gradient far from mu still descends). "inner" rewards the value
+at which the rule's output turns against mu, which for Krum is the largest value it still selects.
 
 The rule needs all n_workers vectors. In the omniscient model ``honest`` already holds the
 n_workers - n_byzantine honest gradients. In the colluding model the adversary knows only its own
@@ -23,7 +28,7 @@ import numpy as np
 from .base import check_real, check_rng, honest_mean, honest_std
 
 
-OBJECTIVES = ("distance", "along")
+OBJECTIVES = ("inner", "distance", "along")
 
 
 def check_objective(objective) -> str:
@@ -64,13 +69,19 @@ def line_search(attack, xp, honest, rng, aggregate, grid, craft_at, direction):
         raise ValueError(f"attack {attack.name!r} needs aggregate, the callable of the rule in use")
     pool = simulated_honest(xp, honest, attack.n_workers - attack.n_byzantine, rng, attack.name)
     mu = honest_mean(xp, honest)
+    mu_unit = unit(xp, mu)
     best_value, best_damage = grid[0], -np.inf
     for value in grid:
         X = xp.concatenate([pool, craft_at(value, attack.n_byzantine)]).astype(xp.float32)
         result = aggregate(X)
         vector = getattr(result, "vector", result)       # an Aggregation or a bare (d,) array
         shift = vector.astype(xp.float64) - mu
-        damage = float(shift @ direction) if attack.objective == "along" else float(xp.linalg.norm(shift))
+        if attack.objective == "inner":
+            damage = -float(vector.astype(xp.float64) @ mu_unit)
+        elif attack.objective == "along":
+            damage = float(shift @ direction)
+        else:
+            damage = float(xp.linalg.norm(shift))
         if damage > best_damage:                           # NaN damage never wins
             best_value, best_damage = value, damage
     return best_value, best_damage

@@ -38,7 +38,8 @@ def open_dataset(data_cfg: dict, seed: int = 0) -> Dataset:
         from . import text as module
     else:
         raise DataError(f"unknown data.name {name!r}: use spambase, mnist, synthetic, hdf5 or text")
-    return module.load(cfg, seed)
+    from .validation import with_validation
+    return with_validation(module.load(cfg, seed), cfg["validation_fraction"], seed)
 
 
 __all__ = ["open_dataset", "data_dir", "Dataset", "ArrayDataset", "Shard", "DataError"]

@@ -101,6 +101,10 @@ class Dataset:
     def test_set(self):
         raise NotImplementedError
 
+    def validation_set(self):
+        """(X, y) of the validation rows, or (None, None) without data.validation_fraction."""
+        return None, None
+
     # -- sharding ----------------------------------------------------------------------------
     def shard(self, worker: int, n_workers: int) -> Shard:
         """Worker ``worker``'s part of the training set; the parts of all workers partition it exactly."""

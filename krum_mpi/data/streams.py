@@ -13,3 +13,4 @@ TAG_TEACHER = 4       # synthetic: teacher weights / mixture means
 TAG_TRAIN = 5         # synthetic: training samples
 TAG_TEST = 6          # synthetic: test samples
 TAG_SUBSAMPLE = 7     # data.max_train
+TAG_VALIDATION = 8    # data.validation_fraction: validation rows carved from the training set

@@ -41,8 +41,29 @@ def blas_info() -> list:
         return [{"error": type(exc).__name__}]
 
 
+BLAS_LIBRARIES = ("openblas", "mkl", "blis", "flexiblas")
+
+
+def blas_kernel(info: list | None = None, env: dict | None = None) -> dict:
+    """What makes large products reproducible, in one place: the BLAS library and version, the kernel
+    it dispatched to (OpenBLAS's core type, e.g. "Haswell" or "SkylakeX": a DYNAMIC_ARCH build picks it
+    from the CPU unless OPENBLAS_CORETYPE forces one), its threads, and OPENBLAS_CORETYPE itself.
+    ``kernel`` is one string to compare runs by ("openblas 0.3.31 SkylakeX"; several BLAS libraries
+    loaded: joined by " + "; none found: "unknown")."""
+    info = blas_info() if info is None else info
+    env = os.environ if env is None else env
+    libs = [i for i in info if i.get("internal_api") in BLAS_LIBRARIES]
+    kernel = " + ".join(f"{i['internal_api']} {i.get('version') or '?'} {i.get('architecture') or '?'}"
+                        for i in libs) or "unknown"
+    threads = [i.get("num_threads") for i in libs]
+    return {"kernel": kernel, "threads": threads[0] if len(threads) == 1 else (threads or None),
+            "coretype_env": env.get("OPENBLAS_CORETYPE")}
+
+
 def provenance(mpi_library: str, hostnames: list, n_ranks: int, n_workers: int, device: str) -> dict:
     env_keys = [k for k in os.environ if k.startswith(("SLURM_", "OPENBLAS_", "OMP_", "MKL_", "KRUM_MPI_"))]
+    blas = blas_info()
+    kernel = blas_kernel(blas)
     return {
         "uuid": str(uuid.uuid4()),
         "time_unix": time.time(),
@@ -59,7 +80,10 @@ def provenance(mpi_library: str, hostnames: list, n_ranks: int, n_workers: int, 
         "n_ranks": n_ranks,
         "n_workers": n_workers,
         "device": device,
-        "blas": blas_info(),
+        "blas": blas,
+        "blas_kernel": kernel["kernel"],            # flat keys: report tables carry them per run
+        "blas_threads": kernel["threads"],
+        "blas_coretype_env": kernel["coretype_env"],
         "native_kernels": _safe(native_status),  # compiled kernels and ISA: near-ties can differ by ISA
         "env": {k: os.environ[k] for k in sorted(env_keys)},
     }

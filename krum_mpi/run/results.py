@@ -58,6 +58,7 @@ PER_STEP = (
     PerStep("metrics/step", np.int64, 0),
     PerStep("metrics/loss", np.float64, np.nan),              # mean minibatch loss of the honest workers
     PerStep("metrics/test_accuracy", np.float64, np.nan),     # NaN where not evaluated
+    PerStep("metrics/validation_accuracy", np.float64, np.nan, "", "validation"),  # with data.validation_fraction
     *(PerStep(f"timing/{k}", np.float64, np.nan) for k in TIMINGS),
     PerStep("timing/worker_compute_s", np.float64, np.nan, "n"),   # NaN: absent
     PerStep("selection/selected", np.int32, -1, "selected"),  # worker ids, best first, -1 padded
@@ -126,7 +127,8 @@ class ResultsWriter:
         self.cfg, self.run_id, self.provenance = cfg, run_id, provenance
         self.byzantine = np.asarray(byzantine, dtype=bool)
         self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        flags = {"": True, "weights": record_weights, "absent": record_absent}
+        flags = {"": True, "weights": record_weights, "absent": record_absent,
+                 "validation": cfg["data"].get("validation_fraction", 0) > 0}
         self.specs = [s for s in PER_STEP if flags[s.when]]
         widths = {"": (), "n": (n,), "selected": (max_selected,)}
         self.tails = {s.name: widths[s.width] for s in self.specs}

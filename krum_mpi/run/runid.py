@@ -7,7 +7,8 @@ import hashlib
 
 LATER_KEYS = (("model", "factory"), ("model", "kwargs"), ("model", "loss"), ("model", "augment"),
               ("model", "weight_decay"), ("data", "context"), ("data", "image_shape"),
-              ("aggregator", "placement"), ("parallel", "model"))
+              ("aggregator", "placement"), ("parallel", "model"),
+              ("optimizer", "momentum_form"), ("data", "validation_fraction"))
 
 
 def identity(cfg: dict, defaults: dict) -> dict:

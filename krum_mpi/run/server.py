@@ -11,6 +11,16 @@ from .. import aggregators, backend, config
 SEED_ATTACK = 2   # attack noise of step t: default_rng([seed, SEED_ATTACK, t])
 
 
+def momentum_step(m: np.ndarray, g: np.ndarray, beta: float, form: str) -> None:
+    """m in place: "heavy-ball" m <- beta m + g; "ema" (damped) m <- beta m + (1 - beta) g, whose
+    step is 1 / (1 - beta) times smaller at the same lr (Karimireddy et al. 2021)."""
+    m *= np.float32(beta)
+    if form == "ema":
+        m += np.float32(1.0 - beta) * g
+    else:
+        m += g
+
+
 class Server:
     """Parameter-server state of one run (rank 0 only)."""
 
@@ -21,7 +31,7 @@ class Server:
         self.X = np.empty((n, d), dtype=np.float32)        # the gather buffer lives on rank 0 only
         self.meta = np.empty((n, 2), dtype=np.float64)     # per worker: minibatch loss, compute seconds
         self.lr = np.float32(opt["lr"])
-        self.mu = opt["momentum"]
+        self.mu, self.momentum_form = opt["momentum"], opt["momentum_form"]
         self.momentum = np.zeros(d, dtype=np.float32) if (self.mu > 0 and opt["momentum_at"] == "server") else None
         self.honest = ~setup.byzantine
         crafts_here = setup.attack.kind not in ("none", "data") and not setup.colluding
@@ -68,10 +78,9 @@ class Server:
         return agg, selected, update
 
     def apply(self, theta: np.ndarray, g: np.ndarray) -> None:
-        """SGD step in place, with heavy-ball momentum on the aggregate when it lives at the server."""
+        """SGD step in place, with momentum (optimizer.momentum_form) on the aggregate when it lives at the server."""
         if self.momentum is not None:
-            self.momentum *= self.mu
-            self.momentum += g
+            momentum_step(self.momentum, g, self.mu, self.momentum_form)
             g = self.momentum
         theta -= self.lr * g
 

@@ -204,16 +204,18 @@ class StepLoop:
         step_s = comm.wtime() - t_step
         if not np.isfinite(g).all():
             self._nonfinite(step, present)
-        acc = np.nan
+        acc, values = np.nan, {"selection/recomputed": 0 if agg is None else agg.recomputed}
         if (step + 1) % self.eval_every == 0 or step == self.steps - 1:
             acc = s.model.accuracy(self.theta, s.test_X, s.test_y)
+            if s.val_X is not None:
+                values["metrics/validation_accuracy"] = s.model.accuracy(self.theta, s.val_X, s.val_y)
         counted = server.honest & present
         loss = float(np.mean(meta[counted, 0])) if counted.any() else float("nan")
         timing = {"compute_s": float(meta[present, 1].max()), "gather_s": gather_s,
                   "aggregate_s": aggregate_s, "update_s": update_s, "step_s": step_s}
         self.writer.record(step, loss, acc, timing, selected, None if agg is None else agg.weights,
                            absent=~present, worker_compute_s=np.where(present, meta[:, 1], np.nan),
-                           values={"selection/recomputed": 0 if agg is None else agg.recomputed})
+                           values=values)
         if self.watchdog is not None:
             self.watchdog.beat(step_s)
         if self.progress is not None:

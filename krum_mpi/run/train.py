@@ -109,6 +109,7 @@ class Setup:
                                                **config.aggregator_options(cfg))
         if comm.is_root or (self.grid is not None and self.grid.group_id == 0):   # group 0 evaluates together
             self.test_X, self.test_y = self.dataset.test_set()
+            self.val_X, self.val_y = self.dataset.validation_set()
 
 
 def limit_blas_threads(comm: Comm) -> int:

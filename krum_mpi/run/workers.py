@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from .. import aggregators, backend, config
-from .server import SEED_ATTACK  # one attack-noise stream per step, whichever adversary crafts
+from .server import SEED_ATTACK, momentum_step  # one attack-noise stream per step, whichever adversary crafts
 
 
 class LocalWorkers:
@@ -21,7 +21,7 @@ class LocalWorkers:
         self.batch_size = cfg["workers"]["batch_size"]
         self.rows = np.empty((k, d), dtype=np.float32)       # one gradient (or momentum) row per worker
         self.meta = np.empty((k, 2), dtype=np.float64)       # per worker: minibatch loss, compute seconds
-        self.mu = opt["momentum"]
+        self.mu, self.momentum_form = opt["momentum"], opt["momentum_form"]
         self.weight_decay = cfg["model"]["weight_decay"]
         self.momentum = np.zeros((k, d), dtype=np.float32) \
             if (opt["momentum_at"] == "worker" and self.mu > 0) else None
@@ -54,8 +54,7 @@ class LocalWorkers:
             if self.weight_decay > 0:       # L2 term of the worker's loss, as ByzFL's clients add it
                 self.rows[j] += self.weight_decay * theta
             if self.momentum is not None:   # the momentum must outlive the row: one copy back
-                self.momentum[j] *= self.mu
-                self.momentum[j] += self.rows[j]
+                momentum_step(self.momentum[j], self.rows[j], self.mu, self.momentum_form)
                 self.rows[j] = self.momentum[j]
             self.meta[j] = (loss, time.perf_counter() - t0)
 
