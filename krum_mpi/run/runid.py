@@ -7,7 +7,9 @@ import hashlib
 
 LATER_KEYS = (("model", "factory"), ("model", "kwargs"), ("model", "loss"), ("model", "augment"),
               ("model", "weight_decay"), ("data", "context"), ("data", "image_shape"),
-              ("aggregator", "placement"), ("parallel", "model"))
+              ("aggregator", "placement"), ("parallel", "model"),
+              ("byzantine_ranks", "ranks"), ("byzantine_ranks", "behaviour"), ("byzantine_ranks", "scale"),
+              ("byzantine_ranks", "sigma"))
 
 
 def identity(cfg: dict, defaults: dict) -> dict:
