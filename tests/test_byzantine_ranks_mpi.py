@@ -1,12 +1,14 @@
 """A Byzantine rank under real ``mpiexec -n 6`` (parallel.model = 2: three model groups hosting 7, 7
 and 6 of 20 workers): rank 5 corrupts the activations and partial gradients it sends in group 2, so
 the 6 workers that group hosts are Byzantine. They are recorded, Krum (f = 6) never selects them,
-and the accuracy stays within the honest runs' interval, over seeds 0, 1, 2 (60 steps each)."""
+and the accuracy stays within the honest runs' interval, over seeds 0, 1, 2 (60 steps each). A run
+with the lying rank resumes after SIGTERM bitwise."""
 import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, mpiexec_path, run_cli
+from conftest import REPO, checkpoint_header, mpiexec_path, run_cli, sigterm_after_steps
+from krum_mpi.run import checkpoint
 
 pytestmark = pytest.mark.mpi
 SEEDS = (0, 1, 2)
@@ -17,14 +19,20 @@ LYING = ["--set", "byzantine_ranks.ranks=[5]", "--set", "byzantine_ranks.behavio
 T_95_2DOF = 4.303   # Student's t, 95% two-sided, 2 degrees of freedom (3 seeds)
 
 
+def preset_without_sigma(folder):
+    """The Krum f = 6 preset without its Gaussian attack's sigma (these runs have no attack)."""
+    config = folder / "synthetic-krum-f6.toml"
+    preset = (REPO / "configs" / "synthetic-krum-f6.toml").read_text().splitlines()
+    config.write_text("\n".join(line for line in preset if not line.startswith("sigma")))
+    return config
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     if mpiexec_path() is None:
         pytest.skip("no mpiexec found: pip install mpich")
     folder = tmp_path_factory.mktemp("byzranks")
-    config = folder / "synthetic-krum-f6.toml"   # the preset without its Gaussian attack's sigma
-    preset = (REPO / "configs" / "synthetic-krum-f6.toml").read_text().splitlines()
-    config.write_text("\n".join(line for line in preset if not line.startswith("sigma")))
+    config = preset_without_sigma(folder)
     out = {}
     for kind, extra in (("honest", []), ("lying", LYING)):
         for seed in SEEDS:
@@ -62,3 +70,34 @@ def test_accuracy_stays_within_the_honest_interval(runs):
     half = T_95_2DOF * honest.std(ddof=1) / np.sqrt(len(SEEDS))
     assert np.isfinite(lying).all()
     assert honest.mean() - half <= lying.mean() <= honest.mean() + half, (honest, lying)
+
+
+def _final(path):
+    with h5py.File(path) as h5:
+        assert h5.attrs["status"] == "complete"
+        rows = (h5["selection/selected"][()], h5["metrics/loss"][()], h5["selection/byzantine_through_ranks"][()])
+    raw, _, header = checkpoint_header(checkpoint.path_for(path))
+    return rows, header["step"], raw[min(e["offset"] for e in header["arrays"]):]
+
+
+def test_resume_after_sigterm_with_a_lying_rank_is_bitwise_the_uninterrupted_run(tmp_path):
+    """The corruption's noise is keyed on (seed, rank, step, worker, message): a resume draws the same."""
+    if mpiexec_path() is None:
+        pytest.skip("no mpiexec found: pip install mpich")
+    config = preset_without_sigma(tmp_path)
+    args = [*COMMON, *LYING, "--set", "run.steps=40", "--set", "run.checkpoint_every=5"]
+    ref = tmp_path / "ref.h5"
+    done = run_cli(["run", config, "--out", ref, *args], ranks=6)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "term.h5"
+    code, err = sigterm_after_steps([config, "--out", out, *args], out, 10, ranks=6)
+    assert code == 3, err
+    with h5py.File(out) as h5:
+        assert h5.attrs["status"] == "interrupted" and 10 <= h5.attrs["steps_done"] < 40
+    resumed = run_cli(["run", config, "--out", out, "--resume", *args], ranks=6)
+    assert resumed.returncode == 0, resumed.stderr
+    (want_sel, want_loss, want_hosted), want_step, want_body = _final(ref)
+    (sel, loss, hosted), step, body = _final(out)
+    assert list(np.flatnonzero(hosted)) == list(np.flatnonzero(want_hosted)) == HOSTED
+    assert np.array_equal(sel, want_sel) and loss.tobytes() == want_loss.tobytes()
+    assert step == want_step == 39 and body == want_body, "resumed shards differ from the uninterrupted run"
