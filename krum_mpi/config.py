@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .run import runid
 from .errors import ConfigError
+from .parallel import byzantine_ranks
 from .run.runid import LATER_KEYS  # noqa: F401  (re-exported: the keys a run id leaves out at their default)
 
 # ---------------------------------------------------------------------------------------------
@@ -86,6 +87,12 @@ DEFAULTS: dict = {
     "parallel": {
         "model": 1,              # ranks per model group: the MLP split over p ranks (docs/sharded.md)
     },
+    "byzantine_ranks": {         # MPI ranks that lie in what they send (docs/sharded.md "Byzantine ranks")
+        "ranks": [],             # world ranks, never 0
+        "behaviour": "none",     # none | corrupt-activations | lie-distances | corrupt-block (the last two: not yet)
+        "scale": -4.0,           # corrupt-activations: each value x sent in the group becomes scale * x ...
+        "sigma": 1.0,            # ... + sigma * N(0, 1), drawn from the run seed
+    },
     "faults": {                  # injected faults, to test the reliability paths (docs/reliability.md)
         "slow_rank": -1,         # this MPI rank sleeps before sending its gradients ...
         "slow_from": 0,          # ... at steps slow_from <= step < slow_until
@@ -109,6 +116,7 @@ CHOICES = {
     "optimizer.momentum_form": ("heavy-ball", "ema"),
     "attack.adversary": ("omniscient", "colluding"),
     "aggregator.placement": ("gather", "sharded", "per-shard"),
+    "byzantine_ranks.behaviour": ("none", "lie-distances", "corrupt-activations", "corrupt-block"),
 }
 
 # (minimum, maximum) for numbers; None = unbounded
@@ -137,6 +145,7 @@ BOUNDS = {
     "run.gather_deadline_s": (0.0, None),
     "run.watchdog_s": (0.0, None),
     "parallel.model": (1, None),
+    "byzantine_ranks.sigma": (0.0, None),
     "faults.slow_rank": (-1, None),
     "faults.slow_from": (0, None),
     "faults.slow_until": (0, None),
@@ -222,6 +231,8 @@ def _check_type(key, value, default):
     elif isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f"{key} = {value!r} must be a string")
+    elif key == "byzantine_ranks.ranks":
+        value = byzantine_ranks.check_ranks_list(key, value)
     elif isinstance(default, list):
         if not isinstance(value, list) or not all(
                 isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value):
@@ -313,6 +324,7 @@ def _check_consistency(cfg: dict) -> None:
     _check_rule_and_attack(cfg)
     from .parallel.model_parallel import check_config
     check_config(cfg)   # parallel.model > 1: before the placement checks (it may set placement = sharded)
+    byzantine_ranks.check_config(cfg)
     _check_placement(cfg)
 
 

@@ -118,6 +118,8 @@ class SplitMLP:
         self.local, self.gather = list(local), gather
         self.n_params = self.layout.sizes[self.local[0]]
         self.replicas: dict = {}   # (shard, layer) -> copy of a row-parallel bias owned by shard 0
+        self.corrupt = None        # a Byzantine rank's ActivationCorruption (parallel/byzantine_ranks.py)
+        self._message = None       # (step, worker, count of messages sent) while a worker's gradient is computed
 
     def set_threads(self, threads: int) -> None:
         """BLAS threads are limited by the training loop, as for the whole model."""
@@ -139,10 +141,19 @@ class SplitMLP:
         return [b for l, (W, b) in enumerate(self.layers(theta, s)) if self.layout.kinds[l] == "row"]
 
     # -- the sums and gathers over the group ------------------------------------------------
+    def _outgoing(self, parts):
+        """What this rank sends: its parts, or on a corrupt-activations rank their corruption. Only
+        while computing a worker's gradient: the test accuracy is a measurement, not training."""
+        if self.corrupt is None or self._message is None:
+            return parts
+        step, worker, k = self._message
+        self._message = (step, worker, k + 1)
+        return [self.corrupt(x, step, worker, k) for x in parts]
+
     def _sum(self, partials):
         """Sum over the group's shards, in shard order: the same array for every local shard."""
         width = partials[0].shape[-1]
-        every = self.gather(partials, [width] * self.layout.p)
+        every = self.gather(self._outgoing(partials), [width] * self.layout.p)
         total = every[0].copy()
         for part in every[1:]:
             total += part
@@ -150,7 +161,7 @@ class SplitMLP:
 
     def _concat(self, parts, l: int):
         split = self.layout.splits[l]
-        every = self.gather(parts, [int(w) for w in np.diff(split)])
+        every = self.gather(self._outgoing(parts), [int(w) for w in np.diff(split)])
         return [np.concatenate(every, axis=1)] * len(parts)
 
     # -- forward and backward --------------------------------------------------------------
@@ -207,7 +218,11 @@ class SplitMLP:
 
     def gradient_into(self, theta, X, y, out, *, seed: int = 0, worker: int = 0, step: int = 0) -> float:
         """The worker interface (models.py) for the one local shard: its gradient block into ``out``."""
-        loss, _ = self.loss_and_grads([theta], X, y, [out])
+        self._message = (step, worker, 0)
+        try:
+            loss, _ = self.loss_and_grads([theta], X, y, [out])
+        finally:
+            self._message = None
         return loss
 
     def logits(self, thetas, X):

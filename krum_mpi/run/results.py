@@ -8,6 +8,7 @@ Schema (version 1; docs/results-schema.md is the reference for users):
     per-step datasets (PER_STEP below), each (steps_done, ...), chunked and resizable
     /selection/byzantine    bool    (n,)
     /selection/worker_rank  int32   (n,)  the MPI rank that hosted each worker
+    /selection/byzantine_through_ranks  bool (n,)  with [byzantine_ranks]: workers a Byzantine rank's group hosts
     /checkpoint/            only in a complete run: attrs step; params float32 (d,), the final parameters
 
 What a resume needs (parameters, momentum, rule state) lives in its own file, ``<out>.ckpt``

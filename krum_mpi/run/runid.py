@@ -8,7 +8,9 @@ import hashlib
 LATER_KEYS = (("model", "factory"), ("model", "kwargs"), ("model", "loss"), ("model", "augment"),
               ("model", "weight_decay"), ("data", "context"), ("data", "image_shape"),
               ("aggregator", "placement"), ("parallel", "model"),
-              ("optimizer", "momentum_form"), ("data", "validation_fraction"))
+              ("optimizer", "momentum_form"), ("data", "validation_fraction"),
+              ("byzantine_ranks", "ranks"), ("byzantine_ranks", "behaviour"), ("byzantine_ranks", "scale"),
+              ("byzantine_ranks", "sigma"))
 
 
 def identity(cfg: dict, defaults: dict) -> dict:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import aggregators, attacks, backend, config, data, models
 from . import checkpoint, outfiles, preflight, results, resume
-from ..parallel import model_parallel, mp_state, mp_step
+from ..parallel import byzantine_ranks, model_parallel, mp_state, mp_step
 from ..parallel.comm import Comm, mpi_library_version
 from ..parallel.comm import block_counts as comm_block_counts
 from ..errors import ConfigError, KrumMPIError
@@ -99,6 +99,7 @@ class Setup:
             comm.set_layout(counts)
         else:
             self.byzantine = byzantine_mask(self.n, workers["byzantine"], self.seed)
+        self.through_ranks = byzantine_ranks.attach(cfg, comm, self.grid, self.byzantine)   # workers of lying ranks
         self.local_workers = list(self.grid.workers if self.grid else comm.worker_range())
         self.shards = [self.dataset.shard(w, self.n) for w in self.local_workers]
         self.worker_xp = backend.namespace(backend.resolve_device(workers["device"]))
@@ -177,6 +178,8 @@ def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, b
     outfiles.remove_stale_files(out_path)
     writer.extra_attrs["adversary"] = cfg["attack"]["adversary"] if s.colluding else "omniscient"
     writer.extra_selection["worker_rank"] = np.repeat(np.arange(comm.size, dtype=np.int32), comm.counts)
+    if cfg["byzantine_ranks"]["ranks"]:
+        writer.extra_selection["byzantine_through_ranks"] = s.through_ranks
     return writer, start, arrays
 
 
