@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import DataError
 from .base import Dataset, subsample, train_test_split
+from .paths import require_file
 
 FORMAT, FORMAT_VERSION = "krum-mpi-dataset", 1
 CHUNK_BYTES = 1 << 16
@@ -177,10 +178,7 @@ def write_arrays(path, X_train, y_train, X_test=None, y_test=None, chunk_rows: i
 # ---------------------------------------------------------------------------------------------
 def open_file(path) -> h5py.File:
     """Open a dataset file read-only and check its format; DataError (one line) otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: dataset file not found; check data.path or create it with "
-                        "'krum-mpi data convert'")
+    path = require_file(path, "dataset file", "check data.path or create it with 'krum-mpi data convert'")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
