@@ -111,6 +111,7 @@ CHOICES = {
 }
 
 INT64_MAX = (1 << 63) - 1   # every integer key is stored as int64 (results attributes, index arrays)
+MAX_LIST = 256              # entries of a list key (model.hidden: layers; each layer costs a Python loop pass)
 # (minimum, maximum) for numbers; None = unbounded
 BOUNDS = {
     "run.steps": (1, None),
@@ -173,7 +174,8 @@ def apply_overrides(raw: dict, overrides) -> dict:
             raise ConfigError(f"override key {show(key)} must be section.key, e.g. run.steps")
         target = out.setdefault(section, {})
         if not isinstance(target, dict):
-            raise ConfigError(f"override {show(key)}: {section} is not a section")
+            raise ConfigError(f"override {show(key)}: [{one_line(section, 40)}] in the config is {show(target)}, "
+                              "not a table of keys")
         target[name] = parse_value(value.strip())
     return out
 
@@ -199,8 +201,10 @@ def _check_type(key, value, default):
             raise ConfigError(f"{key} = {show(value)} must be a string")
     elif isinstance(default, list):
         if not isinstance(value, list) or not all(
-                isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value):
+                isinstance(v, numbers.Integral) and not isinstance(v, bool) and 1 <= v <= INT64_MAX for v in value):
             raise ConfigError(f"{key} = {show(value)} must be a list of positive integers, e.g. [20, 20]")
+        if len(value) > MAX_LIST:
+            raise ConfigError(f"{key} has {len(value)} entries: at most {MAX_LIST}")
         value = [int(v) for v in value]
     elif isinstance(default, dict):
         if not isinstance(value, dict):
@@ -283,6 +287,9 @@ def _check_consistency(cfg: dict) -> None:
     if byz == 0 and cfg["attack"]["name"] != "none":
         raise ConfigError(f"attack.name = {show(cfg['attack']['name'])} but workers.byzantine = 0: "
                           "set workers.byzantine > 0 or attack.name=none")
+    if cfg["model"]["name"] == "char-transformer" and cfg["data"]["name"] != "text":
+        raise ConfigError(f"model.name = 'char-transformer' reads character ids: it needs data.name = 'text' "
+                          f"(not {show(cfg['data']['name'])})")
     _check_rule_and_attack(cfg)
     from .parallel.model_parallel import check_config
     check_config(cfg)   # parallel.model > 1: before the placement checks (it may set placement = sharded)
