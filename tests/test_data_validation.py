@@ -138,7 +138,9 @@ def test_integral_float64_features_and_int32_labels_are_still_read(tmp_path):
 
 @settings(max_examples=25, deadline=None)
 @given(value=st.one_of(st.floats(allow_nan=True, allow_infinity=True).filter(lambda v: v != int(v) if np.isfinite(v) else True),
-                       st.text(max_size=8), st.integers(max_value=0)))
+                       st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FFF, blacklist_categories=("Cs",)),
+                               max_size=8),
+                       st.integers(min_value=-(1 << 63), max_value=0)))
 def test_n_features_attribute_never_truncated(tmp_path_factory, value):
     """Any n_features that is not a positive integer is refused with one line naming the attribute."""
     path = good_file(tmp_path_factory.mktemp("nf"))

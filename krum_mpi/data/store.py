@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import DataError
 from .base import Dataset, subsample, train_test_split
+from ..inputs.files import regular_file_problem
 from .paths import require_file
 from .store_checks import FORMAT, FORMAT_VERSION, SCALINGS, FileProblem, check_file, statistics
 
@@ -83,6 +84,9 @@ class DatasetWriter:
         if scaling not in SCALINGS:
             raise ValueError(f"scaling {scaling!r} is not one of {SCALINGS}")
         self.path = Path(path)
+        problem = regular_file_problem(self.path)
+        if problem and not problem.startswith("not found"):   # never rename over a device, FIFO or folder
+            raise DataError(f"output {self.path} {problem}: give a file name for the dataset")
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.p = int(n_features)
         self.n_classes = n_classes
