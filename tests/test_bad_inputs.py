@@ -258,3 +258,24 @@ def test_bench_aggregate_sizes(tmp_path, d, words):
     out = tmp_path / "bench.h5"
     proc = run_cli(["bench", "aggregate", "--d", d, "--out", out, "--quiet"], timeout=120)
     assert_one_line_exit_2(proc, out, *words)
+
+
+@pytest.mark.parametrize("what", ["fifo", "folder"])
+def test_data_convert_never_replaces_what_is_not_a_file(tmp_path, what):
+    src = tmp_path / "s.csv"
+    src.write_text("1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
+    out = tmp_path / "out.h5"
+    os.mkfifo(out) if what == "fifo" else out.mkdir()
+    proc = run_cli(["data", "convert", "csv", src, out], timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "not a" in proc.stderr, proc.stderr
+    assert (out.is_fifo() if what == "fifo" else out.is_dir())
+
+
+@pytest.mark.parametrize("flag, value", [("--n-classes", "1000000000000000000000"), ("--seed", "-1")])
+def test_data_convert_integer_options_are_bounded(tmp_path, flag, value):
+    src = tmp_path / "s.csv"
+    src.write_text("1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
+    proc = run_cli(["data", "convert", "csv", src, tmp_path / "o.h5", flag, value], timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and flag in proc.stderr, proc.stderr
