@@ -33,9 +33,10 @@ name = "softmax"
 
 
 def laughs(levels: int) -> str:
-    lines = ["  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-    lines += [f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
-    return "aggregator:\n" + "\n".join(lines) + f"\nrun:\n  name: *l{levels - 1}\n"
+    """A YAML 'billion laughs' as run.name: item i lists item i-1 ten times (10**levels strings)."""
+    items = ["    - &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    items += [f"    - &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "run:\n  name:\n" + "\n".join(items) + "\n"
 
 
 # -- config values (--set on the base config) -------------------------------------------------------

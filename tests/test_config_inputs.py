@@ -17,11 +17,11 @@ INT_KEYS = [f"{s}.{k}" for s, body in config.DEFAULTS.items() for k, v in body.i
 
 
 def laughs(levels: int, key: str = "name") -> str:
-    """A YAML 'billion laughs': each level lists the previous one ten times (10**levels strings)."""
-    lines = ["  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-    for i in range(1, levels):
-        lines.append(f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]")
-    return "aggregator:\n" + "\n".join(lines) + f"\nrun:\n  {key}: *l{levels - 1}\n"
+    """A YAML 'billion laughs' as the value of run.<key>: a list whose item i lists item i-1 ten times,
+    so its last item stands for 10**levels strings (any walk over the value, a repr, expands it)."""
+    items = ["    - &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    items += [f"    - &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return f"run:\n  {key}:\n" + "\n".join(items) + "\n"
 
 
 def assert_one_short_line(err, *words):
