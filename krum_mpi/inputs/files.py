@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -54,11 +53,3 @@ def folder_problem(path) -> str | None:
         return f"cannot be examined ({exc.strerror or exc})"
     return None if stat.S_ISDIR(mode) else f"is {kind_of(mode)}, not a directory"
 
-
-def exists(path) -> bool:
-    """Whether anything is at ``path`` (``Path.exists`` without following into a FIFO)."""
-    try:
-        os.stat(Path(path))
-        return True
-    except OSError:
-        return False
