@@ -19,6 +19,8 @@ from pathlib import Path
 from .run import runid
 from .errors import ConfigError
 from .parallel import byzantine_ranks
+from .inputs import config_file
+from .inputs.show import one_line, show
 from .run.runid import LATER_KEYS  # noqa: F401  (re-exported: the keys a run id leaves out at their default)
 
 # ---------------------------------------------------------------------------------------------
@@ -119,9 +121,12 @@ CHOICES = {
     "byzantine_ranks.behaviour": ("none", "lie-distances", "corrupt-activations", "corrupt-block"),
 }
 
+INT64_MAX = (1 << 63) - 1   # every integer key is stored as int64 (results attributes, index arrays)
+MAX_LIST = 256              # entries of a list key (model.hidden: layers; each layer costs a Python loop pass)
 # (minimum, maximum) for numbers; None = unbounded
 BOUNDS = {
     "run.steps": (1, None),
+    "run.seed": (0, INT64_MAX),
     "run.eval_every": (1, None),
     "run.checkpoint_every": (0, None),
     "workers.n": (1, None),
@@ -156,36 +161,9 @@ STRICTLY_POSITIVE = {"optimizer.lr", "data.alpha", "data.test_fraction"}
 
 # ---------------------------------------------------------------------------------------------
 def load_file(path) -> dict:
-    """Parse a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into a dict, safely."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found: give the path of a .toml or .yaml file")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): "
-                          "a config is a .toml or .yaml text file") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    if path.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise ConfigError(f"{path}: YAML needs PyYAML (pip install pyyaml), or write the config as TOML")
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}")
-    else:
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}")
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a table of sections like [run], [workers]")
-    return raw
+    """Parse a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into a dict, safely (inputs.config_file:
+    the path examined before it is opened, YAML aliases and duplicate keys refused)."""
+    return config_file.read(path)
 
 
 def parse_value(text: str):
@@ -203,13 +181,14 @@ def apply_overrides(raw: dict, overrides) -> dict:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or "." not in key:
-            raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. run.steps=100)")
+            raise ConfigError(f"override {show(item)} is not of the form section.key=value (e.g. run.steps=100)")
         section, _, name = key.partition(".")
         if not name or "." in name:
-            raise ConfigError(f"override key {key!r} must be section.key, e.g. run.steps")
+            raise ConfigError(f"override key {show(key)} must be section.key, e.g. run.steps")
         target = out.setdefault(section, {})
         if not isinstance(target, dict):
-            raise ConfigError(f"override {key!r}: {section} is not a section")
+            raise ConfigError(f"override {show(key)}: [{one_line(section, 40)}] in the config is {show(target)}, "
+                              "not a table of keys")
         target[name] = parse_value(value.strip())
     return out
 
@@ -217,30 +196,34 @@ def apply_overrides(raw: dict, overrides) -> dict:
 def _check_type(key, value, default):
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise ConfigError(f"{key} = {value!r} must be true or false")
+            raise ConfigError(f"{key} = {show(value)} must be true or false")
     elif isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ConfigError(f"{key} = {value!r} must be an integer")
+            raise ConfigError(f"{key} = {show(value)} must be an integer")
         value = int(value)
+        if not -INT64_MAX <= value <= INT64_MAX:
+            raise ConfigError(f"{key} = {show(value)} does not fit in a 64-bit integer: give a smaller value")
     elif isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ConfigError(f"{key} = {value!r} must be a number")
+            raise ConfigError(f"{key} = {show(value)} must be a number")
         value = float(value)
         if not math.isfinite(value):
-            raise ConfigError(f"{key} = {value!r} must be a finite number")
+            raise ConfigError(f"{key} = {show(value)} must be a finite number")
     elif isinstance(default, str):
         if not isinstance(value, str):
-            raise ConfigError(f"{key} = {value!r} must be a string")
+            raise ConfigError(f"{key} = {show(value)} must be a string")
     elif key == "byzantine_ranks.ranks":
         value = byzantine_ranks.check_ranks_list(key, value)
     elif isinstance(default, list):
         if not isinstance(value, list) or not all(
-                isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value):
-            raise ConfigError(f"{key} = {value!r} must be a list of positive integers, e.g. [20, 20]")
+                isinstance(v, numbers.Integral) and not isinstance(v, bool) and 1 <= v <= INT64_MAX for v in value):
+            raise ConfigError(f"{key} = {show(value)} must be a list of positive integers, e.g. [20, 20]")
+        if len(value) > MAX_LIST:
+            raise ConfigError(f"{key} has {len(value)} entries: at most {MAX_LIST}")
         value = [int(v) for v in value]
     elif isinstance(default, dict):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key} = {value!r} must be a table, e.g. {{d_model = 128}}")
+            raise ConfigError(f"{key} = {show(value)} must be a table, e.g. {{d_model = 128}}")
         for name, option in value.items():
             _check_option(f"{key}.{name}", option)
         value = dict(value)
@@ -249,20 +232,20 @@ def _check_type(key, value, default):
 
 def _check_value(key, value):
     if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"{key} = {value!r} is not one of {', '.join(CHOICES[key])}")
+        raise ConfigError(f"{key} = {show(value)} is not one of {', '.join(CHOICES[key])}")
     if key in BOUNDS:
         lo, hi = BOUNDS[key]
         if lo is not None and (value < lo or (key in STRICTLY_POSITIVE and value <= lo)):
             op = ">" if key in STRICTLY_POSITIVE else ">="
-            raise ConfigError(f"{key} = {value!r} must be {op} {lo}")
+            raise ConfigError(f"{key} = {show(value)} must be {op} {lo}")
         if hi is not None and value > hi:
-            raise ConfigError(f"{key} = {value!r} must be <= {hi}")
+            raise ConfigError(f"{key} = {show(value)} must be <= {hi}")
 
 
 def _check_run_name(value: str) -> None:
     """run.name names the results file under results/: a name, never a path (that is --out's job)."""
     if any(c in value for c in "/\\\0") or value.startswith(".") or len(value) > 200:
-        raise ConfigError(f"run.name = {value!r} must be a plain name (no '/', '\\' or leading '.', at most "
+        raise ConfigError(f"run.name = {show(value)} must be a plain name (no '/', '\\' or leading '.', at most "
                           "200 characters): it names the file under results/; to write elsewhere, pass --out")
 
 
@@ -271,9 +254,9 @@ def _check_option(key, value):
     ok = isinstance(value, (bool, int, float, str)) or (
         isinstance(value, list) and all(isinstance(v, (bool, int, float, str)) for v in value))
     if not ok:
-        raise ConfigError(f"{key} = {value!r} must be a number, string, boolean or list of those")
+        raise ConfigError(f"{key} = {show(value)} must be a number, string, boolean or list of those")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key} = {value!r} must be a finite number")
+        raise ConfigError(f"{key} = {show(value)} must be a finite number")
 
 
 def validate(raw: dict) -> dict:
@@ -283,9 +266,9 @@ def validate(raw: dict) -> dict:
     cfg = copy.deepcopy(DEFAULTS)
     for section, body in raw.items():
         if section not in DEFAULTS:
-            raise ConfigError(f"unknown config section [{section}]: use one of {', '.join(DEFAULTS)}")
+            raise ConfigError(f"unknown config section [{one_line(section, 40)}]: use one of {', '.join(DEFAULTS)}")
         if not isinstance(body, dict):
-            raise ConfigError(f"[{section}] must be a table of keys, got {body!r}")
+            raise ConfigError(f"[{section}] must be a table of keys, got {show(body)}")
         for name, value in body.items():
             key = f"{section}.{name}"
             if name in DEFAULTS[section]:
@@ -297,7 +280,7 @@ def validate(raw: dict) -> dict:
                 _check_option(key, value)
             else:
                 raise ConfigError(
-                    f"unknown config key {key}: known keys of [{section}] are {', '.join(DEFAULTS[section])}")
+                    f"unknown config key {one_line(key, 60)}: known keys of [{section}] are {', '.join(DEFAULTS[section])}")
             cfg[section][name] = value
     _check_consistency(cfg)
     return cfg
@@ -317,10 +300,13 @@ def _check_consistency(cfg: dict) -> None:
         raise ConfigError(f"workers.byzantine = {byz} but attack.name = 'none': choose an attack "
                           "(e.g. attack.name=gaussian) or set workers.byzantine=0")
     if byz == 0 and cfg["attack"]["name"] != "none":
-        raise ConfigError(f"attack.name = {cfg['attack']['name']!r} but workers.byzantine = 0: "
+        raise ConfigError(f"attack.name = {show(cfg['attack']['name'])} but workers.byzantine = 0: "
                           "set workers.byzantine > 0 or attack.name=none")
     if cfg["optimizer"]["momentum_form"] == "ema" and cfg["optimizer"]["momentum"] >= 1:
         raise ConfigError("optimizer.momentum = 1 with momentum_form = 'ema' never moves: use momentum < 1")
+    if cfg["model"]["name"] == "char-transformer" and cfg["data"]["name"] != "text":
+        raise ConfigError(f"model.name = 'char-transformer' reads character ids: it needs data.name = 'text' "
+                          f"(not {show(cfg['data']['name'])})")
     _check_rule_and_attack(cfg)
     from .parallel.model_parallel import check_config
     check_config(cfg)   # parallel.model > 1: before the placement checks (it may set placement = sharded)

@@ -8,8 +8,18 @@ scikit-learn do; the CLI turns those into ``ConfigError`` where it validates a c
 """
 
 
+MAX_MESSAGE = 600   # characters: a message echoes values, but never a whole file or structure
+
+
 class KrumMPIError(Exception):
-    """Base class of errors caused by user input; the message is one line."""
+    """Base class of errors caused by user input; the message is one line (whitespace runs become
+    one space) of at most MAX_MESSAGE characters, whatever the message builder put in it."""
+
+    def __init__(self, message="", *args):
+        text = " ".join(str(message).split())
+        if len(text) > MAX_MESSAGE:
+            text = text[:MAX_MESSAGE - 3] + "..."
+        super().__init__(text, *args)
 
 
 class ConfigError(KrumMPIError):

@@ -169,12 +169,15 @@ def _sigmoid(z, xp):
 
 
 NUMPY_MODELS = ("logistic", "softmax", "mlp")
+TORCH_MODELS = ("mnist-cnn", "lenet5", "resnet20", "char-transformer", "torch")   # torch_models.NAMES
 
 
 def make(model_cfg: dict, n_features: int, n_classes: int, input_shape=None) -> Model:
     """The model of a ``model`` config section for data of n_features and n_classes (and, for
     images, input_shape = (channels, height, width)). Only a PyTorch model imports torch."""
     name = model_cfg.get("name", "mlp")
+    if name not in NUMPY_MODELS and name not in TORCH_MODELS:   # checked before torch is imported
+        raise ConfigError(f"unknown model.name {name!r:.60}: use {', '.join(NUMPY_MODELS + TORCH_MODELS)}")
     if name not in NUMPY_MODELS:
         from . import torch_models    # raises ConfigError (one line) when torch is not installed
 

@@ -60,9 +60,40 @@ DEFAULT_RULES = ["average", "krum", "multi-krum", "median", "trimmed-mean", "mea
 
 def parse_list(text, kind, what):
     try:
-        return [kind(float(v)) if kind is int else kind(v) for v in text.split(",") if v.strip()]
+        values = [float(v) if kind is int else kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"--{what} takes a comma-separated list, got {text!r}") from None
+        raise ConfigError(f"--{what} takes a comma-separated list, got {text[:80]!r}") from None
+    if kind is int:   # 1e7 is welcome, 6.7 or inf is not (int() would truncate or fail)
+        bad = [v for v in values if not math.isfinite(v) or v != int(v) or v < 1]
+        if bad:
+            raise ConfigError(f"--{what} takes positive integers (1e7 is fine), got {bad[0]!r}")
+        values = [int(v) for v in values]
+    return values
+
+
+INPUT_COPIES = 3   # the input rows, a rule's (n, d) workspace or blinded copy, and its output and sums
+
+
+def check_sizes(ns, ds, device: str, available: float | None = None) -> None:
+    """Refuse (one line) a benchmark whose input rows cannot fit in memory, before any is made."""
+    if available is None:
+        from ..run.preflight import available_memory
+
+        available = available_memory() if device == "cpu" else _gpu_memory()
+    n, d = max(ns), max(ds)
+    need = 4.0 * n * d * INPUT_COPIES + 32.0 * n * n
+    if need > available:
+        raise ConfigError(f"--n {n} --d {d:.3g} needs about {need / 2**30:.3g} GiB ({n} float32 rows of d = {d:.3g}, "
+                          f"x{INPUT_COPIES}) but {available / 2**30:.3g} GiB is available on the {device}: "
+                          "lower --d or --n")
+
+
+def _gpu_memory() -> float:
+    try:
+        import cupy
+        return float(cupy.cuda.Device().mem_info[0])
+    except Exception:   # no CuPy or no device: resolve_device has said so already
+        return float("inf")
 
 
 def max_f(rule, n):
@@ -118,6 +149,9 @@ def bench_aggregate(args):
         agg.make(rule, 64, 0, **rule_options(rule))  # unknown names fail here, before any data is made
     ns = parse_list(args.n, int, "n")
     ds = parse_list(args.d, int, "d")
+    if not ns or not ds:
+        raise ConfigError("--n and --d each take at least one value")
+    check_sizes(ns, ds, device)
     if args.f not in ("quarter", "max") and not args.f.isdigit():
         raise ConfigError(f"--f takes 'quarter', 'max' or an integer, got {args.f!r}")
     benchfile.check_suffix(args.out)

@@ -60,7 +60,7 @@ def _read_members(source: Path, names) -> list[bytes]:
 
 def locate(path: str = "") -> Path:
     """The archive or folder: data.path / SRC, else data_dir()/cifar10/ (archive or extracted)."""
-    from .paths import resolve
+    from .paths import require_file, resolve
 
     source = resolve(path, "cifar10")
     if source.is_dir() and (source / "cifar-10-binary.tar.gz").is_file() and not (source / FOLDER).is_dir():
@@ -68,6 +68,8 @@ def locate(path: str = "") -> Path:
     if not source.exists():
         raise DataError(f"CIFAR-10 not found at {source}: run 'krum-mpi data download cifar10' or give the "
                         "archive's path")
+    if not source.is_dir():   # the archive: a regular file (a FIFO would block tarfile.open)
+        require_file(source, "CIFAR-10 archive", "give the path of cifar-10-binary.tar.gz or its folder")
     return source
 
 

@@ -25,6 +25,22 @@ class _Parser(argparse.ArgumentParser):
         raise KrumMPIError(f"{self.prog}: {message}")
 
 
+INT64_MAX = (1 << 63) - 1
+
+
+def _integer(low: int):
+    """An argparse type: an integer in low..INT64_MAX (a size or seed is stored as int64)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer") from None
+        if not low <= value <= INT64_MAX:
+            raise argparse.ArgumentTypeError(f"{text[:40]} is out of range {low}..2^63-1")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="krum-mpi data", description="Download, convert and inspect datasets.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -46,15 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out fraction for sources without a test part (default: 0.2 for spambase and "
                         "the MNIST test set, 0 for libsvm/csv)")
     c.add_argument("--test-file", help="libsvm: a separate test file (e.g. epsilon_normalized.t.xz)")
-    c.add_argument("--seed", type=int, default=0, help="seed of the test split / of the generator")
+    c.add_argument("--seed", type=_integer(0), default=0, help="seed of the test split / of the generator")
     c.add_argument("--name", help="dataset name stored in the file")
-    c.add_argument("--label-column", type=int, default=-1, help="csv: column of the label (default: last)")
-    c.add_argument("--n-classes", type=int, help="csv/synthetic: number of classes")
+    c.add_argument("--label-column", type=_integer(-INT64_MAX), default=-1, help="csv: column of the label (default: last)")
+    c.add_argument("--n-classes", type=_integer(2), help="csv/synthetic: number of classes")
     c.add_argument("--delimiter", default=",", help="csv: field separator")
     c.add_argument("--skip-header", action="store_true", help="csv: the first line is a header")
     c.add_argument("--compression", choices=["gzip", "lzf"], help="HDF5 compression (default: none, "
                    "fastest for random row reads)")
-    for key, kind in (("n-train", int), ("n-test", int), ("n-features", int), ("noise", float)):
+    for key, kind in (("n-train", _integer(1)), ("n-test", _integer(1)), ("n-features", _integer(1)), ("noise", float)):
         c.add_argument(f"--{key}", type=kind, help=f"synthetic: data.{key.replace('-', '_')}")
     c.add_argument("--generator", choices=["teacher", "mixture"], help="synthetic: data.generator")
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import DataError
 from .base import ArrayDataset, subsample, train_test_split
+from ..inputs.files import folder_problem, regular_file_problem
 from .paths import resolve
 from .textio import open_binary, reading
 
@@ -72,14 +73,20 @@ def read_pair(images_path, labels_path):
 def _find(folder: Path, name: str) -> Path | None:
     """name or name without .gz."""
     for candidate in (folder / name, folder / name.removesuffix(".gz")):
-        if candidate.is_file():
+        problem = regular_file_problem(candidate)
+        if problem is None:
             return candidate
+        if not problem.startswith("not found"):   # a FIFO or device of that name: never opened
+            raise DataError(f"MNIST file {candidate} {problem}: put the IDX file there or set data.path")
     return None
 
 
 def locate(path: str = "") -> tuple[Path, bool]:
     """(folder, has_training_files): data.path, else data_dir()/mnist, else data_dir()/mnist-t10k."""
     candidates = [resolve(path, "")] if path else [resolve("", "mnist"), resolve("", "mnist-t10k")]
+    problem = folder_problem(candidates[0]) if path else None
+    if problem and not problem.startswith("not found"):
+        raise DataError(f"data.path {candidates[0]} {problem}: for mnist it is the folder of the IDX files")
     for folder in candidates:
         if _find(folder, TEST_FILES[0]) and _find(folder, TEST_FILES[1]):
             return folder, bool(_find(folder, TRAIN_FILES[0]) and _find(folder, TRAIN_FILES[1]))

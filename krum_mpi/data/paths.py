@@ -4,6 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import DataError
+from ..inputs.files import regular_file_problem
+
 ENV_VAR = "KRUM_MPI_DATA"
 
 
@@ -30,3 +33,13 @@ def resolve(path: str, default_relative: str) -> Path:
     if p.is_absolute() or p.exists():
         return p
     return data_dir() / p
+
+
+def require_file(path, what: str, hint: str) -> Path:
+    """``path`` if it is a regular file; else DataError saying what it is ("not found", "is a
+    directory", "is a FIFO (named pipe), not a regular file") and ``hint``. Examined with os.stat, so
+    a FIFO is never opened (it would block) and a device never read."""
+    problem = regular_file_problem(path)
+    if problem:
+        raise DataError(f"{what} {path} {problem}; {hint}")
+    return Path(path)

@@ -11,6 +11,7 @@ import hashlib
 from ..errors import DataError
 from .base import ArrayDataset, standardize, subsample, train_test_split
 from .csvfile import read_csv
+from ..inputs.files import regular_file_problem
 from .paths import resolve
 
 N_ROWS, N_FEATURES = 4601, 57
@@ -21,7 +22,10 @@ def locate(path: str = ""):
     p = resolve(path, "spambase/spambase.data")
     if p.is_dir():
         p = p / "spambase.data"
-    if not p.is_file():
+    problem = regular_file_problem(p)
+    if problem and not problem.startswith("not found"):
+        raise DataError(f"spambase file {p} {problem}: set data.path to the spambase.data file or its folder")
+    if problem:
         raise DataError(f"spambase not found at {p}: run 'krum-mpi data download spambase', "
                         "set KRUM_MPI_DATA to the folder holding spambase/, or set data.path; offline, run the "
                         "same setting on synthetic data: --set data.name=synthetic --set data.n_features=57 "

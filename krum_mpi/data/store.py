@@ -29,11 +29,12 @@ import numpy as np
 
 from ..errors import DataError
 from .base import Dataset, subsample, train_test_split
+from ..inputs.files import regular_file_problem
+from .paths import require_file
+from .store_checks import FORMAT, FORMAT_VERSION, SCALINGS, FileProblem, check_file, statistics
 
-FORMAT, FORMAT_VERSION = "krum-mpi-dataset", 1
 CHUNK_BYTES = 1 << 16
 LABEL_CHUNK = 1 << 16
-SCALINGS = ("feature", "global", "none")
 
 
 class _RunningStats:
@@ -83,6 +84,9 @@ class DatasetWriter:
         if scaling not in SCALINGS:
             raise ValueError(f"scaling {scaling!r} is not one of {SCALINGS}")
         self.path = Path(path)
+        problem = regular_file_problem(self.path)
+        if problem and not problem.startswith("not found"):   # never rename over a device, FIFO or folder
+            raise DataError(f"output {self.path} {problem}: give a file name for the dataset")
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.p = int(n_features)
         self.n_classes = n_classes
@@ -177,46 +181,20 @@ def write_arrays(path, X_train, y_train, X_test=None, y_test=None, chunk_rows: i
 # ---------------------------------------------------------------------------------------------
 def open_file(path) -> h5py.File:
     """Open a dataset file read-only and check its format; DataError (one line) otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: dataset file not found; check data.path or create it with "
-                        "'krum-mpi data convert'")
+    path = require_file(path, "dataset file", "check data.path or create it with 'krum-mpi data convert'")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise DataError(f"{path}: not a readable HDF5 file ({' '.join(str(exc).split())}); "
                         "it may be truncated: convert it again") from None
-    problem = _format_problem(f)
-    if problem:
+    from ..run.preflight import available_memory
+
+    try:
+        check_file(f, available_memory())
+    except FileProblem as exc:
         f.close()
-        raise DataError(f"{path}: {problem}")
+        raise DataError(f"{path}: {exc}") from None
     return f
-
-
-def _format_problem(f: h5py.File) -> str | None:
-    if f.attrs.get("format") != FORMAT:
-        return f"not a krum-mpi dataset file (no format = {FORMAT!r} attribute): create it with 'krum-mpi data convert'"
-    version = int(f.attrs.get("format_version", -1))
-    if version != FORMAT_VERSION:
-        return f"dataset format version {version}, this krum-mpi reads version {FORMAT_VERSION}: convert it again"
-    for key in ("n_features", "n_classes", "name"):
-        if key not in f.attrs:
-            return f"attribute {key!r} missing: the file was not finished; convert it again"
-    p = int(f.attrs["n_features"])
-    for split in ("train", "test"):
-        if split not in f:
-            if split == "train":
-                return "group /train missing: convert it again"
-            continue
-        g = f[split]
-        if "X" not in g or "y" not in g:
-            return f"/{split} lacks X or y: convert it again"
-        X, y = g["X"], g["y"]
-        if X.ndim != 2 or X.shape[1] != p:
-            return f"/{split}/X has shape {X.shape}, expected (N, {p})"
-        if y.shape != (X.shape[0],):
-            return f"/{split}/y has shape {y.shape} for {X.shape[0]} rows of /{split}/X"
-    return None
 
 
 class H5Dataset(Dataset):
@@ -245,8 +223,11 @@ class H5Dataset(Dataset):
         self.n_test = f["test"]["y"].shape[0] if "test" in f else len(self.test_rows)
         self.standardized = bool(cfg["standardize"]) and self.scaling != "none"
         if self.standardized:
-            self.mean = f["train"]["mean"][...].astype(np.float32)
-            self.inv_std = (1.0 / f["train"]["std"][...]).astype(np.float32)
+            try:
+                mean, std = statistics(f["train"], self.n_features)
+            except FileProblem as exc:
+                raise DataError(f"{self.path}: {exc}") from None
+            self.mean, self.inv_std = mean.astype(np.float32), (1.0 / std).astype(np.float32)
         self.provenance = {"source": str(f.attrs.get("source", "")), "file": str(self.path),
                            "source_sha256": json.loads(f.attrs.get("source_sha256", "{}")),
                            "created": str(f.attrs.get("created", "")), "scaling": self.scaling,
@@ -259,17 +240,21 @@ class H5Dataset(Dataset):
         unique, inverse = np.unique(rows, return_inverse=True)
         Xu = X[unique] if len(unique) else np.empty((0, self.n_features), np.float32)
         yu = y[unique] if len(unique) else np.empty(0, np.int64)
+        with np.errstate(over="ignore"):   # float64 features beyond float32's range become inf: refused below
+            Xu = np.asarray(Xu, dtype=np.float32)
         self._check(Xu, yu, unique, where)
         Xb, yb = Xu[inverse], yu[inverse].astype(np.int64)
         if self.standardized:
-            Xb = (Xb - self.mean) * self.inv_std
+            with np.errstate(over="ignore", invalid="ignore"):
+                Xb = (Xb - self.mean) * self.inv_std
+            self._check(Xb, yb, rows, f"{where} (standardised)")
         return np.ascontiguousarray(Xb, dtype=np.float32), yb
 
     def _check(self, X, y, rows, where):
         if not np.isfinite(X).all():
             r = int(rows[np.argwhere(~np.isfinite(X))[0, 0]])
-            raise DataError(f"{self.path}: NaN or infinite feature in {where} row {r}; "
-                            "clean the source and convert again")
+            raise DataError(f"{self.path}: NaN or infinite feature (or one beyond float32's range) in {where} "
+                            f"row {r}; clean the source and convert again")
         bad = (y < 0) | (y >= self.n_classes)
         if bad.any():
             i = int(np.argmax(bad))

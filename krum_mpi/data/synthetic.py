@@ -19,6 +19,9 @@ The test set is a separate stream (split = test) of ``data.n_test`` samples.
 """
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 
 from ..errors import DataError
@@ -66,6 +69,18 @@ def hash_normal(key, rows, n_cols, col0=0) -> np.ndarray:
     return (np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)).astype(np.float32)
 
 
+def _check_model_size(p: int, C: int, image: bool) -> None:
+    """The teacher weights or class means (p x C, drawn in float64) must fit in memory before they are
+    drawn: DataError naming the key to lower, not an out-of-memory error minutes later."""
+    from ..run.preflight import available_memory
+
+    need, avail = 12.0 * p * C, available_memory()
+    if need > avail:
+        key = ("data.image_shape" if image else "data.n_features") if p >= C else "data.n_classes"
+        raise DataError(f"synthetic data of {p} features and {C} classes needs {need / 2**30:.3g} GiB for its "
+                        f"generator alone but {avail / 2**30:.3g} GiB is available: lower {key}")
+
+
 class SyntheticDataset(Dataset):
     contiguous_iid = True   # samples are IID by construction: an IID shard is a block of indices
 
@@ -77,28 +92,38 @@ class SyntheticDataset(Dataset):
         if shape and len(shape) != 3:
             raise DataError(f"data.image_shape = {shape} must be [channels, height, width]")
         self.input_shape = tuple(shape) if shape else None
-        self.n_features = int(np.prod(shape)) if shape else int(cfg["n_features"])
+        self.n_features = math.prod(shape) if shape else int(cfg["n_features"])   # exact: np.prod wraps
         self.n_classes = int(cfg["n_classes"])
         self.n_train = int(cfg["n_train"])
         if cfg["max_train"] > 0:
             self.n_train = min(self.n_train, int(cfg["max_train"]))
         self.n_test = int(cfg["n_test"])
         self.noise = float(cfg["noise"])
-        rng = np.random.default_rng([seed, TAG_TEACHER])
         p, C = self.n_features, self.n_classes
-        if self.generator == "teacher":
-            self.weights = rng.standard_normal((p, C)).astype(np.float32)
-        elif self.generator == "mixture":
-            means = _image_means(rng, C, self.input_shape) if self.input_shape else rng.standard_normal((C, p))
-            scale = 2.0 * (np.sqrt(p / 16) if self.input_shape else 1.0)
-            self.means = (scale * means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
-        else:
+        _check_model_size(p, C, bool(shape))
+        if self.generator not in ("teacher", "mixture"):
             raise ValueError(f"unknown data.generator {self.generator!r}: use teacher or mixture")
+        self._seed = seed   # the teacher or the class means are drawn at first use (after the memory preflight)
         self._keys = {TAG_TRAIN: stream_key(seed, TAG_TRAIN), TAG_TEST: stream_key(seed, TAG_TEST)}
         self.provenance = {"source": "synthetic", "generator": self.generator, "seed": seed,
                            "n_features": p, "n_classes": C, "noise": self.noise,
                            "n_train": self.n_train, "n_test": self.n_test,
                            "standardized": False, "input_shape": list(shape)}
+
+    @functools.cached_property
+    def weights(self) -> np.ndarray:
+        """The teacher W (p, C) float32 (generator = teacher)."""
+        rng = np.random.default_rng([self._seed, TAG_TEACHER])
+        return rng.standard_normal((self.n_features, self.n_classes)).astype(np.float32)
+
+    @functools.cached_property
+    def means(self) -> np.ndarray:
+        """The class means (C, p) float32 (generator = mixture)."""
+        rng = np.random.default_rng([self._seed, TAG_TEACHER])
+        p, C = self.n_features, self.n_classes
+        means = _image_means(rng, C, self.input_shape) if self.input_shape else rng.standard_normal((C, p))
+        scale = 2.0 * (np.sqrt(p / 16) if self.input_shape else 1.0)
+        return (scale * means / np.linalg.norm(means, axis=1, keepdims=True)).astype(np.float32)
 
     # Columns of a row's random stream: 0..p-1 features, p: label noise coin, p+1: noisy label,
     # p+2: class (mixture).

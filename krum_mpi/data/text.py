@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import DataError
 from .base import Dataset
-from .paths import resolve
+from .paths import require_file, resolve
 
 MAX_VOCABULARY = 4096
 
@@ -74,6 +74,5 @@ def load(cfg: dict, seed: int) -> TextDataset:
     if not cfg["path"]:
         raise DataError("data.name = 'text' needs data.path = a UTF-8 text file")
     path = resolve(cfg["path"], "")
-    if not path.is_file():
-        raise DataError(f"{path}: text file not found; check data.path")
+    require_file(path, "text file", "check data.path")
     return TextDataset(path, cfg, seed)

@@ -7,21 +7,18 @@ import lzma
 from pathlib import Path
 
 from ..errors import DataError
+from .paths import require_file
 
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
 def open_binary(path):
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found; check data.path or run 'krum-mpi data download'")
+    path = require_file(path, "file", "check data.path or run 'krum-mpi data download'")
     return _OPENERS.get(path.suffix, open)(path, "rb")
 
 
 def open_text(path):
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found; check data.path or run 'krum-mpi data download'")
+    path = require_file(path, "file", "check data.path or run 'krum-mpi data download'")
     opener = _OPENERS.get(path.suffix)
     if opener is None:
         return open(path, "r", encoding="ascii", errors="replace", newline=None)

@@ -32,19 +32,39 @@ def _d_key(cfg: dict) -> str:
     return "model.hidden" if cfg["model"]["name"] == "mlp" else "data.n_features"
 
 
+def _size_key(cfg: dict, layer_sizes) -> str:
+    """The key that makes the model large: the wider end of its largest layer (the data's features,
+    a hidden width, or the data's classes), so the message names the value to lower."""
+    sizes = [int(v) for v in layer_sizes]
+    if len(sizes) < 2:
+        return _d_key(cfg)
+    largest = max(range(len(sizes) - 1), key=lambda l: sizes[l] * sizes[l + 1])
+    end = largest if sizes[largest] >= sizes[largest + 1] else largest + 1
+    if end == 0:
+        return "data.n_features"
+    return "data.n_classes" if end == len(sizes) - 1 else "model.hidden"
+
+
+def _chunk_key(n_features: int, widths: int, n_classes: int) -> str:
+    """The key that makes a test-set chunk (inputs, activations, logits) large."""
+    return max((n_features, "data.n_features"), (widths, "model.hidden"), (n_classes, "data.n_classes"))[1]
+
+
 def row_bytes(n: int, max_selected: int) -> int:
     """Bytes of one step's record (every per-step dataset, weights and absent included)."""
     return 8 * 8 + n * (8 + 4 + 1) + 4 * max_selected
 
 
-def rank_terms(cfg: dict, d: int, n_features: int, layer_sizes, k: int, root: bool, max_selected: int) -> list:
-    """(bytes, what, key) for one rank hosting k workers (and the server when ``root``)."""
+def rank_terms(cfg: dict, d: int, n_features: int, layer_sizes, k: int, root: bool, max_selected: int,
+               n_test: int = 0) -> list:
+    """(bytes, what, key) for one rank hosting k workers (and the server when ``root``); ``n_test``:
+    test rows rank 0 will load (0 once they are loaded: then MemAvailable already holds them)."""
     n, opt = cfg["workers"]["n"], cfg["optimizer"]
     batch = cfg["workers"]["batch_size"]
     widths = sum(layer_sizes[1:])
     worker_mom = opt["momentum"] > 0 and opt["momentum_at"] == "worker"
     server_mom = opt["momentum"] > 0 and opt["momentum_at"] == "server"
-    dk = _d_key(cfg)
+    dk = _size_key(cfg, layer_sizes)
     terms = [
         (4.0 * d * 3, "the parameters, a gradient and its copy", dk),
         (4.0 * k * d * (2 if worker_mom else 1), f"this rank's {k} gradient rows" +
@@ -59,8 +79,11 @@ def rank_terms(cfg: dict, d: int, n_features: int, layer_sizes, k: int, root: bo
             (4.0 * n * d, f"the gather buffer (workers.n = {n} rows of d = {d})", "workers.n" if 4.0 * d < 1e8 else dk),
             (4.0 * d * (4 if server_mom else 3), "the server's update buffers", dk),
             (4.0 * n * d * (rule not in ROWS_WITHOUT_COPY) + 8.0 * n * n * 4 + 8.0 * n * min(d, 1 << 16),
-             f"the {rule} rule's workspace", dk),
-            (4.0 * 8192 * (n_features + 2 * widths + layer_sizes[-1]), "a test-set chunk", dk),
+             f"the {rule} rule's workspace", "workers.n" if n * n * 32.0 > 4.0 * n * d else dk),
+            (4.0 * 8192 * (n_features + 2 * widths + layer_sizes[-1]), "a test-set chunk",
+             _chunk_key(n_features, sum(layer_sizes[1:-1]), layer_sizes[-1])),
+            ((4.0 * n_features + 8.0) * n_test, f"the test set ({n_test} rows of {n_features} features)",
+             "data.n_test"),
             (2.0 * min(flush_every, cfg["run"]["steps"]) * row_bytes(n, max_selected),
              "the per-step rows kept between flushes", "run.checkpoint_every"),
         ]
@@ -90,10 +113,10 @@ def available_memory() -> float:
 
 
 def check_memory(cfg: dict, d: int, n_features: int, layer_sizes, counts, ranks_here: int, max_selected: int,
-                 available: float | None = None) -> None:
+                 available: float | None = None, n_test: int = 0) -> None:
     """Raise ConfigError when this node's ranks cannot hold the run (rank 0's share counted here)."""
     k_max = int(np.max(counts))
-    root = rank_terms(cfg, d, n_features, layer_sizes, int(counts[0]), True, max_selected)
+    root = rank_terms(cfg, d, n_features, layer_sizes, int(counts[0]), True, max_selected, n_test)
     other = rank_terms(cfg, d, n_features, layer_sizes, k_max, False, max_selected)
     terms = root + [(b * (ranks_here - 1), f"{what} (x{ranks_here - 1} ranks)", key)
                     for b, what, key in other] if ranks_here > 1 else root
@@ -104,6 +127,14 @@ def check_memory(cfg: dict, d: int, n_features: int, layer_sizes, counts, ranks_
         raise ConfigError(f"this run needs about {_gib(need)} of memory on a node with {ranks_here} rank(s) but "
                           f"{_gib(avail)} is available; the largest part is {what}, {_gib(b)}: lower {key} "
                           "(or spread the ranks over more nodes)")
+
+
+def check_sizes(cfg: dict, d: int, dataset, layer_sizes, counts, ranks_here: int) -> None:
+    """The memory check as soon as the sizes are known (data opened, model described), before anything
+    of their size is made: the workers' list and shards, the test set, the rule. Every worker may be
+    selected (the rule is not built yet); the test set is counted as it is not loaded yet."""
+    check_memory(cfg, d, dataset.n_features, layer_sizes, counts, ranks_here, cfg["workers"]["n"],
+                 n_test=int(getattr(dataset, "n_test", 0) or 0))
 
 
 def check_disk(cfg: dict, d: int, out_path, max_selected: int) -> None:

@@ -69,7 +69,7 @@ def colluding_layout(n: int, n_byzantine: int, n_ranks: int):
 class Setup:
     """What every rank builds before the first collective; errors here are caught collectively."""
 
-    def __init__(self, cfg: dict, comm: Comm):
+    def __init__(self, cfg: dict, comm: Comm, ranks_here: int = 1):
         run, workers = cfg["run"], cfg["workers"]
         self.cfg = cfg
         self.seed = run["seed"]
@@ -84,6 +84,7 @@ class Setup:
             comm.set_layout(self.grid.world_counts)
         self.d = self.model.n_params   # model parallelism: this rank's shard
         self.d_total = sum(self.grid.layout.sizes) if self.grid else self.d
+        preflight.check_sizes(cfg, self.d, self.dataset, _layer_sizes(self), comm.counts, ranks_here)   # nothing big yet
         if cfg["aggregator"]["placement"] != "gather" and self.grid is None and self.d < comm.size:
             raise ConfigError(f"aggregator.placement = {cfg['aggregator']['placement']!r} gives each rank a block of the "
                               f"{self.d} parameters: use at most {self.d} ranks, or placement = 'gather'")
@@ -129,16 +130,21 @@ def limit_blas_threads(comm: Comm) -> int:
     return threads
 
 
+def _layer_sizes(setup: Setup) -> list:
+    """The model's layer widths for the memory estimate: a torch model's activations are not estimated
+    (its layers are its own), so its inputs and outputs only."""
+    return getattr(setup.model, "layer_sizes", None) or [setup.dataset.n_features, setup.dataset.n_classes]
+
+
 def _agree_on_setup(cfg: dict, comm: Comm, ranks_here: int) -> Setup:
     """Build the setup on every rank, and check the run fits in memory before anything large is
     allocated; if any rank fails, the lowest failing rank reports and all stop."""
     error = None
     try:
-        setup = Setup(cfg, comm)
+        setup = Setup(cfg, comm, ranks_here)
         width = setup.aggregator.max_selected if comm.is_root else cfg["workers"]["n"]   # rank 0 knows the rule
-        # a torch model's activations are not estimated (its layers are its own): inputs and outputs only
-        layers = getattr(setup.model, "layer_sizes", None) or [setup.dataset.n_features, setup.dataset.n_classes]
-        preflight.check_memory(cfg, setup.d, setup.dataset.n_features, layers, comm.counts, ranks_here, width)
+        preflight.check_memory(cfg, setup.d, setup.dataset.n_features, _layer_sizes(setup), comm.counts, ranks_here,
+                               width)
     except KrumMPIError as exc:
         error, setup = exc, None
     first = comm.first_rank_where(error is not None)

@@ -58,9 +58,9 @@ def load_factory(spec: str):
             module = importlib.import_module(target)
     except ConfigError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:   # a module that calls sys.exit() on import is an error too
         raise ConfigError(f"model.factory = {spec!r}: importing {target} failed "
-                          f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+                          f"({_described(exc)})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"model.factory = {spec!r}: {target} has no function {attr!r}")
@@ -89,12 +89,38 @@ def _builder(name, model_cfg, n_features, n_classes, input_shape):
     return (lambda: fn(n_features, n_classes, **kwargs)), kind, augment, name
 
 
+def _described(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r:.40})"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+def _check_outputs(model: TorchModel, n_features: int, n_classes: int, spec: str) -> None:
+    """One forward pass on two rows of zeros: the output must have n_classes columns (per token for a
+    sequence model), or training would run a loss over the wrong number of classes."""
+    import numpy as np
+
+    with torch.no_grad():
+        theta = torch.cat([p.detach().reshape(-1).float() for p in model.module.parameters()]).numpy()
+    X = np.zeros((2, n_features), dtype=np.float32)
+    try:
+        out = model.logits(theta, X)
+    except (Exception, SystemExit) as exc:
+        raise ConfigError(f"{spec}: the model's forward pass on a batch of 2 rows of {n_features} features failed "
+                          f"({_described(exc)}); check the module's input size") from None
+    shape = tuple(getattr(out, "shape", ()))
+    expected = (2, shape[1] if len(shape) == 3 else None, n_classes) if model.kind == "sequence" else (2, n_classes)
+    if not isinstance(out, torch.Tensor) or shape != expected:
+        want = f"(batch, tokens, {n_classes})" if model.kind == "sequence" else f"(batch, {n_classes})"
+        raise ConfigError(f"{spec}: the module's output has shape {shape} for a batch of 2, expected {want}: "
+                          f"one output per class of the data ({n_classes} classes)")
+
+
 def _check_module(build, spec: str):
     try:
         module = build()
-    except Exception as exc:
-        raise ConfigError(f"{spec}: building the model failed ({type(exc).__name__}: "
-                          f"{' '.join(str(exc).split())}); check model.kwargs") from None
+    except (Exception, SystemExit) as exc:   # SystemExit(0) from a factory must not end the run "successfully"
+        raise ConfigError(f"{spec}: building the model failed ({_described(exc)}); check model.kwargs") from None
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"{spec} returned {type(module).__name__}, not a torch.nn.Module")
     if not any(True for _ in module.parameters()):
@@ -119,6 +145,7 @@ def make(model_cfg: dict, n_features: int, n_classes: int, input_shape=None) -> 
     model = TorchModel(name, build, kind, input_shape, loss=model_cfg.get("loss", "cross-entropy"),
                        augment=augment, description=description)
     model.n_classes = n_classes
+    _check_outputs(model, n_features, n_classes, label)
     return model
 
 
