@@ -63,12 +63,28 @@ def namespace(device: str):
 
 
 def array_namespace(x):
-    """numpy or cupy, whichever owns ``x`` (NumPy for anything that is not a CuPy array)."""
+    """numpy or cupy, whichever owns ``x`` (NumPy for anything that is not a CuPy array); the
+    ``array_api_strict`` namespace for its arrays (the tests run the rules under it: a NumPy-only
+    call in code that CuPy runs fails there)."""
     mod = type(x).__module__
     if mod.startswith("cupy"):
         import cupy
         return cupy
+    if mod.startswith("array_api_strict"):
+        import array_api_strict
+        return array_api_strict
     return np
+
+
+def astype(xp, x, dtype):
+    """``x`` converted to ``dtype`` in its namespace (the standard's function; a method in CuPy)."""
+    convert = getattr(xp, "astype", None)
+    return convert(x, dtype) if convert is not None else x.astype(dtype)
+
+
+def copied(xp, x):
+    """A copy of ``x`` in its namespace."""
+    return xp.asarray(x, copy=True) if not hasattr(x, "copy") else x.copy()
 
 
 def on_host(xp) -> bool:
