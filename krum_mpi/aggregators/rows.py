@@ -32,6 +32,7 @@ import math
 
 import numpy as np
 
+from krum_mpi import native
 from krum_mpi.aggregators.base import array_namespace, to_numpy
 from krum_mpi.aggregators.certify import CertifiedDistances, counting  # noqa: F401 (counting: re-exported)
 from krum_mpi.aggregators.distances import sq_distances
@@ -250,8 +251,47 @@ def tree_sums(xp, terms):
     return terms[:, 0], depth
 
 
+def native_block_pass(X, weights, centre, keep, distances):
+    """block_pass by the compiled kernel (native/point.c: the same point, bitwise, and sums of the same
+    t_j in another tree), or None where it does not apply (not built or disabled, X not float32 rows
+    read in place, a centre that is not a float32 NumPy vector)."""
+    lib = native.library("point")
+    if lib is None or not native.float32_rows(X):
+        return None
+    if centre is not None and not (isinstance(centre, np.ndarray) and centre.dtype == np.float32):
+        return None
+    n, d = X.shape
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
+    centre = None if centre is None else np.ascontiguousarray(centre)
+    point = np.empty(d, dtype=np.float32)
+
+    def work(start, stop):   # ctypes releases the GIL: the column ranges run in parallel
+        sums = np.empty(n) if distances else None
+        depth = lib.krum_point_pass(X.ctypes.data, n, X.strides[0] // 4, weights.ctypes.data,
+                                    None if centre is None else centre.ctypes.data, keep, start, stop,
+                                    point.ctypes.data, None if sums is None else sums.ctypes.data)
+        if depth < 0:
+            raise MemoryError("krum_point_pass: out of memory")
+        return sums, depth + 2
+
+    return point, *combine_ranges(run_ranges(work, column_ranges(np, d, align=CHUNK)), distances)
+
+
+def combine_ranges(results, distances):
+    """(sums, depth) of the column ranges' (sums, depth), added in order."""
+    if not distances:
+        return None, 0
+    total = results[0][0].copy()
+    for r in results[1:]:
+        total += r[0]
+    return total, max(r[1] for r in results) + len(results)
+
+
 def block_pass(X, weights, centre, keep, distances):
     """One block of Rows.point_pass: (point block, (n,) float64 sums of the t_j or None, depth)."""
+    compiled = native_block_pass(X, weights, centre, keep, distances)
+    if compiled is not None:
+        return compiled
     xp = array_namespace(X)
     n, d = X.shape
     used = [int(i) for i in np.flatnonzero(weights)]
@@ -281,9 +321,4 @@ def block_pass(X, weights, centre, keep, distances):
         return total, depth + outer
 
     results = run_ranges(work, column_ranges(xp, d, align=CHUNK) if on_host(xp) else [(0, d)])
-    if not distances:
-        return point, None, 0
-    total = results[0][0].copy()
-    for r in results[1:]:
-        total += r[0]
-    return point, total, max(r[1] for r in results) + len(results)
+    return point, *combine_ranges(results, distances)
