@@ -76,6 +76,12 @@ def array_namespace(x):
     return np
 
 
+def host_dtype(x) -> np.dtype:
+    """The NumPy dtype of ``x``'s elements, whichever namespace owns it (the array API's dtype
+    objects do not compare equal to NumPy's)."""
+    return np.dtype(str(x.dtype).rsplit(".", 1)[-1])
+
+
 def astype(xp, x, dtype):
     """``x`` converted to ``dtype`` in its namespace (the standard's function; a method in CuPy)."""
     convert = getattr(xp, "astype", None)
