@@ -42,7 +42,7 @@ def combine_rows_many(X, mixing):
 
     Per chunk the rows are centred on the row with the largest summed |weight|, into a reused buffer,
     and multiplied in X's dtype: the offsets are small, so the product does not cancel
-    (sum_i w_i x_i = sum_i w_i (x_i - x_r) + (sum_i w_i) x_r). A chunk whose result is not finite is
+    (sum_i w_i x_i = sum_i w_i (x_i - x_r) + (sum_i w_i) x_r). A column whose result is not finite is
     redone in float64 with the non-finite entries masked, so that a non-finite row reaches only the
     outputs that give it a weight (0 * NaN = NaN in a plain product)."""
     xp = array_namespace(X)
@@ -64,8 +64,9 @@ def combine_rows_many(X, mixing):
                 anchor = X[anchor_row, cols]
                 centred = subtract_into(xp, X[:, cols], anchor[None, :], centred)
                 result = weights @ centred + weight_sums * anchor[None, :]
-                if not bool(xp.all(xp.isfinite(result))):
-                    result = masked_combine(xp, mixing, X[:, cols])
+                bad = ~xp.all(xp.isfinite(result), axis=0)
+                if bool(xp.any(bad)):   # such columns only: no column depends on its neighbours
+                    result = xp.where(bad[None, :], masked_combine(xp, mixing, X[:, cols]), result)
                 out[:, cols] = result
 
     run_ranges(work, column_ranges(xp, d, align=CHUNK))
