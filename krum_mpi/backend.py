@@ -82,6 +82,12 @@ def host_dtype(x) -> np.dtype:
     return np.dtype(str(x.dtype).rsplit(".", 1)[-1])
 
 
+def fancy_indexing(xp) -> bool:
+    """True where arrays take integer-array indices beside slices and in assignments (NumPy,
+    CuPy); the strict array API namespace does not (callers then use take/where)."""
+    return xp is np or xp.__name__.startswith("cupy")
+
+
 def astype(xp, x, dtype):
     """``x`` converted to ``dtype`` in its namespace (the standard's function; a method in CuPy)."""
     convert = getattr(xp, "astype", None)

@@ -29,6 +29,7 @@ import numpy as np
 
 from krum_mpi import native
 from krum_mpi.aggregators.base import Aggregation, array_namespace
+from krum_mpi.backend import astype, fancy_indexing, on_host
 from krum_mpi.aggregators.parallel import column_ranges, run_ranges
 
 SORT_CHUNK = 1 << 12  # columns per sorted block on CPU: (4096, 64) float32 = 1 MiB
@@ -50,7 +51,7 @@ def per_sorted_chunk(X, reduce, rows=None):
     ``rows``: an index array of the rows to use (Bulyan's selection), default all."""
     xp = array_namespace(X)
     d = X.shape[1]
-    n = X.shape[0] if rows is None else len(rows)
+    n = X.shape[0] if rows is None else rows.shape[0]
     chunk = SORT_CHUNK if xp.__name__ == "numpy" else GPU_SORT_CHUNK
     out = xp.empty(d, dtype=X.dtype)
 
@@ -59,10 +60,14 @@ def per_sorted_chunk(X, reduce, rows=None):
         with np.errstate(over="ignore", invalid="ignore"):   # per thread: repair_overflow redoes such columns
             for lo in range(start, stop, chunk):
                 hi = min(stop, lo + chunk)
-                block = buffer[:hi - lo]
-                block[...] = (X[:, lo:hi] if rows is None else X[rows, lo:hi]).T
-                block.sort(axis=1)
-                out[lo:hi] = reduce(xp, block)
+                part = X[:, lo:hi] if rows is None else xp.take(X[:, lo:hi], rows, axis=0)
+                if on_host(xp):   # sorted in place in one reused buffer
+                    block = buffer[:hi - lo, :]
+                    block[...] = part.T
+                    block.sort(axis=1)
+                else:
+                    block = xp.sort(part.T, axis=1)
+                out[lo:hi] = astype(xp, reduce(xp, block), out.dtype)
 
     run_ranges(work, column_ranges(xp, d, align=chunk))
     return out
@@ -78,17 +83,24 @@ def repair_overflow(X, vector, reduce, rows=None):
     if X.dtype != xp.float32:
         return vector
     bad = ~xp.isfinite(vector)
-    if not bool(bad.any()):
+    if not bool(xp.any(bad)):
         return vector
+    if not fancy_indexing(xp):   # no scatter in the namespace: every column in float64 (rare path)
+        repaired = repair_block(xp, X if rows is None else xp.take(X, rows, axis=0), reduce)
+        return xp.where(bad, astype(xp, repaired, vector.dtype), vector)
     cols = xp.flatnonzero(bad)
     with np.errstate(invalid="ignore", over="ignore"):     # inf - inf in columns that are NaN anyway
         for lo in range(0, int(cols.size), SORT_CHUNK):
             part = cols[lo:lo + SORT_CHUNK]
             block = X[:, part] if rows is None else X[:, part][xp.asarray(rows)]
-            block = block.T.astype(xp.float64)
-            block.sort(axis=1)
-            vector[part] = reduce(xp, block).astype(vector.dtype)
+            vector[part] = astype(xp, repair_block(xp, block, reduce), vector.dtype)
     return vector
+
+
+def repair_block(xp, block, reduce):
+    """reduce(xp, sorted float64 copy of the block's columns)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return reduce(xp, xp.sort(astype(xp, block.T, xp.float64), axis=1))
 
 
 def order_library(X, n):
@@ -102,7 +114,7 @@ def native_order(X, mode, param=0, rows=None):
     """The rule (ORDER_MEDIAN; ORDER_TRIMMED dropping ``param`` at each end; ORDER_CLOSEST keeping
     ``param``) over X[rows] by the compiled kernel, threads over column ranges; None when the
     kernel does not apply (the caller then runs the NumPy path)."""
-    n = X.shape[0] if rows is None else len(rows)
+    n = X.shape[0] if rows is None else rows.shape[0]
     lib = order_library(X, n)
     if lib is None:
         return None
@@ -153,12 +165,12 @@ def trimmed_mean(X, f, b=None):
 
 def kept_mean(xp, block, b):
     """Per row of a row-sorted (c, n) block: the mean of positions [b, n - b), in the block's dtype.
-    Offsets from the median are small: a float32 sum of them does not cancel; a BLAS product with
-    a ones vector sums the short rows twice as fast as .sum(axis=1)."""
+    Offsets from the median are small: a float32 sum of them does not cancel. Summed row by row
+    (a BLAS product's order may depend on how many rows the block has: sharded blocks must give the
+    whole rows' values)."""
     n = block.shape[1]
     med = middle(xp, block)
-    ones = xp.ones(n - 2 * b, dtype=block.dtype)
-    return med + ((block[:, b:n - b] - med[:, None]) @ ones) / (n - 2 * b)
+    return med + xp.sum(block[:, b:n - b] - med[:, None], axis=1) / (n - 2 * b)
 
 
 def closest_to_median_mean(xp, block, keep):
@@ -172,13 +184,13 @@ def closest_to_median_mean(xp, block, keep):
     med = middle(xp, block)[:, None]
     if keep < n:
         low_farther = (med - block[:, :n - keep]) > (block[:, keep:] - med)  # NaN compares False
-        start = low_farther.sum(axis=1)[:, None]
+        start = xp.sum(astype(xp, low_farther, xp.int64), axis=1)[:, None]
     else:
         start = xp.zeros((c, 1), dtype=xp.int64)
     position = xp.arange(n)[None, :]
     inside = (position >= start) & (position < start + keep)
     offsets = xp.where(inside, block - med, 0.0)
-    return med[:, 0] + offsets.sum(axis=1, dtype=xp.float64) / keep
+    return med[:, 0] + xp.sum(offsets, axis=1, dtype=xp.float64) / keep
 
 
 def meamed(X, f):

@@ -34,7 +34,7 @@ def column_chunks(xp, X, start, stop):
 
 def combine_rows(X, weights):
     """sum_i weights[i] * X[i] over the rows with a non-zero weight: (d,) in X's namespace and dtype."""
-    return combine_rows_many(X, np.asarray(weights, dtype=np.float64)[None, :])[0]
+    return combine_rows_many(X, np.asarray(weights, dtype=np.float64)[None, :])[0, :]
 
 
 def combine_rows_many(X, mixing):
@@ -42,7 +42,9 @@ def combine_rows_many(X, mixing):
 
     Per chunk the rows are centred on the row with the largest summed |weight|, into a reused buffer,
     and multiplied in X's dtype: the offsets are small, so the product does not cancel
-    (sum_i w_i x_i = sum_i w_i (x_i - x_r) + (sum_i w_i) x_r). A column whose result is not finite is
+    (sum_i w_i x_i = sum_i w_i (x_i - x_r) + (sum_i w_i) x_r), the rows added one by one in
+    increasing order (a BLAS product's order may depend on the block's width: the sharded placement
+    must get, block by block, bitwise the values of the whole rows). A column whose result is not finite is
     redone in float64 with the non-finite entries masked, so that a non-finite row reaches only the
     outputs that give it a weight (0 * NaN = NaN in a plain product)."""
     xp = array_namespace(X)
@@ -56,6 +58,7 @@ def combine_rows_many(X, mixing):
     anchor_row = int(np.argmax(np.abs(mixing).sum(axis=0)))
     weights = xp.asarray(mixing, dtype=X.dtype)
     weight_sums = xp.asarray(mixing.sum(axis=1), dtype=X.dtype)[:, None]
+    used = [int(r) for r in np.flatnonzero(np.any(mixing != 0, axis=0))]
     out = xp.empty((mixing.shape[0], d), dtype=X.dtype)
 
     def work(start, stop):
@@ -63,10 +66,10 @@ def combine_rows_many(X, mixing):
             for cols, centred in column_chunks(xp, X, start, stop):
                 anchor = X[anchor_row, cols]
                 centred = subtract_into(xp, X[:, cols], anchor[None, :], centred)
-                result = weights @ centred + weight_sums * anchor[None, :]
+                result = rows_in_order(xp, weights, used, centred) + weight_sums * anchor[None, :]
                 bad = ~xp.all(xp.isfinite(result), axis=0)
                 if bool(xp.any(bad)):   # such columns only: no column depends on its neighbours
-                    result = xp.where(bad[None, :], masked_combine(xp, mixing, X[:, cols]), result)
+                    result = xp.where(bad[None, :], astype(xp, masked_combine(xp, mixing, X[:, cols]), X.dtype), result)
                 out[:, cols] = result
 
     run_ranges(work, column_ranges(xp, d, align=CHUNK))
@@ -95,6 +98,18 @@ def native_combine_rows(X, mixing):
 
     run_ranges(work, column_ranges(np, d, align=CHUNK))
     return out
+
+
+def rows_in_order(xp, weights, used, centred):
+    """(k, w) sum over the ``used`` rows r, in increasing order, of weights[:, r] * centred[r]: one
+    rounding per product and per sum, each column on its own."""
+    total = None
+    for r in used:
+        term = weights[:, r:r + 1] * centred[r:r + 1, :]
+        total = term if total is None else total + term
+    if total is None:
+        return xp.zeros((weights.shape[0], centred.shape[1]), dtype=centred.dtype)
+    return total
 
 
 def subtract_into(xp, a, b, out):

@@ -21,7 +21,7 @@ from krum_mpi.aggregators import validate_options
 from krum_mpi.aggregators.certify import CertifiedDistances, LocalRows, counting
 from krum_mpi.aggregators.compose import lookup
 from krum_mpi.aggregators.distances import Distances, sq_distances
-from krum_mpi.aggregators.base import to_numpy
+from krum_mpi.aggregators.base import host_dtype, to_numpy
 from krum_mpi.aggregators.rows import Rows
 
 EXACT_BYTES = 96   # one exact squared distance (an int scaled by 2^298, below 2^600 for float32 rows)
@@ -71,10 +71,10 @@ class ShardedRows:
 
     def __init__(self, blocks: Blocks):
         self.blocks = blocks
-        self.dtype = np.dtype(blocks.blocks[0].dtype)
+        self.dtype = host_dtype(blocks.blocks[0])
 
     def identical(self, i, j):
-        return bool(self.blocks.every([[np.array_equal(b[i], b[j])] for b in self.blocks.blocks])[0])
+        return bool(self.blocks.every([[LocalRows(b).identical(i, j)] for b in self.blocks.blocks])[0])
 
     def level_one(self, pairs):
         pairs = list(pairs)
