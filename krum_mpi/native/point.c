@@ -27,23 +27,39 @@ static inline __attribute__((always_inline)) void point_block(const float *X, in
                                                               const float *centre, double keep, int64_t c0,
                                                               int64_t width, float *point, double *z)
 {
-    for (int64_t j = 0; j < width; j++)
-        z[j] = 0.0;
-    for (int64_t u = 0; u < count; u++) {
-        const float *x = X + used[u] * stride + c0;
-        const double wi = w[used[u]];
-        for (int64_t j = 0; j < width; j++) {
-            double product = wi * (double)x[j];
-            z[j] = z[j] + product;
+    /* LANES columns at a time, the rows' products added in registers in increasing row order */
+    int64_t j = 0;
+    for (; j + LANES <= width; j += LANES) {
+        double acc[LANES] = {0};
+        for (int64_t u = 0; u < count; u++) {
+            const float *x = X + used[u] * stride + c0 + j;
+            const double wi = w[used[u]];
+            for (int k = 0; k < LANES; k++) {
+                double product = wi * (double)x[k];
+                acc[k] = acc[k] + product;
+            }
         }
+        if (centre != NULL && keep != 0.0)
+            for (int k = 0; k < LANES; k++) {
+                double product = keep * (double)centre[c0 + j + k];
+                acc[k] = acc[k] + product;
+            }
+        for (int k = 0; k < LANES; k++)
+            point[c0 + j + k] = (float)acc[k];
     }
-    if (centre != NULL && keep != 0.0)
-        for (int64_t j = 0; j < width; j++) {
-            double product = keep * (double)centre[c0 + j];
-            z[j] = z[j] + product;
+    for (; j < width; j++) {
+        double acc = 0.0;
+        for (int64_t u = 0; u < count; u++) {
+            double product = w[used[u]] * (double)X[used[u] * stride + c0 + j];
+            acc = acc + product;
         }
-    for (int64_t j = 0; j < width; j++)
-        point[c0 + j] = (float)z[j];
+        if (centre != NULL && keep != 0.0) {
+            double product = keep * (double)centre[c0 + j];
+            acc = acc + product;
+        }
+        point[c0 + j] = (float)acc;
+    }
+    (void)z;
     (void)n;
 }
 
