@@ -47,6 +47,4 @@ def geometric_median(rows, f, iterations=3, nu=0.1, tol=0.0):
         z, weights = z_new, new_weights
         if moved <= tol:
             break
-        if not more:
-            break
     return Aggregation(z, None, weights)
