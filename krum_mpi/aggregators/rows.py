@@ -45,6 +45,7 @@ GRID_BITS = 28          # significant bits of a canonical squared distance (dist
 TILE = 128              # summation tiles: any order inside a tile adds at most TILE - 1 roundings
 EXACT_SUM_BYTES = 280   # one row's exact sum of t_j, an int scaled by 2^1074 (< 2^2140 for d < 2^40)
 SPLIT_CHUNK = 1 << 24   # columns per exact-sum step: float64 bincount sums of 27-bit limbs stay exact
+GPU_CHUNK = 1 << 20     # columns per step of the array-namespace pass on a GPU: (n, 2^20) float64 temporaries
 
 
 class Rows:
@@ -241,13 +242,17 @@ def tree_sums(xp, terms):
     order inside), then the tiles' sums the same way; depth bounds the roundings of any term."""
     depth = 0
     while terms.shape[1] > 1:
-        width = terms.shape[1]
-        if width % TILE == 0 and width > TILE:
-            terms = xp.sum(xp.reshape(terms, (terms.shape[0], width // TILE, TILE)), axis=2)
-            depth += TILE - 1
-        else:
+        n, width = terms.shape
+        if width <= TILE:
             terms = xp.sum(terms, axis=1)[:, None]
             depth += width - 1
+            continue
+        whole = width // TILE * TILE
+        tiles = xp.sum(xp.reshape(terms[:, :whole], (n, whole // TILE, TILE)), axis=2)
+        if whole < width:   # the last, shorter tile
+            tiles = xp.concat([tiles, xp.sum(terms[:, whole:], axis=1)[:, None]], axis=1)
+        terms = tiles
+        depth += TILE - 1
     return terms[:, 0], depth
 
 
@@ -300,7 +305,7 @@ def block_pass(X, weights, centre, keep, distances):
     def work(start, stop):
         sums, depth = [], 0
         with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf rows are expected
-            for cols in column_slices(xp, stop - start, offset=start):
+            for cols in column_slices(xp, stop - start, CHUNK if on_host(xp) else GPU_CHUNK, offset=start):
                 chunk = X[:, cols]
                 z = xp.zeros(cols.stop - cols.start, dtype=xp.float64)
                 for i in used:        # increasing rows, one float64 rounding per term: column by column
