@@ -59,21 +59,20 @@ static inline __attribute__((always_inline)) void point_block(const float *X, in
         }
         point[c0 + j] = (float)acc;
     }
-    (void)z;
     (void)n;
 }
 
-static inline __attribute__((always_inline)) double row_block_sum(const float *x, const float *p, int64_t width)
+static inline __attribute__((always_inline)) double row_block_sum(const float *x, const double *p, int64_t width)
 {
     double acc[LANES] = {0};
     int64_t j = 0;
     for (; j + LANES <= width; j += LANES)
         for (int k = 0; k < LANES; k++) {
-            double diff = (double)x[j + k] - (double)p[j + k];
+            double diff = (double)x[j + k] - p[j + k];
             acc[k] += diff * diff;
         }
     for (int k = 0; j < width; j++, k++) {
-        double diff = (double)x[j] - (double)p[j];
+        double diff = (double)x[j] - p[j];
         acc[k] += diff * diff;
     }
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
@@ -100,8 +99,10 @@ static inline __attribute__((always_inline)) double row_block_sum(const float *x
         point_block(X, n, stride, w, used, count, centre, keep, c0, width, point, z);                     \
         if (sums == NULL)                                                                                 \
             continue;                                                                                     \
+        for (int64_t j = 0; j < width; j++) /* the point's block in float64 once, for every row */        \
+            z[j] = (double)point[c0 + j];                                                                 \
         for (int64_t i = 0; i < n; i++)                                                                   \
-            group[i] += row_block_sum(X + i * stride + c0, point + c0, width);                            \
+            group[i] += row_block_sum(X + i * stride + c0, z, width);                                     \
         if (++blocks == GROUP) {                                                                          \
             for (int64_t i = 0; i < n; i++) {                                                             \
                 sums[i] += group[i];                                                                      \
