@@ -37,6 +37,14 @@ def counting():
         _tally.reset(token)
 
 
+def tally(count):
+    """Add ``count`` recomputed distances to the enclosing ``counting`` block, if any (the rows
+    source's exact level counts here too)."""
+    box = _tally.get()
+    if box is not None:
+        box[0] += count
+
+
 class LocalRows:
     """Where the refinement levels read the rows: here, the whole (n, d) array in this process.
     Any object with these members will do (a sharded placement sums each rank's block)."""

@@ -34,7 +34,7 @@ import numpy as np
 
 from krum_mpi import native
 from krum_mpi.aggregators.base import array_namespace, to_numpy
-from krum_mpi.aggregators.certify import CertifiedDistances, counting  # noqa: F401 (counting: re-exported)
+from krum_mpi.aggregators.certify import CertifiedDistances, tally
 from krum_mpi.aggregators.distances import sq_distances
 from krum_mpi.aggregators.exact import gamma
 from krum_mpi.aggregators.parallel import column_ranges, run_ranges
@@ -161,7 +161,7 @@ class Rows:
 
     def exact_sq_distances(self, rows, point):
         """Canonical squared distances of these rows, from their exact sums (integers over blocks)."""
-        counting_add(len(rows))
+        tally(len(rows))
         local = []
         for b, p in zip(self.blocks, point):
             ints = [exact_terms_sum(self.xp, b[int(i), :], p) for i in rows]
@@ -185,14 +185,6 @@ def finite_rows(X):
         return ok
 
     return np.logical_and.reduce(run_ranges(work, column_ranges(xp, d, align=CHUNK)))
-
-
-def counting_add(count):
-    """Add to the recomputed-distance tally of the enclosing ``counting`` block (certify.py)."""
-    from krum_mpi.aggregators import certify
-    box = certify._tally.get()
-    if box is not None:
-        box[0] += count
 
 
 def truncate(values):
