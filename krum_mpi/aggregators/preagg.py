@@ -66,7 +66,8 @@ def clipping_mixing(rows, f, options, step):
     norms = np.sqrt(rows.sq_distances_to(rows.zeros()))
     with np.errstate(divide="ignore"):
         scale = np.minimum(1.0, options["clip_norm"] / norms)
-    scale = np.where(np.isfinite(norms), scale, 1.0)  # non-finite rows pass through unchanged
+    if not np.isfinite(norms).all():   # non-finite rows pass through unchanged; a finite float64 row
+        scale = np.where(rows.finite(), scale, 1.0)   # beyond ~1e154 (norm inf) is scaled to 0
     return np.diag(scale), [np.array([i], dtype=np.int64) for i in range(n)]
 
 
