@@ -63,12 +63,40 @@ def namespace(device: str):
 
 
 def array_namespace(x):
-    """numpy or cupy, whichever owns ``x`` (NumPy for anything that is not a CuPy array)."""
+    """numpy or cupy, whichever owns ``x`` (NumPy for anything that is not a CuPy array); the
+    ``array_api_strict`` namespace for its arrays (the tests run the rules under it: a NumPy-only
+    call in code that CuPy runs fails there)."""
     mod = type(x).__module__
     if mod.startswith("cupy"):
         import cupy
         return cupy
+    if mod.startswith("array_api_strict"):
+        import array_api_strict
+        return array_api_strict
     return np
+
+
+def host_dtype(x) -> np.dtype:
+    """The NumPy dtype of ``x``'s elements, whichever namespace owns it (the array API's dtype
+    objects do not compare equal to NumPy's)."""
+    return np.dtype(str(x.dtype).rsplit(".", 1)[-1])
+
+
+def fancy_indexing(xp) -> bool:
+    """True where arrays take integer-array indices beside slices and in assignments (NumPy,
+    CuPy); the strict array API namespace does not (callers then use take/where)."""
+    return xp is np or xp.__name__.startswith("cupy")
+
+
+def astype(xp, x, dtype):
+    """``x`` converted to ``dtype`` in its namespace (the standard's function; a method in CuPy)."""
+    convert = getattr(xp, "astype", None)
+    return convert(x, dtype) if convert is not None else x.astype(dtype)
+
+
+def copied(xp, x):
+    """A copy of ``x`` in its namespace."""
+    return xp.asarray(x, copy=True) if not hasattr(x, "copy") else x.copy()
 
 
 def on_host(xp) -> bool:

@@ -84,6 +84,16 @@ def cli():
     return run_cli
 
 
+@pytest.fixture(params=["numpy", "array-api-strict"])
+def xp(request):
+    """The array namespace the rule tests make their inputs with: NumPy, and the strict array API
+    namespace, where a NumPy-only call in code that CuPy runs fails (rules take xp from inputs)."""
+    if request.param == "numpy":
+        import numpy
+        return numpy
+    return pytest.importorskip("array_api_strict", reason="pip install array-api-strict")
+
+
 @pytest.fixture(params=["native", "numpy"])
 def kernels(request, monkeypatch):
     """Run a test on the compiled kernels and again on the NumPy ones (the reference and fallback).

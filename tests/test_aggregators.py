@@ -76,14 +76,22 @@ RULES = {
 }
 
 
+def on(xp, aggregator, X):
+    """Run an Aggregator on X made by the namespace ``xp`` (NumPy or the strict array API: the rule
+    takes xp from its input); the vector comes back as NumPy, checked to be of xp."""
+    result = aggregator(xp.asarray(X))
+    assert type(result.vector).__module__.split(".")[0] == xp.__name__.split(".")[0]
+    return type(result)(np.asarray(result.vector), result.selected, result.weights, result.recomputed)
+
+
 def tolerance(X):
     finite = X[np.isfinite(X).all(axis=1)]
     return 16 * np.finfo(X.dtype).eps * float(np.abs(finite).max())
 
 
-def check_against_reference(name, X, f):
+def check_against_reference(name, X, f, xp=np):
     vector, selected = RULES[name][1](X, f)
-    result = agg.make(name, X.shape[0], f)(X)
+    result = on(xp, agg.make(name, X.shape[0], f), X)
     if selected is not None:
         np.testing.assert_array_equal(result.selected, selected, err_msg=f"{name} selected other rows")
     np.testing.assert_allclose(result.vector.astype(np.float64), vector, rtol=0, atol=tolerance(X),
@@ -97,13 +105,13 @@ CASES = [(name, kind, f, at_bound) for name in RULES for kind in INPUTS for f in
 
 
 @pytest.mark.parametrize("name,kind,f,at_bound", CASES)
-def test_rule_matches_reference(name, kind, f, at_bound):
+def test_rule_matches_reference(name, kind, f, at_bound, xp):
     n = max(RULES[name][0](f), 5) + (0 if at_bound else 4)
     X = INPUTS[kind](n, f, seed=n + f)
     if name in ("krum", "multi-krum") and kind != "ties":
         m = 1 if name == "krum" else n - f
         assert score_gap(ref_krum_scores(X, f), m) > 1e-4, "test input has a near tie: change the seed"
-    result = check_against_reference(name, X, f)
+    result = check_against_reference(name, X, f, xp)
     if kind == "nonfinite":
         assert np.isfinite(result.vector).all(), f"{name}: non-finite output with only f bad rows"
         if result.selected is not None:
@@ -150,39 +158,39 @@ def test_variants_can_select_differently():
     assert [paper, unsquared] == [ref_krum(X, 2)[1][0], ref_krum(X, 2, squared=False)[1][0]]
 
 
-def test_multi_krum_m_and_weights():
+def test_multi_krum_m_and_weights(xp):
     X = adversarial_input(12, 3, seed=7)
     for m in (1, 4, 9):
-        result = agg.make("multi-krum", 12, 3, m=m)(X)
+        result = on(xp, agg.make("multi-krum", 12, 3, m=m), X)
         vector, chosen = ref_multi_krum(X, 3, m=m)
         assert result.selected.tolist() == chosen
         assert np.isclose(result.weights.sum(), 1.0) and (result.weights > 0).sum() == m
     assert agg.make("multi-krum", 12, 3).max_selected == 9  # default m = n - f
 
 
-def test_trimmed_mean_b_option():
+def test_trimmed_mean_b_option(xp):
     X = nonfinite_input(11, 2, seed=2)
-    result = agg.make("trimmed-mean", 11, 2, b=4)(X)
+    result = on(xp, agg.make("trimmed-mean", 11, 2, b=4), X)
     np.testing.assert_allclose(result.vector, ref_trimmed_mean(X, 2, b=4), rtol=0, atol=tolerance(X))
 
 
-def test_geometric_median_options():
+def test_geometric_median_options(xp):
     X = adversarial_input(9, 2, seed=4)
     for iterations, nu in ((0, 0.1), (1, 1e-6), (10, 5.0)):
-        out = agg.get("geometric-median")(X, 2, iterations=iterations, nu=nu)
+        out = np.asarray(agg.get("geometric-median")(xp.asarray(X), 2, iterations=iterations, nu=nu))
         np.testing.assert_allclose(out, ref_geometric_median(X, 2, iterations, nu), rtol=0, atol=tolerance(X))
 
 
-def test_centered_clipping_keeps_state():
+def test_centered_clipping_keeps_state(xp):
     X = adversarial_input(9, 2, seed=4)
     rule = agg.make("centered-clipping", 9, 2, tau=50.0, iterations=2)
-    first = rule(X).vector
-    second = rule(X).vector  # centred on the first aggregate
+    first = on(xp, rule, X).vector
+    second = on(xp, rule, X).vector  # centred on the first aggregate
     np.testing.assert_allclose(first, ref_centered_clipping(X, 2, 50.0, 2), rtol=0, atol=tolerance(X))
     np.testing.assert_allclose(second, ref_centered_clipping(X, 2, 50.0, 2, center=first), rtol=0,
                                atol=tolerance(X))
     # the pure function takes the state as a keyword
-    again = agg.get("centered-clipping")(X, 2, tau=50.0, iterations=2, center=first)
+    again = np.asarray(agg.get("centered-clipping")(xp.asarray(X), 2, tau=50.0, iterations=2, center=first))
     np.testing.assert_array_equal(again, second)
 
 
@@ -194,33 +202,33 @@ def test_mda_limit():
 
 # -- pre-aggregation steps -------------------------------------------------------------------------
 
-def test_nnm_then_rules():
+def test_nnm_then_rules(xp):
     X = adversarial_input(11, 3, seed=8)
     mixed = ref_nnm(X, 3)
-    out = agg.make("nnm+average", 11, 3)(X)
+    out = on(xp, agg.make("nnm+average", 11, 3), X)
     np.testing.assert_allclose(out.vector, mixed.mean(axis=0), rtol=0, atol=tolerance(X))
     assert np.isclose(out.weights.sum(), 1.0)
-    out = agg.make("nnm+median", 11, 3)(X)
+    out = on(xp, agg.make("nnm+median", 11, 3), X)
     np.testing.assert_allclose(out.vector, ref_median(mixed, 3), rtol=0, atol=tolerance(X))
-    out = agg.make("nnm+krum", 11, 3)(X)
+    out = on(xp, agg.make("nnm+krum", 11, 3), X)
     assert out.selected.tolist() == ref_krum(mixed, 3)[1]
 
 
-def test_nnm_keeps_nonfinite_rows_out():
+def test_nnm_keeps_nonfinite_rows_out(xp):
     X = nonfinite_input(11, 3, seed=9)
     for rule in ("krum", "median", "geometric-median"):
-        out = agg.make(f"nnm+{rule}", 11, 3)(X)
+        out = on(xp, agg.make(f"nnm+{rule}", 11, 3), X)
         assert np.isfinite(out.vector).all(), rule
 
 
-def test_bucketing_then_rules():
+def test_bucketing_then_rules(xp):
     X = adversarial_input(12, 1, seed=10)
     rule = agg.make("bucketing+krum", 12, 1, bucket_size=2, seed=5)
     for step in range(2):
         order = np.random.default_rng([5, step]).permutation(12)
         buckets = [np.sort(order[k:k + 2]) for k in range(0, 12, 2)]
         means = np.array([X[b].astype(np.float64).mean(axis=0) for b in buckets])
-        out = rule(X)  # a new shuffle every step
+        out = on(xp, rule, X)  # a new shuffle every step
         winner = ref_krum(means, 1)[1][0]
         assert out.selected.tolist() == buckets[winner].tolist()
         np.testing.assert_allclose(out.vector, means[winner], rtol=0, atol=tolerance(X))
@@ -229,36 +237,36 @@ def test_bucketing_then_rules():
         agg.make("bucketing+krum", 12, 2, bucket_size=3)  # 4 buckets cannot host f = 2
 
 
-def test_clipping_then_average():
+def test_clipping_then_average(xp):
     X = random_input(7, 400, seed=11) * np.arange(1, 8, dtype=np.float32)[:, None]
     norms = np.linalg.norm(X.astype(np.float64), axis=1)
     clip = float(np.median(norms))
-    out = agg.make("clipping+average", 7, 0, clip_norm=clip)(X)
+    out = on(xp, agg.make("clipping+average", 7, 0, clip_norm=clip), X)
     np.testing.assert_allclose(out.vector, ref_clip_rows(X, clip).mean(axis=0), rtol=0, atol=tolerance(X))
 
 
-def test_clipping_catches_huge_finite_rows():
+def test_clipping_catches_huge_finite_rows(xp):
     X = random_input(7, 300, seed=14)
     X[2] = 1e25  # finite, but its float32 square overflows: it must still be clipped
-    out = agg.make("clipping+average", 7, 0, clip_norm=1.0)(X)
+    out = on(xp, agg.make("clipping+average", 7, 0, clip_norm=1.0), X)
     np.testing.assert_allclose(out.vector, ref_clip_rows(X, 1.0).mean(axis=0), rtol=1e-5, atol=1e-6)
 
 
-def test_chain_of_steps():
+def test_chain_of_steps(xp):
     X = adversarial_input(15, 2, seed=12)
-    out = agg.make("clipping+nnm+multi-krum", 15, 2, clip_norm=1e6, m=5)(X)
+    out = on(xp, agg.make("clipping+nnm+multi-krum", 15, 2, clip_norm=1e6, m=5), X)
     mixed = ref_nnm(ref_clip_rows(X, 1e6), 2)
     vector, chosen = ref_multi_krum(mixed, 2, m=5)
     assert out.selected.tolist() == chosen
     np.testing.assert_allclose(out.vector, vector, rtol=0, atol=tolerance(X))
 
 
-def test_chain_before_average_needs_no_mixed_array():
+def test_chain_before_average_needs_no_mixed_array(xp):
     # average is a fixed weighted mean: the chain folds into one weighted sum of the inputs, which must
     # equal averaging the materialized mixed rows, NaN where (and only where) a non-finite row is weighted
     X = adversarial_input(13, 2, seed=15)
     X[4, 5:9] = np.nan
-    out = agg.make("bucketing+nnm+average", 13, 2, bucket_size=2, seed=3)(X)
+    out = on(xp, agg.make("bucketing+nnm+average", 13, 2, bucket_size=2, seed=3), X)
     order = np.random.default_rng([3, 0]).permutation(13)
     buckets = [np.sort(order[k:k + 2]) for k in range(0, 13, 2)]
     means = np.array([X[b].astype(np.float64).mean(axis=0) for b in buckets])

@@ -182,10 +182,11 @@ def test_row_stride_views_are_read_in_place(monkeypatch):
 def test_nnm_mixing_dense_tiles(monkeypatch):
     """The NNM mixing (64 x 64, 49 non-zeros per row) as the pre-step produces it."""
     from krum_mpi.aggregators.preagg import nnm_mixing
+    from krum_mpi.aggregators.rows import Rows
 
     rng = np.random.default_rng(4)
     X = (1e4 + rng.standard_normal((64, 1031))).astype(np.float32)
-    mixing, _ = nnm_mixing(X, 15, {}, 0)
+    mixing, _ = nnm_mixing(Rows([X]), 15, {}, 0)
     out = compiled(X, mixing)
     check_close(out, X, mixing)
     assert np.abs(out - numpy_path(X, mixing, monkeypatch)).max() <= 8 * U * 1e4

@@ -24,18 +24,17 @@ from krum_mpi.aggregators.mda import MAX_SUBSETS, check_mda_bounds, mda
 from krum_mpi.aggregators.parallel import cpu_budget
 from krum_mpi.aggregators.preagg import PRE_STEPS
 from krum_mpi.aggregators.compose import lookup
-from krum_mpi.aggregators.registry import RULES, Aggregator, Option, Rule, register, validate_options
-from krum_mpi.aggregators.rowops import combine_rows
+from krum_mpi.aggregators.registry import RULES, Aggregator, Option, Rule, blockwise, register, validate_options
 
 __all__ = ["Aggregation", "Aggregator", "get", "make", "names", "pre_steps", "krum_select", "sq_distances"]
 
 
-def average(X, f=0):
+def average(rows, f=0):
     """Plain mean of the rows (not robust; the baseline). Where a row holds NaN or Inf the output
     is NaN (one weighted sum of all rows, the same kernel as Multi-Krum's mean: near read speed)."""
-    n = X.shape[0]
+    n = rows.n
     weights = np.full(n, 1.0 / n)
-    return Aggregation(combine_rows(X, weights), np.arange(n, dtype=np.int64), weights)
+    return Aggregation(rows.combine(weights), np.arange(n, dtype=np.int64), weights)
 
 
 KRUM_OPTIONS = {
@@ -79,14 +78,14 @@ register(Rule(
     {"m": Option(None, int, minimum=1, help="rows averaged (default n - f)"), **KRUM_OPTIONS},
     check=_multi_krum_check, max_selected=lambda n, f, o: n - f if o["m"] is None else o["m"]))
 register(Rule(
-    "median", median, "coordinate-wise median (Yin et al. 2018)",
+    "median", blockwise(median), "coordinate-wise median (Yin et al. 2018)",
     check=lambda n, f, o: check_coordinatewise_bounds("median", n, f, f)))
 register(Rule(
-    "trimmed-mean", trimmed_mean, "coordinate-wise mean without the b largest and b smallest values",
+    "trimmed-mean", blockwise(trimmed_mean), "coordinate-wise mean without the b largest and b smallest values",
     {"b": Option(None, int, minimum=0, help="values dropped per side (default f)")},
     check=_trimmed_mean_check))
 register(Rule(
-    "meamed", meamed, "coordinate-wise mean of the n - f values closest to the median (Xie et al. 2018)",
+    "meamed", blockwise(meamed), "coordinate-wise mean of the n - f values closest to the median (Xie et al. 2018)",
     check=lambda n, f, o: check_coordinatewise_bounds("meamed", n, f, f)))
 register(Rule(
     "geometric-median", geometric_median, "smoothed Weiszfeld geometric median (Pillutla et al., RFA)",

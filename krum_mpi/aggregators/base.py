@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from krum_mpi.backend import array_namespace, to_host  # noqa: F401 (array_namespace: re-exported for the rules)
+from krum_mpi.backend import array_namespace, host_dtype, to_host  # noqa: F401 (array_namespace: re-exported for the rules)
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,8 @@ def check_input(X, f):
     n, d = X.shape
     if n == 0 or d == 0:
         raise ValueError(f"input is empty (shape {tuple(X.shape)}): need at least one row and one column")
-    if X.dtype not in (np.float32, np.float64):
-        raise ValueError(f"input dtype must be float32 or float64, got {X.dtype}")
+    if host_dtype(X) not in (np.float32, np.float64):
+        raise ValueError(f"input dtype must be float32 or float64, got {host_dtype(X)}")
     check_f(f)
     if X.dtype == np.float64:
         check_float64_range(X)

@@ -10,10 +10,9 @@
 """
 import numpy as np
 
-from krum_mpi.aggregators.base import Aggregation, array_namespace
-from krum_mpi.aggregators.certify import CertifiedDistances, ScoreBoard
+from krum_mpi.aggregators.base import Aggregation
+from krum_mpi.aggregators.certify import ScoreBoard
 from krum_mpi.aggregators.coordinatewise import closest_mean
-from krum_mpi.aggregators.distances import sq_distances
 
 
 def check_bulyan_bounds(n, f):
@@ -33,13 +32,10 @@ def recursive_krum(cert, f, theta):
     return np.asarray(chosen, dtype=np.int64)
 
 
-def bulyan(X, f):
+def bulyan(rows, f):
     """Recursive Krum selection of n - 2f rows, then the coordinate-wise closest-to-median mean."""
-    xp = array_namespace(X)
-    n = X.shape[0]
-    theta = n - 2 * f
+    theta = rows.n - 2 * f
     beta = theta - 2 * f
-    chosen = recursive_krum(CertifiedDistances(X, sq_distances(X)), f, theta)
-    rows = xp.asarray(chosen)
-    vector = closest_mean(X, beta, rows=rows)
-    return Aggregation(vector, chosen, None)
+    chosen = recursive_krum(rows.certified(), f, theta)
+    picked = rows.xp.asarray(chosen)
+    return Aggregation(rows.per_block(lambda block: closest_mean(block, beta, rows=picked)), chosen, None)

@@ -17,7 +17,7 @@ from decimal import Decimal, localcontext
 
 import numpy as np
 
-from krum_mpi.aggregators.base import array_namespace, to_numpy
+from krum_mpi.aggregators.base import array_namespace, host_dtype, to_numpy
 from krum_mpi.aggregators.exact import (SCALE, U64, direct_sq_distances, exact_sq_distance, exact_to_float, gamma,
                                        rows_sq_distances)
 
@@ -37,17 +37,26 @@ def counting():
         _tally.reset(token)
 
 
+def tally(count):
+    """Add ``count`` recomputed distances to the enclosing ``counting`` block, if any (the rows
+    source's exact level counts here too)."""
+    box = _tally.get()
+    if box is not None:
+        box[0] += count
+
+
 class LocalRows:
     """Where the refinement levels read the rows: here, the whole (n, d) array in this process.
     Any object with these members will do (a sharded placement sums each rank's block)."""
 
     def __init__(self, X):
         self.X = X
-        self.dtype = np.dtype(X.dtype)
+        self.dtype = host_dtype(X)
 
     def identical(self, i, j):
         """True when rows i and j hold exactly equal values."""
-        return bool(array_namespace(self.X).array_equal(self.X[i], self.X[j]))
+        xp = array_namespace(self.X)
+        return bool(xp.all(self.X[i, :] == self.X[j, :]))
 
     def level_one(self, pairs):
         """(values, bounds) of level 1 for these pairs: pair by pair for a few, else one float64
@@ -61,7 +70,7 @@ class LocalRows:
 
     def exact(self, pairs):
         """The exact distances of these pairs, as ints scaled by 2^SCALE[dtype]."""
-        return [exact_sq_distance(self.X[i], self.X[j]) for i, j in pairs]
+        return [exact_sq_distance(self.X[i, :], self.X[j, :]) for i, j in pairs]
 
 
 class CertifiedDistances:

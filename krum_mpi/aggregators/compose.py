@@ -10,7 +10,6 @@ import numpy as np
 from krum_mpi.aggregators.base import Aggregation
 from krum_mpi.aggregators.preagg import PRE_STEPS, check_pre_options
 from krum_mpi.aggregators.registry import RULES, Rule
-from krum_mpi.aggregators.rowops import combine_rows, combine_rows_many
 
 
 def split_name(name):
@@ -53,25 +52,25 @@ def composed_rule(name):
             width *= step.owners_per_row(own(opts, step.options))
         return min(n, width)
 
-    def fn(X, f, step=0, **opts):
-        inputs = X
-        n = X.shape[0]
+    def rows_fn(rows, f, step=0, **opts):
+        inputs = rows
+        n = rows.n
         mixing = np.eye(n)
         owners = [np.array([i], dtype=np.int64) for i in range(n)]
         for k, pre in enumerate(steps):
-            m, new_owners = pre.apply(X, f, own(opts, pre.options), step)
+            m, new_owners = pre.apply(rows, f, own(opts, pre.options), step)
             mixing = m @ mixing
             owners = [np.unique(np.concatenate([owners[j] for j in group])) for group in new_owners]
             if k < len(steps) - 1 or rule.fixed_weights is None:
-                X = combine_rows_many(X, m)
+                rows = rows.mix(m)
         if rule.fixed_weights is not None:
             # a fixed weighted mean of mixed rows is one weighted sum of the inputs: no (n', d) array
-            rows = mixing.shape[0]
-            weights = rule.fixed_weights(rows)
-            result = Aggregation(combine_rows(inputs, weights @ mixing), np.arange(rows, dtype=np.int64), weights)
+            count = mixing.shape[0]
+            weights = rule.fixed_weights(count)
+            result = Aggregation(inputs.combine(weights @ mixing), np.arange(count, dtype=np.int64), weights)
         else:
             state = {k: opts[k] for k in rule.state_keys if k in opts}
-            result = rule.fn(X, f, **own(opts, rule.options), **state)
+            result = rule.rows(rows, f, **own(opts, rule.options), **state)
         selected = weights = None
         if result.selected is not None:
             seen = []
@@ -86,7 +85,7 @@ def composed_rule(name):
         new = rule.carry(result, state) if rule.carry is not None else {}
         return {**new, "step": state.get("step", 0) + 1}
 
-    return Rule(name, fn, " then ".join([s.summary for s in steps] + [rule.summary]), options,
+    return Rule(name, rows_fn, " then ".join([s.summary for s in steps] + [rule.summary]), options,
                 check=check, max_selected=max_selected, state_keys=("step",) + rule.state_keys, carry=carry)
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from krum_mpi import native
 from krum_mpi.aggregators.base import Aggregation, array_namespace
+from krum_mpi.backend import astype, fancy_indexing, on_host
 from krum_mpi.aggregators.parallel import column_ranges, run_ranges
 
 SORT_CHUNK = 1 << 12  # columns per sorted block on CPU: (4096, 64) float32 = 1 MiB
@@ -52,7 +53,7 @@ def per_sorted_chunk(X, reduce, rows=None):
     ``rows``: an index array of the rows to use (Bulyan's selection), default all."""
     xp = array_namespace(X)
     d = X.shape[1]
-    n = X.shape[0] if rows is None else len(rows)
+    n = X.shape[0] if rows is None else rows.shape[0]
     chunk = SORT_CHUNK if xp.__name__ == "numpy" else GPU_SORT_CHUNK
     out = xp.empty(d, dtype=X.dtype)
 
@@ -61,10 +62,14 @@ def per_sorted_chunk(X, reduce, rows=None):
         with np.errstate(over="ignore", invalid="ignore"):   # per thread: repair_overflow redoes such columns
             for lo in range(start, stop, chunk):
                 hi = min(stop, lo + chunk)
-                block = buffer[:hi - lo]
-                block[...] = (X[:, lo:hi] if rows is None else X[rows, lo:hi]).T
-                block.sort(axis=1)
-                out[lo:hi] = reduce(xp, block)
+                part = X[:, lo:hi] if rows is None else xp.take(X[:, lo:hi], rows, axis=0)
+                if on_host(xp):   # sorted in place in one reused buffer
+                    block = buffer[:hi - lo, :]
+                    block[...] = part.T
+                    block.sort(axis=1)
+                else:
+                    block = xp.sort(part.T, axis=1)
+                out[lo:hi] = astype(xp, reduce(xp, block), out.dtype)
 
     run_ranges(work, column_ranges(xp, d, align=chunk))
     return out
@@ -80,17 +85,24 @@ def repair_overflow(X, vector, reduce, rows=None):
     if X.dtype != xp.float32:
         return vector
     bad = ~xp.isfinite(vector)
-    if not bool(bad.any()):
+    if not bool(xp.any(bad)):
         return vector
+    if not fancy_indexing(xp):   # no scatter in the namespace: every column in float64 (rare path)
+        repaired = repair_block(xp, X if rows is None else xp.take(X, rows, axis=0), reduce)
+        return xp.where(bad, astype(xp, repaired, vector.dtype), vector)
     cols = xp.flatnonzero(bad)
     with np.errstate(invalid="ignore", over="ignore"):     # inf - inf in columns that are NaN anyway
         for lo in range(0, int(cols.size), SORT_CHUNK):
             part = cols[lo:lo + SORT_CHUNK]
             block = X[:, part] if rows is None else X[:, part][xp.asarray(rows)]
-            block = block.T.astype(xp.float64)
-            block.sort(axis=1)
-            vector[part] = reduce(xp, block).astype(vector.dtype)
+            vector[part] = astype(xp, repair_block(xp, block, reduce), vector.dtype)
     return vector
+
+
+def repair_block(xp, block, reduce):
+    """reduce(xp, sorted float64 copy of the block's columns)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return reduce(xp, xp.sort(astype(xp, block.T, xp.float64), axis=1))
 
 
 def order_library(X, n):
@@ -104,7 +116,7 @@ def native_order(X, mode, param=0, rows=None):
     """The rule (ORDER_MEDIAN; ORDER_TRIMMED dropping ``param`` at each end; ORDER_CLOSEST keeping
     ``param``) over X[rows] by the compiled kernel, threads over column ranges; None when the
     kernel does not apply (the caller then runs the NumPy path)."""
-    n = X.shape[0] if rows is None else len(rows)
+    n = X.shape[0] if rows is None else rows.shape[0]
     lib = order_library(X, n)
     if lib is None:
         return None
@@ -142,11 +154,11 @@ def middle(xp, block):
         return block[:, n // 2]
     a, b = block[:, n // 2 - 1], block[:, n // 2]
     if block.dtype == xp.float32:
-        return ((a.astype(xp.float64) + b) * 0.5).astype(xp.float32)
+        return astype(xp, (astype(xp, a, xp.float64) + astype(xp, b, xp.float64)) * 0.5, xp.float32)
     total = a + b
     out = total * 0.5
     overflow = xp.isinf(total) & xp.isfinite(a) & xp.isfinite(b)
-    if bool(overflow.any()):
+    if bool(xp.any(overflow)):
         out = xp.where(overflow, a * 0.5 + b * 0.5, out)
     return out
 
@@ -185,12 +197,12 @@ def trimmed_mean(X, f, b=None):
 
 def kept_mean(xp, block, b):
     """Per row of a row-sorted (c, n) block: the mean of positions [b, n - b), in the block's dtype.
-    Offsets from the median are small: a float32 sum of them does not cancel; a BLAS product with
-    a ones vector sums the short rows twice as fast as .sum(axis=1)."""
+    Offsets from the median are small: a float32 sum of them does not cancel. Summed row by row
+    (a BLAS product's order may depend on how many rows the block has: sharded blocks must give the
+    whole rows' values)."""
     n = block.shape[1]
     med = middle(xp, block)
-    ones = xp.ones(n - 2 * b, dtype=block.dtype)
-    return med + ((block[:, b:n - b] - med[:, None]) @ ones) / (n - 2 * b)
+    return med + xp.sum(block[:, b:n - b] - med[:, None], axis=1) / (n - 2 * b)
 
 
 def closest_to_median_mean(xp, block, keep):
@@ -206,13 +218,13 @@ def closest_to_median_mean(xp, block, keep):
     c, n = block.shape
     med = middle(xp, block)[:, None]
     if keep < n:
-        start = low_farther(xp, block, keep).sum(axis=1)[:, None]
+        start = xp.sum(astype(xp, low_farther(xp, block, keep), xp.int64), axis=1)[:, None]
     else:
         start = xp.zeros((c, 1), dtype=xp.int64)
     position = xp.arange(n)[None, :]
     inside = (position >= start) & (position < start + keep)
     offsets = xp.where(inside, block - med, 0.0)
-    return med[:, 0] + offsets.sum(axis=1, dtype=xp.float64) / keep
+    return med[:, 0] + xp.sum(offsets, axis=1, dtype=xp.float64) / keep
 
 
 def low_farther(xp, block, keep):
@@ -226,8 +238,8 @@ def low_farther(xp, block, keep):
     ends = block[:, :n - keep] + block[:, keep:]
     farther = centre > ends
     tied = centre == ends
-    if bool(tied.any()):
-        wide = block.astype(xp.float64) if block.dtype == xp.float32 else block
+    if bool(xp.any(tied)):
+        wide = astype(xp, block, xp.float64) if block.dtype == xp.float32 else block
         exact = sum_greater(xp, two_sum(xp, wide[:, mid[0]], wide[:, mid[1]]),
                             two_sum(xp, wide[:, :n - keep], wide[:, keep:]))
         farther = xp.where(tied, exact, farther)

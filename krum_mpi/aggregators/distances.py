@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from krum_mpi import native
-from krum_mpi.backend import chunk_columns
+from krum_mpi.backend import astype, chunk_columns, host_dtype
+from krum_mpi.aggregators.rowops import subtract_into
 from krum_mpi.aggregators.base import array_namespace, to_numpy
 from krum_mpi.aggregators.exact import direct_sq_distances, gamma, lower_median
 from krum_mpi.aggregators.parallel import column_ranges, cpu_budget, run_ranges
@@ -83,7 +84,7 @@ def sq_distances(X, chunk=None, precise=None):
         n, d = X.shape
         chunk = max(1, int(chunk or default_chunk(xp, n)))
         if precise is None:
-            precise = X.dtype != np.float32
+            precise = host_dtype(X) != np.float32
         first_stop = min(chunk, first_chunk(xp, n), d)
         slices = [slice(s, min(s + chunk, d)) for s in range(first_stop, d, chunk)]
         first = GramSum(xp, n, np.float64, first_stop + 1)
@@ -187,10 +188,10 @@ def huge_rows(block, reference, active):
     """Rows of a block, finite there and still active, whose values are more than HUGE from the
     reference row's."""
     xp = array_namespace(block)
-    b = block.astype(xp.float64)
-    finite = xp.isfinite(b).all(axis=1)
+    b = astype(xp, block, xp.float64)
+    finite = xp.all(xp.isfinite(b), axis=1)
     with np.errstate(invalid="ignore", over="ignore"):
-        spread = xp.abs(b - b[reference]).max(axis=1)
+        spread = xp.max(xp.abs(b - b[reference, :]), axis=1)
     return to_numpy(finite & (spread > HUGE)) & active
 
 
@@ -225,17 +226,16 @@ class GramSum:
         xp = self.xp
         if self.buffer is None:
             self.buffer = xp.empty((X.shape[0], cols.stop - cols.start), dtype=X.dtype)
-        centred = self.buffer[:, :cols.stop - cols.start]
-        xp.subtract(X[:, cols], X[reference, cols][None, :], out=centred)
-        centred[xp.asarray(~self.active())] = 0
+        centred = subtract_into(xp, X[:, cols], X[reference, cols][None, :], self.buffer[:, :cols.stop - cols.start])
+        centred = xp.where(xp.asarray(self.active())[:, None], centred, 0)
         gram = sub_block_gram(xp, centred)
-        if not bool(xp.isfinite(xp.diagonal(gram)).all()):  # the rare case: sort it out, redo
+        if not bool(xp.all(xp.isfinite(gram))):  # the rare case: sort it out, redo
             block = X[:, cols]
-            if not bool(xp.isfinite(block[reference]).all()):
+            if not bool(xp.all(xp.isfinite(block[reference, :]))):
                 return False
-            self.finite &= to_numpy(xp.isfinite(block).all(axis=1))
+            self.finite &= to_numpy(xp.all(xp.isfinite(block), axis=1))
             self.excluded |= huge_rows(block, reference, self.active())
-            centred[xp.asarray(~self.active())] = 0
+            centred = xp.where(xp.asarray(self.active())[:, None], centred, 0)
             gram = sub_block_gram(xp, centred)
         self.gram += gram
         self.count_columns(cols.stop - cols.start, NUMPY_SUB)
@@ -246,22 +246,22 @@ class GramSum:
         entry) and marked; the centre is the reference row if finite here, else the coordinate-wise
         median of the finite rows."""
         xp = self.xp
-        b = block.astype(xp.float64)  # the (n, chunk) copy of this path
-        ok = xp.isfinite(b).all(axis=1)
-        if not bool(ok.all()):
-            b[~ok] = 0.0
+        b = astype(xp, block, xp.float64)  # the (n, chunk) copy of this path
+        ok = xp.all(xp.isfinite(b), axis=1)
+        if not bool(xp.all(ok)):
+            b = xp.where(ok[:, None], b, 0.0)
         if reference is not None and bool(ok[reference]):
-            b -= b[reference].copy()
-        elif bool(ok.any()):
-            b -= lower_median(xp, b[ok])
+            b = b - b[reference, :][None, :]
+        elif bool(xp.any(ok)):
+            b = b - lower_median(xp, b[ok])
         if active is not None:
-            b[xp.asarray(~active)] = 0.0
+            b = xp.where(xp.asarray(active)[:, None], b, 0.0)
         self.gram += b @ b.T
         self.finite &= to_numpy(ok)
         self.count_columns(block.shape[1], block.shape[1])
 
     def distances(self):
-        norms = self.xp.diag(self.gram)
+        norms = diagonal(self.xp, self.gram)
         return norms[:, None] + norms[None, :] - 2.0 * self.gram
 
     def error(self, parts):
@@ -284,12 +284,17 @@ def sub_block_gram(xp, centred):
     q = w // NUMPY_SUB
     gram = xp.zeros((n, n), dtype=xp.float64)
     if q:
-        batches = centred[:, :q * NUMPY_SUB].reshape(n, q, NUMPY_SUB).transpose(1, 0, 2)
-        gram += xp.matmul(batches, batches.transpose(0, 2, 1)).astype(xp.float64).sum(axis=0)
+        batches = xp.permute_dims(xp.reshape(centred[:, :q * NUMPY_SUB], (n, q, NUMPY_SUB)), (1, 0, 2))
+        gram += xp.sum(astype(xp, xp.matmul(batches, xp.permute_dims(batches, (0, 2, 1))), xp.float64), axis=0)
     if w > q * NUMPY_SUB:
         rest = centred[:, q * NUMPY_SUB:]
-        gram += (rest @ rest.T).astype(xp.float64)
+        gram += astype(xp, rest @ rest.T, xp.float64)
     return gram
+
+
+def diagonal(xp, square):
+    """The diagonal of a square matrix (the standard's linalg.diagonal; NumPy and CuPy: diag)."""
+    return xp.diag(square) if hasattr(xp, "diag") else xp.linalg.diagonal(square)
 
 
 def central_order(dist, finite):
@@ -315,7 +320,7 @@ def combine(X, parts, candidates):
     finite = np.logical_and.reduce([p.finite for p in parts])
     excluded = np.logical_or.reduce([p.excluded for p in parts]) & finite
     for h in np.flatnonzero(excluded):  # never seen by the kernel after its exclusion: check it
-        if not bool(xp.isfinite(X[h]).all()):
+        if not bool(xp.all(xp.isfinite(X[int(h), :]))):
             finite[h], excluded[h] = False, False
     dist = to_numpy(sum(p.distances() for p in parts))
     err = sum(p.error(len(parts)) for p in parts) * np.ones_like(dist)

@@ -18,6 +18,7 @@ level, which is the rare case). Rows must be finite; the callers handle NaN/Inf 
 import numpy as np
 
 from krum_mpi.aggregators.base import array_namespace, to_numpy
+from krum_mpi.backend import astype, host_dtype
 
 U64 = 2.0**-53
 SCALE = {np.dtype(np.float32): 298, np.dtype(np.float64): 2148}  # 2 x (-min exponent of a subnormal)
@@ -43,11 +44,12 @@ def direct_sq_distances(X, pairs):
     for p, (i, j) in enumerate(pairs):
         total = 0.0
         for c in range(0, d, DIRECT_CHUNK):
-            diff = X[i, c:c + DIRECT_CHUNK].astype(xp.float64) - X[j, c:c + DIRECT_CHUNK].astype(xp.float64)
+            cols = slice(c, min(d, c + DIRECT_CHUNK))
+            diff = astype(xp, X[i, cols], xp.float64) - astype(xp, X[j, cols], xp.float64)
             total += float(sub_block_dots(xp, diff[None, :], diff[None, :]).sum())
         values[p] = total
     g = gamma(SUB + 3 + -(-d // SUB) + 2)
-    if X.dtype == np.float32:
+    if host_dtype(X) == np.float32:
         bounds = values * (g / (1.0 - g))
     else:  # float64 rows may underflow (or overflow: then the bound is inf and the exact level decides)
         bounds = values * (g / (1.0 - g)) + 4.0 * d * 2.0**-1074
@@ -62,9 +64,9 @@ def sub_block_dots(xp, a, b):
     q = w // SUB
     out = 0.0
     if q:
-        left = a[:, :q * SUB].reshape(a.shape[0], q, SUB).transpose(1, 0, 2)
-        right = b[:, :q * SUB].reshape(b.shape[0], q, SUB).transpose(1, 2, 0)
-        out = xp.matmul(left, right).sum(axis=0)
+        left = xp.permute_dims(xp.reshape(a[:, :q * SUB], (a.shape[0], q, SUB)), (1, 0, 2))
+        right = xp.permute_dims(xp.reshape(b[:, :q * SUB], (b.shape[0], q, SUB)), (1, 2, 0))
+        out = xp.sum(xp.matmul(left, right), axis=0)
     if w > q * SUB:
         out = out + a[:, q * SUB:] @ b[:, q * SUB:].T
     return to_numpy(out)
@@ -86,8 +88,8 @@ def rows_sq_distances(X, rows):
     index = xp.asarray(rows)
     sample = np.unique(np.linspace(0, r - 1, min(r, 5)).astype(np.int64))  # a median of 5 rows: robust
     for c in range(0, d, chunk):                                           # to 2 huge ones, and cheap
-        b = X[index, c:c + chunk].astype(xp.float64)
-        b -= lower_median(xp, b[sample])
+        b = astype(xp, xp.take(X[:, c:min(d, c + chunk)], index, axis=0), xp.float64)
+        b = b - lower_median(xp, xp.take(b, xp.asarray(sample), axis=0))
         gram = sub_block_dots(xp, b, b)
         norms = np.maximum(np.diag(gram), 0.0)
         dist += norms[:, None] + norms[None, :] - 2.0 * gram
@@ -96,7 +98,7 @@ def rows_sq_distances(X, rows):
     g = gamma(-(-d // SUB) + 8)
     dist = np.maximum(0.5 * (dist + dist.T), 0.0)
     bounds = scale * (gamma(SUB + 1) + 3.0 * U64 + g) * (1.0 + 4.0 * U64)
-    if X.dtype != np.float32:
+    if host_dtype(X) != np.float32:
         bounds = bounds + 4.0 * d * 2.0**-1074
         bounds[~np.isfinite(dist)] = np.inf
     np.fill_diagonal(dist, 0.0)
@@ -106,7 +108,7 @@ def rows_sq_distances(X, rows):
 def lower_median(xp, rows):
     """Per column, the lower median of the rows (robust: no minority of rows can move it)."""
     k = (rows.shape[0] - 1) // 2
-    return xp.partition(rows, k, axis=0)[k]
+    return xp.partition(rows, k, axis=0)[k] if hasattr(xp, "partition") else xp.sort(rows, axis=0)[k, :]
 
 
 def split_float(v):
@@ -157,11 +159,11 @@ def exact_sum(terms, scale):
 
 def exact_sq_distance(a, b):
     """||a - b||^2 * 2^SCALE[dtype] as an exact Python int (a, b: finite rows of one dtype)."""
-    scale = SCALE[np.dtype(a.dtype)]
+    scale = SCALE[host_dtype(a)]
     total = 0
     for c in range(0, a.shape[0], EXACT_CHUNK):
-        x = to_numpy(a[c:c + EXACT_CHUNK]).astype(np.float64)
-        y = to_numpy(b[c:c + EXACT_CHUNK]).astype(np.float64)
+        x = to_numpy(a[c:min(a.shape[0], c + EXACT_CHUNK)]).astype(np.float64)
+        y = to_numpy(b[c:min(b.shape[0], c + EXACT_CHUNK)]).astype(np.float64)
         s, t = two_sum(x, -y)
         Ms, Es = split_float(s)
         Mt, Et = split_float(t)

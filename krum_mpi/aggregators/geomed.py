@@ -4,51 +4,46 @@ z_0 = mean of the finite rows; then T times: beta_i = 1 / max(nu, ||x_i - z||), 
 nu (smoothing) keeps the weights bounded when z lands on a row; RFA's common setting: nu = 0.1, T = 3.
 The result is a convex combination of the rows (the weights are reported). A non-finite row is
 infinitely far from every point: its weight is 0.
+
+Written once over a rows source (rows.py): each iteration is ONE pass over the rows, which forms
+z_k in float64 (rounded once to the rows' dtype) and, in the same column chunks, the distances of
+every row to z_k, so T iterations read the rows T + 1 times. The distances are the canonical ones
+(exact sums, truncated): gathered and sharded rows give bitwise the same aggregate.
 """
 import numpy as np
 
-from krum_mpi.aggregators.base import Aggregation, array_namespace, to_numpy
-from krum_mpi.aggregators.parallel import column_ranges, run_ranges
-from krum_mpi.aggregators.rowops import (CHUNK, column_slices, combine_rows, combine_rows_float64,
-                                         distances_to_point, mixes_magnitudes)
-
-
-def finite_rows(X):
-    """(n,) NumPy bool: rows without NaN or Inf (chunk by chunk, no n x d temporary)."""
-    xp = array_namespace(X)
-    n, d = X.shape
-
-    def work(start, stop):
-        ok = xp.ones(n, dtype=bool)
-        for cols in column_slices(xp, stop - start, offset=start):
-            ok &= xp.isfinite(X[:, cols]).all(axis=1)
-        return to_numpy(ok)
-
-    return np.logical_and.reduce(run_ranges(work, column_ranges(xp, d, align=CHUNK)))
+from krum_mpi.aggregators.base import Aggregation
 
 
 def weiszfeld_weights(dist, finite, nu):
     """One smoothed Weiszfeld step's convex weights (beta_i / sum beta, beta_i = 1 / max(nu, dist_i),
-    0 for a non-finite row), or None when no row is finite. Shared with the sharded placement."""
+    0 for a non-finite row), or None when no row is finite."""
     beta = np.where(finite, 1.0 / np.maximum(nu, dist), 0.0)
     return beta / beta.sum() if beta.any() else None
 
 
-def geometric_median(X, f, iterations=3, nu=0.1, tol=0.0):
+def geometric_median(rows, f, iterations=3, nu=0.1, tol=0.0):
     """Smoothed Weiszfeld: ``iterations`` steps from the mean of the finite rows (stop early below tol)."""
-    n, d = X.shape
-    finite = finite_rows(X)
-    weights = finite / finite.sum() if finite.any() else np.full(n, 1.0 / n)
-    z = combine_rows(X, weights)
-    for _ in range(iterations):
-        dist = distances_to_point(X, z)
-        new_weights = weiszfeld_weights(dist, finite, nu)
+    n = rows.n
+    weights = np.full(n, 1.0 / n)
+    z, sq = rows.point_pass(weights, distances=iterations > 0)
+    if iterations > 0 and not np.isfinite(sq).all():
+        # a row with NaN/Inf (or beyond float64 range of the point): the mean of the finite rows
+        finite = rows.finite()
+        weights = finite / finite.sum() if finite.any() else weights
+        z, sq = rows.point_pass(weights)
+    elif iterations == 0:
+        finite = rows.finite()
+        if not finite.all():
+            weights = finite / finite.sum() if finite.any() else weights
+            z, _ = rows.point_pass(weights, distances=False)
+    for k in range(iterations):
+        new_weights = weiszfeld_weights(np.sqrt(sq), np.isfinite(sq), nu)
         if new_weights is None:
             break
-        # huge finite rows next to ordinary ones: float64 sums keep the ordinary rows' share
-        combine = combine_rows_float64 if mixes_magnitudes(dist, finite) else combine_rows
-        z_new = combine(X, new_weights)
-        moved = float(distances_to_point(z_new[None, :], z)[0]) if tol > 0 else np.inf
+        more = k + 1 < iterations
+        z_new, sq = rows.point_pass(new_weights, distances=more)
+        moved = np.sqrt(rows.sq_distance_between(z_new, z)) if tol > 0 else np.inf
         z, weights = z_new, new_weights
         if moved <= tol:
             break

@@ -17,7 +17,6 @@ from krum_mpi.aggregators.base import Aggregation, check_input
 from krum_mpi.aggregators.certify import CertifiedDistances, ScoreBoard
 from krum_mpi.aggregators.distances import sq_distances
 from krum_mpi.aggregators.parallel import cpu_budget
-from krum_mpi.aggregators.rowops import combine_rows
 
 NEIGHBOURS = ("n-f-2", "n-f-1")
 SCORES = ("sum", "mean")
@@ -63,20 +62,26 @@ def krum_select(X, f, m=1, neighbours="n-f-2", squared=True, score="sum", distan
     return krum_scores(X, distances, f, neighbours, squared).lowest(m, as_set)
 
 
-def krum(X, f, neighbours="n-f-2", squared=True, score="sum"):
+def lowest_scores(rows, f, m, neighbours="n-f-2", squared=True, as_set=False):
+    """The m best-scoring rows of a rows source (certified, as krum_select)."""
+    k = neighbour_count(rows.n, f, neighbours)
+    return ScoreBoard(rows.certified(), np.arange(rows.n), k, squared).lowest(m, as_set)
+
+
+def krum(rows, f, neighbours="n-f-2", squared=True, score="sum"):
     """Krum: the row with the lowest score."""
-    best = krum_select(X, f, 1, neighbours, squared, score)
-    weights = np.zeros(X.shape[0])
+    best = lowest_scores(rows, f, 1, neighbours, squared)
+    weights = np.zeros(rows.n)
     weights[best] = 1.0
-    return Aggregation(X[int(best[0])].copy(), best, weights)
+    return Aggregation(rows.row(int(best[0])), best, weights)
 
 
-def multi_krum(X, f, m=None, neighbours="n-f-2", squared=True, score="sum"):
+def multi_krum(rows, f, m=None, neighbours="n-f-2", squared=True, score="sum"):
     """Multi-Krum: mean of the m lowest-scoring rows (default m = n - f, the paper's experiment).
     The set of rows is exact; ``selected`` lists it by the certified scores' midpoints."""
-    n = X.shape[0]
+    n = rows.n
     m = n - f if m is None else m
-    chosen = krum_select(X, f, m, neighbours, squared, score, as_set=True)
+    chosen = lowest_scores(rows, f, m, neighbours, squared, as_set=True)
     weights = np.zeros(n)
     weights[chosen] = 1.0 / m
-    return Aggregation(combine_rows(X, weights), chosen, weights)
+    return Aggregation(rows.combine(weights), chosen, weights)

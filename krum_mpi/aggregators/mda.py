@@ -14,9 +14,7 @@ import numpy as np
 
 from krum_mpi import native
 from krum_mpi.aggregators.base import Aggregation, to_numpy
-from krum_mpi.aggregators.certify import CertifiedDistances, distance_ranks
-from krum_mpi.aggregators.distances import sq_distances
-from krum_mpi.aggregators.rowops import combine_rows
+from krum_mpi.aggregators.certify import distance_ranks
 
 MAX_SUBSETS = 1_000_000
 
@@ -75,12 +73,12 @@ def native_min_diameter_subset(dist, size, tol):
     return best if found == 1 else None
 
 
-def mda(X, f, max_subsets=MAX_SUBSETS):
+def mda(rows, f, max_subsets=MAX_SUBSETS):
     """Mean of the n - f rows with the smallest diameter."""
-    n, _ = X.shape
+    n = rows.n
     check_mda_bounds(n, f, max_subsets)
     # diameters only compare distances: the search runs on their exact dense ranks, with no tolerance
-    chosen = min_diameter_subset(distance_ranks(CertifiedDistances(X, sq_distances(X))), n - f)
+    chosen = min_diameter_subset(distance_ranks(rows.certified()), n - f)
     weights = np.zeros(n)
     weights[chosen] = 1.0 / len(chosen)
-    return Aggregation(combine_rows(X, weights), chosen, weights)
+    return Aggregation(rows.combine(weights), chosen, weights)

@@ -1,6 +1,7 @@
 """Pre-aggregation steps that compose with any rule: ``make("nnm+krum", n, f)``.
 
-Each step maps the n input rows to n' new rows, X' = M @ X for a NumPy (n', n) mixing matrix M, and
+Each step maps the n input rows to n' new rows, X' = M @ X for a NumPy (n', n) mixing matrix M that
+it derives from a rows source (rows.py: gathered or sharded, the same function), and
 names the workers behind each new row (``owners``) so that the final rule's selection and weights can
 be reported per worker. Steps (left to right in the name, then the rule):
 
@@ -16,15 +17,13 @@ from typing import Callable
 
 import numpy as np
 
-from krum_mpi.aggregators.certify import CertifiedDistances, nearest_rows
-from krum_mpi.aggregators.distances import sq_distances
+from krum_mpi.aggregators.certify import nearest_rows
 from krum_mpi.aggregators.registry import Option
-from krum_mpi.aggregators.rowops import distances_to_point
 
 
 @dataclass(frozen=True)
 class PreStep:
-    """apply(X, f, options, step) -> (mixing (n', n) NumPy float64, owners: list of int64 arrays)."""
+    """apply(rows, f, options, step) -> (mixing (n', n) NumPy float64, owners: list of int64 arrays)."""
 
     name: str
     apply: Callable
@@ -34,8 +33,8 @@ class PreStep:
     owners_per_row: Callable = lambda options: 1
 
 
-def nnm_mixing(X, f, options, step):
-    return nnm_mixing_from(CertifiedDistances(X, sq_distances(X)), f)
+def nnm_mixing(rows, f, options, step):
+    return nnm_mixing_from(rows.certified(), f)
 
 
 def nnm_mixing_from(cert, f):
@@ -51,8 +50,8 @@ def bucket_count(n, options):
     return -(-n // options["bucket_size"])
 
 
-def bucketing_mixing(X, f, options, step):
-    n = X.shape[0]
+def bucketing_mixing(rows, f, options, step):
+    n = rows.n
     size = options["bucket_size"]
     order = np.random.default_rng([options["seed"], step]).permutation(n)
     buckets = [np.sort(order[k:k + size]).astype(np.int64) for k in range(0, n, size)]
@@ -62,12 +61,13 @@ def bucketing_mixing(X, f, options, step):
     return mixing, buckets
 
 
-def clipping_mixing(X, f, options, step):
-    n = X.shape[0]
-    norms = distances_to_point(X, X[0] * 0)
+def clipping_mixing(rows, f, options, step):
+    n = rows.n
+    norms = np.sqrt(rows.sq_distances_to(rows.zeros()))
     with np.errstate(divide="ignore"):
         scale = np.minimum(1.0, options["clip_norm"] / norms)
-    scale = np.where(np.isfinite(norms), scale, 1.0)  # non-finite rows pass through unchanged
+    if not np.isfinite(norms).all():   # non-finite rows pass through unchanged; a finite float64 row
+        scale = np.where(rows.finite(), scale, 1.0)   # beyond ~1e154 (norm inf) is scaled to 0
     return np.diag(scale), [np.array([i], dtype=np.int64) for i in range(n)]
 
 

@@ -1,5 +1,10 @@
 """The rule registry: names, option schemas, bounds on n and f, and the Aggregator object
-(``compose.lookup`` resolves a name, chained pre-steps included)."""
+(``compose.lookup`` resolves a name, chained pre-steps included).
+
+Every rule is ONE function over a rows source (rows.py): ``Rule.rows(rows, f, **options, **state)``
+returns an Aggregation whose vector is a point (one array per block). ``Rule.fn`` is the same rule on
+an (n, d) array, the rows gathered in one block (``on_gathered``); the sharded placement calls
+``Rule.rows`` on its blocks."""
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -8,6 +13,7 @@ import numpy as np
 from krum_mpi.aggregators.base import Aggregation, check_f, check_input
 from krum_mpi.aggregators.certify import counting
 from krum_mpi.aggregators.parallel import cpu_budget
+from krum_mpi.aggregators.rows import Rows
 
 
 @dataclass(frozen=True)
@@ -25,7 +31,9 @@ class Option:
 class Rule:
     """A registered rule.
 
-    fn(X, f, **options, **state) -> Aggregation   the rule itself, a pure function
+    rows(rows, f, **options, **state) -> Aggregation  the rule itself over a rows source (rows.py),
+                                                   its vector a point (one array per block)
+    fn(X, f, **options, **state) -> Aggregation   the same on an (n, d) array (on_gathered(rows))
     check(n, f, options)                           raises ValueError when n, f or options are out of bounds
     max_selected(n, f, options) -> int             width of the per-step selection record (0: none)
     state_keys                                     keyword arguments that carry state between steps
@@ -36,7 +44,7 @@ class Rule:
     """
 
     name: str
-    fn: Callable
+    rows: Callable
     summary: str
     options: dict = field(default_factory=dict)
     check: Callable = lambda n, f, options: None
@@ -44,6 +52,32 @@ class Rule:
     state_keys: tuple = ()
     carry: Callable | None = None
     fixed_weights: Callable | None = None
+
+    @property
+    def fn(self):
+        return on_gathered(self.rows)
+
+
+def on_gathered(rows_fn):
+    """A rule over a rows source as a rule on an (n, d) array: the rows in one block, no exchange."""
+
+    def fn(X, f, **options):
+        result = rows_fn(Rows([X]), f, **options)
+        return replace(result, vector=result.vector[0])
+
+    fn.__doc__ = rows_fn.__doc__
+    return fn
+
+
+def blockwise(rule_fn):
+    """A coordinate-wise rule on an (n, d) array as a rule over a rows source: block by block (its
+    order statistics of one coordinate never look at another)."""
+
+    def rows_fn(rows, f, **options):
+        return Aggregation(rows.per_block(lambda block: rule_fn(block, f, **options).vector))
+
+    rows_fn.__doc__ = rule_fn.__doc__
+    return rows_fn
 
 
 RULES: dict[str, Rule] = {}

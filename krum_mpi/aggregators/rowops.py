@@ -1,6 +1,6 @@
-"""Row operations shared by the rules: weighted sums of rows and distances of rows to one point.
+"""Weighted sums of rows (the averaging rules' kernel; rows.py builds the rows source on it).
 
-Both go column chunk by column chunk and never copy the whole input. Rows with weight 0 are left
+They go column chunk by column chunk and never copy the whole input. Rows with weight 0 are left
 out of the product, so a non-finite row that a rule gave no weight cannot turn the result into NaN
 (0 * NaN = NaN in a BLAS product). The weighted sums have a compiled twin (krum_mpi/native/rows.c)
 for float32 NumPy input: same centring, same non-finite semantics, only the weighted rows read.
@@ -8,8 +8,8 @@ for float32 NumPy input: same centring, same non-finite semantics, only the weig
 import numpy as np
 
 from krum_mpi import native
-from krum_mpi.aggregators.base import array_namespace, to_numpy
-from krum_mpi.backend import chunk_columns
+from krum_mpi.aggregators.base import array_namespace
+from krum_mpi.backend import astype, chunk_columns, on_host
 from krum_mpi.aggregators.parallel import column_ranges, run_ranges
 
 CHUNK = 1 << 13  # columns per chunk on CPU: (n, CHUNK) float64 temporaries stay in L2/L3
@@ -34,7 +34,7 @@ def column_chunks(xp, X, start, stop):
 
 def combine_rows(X, weights):
     """sum_i weights[i] * X[i] over the rows with a non-zero weight: (d,) in X's namespace and dtype."""
-    return combine_rows_many(X, np.asarray(weights, dtype=np.float64)[None, :])[0]
+    return combine_rows_many(X, np.asarray(weights, dtype=np.float64)[None, :])[0, :]
 
 
 def combine_rows_many(X, mixing):
@@ -42,7 +42,9 @@ def combine_rows_many(X, mixing):
 
     Per chunk the rows are centred on the row with the largest summed |weight|, into a reused buffer,
     and multiplied in X's dtype: the offsets are small, so the product does not cancel
-    (sum_i w_i x_i = sum_i w_i (x_i - x_r) + (sum_i w_i) x_r). A chunk whose result is not finite is
+    (sum_i w_i x_i = sum_i w_i (x_i - x_r) + (sum_i w_i) x_r), the rows added one by one in
+    increasing order (a BLAS product's order may depend on the block's width: the sharded placement
+    must get, block by block, bitwise the values of the whole rows). A column whose result is not finite is
     redone in float64 with the non-finite entries masked, so that a non-finite row reaches only the
     outputs that give it a weight (0 * NaN = NaN in a plain product)."""
     xp = array_namespace(X)
@@ -56,53 +58,19 @@ def combine_rows_many(X, mixing):
     anchor_row = int(np.argmax(np.abs(mixing).sum(axis=0)))
     weights = xp.asarray(mixing, dtype=X.dtype)
     weight_sums = xp.asarray(mixing.sum(axis=1), dtype=X.dtype)[:, None]
+    used = [int(r) for r in np.flatnonzero(np.any(mixing != 0, axis=0))]
     out = xp.empty((mixing.shape[0], d), dtype=X.dtype)
 
     def work(start, stop):
         with np.errstate(invalid="ignore", over="ignore"):  # per thread: NaN/Inf rows are expected
             for cols, centred in column_chunks(xp, X, start, stop):
                 anchor = X[anchor_row, cols]
-                xp.subtract(X[:, cols], anchor[None, :], out=centred)
-                result = weights @ centred + weight_sums * anchor[None, :]
-                if not bool(xp.isfinite(result).all()):
-                    result = masked_combine(xp, mixing, X[:, cols])
+                centred = subtract_into(xp, X[:, cols], anchor[None, :], centred)
+                result = rows_in_order(xp, weights, used, centred) + weight_sums * anchor[None, :]
+                bad = ~xp.all(xp.isfinite(result), axis=0)
+                if bool(xp.any(bad)):   # such columns only: no column depends on its neighbours
+                    result = xp.where(bad[None, :], astype(xp, masked_combine(xp, mixing, X[:, cols]), X.dtype), result)
                 out[:, cols] = result
-
-    run_ranges(work, column_ranges(xp, d, align=CHUNK))
-    return out
-
-
-# Distances to the point more spread than this (largest / smallest positive) mean rows of very
-# different magnitudes: huge finite rows next to ordinary ones (gradients spread far less).
-FAR_RATIO = 2.0 ** 10
-
-
-def mixes_magnitudes(dist, finite):
-    """True when the finite rows' positive distances to the point span more than FAR_RATIO: then a
-    float32 sum centred on one row (combine_rows) can lose the ordinary rows next to a huge one (and
-    a weight of 1 / huge is a float32 subnormal), so the caller should use combine_rows_float64."""
-    spread = dist[finite & (dist > 0)]
-    return spread.size >= 2 and float(spread.max()) > FAR_RATIO * float(spread.min())
-
-
-def combine_rows_float64(X, weights):
-    """sum_i weights[i] * X[i] accumulated in float64, without centring: (d,) in X's dtype. The rare
-    path for weights that mix rows of very different magnitudes; rows with weight 0 are not read,
-    and a non-finite entry turns only its own column into NaN (masked_combine)."""
-    xp = array_namespace(X)
-    d = X.shape[1]
-    mixing = np.asarray(weights, dtype=np.float64)[None, :]
-    used = np.flatnonzero(mixing[0] != 0)
-    out = xp.empty(d, dtype=X.dtype)
-    if used.size == 0:
-        out[:] = 0
-        return out
-    rows = xp.asarray(used)
-
-    def work(start, stop):
-        with np.errstate(invalid="ignore", over="ignore"):
-            for cols in column_slices(xp, stop - start, offset=start):
-                out[cols] = masked_combine(xp, mixing[:, used], X[rows, cols])[0]
 
     run_ranges(work, column_ranges(xp, d, align=CHUNK))
     return out
@@ -132,63 +100,31 @@ def native_combine_rows(X, mixing):
     return out
 
 
+def rows_in_order(xp, weights, used, centred):
+    """(k, w) sum over the ``used`` rows r, in increasing order, of weights[:, r] * centred[r]: one
+    rounding per product and per sum, each column on its own."""
+    total = None
+    for r in used:
+        term = weights[:, r:r + 1] * centred[r:r + 1, :]
+        total = term if total is None else total + term
+    if total is None:
+        return xp.zeros((weights.shape[0], centred.shape[1]), dtype=centred.dtype)
+    return total
+
+
+def subtract_into(xp, a, b, out):
+    """a - b, written into ``out`` where the namespace has output arguments (NumPy: no temporary)."""
+    if on_host(xp):
+        return xp.subtract(a, b, out=out)
+    return a - b
+
+
 def masked_combine(xp, mixing, block):
     """float64 mixing @ block where only the outputs that weight a non-finite entry become NaN
     (0 * NaN = NaN in a plain product would reach every output)."""
-    block = block.astype(xp.float64)
+    block = astype(xp, block, xp.float64)
     finite = xp.isfinite(block)
     touches = xp.asarray((mixing != 0).astype(np.float64))
-    hit = touches @ (~finite).astype(xp.float64) > 0
+    hit = touches @ astype(xp, ~finite, xp.float64) > 0
     weighted = xp.asarray(mixing) @ xp.where(finite, block, 0.0)
     return xp.where(hit, xp.nan, weighted)
-
-
-def distances_to_point(X, point):
-    """(n,) NumPy float64 Euclidean distances ||X[i] - point||; inf for rows holding NaN or Inf.
-
-    The differences are small next to the values: float32 squares summed pairwise per chunk, the
-    chunk sums accumulated in float64. A row whose float32 sum is not finite (NaN/Inf in the row,
-    or a difference or square beyond float32's range) is redone by ``scaled_distance``: finite
-    rows always get their finite distance."""
-    xp = array_namespace(X)
-    n, d = X.shape
-    point = point.astype(X.dtype, copy=False)
-
-    def work(start, stop):
-        sq = xp.zeros(n, dtype=xp.float64)
-        with np.errstate(invalid="ignore", over="ignore"):  # per thread: NaN/Inf rows are expected
-            for cols, diff in column_chunks(xp, X, start, stop):
-                xp.subtract(X[:, cols], point[cols][None, :], out=diff)
-                xp.multiply(diff, diff, out=diff)
-                sq += diff.sum(axis=1)
-        return to_numpy(sq)
-
-    sq = sum(run_ranges(work, column_ranges(xp, d, align=CHUNK)))
-    redo = np.flatnonzero(~np.isfinite(sq))  # NaN/Inf in the row, or a float32 overflow?
-    dist = np.sqrt(np.where(np.isfinite(sq), sq, 0.0))
-    for i in redo:
-        dist[i] = scaled_distance(xp, X[i], point)
-    return dist
-
-
-def scaled_distance(xp, row, point):
-    """||row - point|| in float64 with the differences scaled by a power of two (exact) so that
-    their largest is in [0.5, 1): no square can overflow or the sum lose range, whatever the
-    magnitudes (float32 differences reach 6.8e38; float64 input up to its own maximum). inf when
-    the row or the point holds NaN or Inf. Rare path: two passes over one row."""
-    largest = 0.0
-    with np.errstate(invalid="ignore", over="ignore"):
-        for cols in column_slices(xp, row.shape[0]):
-            diff = row[cols].astype(xp.float64) - point[cols].astype(xp.float64)
-            chunk_largest = float(xp.max(xp.abs(diff)))
-            if not np.isfinite(chunk_largest):                       # NaN or Inf in the row
-                return np.inf
-            largest = max(largest, chunk_largest)
-        if largest == 0.0:
-            return 0.0
-        exponent = int(np.frexp(largest)[1])
-        total = 0.0
-        for cols in column_slices(xp, row.shape[0]):
-            diff = xp.ldexp(row[cols].astype(xp.float64) - point[cols].astype(xp.float64), -exponent)
-            total += float(diff @ diff)
-    return float(np.ldexp(np.sqrt(total), exponent))

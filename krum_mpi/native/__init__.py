@@ -32,6 +32,8 @@ SIGNATURES = {
     "order": {"krum_order_max_rows": (_I64, []),
               # (X, row stride, rows or NULL, n, col0, col1, mode, param, out)
               "krum_order_reduce": (_INT, [_PTR, _I64, _PTR, _I64, _I64, _I64, _INT, _I64, _PTR])},
+    "point": {  # (X, n, row stride, weights, centre or NULL, keep, col0, col1, point, sums or NULL) -> depth
+              "krum_point_pass": (_I64, [_PTR, _I64, _I64, _PTR, _PTR, ctypes.c_double, _I64, _I64, _PTR, _PTR])},
     "rows": {  # (X, n, row stride, mixing, k, col0, col1, out, out row stride)
              "krum_combine_rows": (_INT, [_PTR, _I64, _I64, _PTR, _I64, _I64, _I64, _PTR, _I64]),
              # (dist, n, size, tol, best)

@@ -13,9 +13,10 @@
  *     per tile, not once per output), over column blocks that stay in L2 between tiles;
  *   - non-finite results are sorted out per element, exactly as the NumPy path does: an output that
  *     weights a NaN/Inf input at a column is NaN there; one whose inputs are finite but whose float32
- *     sum overflowed is recomputed in float64 and cast (NumPy redoes such a chunk in float64). A tile
+ *     sum overflowed is recomputed in float64 and cast (NumPy redoes such columns in float64). A tile
  *     shares its rows, so 0 * NaN can spoil an output that gives a non-finite row no weight: such an
- *     output block is redone over its own rows only (rare: needs a non-finite input).
+ *     element is redone over its output's own rows only (rare: needs a non-finite input), element
+ *     by element, so that no column depends on its neighbours (sharded blocks give the same values).
  * Single-threaded; the caller splits columns over its threads.
  *
  * krum_mda_search: the depth-first lexicographic enumeration of min_diameter_subset, step for step

@@ -126,34 +126,6 @@ KFN_FAST static void KFN(tile_tail)(const struct rows_plan *p, int64_t t, float 
     }
 }
 
-/* Output j over [c0, c1) from its own rows only (centred on its first one): the slow path of a tile
- * block that came out non-finite. Elements still
- * non-finite get rows_element's verdict (NaN, or the float64 recompute). */
-KFN_FAST static void KFN(redo)(const struct rows_plan *p, int64_t j, float *out, int64_t c0, int64_t c1)
-{
-    const int64_t c = p->count[j], *idx = p->idx[j];
-    if (c == 0) {
-        for (int64_t col = c0; col < c1; col++)
-            out[col] = 0.0f;
-        return;
-    }
-    const float *xa = p->X + idx[0] * p->stride, *w = p->w32[j];
-    int64_t g = c0;
-    for (; g + VW <= c1; g += VW) {
-        KFN(vf) a = KFN_LOAD(xa + g), acc = {0};
-        for (int64_t r = 0; r < c; r++)
-            acc += w[r] * (KFN_LOAD(p->X + idx[r] * p->stride + g) - a);
-        KFN(vf) res = acc + p->sum32[j] * a;
-        KFN_STORE(out + g, res);
-        if (!KFN(finite)(res))
-            for (int l = 0; l < VW; l++)
-                if (!isfinite(out[g + l]))
-                    out[g + l] = rows_element(p, j, g + l);
-    }
-    for (; g < c1; g++)
-        out[g] = rows_element(p, j, g);
-}
-
 /* Block by block, tile by tile: ROWS_BLOCK columns stay in L2 across the tiles; a lone output
  * (Multi-Krum, MDA) takes longer blocks, longer runs of each row for the prefetchers. */
 KFN_FAST static void KFN(rows_combine)(const struct rows_plan *p, int64_t col0, int64_t col1, float *out,
@@ -174,10 +146,15 @@ KFN_FAST static void KFN(rows_combine)(const struct rows_plan *p, int64_t col0, 
                 KFN(tile1)(p->tile_rows[t], p->tile_w[t], u, p->sum32 + j0, o, out_stride, b0, fast);
             if (fast < b1)
                 KFN(tile_tail)(p, t, out, out_stride, fast, b1);
+            /* a non-finite element (a NaN/Inf input, or 0 * NaN from a row the output does not
+             * weight) gets rows_element's verdict, element by element: a column's value never
+             * depends on which block of columns it shares with a non-finite one (sharded blocks) */
             for (int64_t j = j0; j < j0 + T; j++) {
                 float *oj = out + j * out_stride;
                 if (!KFN(block_finite)(oj + b0, fast - b0))
-                    KFN(redo)(p, j, oj, b0, fast);
+                    for (int64_t col = b0; col < fast; col++)
+                        if (!isfinite(oj[col]))
+                            oj[col] = rows_element(p, j, col);
             }
         }
     }

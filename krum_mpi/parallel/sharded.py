@@ -1,47 +1,35 @@
 """Robust aggregation on coordinate blocks: no process ever holds a whole gradient.
 
+``Blocks`` is the sharded rows source (krum_mpi/aggregators/rows.py): the blocks this process holds
+(one per rank under MPI; all of them in a single-process test) and ``gather_parts``, which stacks the
+per-block partial results of ALL blocks in block order (an Allgather under MPI, given by comm.py;
+nothing in one process). Each process sums them in the same fixed order, so every process derives
+bitwise the same intervals, the same certified selection and the same canonical distances, whatever
+the number of processes. Every registered rule runs on it unchanged (``aggregate``): the rules are
+written once, over a rows source; this module holds no rule logic.
+
 A squared distance is a sum over coordinates, so the (n, n) distance matrix of the whole rows is the
-sum of the blocks' matrices, and the rigorous error bounds add up with it. Every process holds some
-blocks (one per rank under MPI; all of them in a single-process test) and a ``Blocks`` object says
-how the per-block partial results of every block reach it: ``gather_parts`` stacks the partials of
-ALL blocks in block order (an Allgather under MPI, nothing in one process). Each process then sums
-them in the same fixed order, so every process derives bitwise the same intervals and therefore the
-same certified selection, whatever the number of processes.
-
-Bounds of a sum of P float64 partials (each holding its block's exact part within its own bound):
+sum of the blocks' matrices, and the rigorous error bounds add up with it. Bounds of a sum of P
+float64 partials (each holding its block's exact part within its own bound):
 |fl(sum) - sum| <= gamma_(P+2) * sum |partials|, added to the summed bounds (themselves rounded up).
-
-Rules covered (``SHARDED_RULES``): average, krum, multi-krum, bulyan (global selection, block-local
-coordinate stage), mda, median, trimmed-mean, meamed (block by block), geometric-median and
-centered-clipping (distances to the current point summed over blocks at every iteration), and any
-of them after the nnm pre-step. Other names are refused in one line (``check_rule``).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from krum_mpi.aggregators import RULES, validate_options
-from krum_mpi.aggregators.base import to_numpy
-from krum_mpi.aggregators.bulyan import recursive_krum
-from krum_mpi.aggregators.clipping import clipping_scales
-from krum_mpi.aggregators.certify import CertifiedDistances, LocalRows, ScoreBoard, counting, distance_ranks
+from krum_mpi.aggregators import validate_options
+from krum_mpi.aggregators.certify import CertifiedDistances, LocalRows, counting
+from krum_mpi.aggregators.compose import lookup
 from krum_mpi.aggregators.distances import Distances, sq_distances
-from krum_mpi.aggregators.exact import gamma
-from krum_mpi.aggregators.geomed import weiszfeld_weights
-from krum_mpi.aggregators.coordinatewise import closest_mean
-from krum_mpi.aggregators.krum import neighbour_count
-from krum_mpi.aggregators.mda import min_diameter_subset
-from krum_mpi.aggregators.preagg import nnm_mixing_from
-from krum_mpi.aggregators.rowops import combine_rows, combine_rows_float64, combine_rows_many, distances_to_point
+from krum_mpi.aggregators.base import host_dtype, to_numpy
+from krum_mpi.aggregators.rows import Rows
 
 # bytes of one exact squared distance, an int scaled by 2^SCALE: below 2^600 for float32 rows
 # (2^298 x d 2^258), below 2^4240 for float64 rows (2^2148 x d 2^2050), d < 2^40
 EXACT_BYTES = {np.dtype(np.float32): 96, np.dtype(np.float64): 544}
-DISTANCE_RULES = ("krum", "multi-krum", "bulyan", "mda")
-BLOCKWISE_RULES = ("average", "median", "trimmed-mean", "meamed")
-ITERATIVE_RULES = ("geometric-median", "centered-clipping")
-SHARDED_RULES = DISTANCE_RULES + BLOCKWISE_RULES + ITERATIVE_RULES
-PRE_STEPS = ("nnm",)
+# the pre-steps a sharded RUN supports (the rule itself runs on any rows source; the run's step loop
+# carries no per-step seed (bucketing) and its omniscient adversary is not split for clipping+)
+RUN_PRE_STEPS = ("nnm",)
 # attacks whose every coordinate depends on that coordinate of the honest rows only (no random draw,
 # no search against the rule; shard-target: also on the coordinate's position, given as columns): the
 # omniscient adversary crafts them block by block, the same values
@@ -57,50 +45,27 @@ def block_bounds(d: int, parts: int) -> np.ndarray:
 
 
 def split_rule(name: str):
-    """(pre-steps, rule) of a possibly chained name, checked for the sharded placement (ValueError)."""
+    """(pre-steps, rule) of a possibly chained name, checked for a sharded run (ValueError)."""
     *steps, rule = name.split("+")
-    bad = [s for s in steps if s not in PRE_STEPS]
-    if rule not in SHARDED_RULES or bad:
-        raise ValueError(f"aggregator.placement = 'sharded' covers {', '.join(SHARDED_RULES)} (optionally after "
-                         f"nnm+), not {name!r}: use placement = 'gather' for it")
+    bad = [s for s in steps if s not in RUN_PRE_STEPS]
+    try:
+        lookup(name)
+    except ValueError:
+        bad = bad or [rule]
+    if bad:
+        raise ValueError(f"aggregator.placement = 'sharded' covers every registered rule (optionally after "
+                         f"{', '.join(p + '+' for p in RUN_PRE_STEPS)}), not {name!r}: use placement = 'gather' for it")
     return steps, rule
 
 
-class Blocks:
-    """The blocks this process holds, (n, w_b) arrays in block order, and ``gather_parts``: a local
-    (k, ...) array of partials, one per local block -> the (P, ...) partials of all P blocks. None
-    means this process holds every block (nothing to exchange)."""
+class Blocks(Rows):
+    """The sharded rows source: the blocks this process holds, in block order, and ``gather_parts``:
+    a local (k, ...) array of partials, one per local block -> the (P, ...) partials of all P blocks.
+    None means this process holds every block (nothing to exchange). Its certified distances are
+    the blocks' own, summed."""
 
-    def __init__(self, blocks, gather_parts=None, parts=None):
-        self.blocks = list(blocks)
-        self.gather_parts = gather_parts
-        self.parts = len(self.blocks) if parts is None else parts
-        self.n = self.blocks[0].shape[0]
-        if any(b.shape[1] == 0 for b in self.blocks):
-            raise ValueError("a coordinate block is empty: use fewer ranks than parameters")
-
-    def all_parts(self, local):
-        local = np.ascontiguousarray(local)
-        return local if self.gather_parts is None else self.gather_parts(local)
-
-    def total(self, per_block):
-        """Sum over all blocks of per-block float64 arrays, in block order: (sum, sum of |.|)."""
-        parts = self.all_parts(np.stack([np.asarray(p, dtype=np.float64) for p in per_block]))
-        return parts.sum(axis=0), np.abs(parts).sum(axis=0)
-
-    def rounded_up(self, bounds_sum, abs_sum):
-        """A bound on a summed value's error: the blocks' bounds plus the rounding of the sum."""
-        g = gamma(self.parts + 2)
-        with np.errstate(invalid="ignore", over="ignore"):
-            return np.nextafter(bounds_sum * (1 + g) + g * abs_sum, np.inf)
-
-    def every(self, flags):
-        """Logical AND over all blocks of per-block bool arrays."""
-        parts = self.all_parts(np.stack([np.asarray(f, dtype=np.float64) for f in flags]))
-        return parts.min(axis=0) > 0.5
-
-    def map(self, fn):
-        return [fn(b) for b in self.blocks]
+    def certified(self):
+        return CertifiedDistances(ShardedRows(self), summed_distances(self))
 
 
 class ShardedRows:
@@ -108,10 +73,10 @@ class ShardedRows:
 
     def __init__(self, blocks: Blocks):
         self.blocks = blocks
-        self.dtype = np.dtype(blocks.blocks[0].dtype)
+        self.dtype = host_dtype(blocks.blocks[0])
 
     def identical(self, i, j):
-        return bool(self.blocks.every([[np.array_equal(b[i], b[j])] for b in self.blocks.blocks])[0])
+        return bool(self.blocks.every([[LocalRows(b).identical(i, j)] for b in self.blocks.blocks])[0])
 
     def level_one(self, pairs):
         pairs = list(pairs)
@@ -151,18 +116,7 @@ def summed_distances(blocks: Blocks) -> Distances:
 
 
 def certified(blocks: Blocks) -> CertifiedDistances:
-    return CertifiedDistances(ShardedRows(blocks), summed_distances(blocks))
-
-
-def norms_to(blocks: Blocks, points):
-    """(n,) Euclidean distances of the whole rows to a point given block by block (inf: non-finite row)."""
-    per_block = [distances_to_point(b, p) ** 2 for b, p in zip(blocks.blocks, points)]
-    summed, _ = blocks.total(per_block)
-    return np.sqrt(summed)
-
-
-def finite_rows(blocks: Blocks):
-    return blocks.every([np.isfinite(b).all(axis=1) for b in blocks.blocks])
+    return blocks.certified()
 
 
 class Result:
@@ -173,91 +127,15 @@ class Result:
         self.vectors, self.selected, self.weights, self.recomputed = vectors, selected, weights, recomputed
 
 
-def weighted(blocks, weights, selected):
-    return Result(blocks.map(lambda b: combine_rows(b, weights)), np.asarray(selected, dtype=np.int64), weights)
-
-
-def distance_rule(rule, blocks: Blocks, f, options):
-    n = blocks.n
-    cert = certified(blocks)
-    if rule in ("krum", "multi-krum"):
-        k = neighbour_count(n, f, options["neighbours"])
-        board = ScoreBoard(cert, np.arange(n), k, options["squared"])
-        if rule == "krum":
-            best = board.lowest(1)
-            weights = np.zeros(n)
-            weights[best] = 1.0
-            return Result(blocks.map(lambda b: b[int(best[0])].copy()), best, weights)
-        m = n - f if options["m"] is None else options["m"]
-        chosen = board.lowest(m, as_set=True)
-        weights = np.zeros(n)
-        weights[chosen] = 1.0 / m
-        return weighted(blocks, weights, chosen)
-    if rule == "bulyan":
-        theta = n - 2 * f
-        chosen = recursive_krum(cert, f, theta)
-        return Result(blocks.map(lambda b: closest_mean(b, theta - 2 * f, rows=chosen)), chosen, None)
-    chosen = min_diameter_subset(distance_ranks(cert), n - f)   # mda
-    weights = np.zeros(n)
-    weights[chosen] = 1.0 / len(chosen)
-    return weighted(blocks, weights, chosen)
-
-
-def geometric_median(blocks: Blocks, f, iterations=3, nu=0.1, tol=0.0):
-    """aggregators.geomed.geometric_median with the distances summed over blocks (float64 sums)."""
-    n = blocks.n
-    finite = finite_rows(blocks)
-    weights = finite / finite.sum() if finite.any() else np.full(n, 1.0 / n)
-    z = blocks.map(lambda b: combine_rows_float64(b, weights))
-    for _ in range(iterations):
-        new_weights = weiszfeld_weights(norms_to(blocks, z), finite, nu)
-        if new_weights is None:
-            break
-        z_new = blocks.map(lambda b: combine_rows_float64(b, new_weights))
-        moved = float(np.sqrt(blocks.total([np.sum((a.astype(np.float64) - c) ** 2, keepdims=True)
-                                            for a, c in zip(z_new, z)])[0][0])) if tol > 0 else np.inf
-        z, weights = z_new, new_weights
-        if moved <= tol:
-            break
-    return Result(z, None, weights)
-
-
-def centered_clipping(blocks: Blocks, f, tau=100.0, iterations=1, center=None):
-    """aggregators.clipping.centered_clipping with the norms summed over blocks; ``center``: this
-    process's blocks of the previous aggregate (zeros at the first step)."""
-    n = blocks.n
-    finite = finite_rows(blocks)
-    v = [np.zeros(b.shape[1], dtype=b.dtype) for b in blocks.blocks] if center is None else list(center)
-    weights = np.zeros(n)
-    for _ in range(iterations):
-        scale, kept = clipping_scales(norms_to(blocks, v), finite, tau, n)
-        v = [combine_rows_float64(b, scale) + c * b.dtype.type(kept) for b, c in zip(blocks.blocks, v)]
-        weights = weights * kept + scale
-    return Result(v, None, weights)
-
-
 def aggregate(name: str, blocks: Blocks, f: int, options: dict, state: dict | None = None) -> Result:
-    """The rule ``name`` (SHARDED_RULES, optionally after nnm+) on the blocks. ``options``: the rule's
-    options as validated by the registry; ``state``: centered-clipping's {"center": blocks}."""
-    steps, rule = split_rule(name)
+    """The registered rule ``name`` (any, chained pre-steps included) on the blocks: the same function
+    the gathered placement runs (registry ``Rule.rows``). ``options``: the rule's options (other
+    keys ignored), validated here; ``state``: centered-clipping's {"center": blocks}."""
+    rule = lookup(name)
+    options = validate_options(rule, {k: v for k, v in options.items() if k in rule.options})
     with counting() as recomputed:
-        for _ in steps:   # nnm: the mixing comes from the summed distances, the mixed rows block by block
-            mixing, _owners = nnm_mixing_from(certified(blocks), f)
-            blocks = Blocks(blocks.map(lambda b: combine_rows_many(b, mixing)), blocks.gather_parts, blocks.parts)
-        options = validate_options(RULES[rule], {k: v for k, v in options.items() if k in RULES[rule].options})
-        if rule in DISTANCE_RULES:
-            result = distance_rule(rule, blocks, f, options)
-        elif rule == "average":
-            result = weighted(blocks, np.full(blocks.n, 1.0 / blocks.n), np.arange(blocks.n))
-        elif rule in BLOCKWISE_RULES:
-            fn = RULES[rule].fn
-            result = Result(blocks.map(lambda b: fn(b, f, **options).vector))
-        elif rule == "geometric-median":
-            result = geometric_median(blocks, f, **options)
-        else:
-            result = centered_clipping(blocks, f, **options, **(state or {}))
-    result.recomputed = recomputed[0]
-    return result
+        result = rule.rows(blocks, f, **options, **(state or {}))
+    return Result(result.vector, result.selected, result.weights, recomputed[0])
 
 
 def per_shard(name: str, blocks: Blocks, f: int, options: dict):
