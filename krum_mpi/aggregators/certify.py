@@ -4,8 +4,11 @@ gives, ties to the lowest index, whatever the magnitudes.
 Every squared distance is an interval [lo, hi] that holds its exact value. It starts from the fast
 kernel's rigorous bound (distances.py) and is tightened on demand, one level at a time:
   level 0  the fast centred Gram products
-  level 1  direct differences accumulated in float64 (relative bound gamma_(d+3), exact.py)
-  level 2  the exact value (an integer, exact.py), or +inf for a pair with a non-finite row
+  level 1  float32 rows with the compiled kernels: exact products summed in double-double, one
+           pass over the rows all pending pairs involve (gram_entries.py; about 1e-20 relative);
+           otherwise direct differences accumulated in float64 (gamma_(d+3), exact.py)
+  level 2  the exact value (an integer: one exact Gram pass for float32 rows, gram_entries.py), or
+           +inf for a pair with a non-finite row
 A decision (an order of scores, a set of nearest rows, a subset's diameter) is taken only when the
 intervals separate it; what overlaps is refined and decided again. Rows with identical contents are
 found once (their distance is exactly 0) and their equal scores need no arithmetic at all.
@@ -18,8 +21,8 @@ from decimal import Decimal, localcontext
 import numpy as np
 
 from krum_mpi.aggregators.base import array_namespace, to_numpy
-from krum_mpi.aggregators.exact import (SCALE, U64, direct_sq_distances, exact_sq_distance, exact_to_float, gamma,
-                                       rows_sq_distances)
+from krum_mpi.aggregators.exact import SCALE, U64, direct_sq_distances, exact_to_float, gamma, rows_sq_distances
+from krum_mpi.aggregators.gram_entries import exact_sq_distances, level_one
 
 INF = float("inf")
 _tally = contextvars.ContextVar("krum_mpi_recomputed", default=None)
@@ -28,13 +31,18 @@ _tally = contextvars.ContextVar("krum_mpi_recomputed", default=None)
 @contextlib.contextmanager
 def counting():
     """Count the distances recomputed (levels 1 and 2) inside the block: ``with counting() as c:
-    ...; c[0]``. The Aggregator wraps every rule call in one (Aggregation.recomputed)."""
-    box = [0]
+    ...; c[0]``; c[1] counts the refinement passes (each reads the rows its pairs involve once).
+    The Aggregator wraps every rule call in one (Aggregation.recomputed)."""
+    outer = _tally.get()
+    box = [0, 0]
     token = _tally.set(box)
     try:
         yield box
     finally:
         _tally.reset(token)
+        if outer is not None:  # nested: the enclosing count includes this one
+            outer[0] += box[0]
+            outer[1] += box[1]
 
 
 class LocalRows:
@@ -50,8 +58,17 @@ class LocalRows:
         return bool(array_namespace(self.X).array_equal(self.X[i], self.X[j]))
 
     def level_one(self, pairs):
-        """(values, bounds) of level 1 for these pairs: pair by pair for a few, else one float64
-        Gram pass over the rows they involve."""
+        """(values, bounds) of level 1 for these pairs (level_one_exact without its third part)."""
+        return self.level_one_exact(pairs)[:2]
+
+    def level_one_exact(self, pairs):
+        """(values, bounds, exact) of level 1 for these pairs, exact[k] the exact int where it came
+        free (gram_entries.level_one): clones through their pivots; float32 rows with the compiled
+        kernel, one double-double pass over the rows involved; else float64_level."""
+        return level_one(self.X, pairs, self.float64_level)
+
+    def float64_level(self, pairs):
+        """Direct float64 differences pair by pair for a few pairs, else one float64 Gram pass."""
         rows = sorted({i for p in pairs for i in p})
         if len(pairs) <= len(rows):
             return direct_sq_distances(self.X, pairs)
@@ -60,8 +77,9 @@ class LocalRows:
         return ([values[at[i], at[j]] for i, j in pairs], [bounds[at[i], at[j]] for i, j in pairs])
 
     def exact(self, pairs):
-        """The exact distances of these pairs, as ints scaled by 2^SCALE[dtype]."""
-        return [exact_sq_distance(self.X[i], self.X[j]) for i, j in pairs]
+        """The exact distances of these pairs, as ints scaled by 2^SCALE[dtype] (one pass over the
+        rows they involve for float32 rows)."""
+        return exact_sq_distances(self.X, pairs)
 
 
 class CertifiedDistances:
@@ -100,6 +118,15 @@ class CertifiedDistances:
                     self.set_exact(i, j, 0)
         return group
 
+    def mates(self, i, j):
+        """The pairs whose rows have the same contents as rows i and j (i != j): (i, j) itself, and
+        every other pair of rows of the same two identical-contents groups, at a distance > 0."""
+        if self.group[i] == self.group[j]:
+            return [(i, j)]
+        gi = np.flatnonzero(self.group == self.group[i])
+        gj = np.flatnonzero(self.group == self.group[j])
+        return [(int(a), int(c)) for a in gi for c in gj]
+
     def set_exact(self, i, j, value):
         i, j = min(i, j), max(i, j)
         self.exact[(i, j)] = value
@@ -120,11 +147,22 @@ class CertifiedDistances:
         direct = [p for p in pairs if self.level[p] == 0]
         exact = [p for p in pairs if self.level[p] == 1]
         if direct:
-            for (i, j), v, b in zip(direct, *self.rows.level_one(direct)):
+            if hasattr(self.rows, "level_one_exact"):
+                result = self.rows.level_one_exact(direct)
+            else:  # a row source with levels summed over blocks (sharded): no free exact values
+                result = (*self.rows.level_one(direct), [None] * len(direct))
+            for (i, j), v, b, e in zip(direct, *result):
+                if e is not None:
+                    for a, c in self.mates(i, j):
+                        self.set_exact(a, c, e)
+                    continue
                 lo = max(np.nextafter(v - b, -np.inf), 0.0)
-                self.lo[i, j] = self.lo[j, i] = max(lo, self.lo[i, j])
-                self.hi[i, j] = self.hi[j, i] = min(np.nextafter(v + b, np.inf), self.hi[i, j])
-                self.level[i, j] = self.level[j, i] = 1
+                hi = np.nextafter(v + b, np.inf)
+                for a, c in self.mates(i, j):  # rows with identical contents: the same distance
+                    if self.level[a, c] < 2:
+                        self.lo[a, c] = self.lo[c, a] = max(lo, self.lo[a, c])
+                        self.hi[a, c] = self.hi[c, a] = min(hi, self.hi[a, c])
+                        self.level[a, c] = self.level[c, a] = 1
         known = {}
         for i, j in exact:  # rows with identical contents share their exact distances
             gi, gj = self.group[i], self.group[j]
@@ -132,13 +170,16 @@ class CertifiedDistances:
             if key in self.exact and self.level[key] == 2:
                 known[(i, j)] = self.exact[key]
         todo = [p for p in exact if p not in known]
-        known.update(zip(todo, self.rows.exact(todo)))
+        if todo:
+            known.update(zip(todo, self.rows.exact(todo)))
         for p in exact:
-            self.set_exact(*p, known[p])
+            for a, c in self.mates(*p):
+                self.set_exact(a, c, known[p])
         self.recomputed += len(direct) + len(exact)
         box = _tally.get()
         if box is not None:
             box[0] += len(direct) + len(exact)
+            box[1] += int(bool(direct)) + int(bool(todo))
 
 
 def certified_order(items, bounds, refine, exact_key, m=None, same=None, as_set=False):

@@ -1,0 +1,133 @@
+"""Crafted inputs against honest ones: what exactness costs when a Byzantine worker aims at it.
+
+For each rule and shape, times the rule on honest N(0, 1) rows and on the same rows crafted (same
+process, interleaved, median of --repeats), and prints the crafted/honest ratio with the distances
+recomputed and the refinement passes (each reads the rows it involves once). Inputs:
+  gaussian  i.i.d. N(0, 1) float32 rows (the honest reference)
+  near-tie  the last f rows are 1-ulp clones of row 0, each nudged up in its own coordinate
+  mirror    the last f rows are +-1-ulp clones of row 0 in one coordinate, alternating the sign
+  simplex   every row is row 0 nudged by 1 ulp in its own coordinate (all rows close together,
+            equal distances wherever the nudged values share a binade)
+  sparse    rows with 1% non-zero N(0, 1) values, the rest 0 (many rows close together)
+f is (n - 3) // 4 (Bulyan's bound, valid for every rule), 2 for MDA (its search grows like C(n, f)).
+
+  python scripts/bench_crafted.py [--shapes 16x1e6,32x1e5,64x1e5] [--rules krum,...] [--inputs ...]
+       [--repeats 3] [--seed 0] [--out bench_crafted.json]
+Writes the figures to --out (JSON) as well.
+"""
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from krum_mpi import aggregators, native
+from krum_mpi.aggregators.certify import counting
+
+RULES = ("krum", "multi-krum", "bulyan", "mda", "nnm+krum")
+INPUTS = ("near-tie", "mirror", "simplex", "sparse")
+STRIDE = 7919  # coordinates nudged: spread over the row, not adjacent
+
+
+def nudged(row, column, up):
+    out = row.copy()
+    out[column] = np.nextafter(out[column], np.float32(np.inf if up else -np.inf))
+    return out
+
+
+def make_input(name, n, d, f, rng):
+    """The (n, d) float32 rows of one input family (module doc)."""
+    if name == "sparse":
+        X = np.zeros((n, d), dtype=np.float32)
+        mask = rng.random((n, d)) < 0.01
+        X[mask] = rng.standard_normal(int(mask.sum()), dtype=np.float32)
+        return X
+    X = rng.standard_normal((n, d), dtype=np.float32)
+    if name == "gaussian":
+        return X
+    if name == "simplex":
+        return np.stack([nudged(X[0], (k * STRIDE) % d, True) for k in range(n)])
+    for k in range(f):
+        column = (k * STRIDE) % d if name == "near-tie" else 0
+        X[n - f + k] = nudged(X[0], column, name == "near-tie" or k % 2 == 0)
+    return X
+
+
+def choose_f(rule, n):
+    return 2 if rule == "mda" else (n - 3) // 4
+
+
+def timed(rule, X, f):
+    agg = aggregators.make(rule, X.shape[0], f)
+    with counting() as box:
+        start = time.perf_counter()
+        result = agg(X)
+        seconds = time.perf_counter() - start
+    return seconds, box[0], box[1], result.selected
+
+
+def measure(rule, n, d, input_name, repeats, seed):
+    f = choose_f(rule, n)
+    honest = make_input("gaussian", n, d, f, np.random.default_rng(seed))
+    crafted = make_input(input_name, n, d, f, np.random.default_rng(seed))
+    times = {"honest": [], "crafted": []}
+    counts = {}
+    for _ in range(repeats):  # interleaved: machine load hits both alike
+        for label, X in (("honest", honest), ("crafted", crafted)):
+            seconds, recomputed, passes, _ = timed(rule, X, f)
+            times[label].append(seconds)
+            counts[label] = (recomputed, passes)
+    h, c = float(np.median(times["honest"])), float(np.median(times["crafted"]))
+    return {"rule": rule, "n": n, "d": d, "f": f, "input": input_name, "honest_s": h, "crafted_s": c,
+            "ratio": c / h, "recomputed": counts["crafted"][0], "passes": counts["crafted"][1],
+            "honest_recomputed": counts["honest"][0], "honest_passes": counts["honest"][1]}
+
+
+def parse_shapes(text):
+    shapes = []
+    for part in text.split(","):
+        n, d = part.lower().split("x")
+        shapes.append((int(n), int(float(d))))
+    return shapes
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="16x1e6,32x1e5,64x1e5")
+    parser.add_argument("--rules", default=",".join(RULES))
+    parser.add_argument("--inputs", default=",".join(INPUTS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="bench_crafted.json")
+    args = parser.parse_args(argv)
+    try:
+        shapes = parse_shapes(args.shapes)
+    except ValueError:
+        print(f"bench_crafted: --shapes takes NxD,NxD (e.g. 16x1e6), got {args.shapes!r}", file=sys.stderr)
+        return 2
+    unknown = [i for i in args.inputs.split(",") if i not in INPUTS]
+    if unknown:
+        print(f"bench_crafted: unknown input {unknown[0]!r}: choose from {', '.join(INPUTS)}", file=sys.stderr)
+        return 2
+    print(f"# kernels: {native.status()}")
+    rows = []
+    for n, d in shapes:
+        for rule in args.rules.split(","):
+            for input_name in args.inputs.split(","):
+                row = measure(rule, n, d, input_name, args.repeats, args.seed)
+                rows.append(row)
+                print(f"{rule:10s} n={n:<3d} d={d:.0e} f={row['f']:<2d} {input_name:9s} honest {row['honest_s']*1e3:8.1f} ms"
+                      f"  crafted {row['crafted_s']*1e3:8.1f} ms  ratio {row['ratio']:5.2f}"
+                      f"  recomputed {row['recomputed']:5d} in {row['passes']} passes"
+                      f" (honest {row['honest_recomputed']} in {row['honest_passes']})", flush=True)
+    with open(args.out, "w") as fh:
+        json.dump({"kernels": native.status(), "rows": rows}, fh, indent=1)
+    worst = max(rows, key=lambda r: r["ratio"]) if rows else None
+    if worst:
+        print(f"# worst ratio {worst['ratio']:.2f}: {worst['rule']} n={worst['n']} d={worst['d']:.0e} {worst['input']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
