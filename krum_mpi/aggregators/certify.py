@@ -20,9 +20,9 @@ from decimal import Decimal, localcontext
 
 import numpy as np
 
-from krum_mpi.aggregators.base import array_namespace, to_numpy
-from krum_mpi.aggregators.exact import SCALE, U64, direct_sq_distances, exact_to_float, gamma, rows_sq_distances
-from krum_mpi.aggregators.gram_entries import exact_sq_distances, level_one
+from krum_mpi.aggregators.base import to_numpy
+from krum_mpi.aggregators.exact import SCALE, U64, exact_to_float, gamma
+from krum_mpi.aggregators.gram_entries import LocalRows  # noqa: F401 (the row source; sharded.py imports it here)
 
 INF = float("inf")
 _tally = contextvars.ContextVar("krum_mpi_recomputed", default=None)
@@ -43,43 +43,6 @@ def counting():
         if outer is not None:  # nested: the enclosing count includes this one
             outer[0] += box[0]
             outer[1] += box[1]
-
-
-class LocalRows:
-    """Where the refinement levels read the rows: here, the whole (n, d) array in this process.
-    Any object with these members will do (a sharded placement sums each rank's block)."""
-
-    def __init__(self, X):
-        self.X = X
-        self.dtype = np.dtype(X.dtype)
-
-    def identical(self, i, j):
-        """True when rows i and j hold exactly equal values."""
-        return bool(array_namespace(self.X).array_equal(self.X[i], self.X[j]))
-
-    def level_one(self, pairs):
-        """(values, bounds) of level 1 for these pairs (level_one_exact without its third part)."""
-        return self.level_one_exact(pairs)[:2]
-
-    def level_one_exact(self, pairs):
-        """(values, bounds, exact) of level 1 for these pairs, exact[k] the exact int where it came
-        free (gram_entries.level_one): clones through their pivots; float32 rows with the compiled
-        kernel, one double-double pass over the rows involved; else float64_level."""
-        return level_one(self.X, pairs, self.float64_level)
-
-    def float64_level(self, pairs):
-        """Direct float64 differences pair by pair for a few pairs, else one float64 Gram pass."""
-        rows = sorted({i for p in pairs for i in p})
-        if len(pairs) <= len(rows):
-            return direct_sq_distances(self.X, pairs)
-        values, bounds = rows_sq_distances(self.X, rows)
-        at = {row: k for k, row in enumerate(rows)}
-        return ([values[at[i], at[j]] for i, j in pairs], [bounds[at[i], at[j]] for i, j in pairs])
-
-    def exact(self, pairs):
-        """The exact distances of these pairs, as ints scaled by 2^SCALE[dtype] (one pass over the
-        rows they involve for float32 rows)."""
-        return exact_sq_distances(self.X, pairs)
 
 
 class CertifiedDistances:
@@ -105,6 +68,9 @@ class CertifiedDistances:
         self.exact = {}  # (i, j), i < j -> int (distance * 2^SCALE); pairs at level 2 absent here are inf
         self.recomputed = 0
         self.group = self.duplicate_groups()
+        self.members = {}  # group -> its rows
+        for i, g in enumerate(self.group.tolist()):
+            self.members.setdefault(g, []).append(i)
 
     def duplicate_groups(self):
         """group[i]: the lowest index of the rows identical to row i (exactly equal values)."""
@@ -121,11 +87,10 @@ class CertifiedDistances:
     def mates(self, i, j):
         """The pairs whose rows have the same contents as rows i and j (i != j): (i, j) itself, and
         every other pair of rows of the same two identical-contents groups, at a distance > 0."""
-        if self.group[i] == self.group[j]:
+        gi, gj = self.members[self.group[i]], self.members[self.group[j]]
+        if self.group[i] == self.group[j] or len(gi) * len(gj) == 1:
             return [(i, j)]
-        gi = np.flatnonzero(self.group == self.group[i])
-        gj = np.flatnonzero(self.group == self.group[j])
-        return [(int(a), int(c)) for a in gi for c in gj]
+        return [(a, c) for a in gi for c in gj]
 
     def set_exact(self, i, j, value):
         i, j = min(i, j), max(i, j)
@@ -320,9 +285,36 @@ class ScoreBoard:
         return order[:m]
 
 
-def nearest_rows(cert, i, count):
+class _Deferred(Exception):
+    """Raised by nearest_rows_all's refine: the pairs are collected, refined later together."""
+
+
+def nearest_rows_all(cert, count):
+    """[nearest_rows(cert, i, count) for every row i], every round's refinements of all rows
+    batched into one refinement (one pass over the rows involved) instead of one per row."""
+    done = {}
+    while len(done) < cert.n:
+        pending = []
+
+        def collect(pairs):
+            pending.extend(pairs)
+            raise _Deferred
+
+        for i in range(cert.n):
+            if i not in done:
+                try:
+                    done[i] = nearest_rows(cert, i, count, collect)
+                except _Deferred:
+                    pass
+        if pending:
+            cert.refine(pending)
+    return [done[i] for i in range(cert.n)]
+
+
+def nearest_rows(cert, i, count, refine=None):
     """Row i's ``count`` nearest other rows (which rows is exact, ties to the lowest index; their
-    order is by the bounds)."""
+    order is by the bounds). refine(pairs): how pending pairs are refined (default cert.refine)."""
+    refine = refine or cert.refine
     others = np.array([j for j in range(cert.n) if j != i], dtype=np.int64)
 
     def bounds(items):
@@ -334,7 +326,7 @@ def nearest_rows(cert, i, count):
     def same(j):
         return int(cert.group[j])
 
-    order, _ = certified_order(others, bounds, lambda js: cert.refine([(i, j) for j in js]), exact_key, count, same,
+    order, _ = certified_order(others, bounds, lambda js: refine([(i, j) for j in js]), exact_key, count, same,
                                as_set=True)
     return order[:count]
 

@@ -12,7 +12,13 @@ sample of SAMPLE columns per (row, pivot) and one comparison of whole rows per c
 import numpy as np
 
 from krum_mpi.aggregators.base import to_numpy
-from krum_mpi.aggregators.exact import SCALE, U64, exact_sq_distance
+from krum_mpi.aggregators.exact import SCALE, U64, exact_sq_distance, exact_sums
+
+
+def split_float32(x):
+    """float32 array -> (M int64, E int64), x = M 2^E exactly (|M| < 2^24)."""
+    m, e = np.frexp(x.astype(np.float64))
+    return np.ldexp(m, 24).astype(np.int64), e.astype(np.int64) - 24
 
 SPARSE = 64  # a clone differs from its pivot in at most d / SPARSE columns
 SAMPLE = 256  # columns compared first: a row unlike the pivot is rejected after these
@@ -52,6 +58,22 @@ class CloneMap:
                 out.add((min(p, q), max(p, q)))
         return sorted(out)
 
+    def corrections(self, X, pairs):
+        """[correction(X, i, j) for (i, j) in pairs], float32 rows all at once: the six exact
+        products per column (a^2 + b^2 - 2ab - p^2 - q^2 + 2pq) summed per pair (exact.exact_sums)."""
+        if np.dtype(X.dtype) != np.float32:
+            return [self.correction(X, i, j) for i, j in pairs]
+        d = X.shape[1]
+        parts = [k * d + self.cols[r] for k, pair in enumerate(pairs) for r in pair if len(self.cols[r])]
+        if not parts:
+            return [0] * len(pairs)
+        group, cols = np.divmod(np.unique(np.concatenate(parts)), d)  # U per pair: the union of the columns
+        rows = np.array([[i, j, self.pivot[i], self.pivot[j]] for i, j in pairs], dtype=np.int64)[group]
+        (Ma, Ea), (Mb, Eb), (Mp, Ep), (Mq, Eq) = (split_float32(to_numpy(X[rows[:, t], cols])) for t in range(4))
+        values = np.concatenate([Ma * Ma, Mb * Mb, -(Ma * Mb), -(Mp * Mp), -(Mq * Mq), Mp * Mq])
+        shifts = np.concatenate([2 * Ea, 2 * Eb, Ea + Eb + 1, 2 * Ep, 2 * Eq, Ep + Eq + 1])
+        return exact_sums(values, shifts, np.tile(group, 6), len(pairs), SCALE[np.dtype(np.float32)])
+
     def correction(self, X, i, j):
         """D_U(i, j) - D_U(p, q) (module doc) as an exact int scaled like exact.exact_sq_distance;
         with p == q it is D(i, j) itself."""
@@ -72,9 +94,9 @@ def exact_through_pivots(X, pairs, clones, pivot_exact):
     needed = clones.pivot_pairs(pairs)
     base = dict(zip(needed, pivot_exact(needed))) if needed else {}
     out = []
-    for i, j in pairs:
+    for (i, j), corr in zip(pairs, clones.corrections(X, pairs)):
         p, q = clones.pivot[i], clones.pivot[j]
-        out.append((base[(min(p, q), max(p, q))] if p != q else 0) + clones.correction(X, i, j))
+        out.append((base[(min(p, q), max(p, q))] if p != q else 0) + corr)
     return out
 
 
@@ -86,9 +108,8 @@ def bounded_through_pivots(X, pairs, clones, pivot_bounded):
     base = dict(zip(needed, zip(*pivot_bounded(needed)))) if needed else {}
     scale = 1 << SCALE[np.dtype(X.dtype)]
     values, bounds, exact = np.zeros(len(pairs)), np.zeros(len(pairs)), []
-    for k, (i, j) in enumerate(pairs):
+    for k, ((i, j), corr) in enumerate(zip(pairs, clones.corrections(X, pairs))):
         p, q = clones.pivot[i], clones.pivot[j]
-        corr = clones.correction(X, i, j)
         if p == q:
             values[k], exact_value = corr / scale, corr
         else:

@@ -12,6 +12,7 @@ dd_sq_distances     float32 rows, compiled kernel (native/exact.c): the products
 exact_sq_distances  the exact values, ints scaled by 2^SCALE: float32 rows by exact Gram entries
                     (compiled superaccumulator, or NumPy integer products summed per power of two);
                     float64 rows pair by pair (exact.exact_sq_distance).
+LocalRows           the row source certify.py refines from when the rows are all in this process.
 Partials add across column blocks: limbs and the integers they make add exactly, so a sharded
 placement sums each rank's exact distances (an int per pair) in any block split.
 """
@@ -20,9 +21,10 @@ import math
 import numpy as np
 
 from krum_mpi import native
-from krum_mpi.aggregators.base import to_numpy
-from krum_mpi.aggregators.clones import CloneMap, bounded_through_pivots, exact_through_pivots
-from krum_mpi.aggregators.exact import SCALE, U64, exact_sq_distance, exact_sum, gamma
+from krum_mpi.aggregators.base import array_namespace, to_numpy
+from krum_mpi.aggregators.clones import CloneMap, bounded_through_pivots, exact_through_pivots, split_float32
+from krum_mpi.aggregators.exact import (SCALE, U64, direct_sq_distances, exact_sq_distance, exact_sum, gamma,
+                                       rows_sq_distances)
 from krum_mpi.aggregators.parallel import column_ranges, run_ranges
 
 DD_BLOCK = 2048  # columns per block: r rows of float64 stay in L2 (64 rows: 1 MiB)
@@ -155,12 +157,6 @@ def native_exact_gram(lib, X, rows, entries):
     return [sum(int(v) << (32 * k) for k, v in enumerate(row)) for row in total]
 
 
-def split_float32(x):
-    """float32 array -> (M int64, E int64), x = M 2^E exactly (|M| < 2^24)."""
-    m, e = np.frexp(x.astype(np.float64))
-    return np.ldexp(m, 24).astype(np.int64), e.astype(np.int64) - 24
-
-
 def numpy_exact_gram(X, rows, entries):
     """Exact Gram entries (ints x 2^298) in NumPy: integer products of the 24-bit significands,
     summed per power of two (exact.exact_sum), column chunk by chunk."""
@@ -172,3 +168,40 @@ def numpy_exact_gram(X, rows, entries):
             (Ma, Ea), (Mb, Eb) = split[a], split[b]
             totals[k] += exact_sum([(Ma * Mb, Ea + Eb)], scale)
     return totals
+
+
+class LocalRows:
+    """Where the refinement levels read the rows: here, the whole (n, d) array in this process.
+    Any object with these members will do (a sharded placement sums each rank's block)."""
+
+    def __init__(self, X):
+        self.X = X
+        self.dtype = np.dtype(X.dtype)
+
+    def identical(self, i, j):
+        """True when rows i and j hold exactly equal values."""
+        return bool(array_namespace(self.X).array_equal(self.X[i], self.X[j]))
+
+    def level_one(self, pairs):
+        """(values, bounds) of level 1 for these pairs (level_one_exact without its third part)."""
+        return self.level_one_exact(pairs)[:2]
+
+    def level_one_exact(self, pairs):
+        """(values, bounds, exact) of level 1 for these pairs, exact[k] the exact int where it came
+        free (gram_entries.level_one): clones through their pivots; float32 rows with the compiled
+        kernel, one double-double pass over the rows involved; else float64_level."""
+        return level_one(self.X, pairs, self.float64_level)
+
+    def float64_level(self, pairs):
+        """Direct float64 differences pair by pair for a few pairs, else one float64 Gram pass."""
+        rows = sorted({i for p in pairs for i in p})
+        if len(pairs) <= len(rows):
+            return direct_sq_distances(self.X, pairs)
+        values, bounds = rows_sq_distances(self.X, rows)
+        at = {row: k for k, row in enumerate(rows)}
+        return ([values[at[i], at[j]] for i, j in pairs], [bounds[at[i], at[j]] for i, j in pairs])
+
+    def exact(self, pairs):
+        """The exact distances of these pairs, as ints scaled by 2^SCALE[dtype] (one pass over the
+        rows they involve for float32 rows)."""
+        return exact_sq_distances(self.X, pairs)
