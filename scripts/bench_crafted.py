@@ -13,6 +13,8 @@ f is (n - 3) // 4 (Bulyan's bound, valid for every rule), 2 for MDA (its search 
 
   python scripts/bench_crafted.py [--shapes 16x1e6,32x1e5,64x1e5] [--rules krum,...] [--inputs ...]
        [--repeats 3] [--seed 0] [--out bench_crafted.json]
+  python scripts/bench_crafted.py --versus-krum --shapes 16x1e7,64x1e7 [--rules multi-krum,bulyan]
+       honest rows only: each rule's time over Krum's (interleaved, same rows, same process)
 Writes the figures to --out (JSON) as well.
 """
 import argparse
@@ -84,6 +86,23 @@ def measure(rule, n, d, input_name, repeats, seed):
             "honest_recomputed": counts["honest"][0], "honest_passes": counts["honest"][1]}
 
 
+def versus_krum(rules, n, d, repeats, seed):
+    """Each rule's median time over Krum's on the same honest rows, runs interleaved."""
+    f = (n - 3) // 4
+    X = make_input("gaussian", n, d, f, np.random.default_rng(seed))
+    times = {rule: [] for rule in ("krum", *rules)}
+    counts = {}
+    for _ in range(repeats):
+        for rule in times:
+            seconds, recomputed, passes, _ = timed(rule, X, f)
+            times[rule].append(seconds)
+            counts[rule] = (recomputed, passes)
+    krum = float(np.median(times["krum"]))
+    return [{"rule": rule, "n": n, "d": d, "f": f, "seconds": float(np.median(times[rule])),
+             "krum_s": krum, "ratio": float(np.median(times[rule])) / krum, "recomputed": counts[rule][0],
+             "passes": counts[rule][1]} for rule in rules]
+
+
 def parse_shapes(text):
     shapes = []
     for part in text.split(","):
@@ -100,6 +119,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench_crafted.json")
+    parser.add_argument("--versus-krum", action="store_true", help="honest rows: each rule's time over Krum's")
     args = parser.parse_args(argv)
     try:
         shapes = parse_shapes(args.shapes)
@@ -112,6 +132,17 @@ def main(argv=None):
         return 2
     print(f"# kernels: {native.status()}")
     rows = []
+    if args.versus_krum:
+        rules = [r for r in args.rules.split(",") if r != "krum"] if args.rules != ",".join(RULES) else ["multi-krum", "bulyan"]
+        for n, d in shapes:
+            for row in versus_krum(rules, n, d, args.repeats, args.seed):
+                rows.append(row)
+                print(f"{row['rule']:10s} n={n:<3d} d={d:.0e} f={row['f']:<2d} honest {row['seconds']*1e3:8.1f} ms"
+                      f"  krum {row['krum_s']*1e3:8.1f} ms  ratio {row['ratio']:5.2f}"
+                      f"  recomputed {row['recomputed']} in {row['passes']} passes", flush=True)
+        with open(args.out, "w") as fh:
+            json.dump({"kernels": native.status(), "versus_krum": rows}, fh, indent=1)
+        return 0
     for n, d in shapes:
         for rule in args.rules.split(","):
             for input_name in args.inputs.split(","):

@@ -27,7 +27,7 @@ from krum_mpi.aggregators.exact import (SCALE, U64, direct_sq_distances, exact_s
                                        rows_sq_distances)
 from krum_mpi.aggregators.parallel import column_ranges, run_ranges
 
-DD_BLOCK = 2048  # columns per block: r rows of float64 stay in L2 (64 rows: 1 MiB)
+DD_BLOCK = 2048  # columns per block: the block of every involved row stays in L2 (64 rows: 512 KiB)
 EXACT_BLOCK = 4096  # columns per block of the superaccumulator (decoded m, p: 32 KiB per row)
 NUMPY_EXACT_CHUNK = 1 << 16  # columns per NumPy exact pass
 
@@ -81,10 +81,8 @@ def dd_sq_distances(X, pairs):
 
     def work(c0, c1):
         S, C = np.zeros(len(entries)), np.zeros(len(entries))
-        buffer = np.empty(lib.krum_dd_work_size(len(rows), DD_BLOCK), dtype=np.float64)
-        lib.krum_dd_entries_f32(X.ctypes.data, X.strides[0] // 4, row_index.ctypes.data, len(rows),
-                                entries.ctypes.data, len(entries), c0, c1, DD_BLOCK, buffer.ctypes.data,
-                                S.ctypes.data, C.ctypes.data)
+        lib.krum_dd_entries_f32(X.ctypes.data, X.strides[0] // 4, row_index.ctypes.data, entries.ctypes.data,
+                                len(entries), c0, c1, DD_BLOCK, S.ctypes.data, C.ctypes.data)
         return S, C, dd_entry_bound(S, C, entries, c1 - c0, lanes)
 
     parts = run_ranges(work, column_ranges(np, d, align=DD_BLOCK)) if d else []
@@ -101,9 +99,10 @@ def dd_sq_distances(X, pairs):
 
 def dd_entry_bound(S, C, entries, cols, lanes):
     """Each entry's bound over cols columns: gamma_(2H) gamma_H sqrt(N_a N_b) (module doc) with
-    H = (columns per lane chain) + (additions into the entry's sum per block) x (blocks) + 8."""
+    H = (columns per lane chain) + (additions into the entry's sum per block) x (blocks + the
+    columns left over, fewer than a block's additions) + 8."""
     blocks = max(1, -(-cols // DD_BLOCK))
-    chain = DD_BLOCK // (4 * lanes) + 4 * lanes * blocks + 8
+    chain = DD_BLOCK // (4 * lanes) + 4 * lanes * (blocks + 1) + 8
     norms = np.zeros(int(entries.max()) + 1 if len(entries) else 0)
     diag = entries[:, 0] == entries[:, 1]
     norms[entries[diag, 0]] = np.maximum(S[diag] + np.abs(C[diag]), 0.0) * (1.0 + 1e-6)

@@ -31,11 +31,9 @@ SIGNATURES = {
              "krum_gram_f32": (_I64, [_PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR])},
     "exact": {"krum_exact_isa": (ctypes.c_char_p, []),
               "krum_exact_lanes": (_I64, []),
-              "krum_dd_work_size": (_I64, [_I64, _I64]),  # (rows, block)
               "krum_exact_work_size": (_I64, [_I64, _I64]),  # (rows, block)
-              # (X, row stride, rows, r, entries, count, col0, col1, block, work, S, C)
-              "krum_dd_entries_f32": (_INT, [_PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64, _PTR, _PTR,
-                                             _PTR]),
+              # (X, row stride, rows, entries, count, col0, col1, block, S, C)
+              "krum_dd_entries_f32": (_INT, [_PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR, _PTR]),
               # (X, row stride, rows, r, entries, count, col0, col1, block, work, limbs out)
               "krum_exact_entries_f32": (_I64, [_PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64, _PTR,
                                                 _PTR])},

@@ -58,27 +58,24 @@ int64_t krum_exact_lanes(void)
     return isa == KRUM_ISA_AVX512 ? 8 : isa == KRUM_ISA_AVX2 ? 4 : 2;
 }
 
-/* doubles of work buffer for r rows and blocks of `block` columns */
-int64_t krum_dd_work_size(int64_t r, int64_t block) { return r * (block + 32); }
-
 /* Adds each entry's double-double dot product over [col0, col1) to (S[e], C[e]). entries: count
- * pairs of positions in rows (r row indices of X). Returns 0. */
-int krum_dd_entries_f32(const float *X, int64_t stride, const int64_t *rows, int64_t r, const int64_t *entries,
-                        int64_t count, int64_t col0, int64_t col1, int64_t block, double *work, double *S,
-                        double *C)
+ * pairs of positions in rows (r row indices of X). The longest chain of additions of one product:
+ * block / (4 lanes) in its lane accumulator, then 4 lanes + block per block into (S, C). Returns 0. */
+int krum_dd_entries_f32(const float *X, int64_t stride, const int64_t *rows, const int64_t *entries,
+                        int64_t count, int64_t col0, int64_t col1, int64_t block, double *S, double *C)
 {
 #if KRUM_X86
     int isa = krum_isa_selected();
     if (isa == KRUM_ISA_AVX512) {
-        dd_entries_avx512(X, stride, rows, r, entries, count, col0, col1, block, work, S, C);
+        dd_entries_avx512(X, stride, rows, entries, count, col0, col1, block, S, C);
         return 0;
     }
     if (isa == KRUM_ISA_AVX2) {
-        dd_entries_avx2(X, stride, rows, r, entries, count, col0, col1, block, work, S, C);
+        dd_entries_avx2(X, stride, rows, entries, count, col0, col1, block, S, C);
         return 0;
     }
 #endif
-    dd_entries_generic(X, stride, rows, r, entries, count, col0, col1, block, work, S, C);
+    dd_entries_generic(X, stride, rows, entries, count, col0, col1, block, S, C);
     return 0;
 }
 
