@@ -1,8 +1,9 @@
 """Crafted inputs against honest ones: what exactness costs when a Byzantine worker aims at it.
 
 For each rule and shape, times the rule on honest N(0, 1) rows and on the same rows crafted (same
-process, interleaved, median of --repeats), and prints the crafted/honest ratio with the distances
-recomputed and the refinement passes (each reads the rows it involves once). Inputs:
+process, interleaved, median of --repeats), and prints the crafted/honest ratio (wall clock, and
+CPU time of the process: steadier on a shared machine) with the distances recomputed and the
+refinement passes (each reads the rows it involves once). Inputs:
   gaussian  i.i.d. N(0, 1) float32 rows (the honest reference)
   near-tie  the last f rows are 1-ulp clones of row 0, each nudged up in its own coordinate
   mirror    the last f rows are +-1-ulp clones of row 0 in one coordinate, alternating the sign
@@ -63,10 +64,10 @@ def choose_f(rule, n):
 def timed(rule, X, f):
     agg = aggregators.make(rule, X.shape[0], f)
     with counting() as box:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = agg(X)
-        seconds = time.perf_counter() - start
-    return seconds, box[0], box[1], result.selected
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return seconds, box[0], box[1], cpu
 
 
 def measure(rule, n, d, input_name, repeats, seed):
@@ -74,15 +75,18 @@ def measure(rule, n, d, input_name, repeats, seed):
     honest = make_input("gaussian", n, d, f, np.random.default_rng(seed))
     crafted = make_input(input_name, n, d, f, np.random.default_rng(seed))
     times = {"honest": [], "crafted": []}
+    cpu = {"honest": [], "crafted": []}
     counts = {}
     for _ in range(repeats):  # interleaved: machine load hits both alike
         for label, X in (("honest", honest), ("crafted", crafted)):
-            seconds, recomputed, passes, _ = timed(rule, X, f)
+            seconds, recomputed, passes, cpu_s = timed(rule, X, f)
             times[label].append(seconds)
+            cpu[label].append(cpu_s)
             counts[label] = (recomputed, passes)
     h, c = float(np.median(times["honest"])), float(np.median(times["crafted"]))
+    cpu_ratio = float(np.median(cpu["crafted"])) / max(float(np.median(cpu["honest"])), 1e-9)
     return {"rule": rule, "n": n, "d": d, "f": f, "input": input_name, "honest_s": h, "crafted_s": c,
-            "ratio": c / h, "recomputed": counts["crafted"][0], "passes": counts["crafted"][1],
+            "ratio": c / h, "cpu_ratio": cpu_ratio, "recomputed": counts["crafted"][0], "passes": counts["crafted"][1],
             "honest_recomputed": counts["honest"][0], "honest_passes": counts["honest"][1]}
 
 
@@ -94,7 +98,7 @@ def versus_krum(rules, n, d, repeats, seed):
     counts = {}
     for _ in range(repeats):
         for rule in times:
-            seconds, recomputed, passes, _ = timed(rule, X, f)
+            seconds, recomputed, passes, _cpu = timed(rule, X, f)
             times[rule].append(seconds)
             counts[rule] = (recomputed, passes)
     krum = float(np.median(times["krum"]))
@@ -149,7 +153,7 @@ def main(argv=None):
                 row = measure(rule, n, d, input_name, args.repeats, args.seed)
                 rows.append(row)
                 print(f"{rule:10s} n={n:<3d} d={d:.0e} f={row['f']:<2d} {input_name:9s} honest {row['honest_s']*1e3:8.1f} ms"
-                      f"  crafted {row['crafted_s']*1e3:8.1f} ms  ratio {row['ratio']:5.2f}"
+                      f"  crafted {row['crafted_s']*1e3:8.1f} ms  ratio {row['ratio']:5.2f} (cpu {row['cpu_ratio']:5.2f})"
                       f"  recomputed {row['recomputed']:5d} in {row['passes']} passes"
                       f" (honest {row['honest_recomputed']} in {row['honest_passes']})", flush=True)
     with open(args.out, "w") as fh:

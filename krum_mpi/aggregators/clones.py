@@ -35,16 +35,18 @@ class CloneMap:
         sample = np.unique(np.linspace(0, d - 1, min(d, SAMPLE)).astype(np.int64)) if d else np.zeros(0, np.int64)
         limit = max(1, d // SPARSE)
         allowed = 4 * max(1, -(-limit * len(sample) // max(d, 1)))  # sample differences a clone may show
-        for i in sorted(int(r) for r in rows):
-            row = X[i]
+        rows = sorted(int(r) for r in rows)
+        sampled = to_numpy(X[np.asarray(rows)[:, None], sample[None, :]]) if rows else None  # (rows, SAMPLE)
+        at = {row: k for k, row in enumerate(rows)}
+        for i in rows:
             self.pivot[i], self.cols[i] = i, np.zeros(0, dtype=np.int64)
-            for p in pivots:
-                if int(to_numpy(row[sample] != X[p][sample]).sum()) > allowed:
-                    continue
-                cols = np.flatnonzero(to_numpy(row != X[p]))
-                if len(cols) <= limit:
-                    self.pivot[i], self.cols[i] = p, cols
-                    break
+            if pivots:  # pivots close on the sample, in order: usually none, or the one it copies
+                differ = (sampled[[at[p] for p in pivots]] != sampled[at[i]]).sum(axis=1)
+                for p in np.asarray(pivots)[differ <= allowed].tolist():
+                    cols = np.flatnonzero(to_numpy(X[i] != X[p]))
+                    if len(cols) <= limit:
+                        self.pivot[i], self.cols[i] = p, cols
+                        break
             if self.pivot[i] == i:
                 pivots.append(i)
         self.pivots = pivots
