@@ -115,6 +115,38 @@ def parse_shapes(text):
     return shapes
 
 
+def run_versus_krum(args, shapes):
+    default = args.rules == ",".join(RULES)
+    rules = ["multi-krum", "bulyan"] if default else [r for r in args.rules.split(",") if r != "krum"]
+    rows = []
+    for n, d in shapes:
+        for row in versus_krum(rules, n, d, args.repeats, args.seed):
+            rows.append(row)
+            print(f"{row['rule']:10s} n={n:<3d} d={d:.0e} f={row['f']:<2d} honest {row['seconds']*1e3:8.1f} ms"
+                  f"  krum {row['krum_s']*1e3:8.1f} ms  ratio {row['ratio']:5.2f}"
+                  f"  recomputed {row['recomputed']} in {row['passes']} passes", flush=True)
+    with open(args.out, "w") as fh:
+        json.dump({"kernels": native.status(), "versus_krum": rows}, fh, indent=1)
+    return 0
+
+
+def run_crafted(args, shapes):
+    rows = []
+    for n, d in shapes:
+        for rule in args.rules.split(","):
+            for input_name in args.inputs.split(","):
+                row = measure(rule, n, d, input_name, args.repeats, args.seed)
+                rows.append(row)
+                print(f"{rule:10s} n={n:<3d} d={d:.0e} f={row['f']:<2d} {input_name:9s}"
+                      f" honest {row['honest_s']*1e3:8.1f} ms  crafted {row['crafted_s']*1e3:8.1f} ms"
+                      f"  ratio {row['ratio']:5.2f} (cpu {row['cpu_ratio']:5.2f})"
+                      f"  recomputed {row['recomputed']:5d} in {row['passes']} passes"
+                      f" (honest {row['honest_recomputed']} in {row['honest_passes']})", flush=True)
+    with open(args.out, "w") as fh:
+        json.dump({"kernels": native.status(), "rows": rows}, fh, indent=1)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="16x1e6,32x1e5,64x1e5")
@@ -135,29 +167,9 @@ def main(argv=None):
         print(f"bench_crafted: unknown input {unknown[0]!r}: choose from {', '.join(INPUTS)}", file=sys.stderr)
         return 2
     print(f"# kernels: {native.status()}")
-    rows = []
     if args.versus_krum:
-        rules = [r for r in args.rules.split(",") if r != "krum"] if args.rules != ",".join(RULES) else ["multi-krum", "bulyan"]
-        for n, d in shapes:
-            for row in versus_krum(rules, n, d, args.repeats, args.seed):
-                rows.append(row)
-                print(f"{row['rule']:10s} n={n:<3d} d={d:.0e} f={row['f']:<2d} honest {row['seconds']*1e3:8.1f} ms"
-                      f"  krum {row['krum_s']*1e3:8.1f} ms  ratio {row['ratio']:5.2f}"
-                      f"  recomputed {row['recomputed']} in {row['passes']} passes", flush=True)
-        with open(args.out, "w") as fh:
-            json.dump({"kernels": native.status(), "versus_krum": rows}, fh, indent=1)
-        return 0
-    for n, d in shapes:
-        for rule in args.rules.split(","):
-            for input_name in args.inputs.split(","):
-                row = measure(rule, n, d, input_name, args.repeats, args.seed)
-                rows.append(row)
-                print(f"{rule:10s} n={n:<3d} d={d:.0e} f={row['f']:<2d} {input_name:9s} honest {row['honest_s']*1e3:8.1f} ms"
-                      f"  crafted {row['crafted_s']*1e3:8.1f} ms  ratio {row['ratio']:5.2f} (cpu {row['cpu_ratio']:5.2f})"
-                      f"  recomputed {row['recomputed']:5d} in {row['passes']} passes"
-                      f" (honest {row['honest_recomputed']} in {row['honest_passes']})", flush=True)
-    with open(args.out, "w") as fh:
-        json.dump({"kernels": native.status(), "rows": rows}, fh, indent=1)
+        return run_versus_krum(args, shapes)
+    rows = run_crafted(args, shapes)
     worst = max(rows, key=lambda r: r["ratio"]) if rows else None
     if worst:
         print(f"# worst ratio {worst['ratio']:.2f}: {worst['rule']} n={worst['n']} d={worst['d']:.0e} {worst['input']}")
