@@ -17,7 +17,7 @@ import krum_mpi.native as native
 from conftest import native_isas
 
 ROOT = Path(__file__).resolve().parents[1]
-KERNELS = ("gram", "order", "probe", "rows")
+KERNELS = ("exact", "gram", "order", "probe", "rows")
 
 
 # ---- the kernels' raw outputs on fixed inputs, per instruction-set variant --------------------
@@ -90,7 +90,26 @@ def probe_outputs(lib):
     return {"read_sum": lib.krum_read_sum(x.ctypes.data, 1001)}
 
 
-OUTPUTS = {"gram": gram_outputs, "order": order_outputs, "rows": rows_outputs, "probe": probe_outputs}
+def exact_outputs(lib):
+    """Double-double (S, C) and exact limbs of Gram entries, rows of every magnitude, ragged widths."""
+    out = {}
+    rng = np.random.default_rng(8)
+    X = (rng.standard_normal((6, 5003)) * 10.0 ** rng.integers(-40, 38, size=(6, 5003))).astype(np.float32)
+    rows_ = np.array([0, 2, 3, 5], dtype=np.int64)
+    entries = np.array([[a, b] for a in range(4) for b in range(a, 4)], dtype=np.int64)
+    for block, col1 in ((64, 5003), (2048, 5003), (2048, 37)):
+        S, C = np.zeros(len(entries)), np.zeros(len(entries))
+        lib.krum_dd_entries_f32(X.ctypes.data, 5003, rows_.ctypes.data, entries.ctypes.data, len(entries), 0,
+                                col1, block, S.ctypes.data, C.ctypes.data)
+        limbs = np.zeros((len(entries), 20), dtype=np.int64)
+        iwork = np.empty(lib.krum_exact_work_size(4, block), dtype=np.int32)
+        count = lib.krum_exact_entries_f32(X.ctypes.data, 5003, rows_.ctypes.data, 4, entries.ctypes.data,
+                                           len(entries), 0, col1, block, iwork.ctypes.data, limbs.ctypes.data)
+        out[f"exact block={block} cols={col1}"] = (S, C, count, limbs)
+    return out
+
+
+OUTPUTS = {"exact": exact_outputs, "gram": gram_outputs, "order": order_outputs, "rows": rows_outputs, "probe": probe_outputs}
 
 
 def as_bytes(value):

@@ -4,8 +4,11 @@ gives, ties to the lowest index, whatever the magnitudes.
 Every squared distance is an interval [lo, hi] that holds its exact value. It starts from the fast
 kernel's rigorous bound (distances.py) and is tightened on demand, one level at a time:
   level 0  the fast centred Gram products
-  level 1  direct differences accumulated in float64 (relative bound gamma_(d+3), exact.py)
-  level 2  the exact value (an integer, exact.py), or +inf for a pair with a non-finite row
+  level 1  float32 rows with the compiled kernels: exact products summed in double-double, one
+           pass over the rows all pending pairs involve (gram_entries.py; about 1e-20 relative);
+           otherwise direct differences accumulated in float64 (gamma_(d+3), exact.py)
+  level 2  the exact value (an integer: one exact Gram pass for float32 rows, gram_entries.py), or
+           +inf for a pair with a non-finite row
 A decision (an order of scores, a set of nearest rows, a subset's diameter) is taken only when the
 intervals separate it; what overlaps is refined and decided again. Rows with identical contents are
 found once (their distance is exactly 0) and their equal scores need no arithmetic at all.
@@ -17,9 +20,9 @@ from decimal import Decimal, localcontext
 
 import numpy as np
 
-from krum_mpi.aggregators.base import array_namespace, host_dtype, to_numpy
-from krum_mpi.aggregators.exact import (SCALE, U64, direct_sq_distances, exact_sq_distance, exact_to_float, gamma,
-                                       rows_sq_distances)
+from krum_mpi.aggregators.base import to_numpy
+from krum_mpi.aggregators.exact import SCALE, U64, exact_to_float, gamma
+from krum_mpi.aggregators.gram_entries import LocalRows  # noqa: F401 (the row source; sharded.py imports it here)
 
 INF = float("inf")
 _tally = contextvars.ContextVar("krum_mpi_recomputed", default=None)
@@ -28,13 +31,18 @@ _tally = contextvars.ContextVar("krum_mpi_recomputed", default=None)
 @contextlib.contextmanager
 def counting():
     """Count the distances recomputed (levels 1 and 2) inside the block: ``with counting() as c:
-    ...; c[0]``. The Aggregator wraps every rule call in one (Aggregation.recomputed)."""
-    box = [0]
+    ...; c[0]``; c[1] counts the refinement passes (each reads the rows its pairs involve once).
+    The Aggregator wraps every rule call in one (Aggregation.recomputed)."""
+    outer = _tally.get()
+    box = [0, 0]
     token = _tally.set(box)
     try:
         yield box
     finally:
         _tally.reset(token)
+        if outer is not None:  # nested: the enclosing count includes this one
+            outer[0] += box[0]
+            outer[1] += box[1]
 
 
 def tally(count):
@@ -43,34 +51,6 @@ def tally(count):
     box = _tally.get()
     if box is not None:
         box[0] += count
-
-
-class LocalRows:
-    """Where the refinement levels read the rows: here, the whole (n, d) array in this process.
-    Any object with these members will do (a sharded placement sums each rank's block)."""
-
-    def __init__(self, X):
-        self.X = X
-        self.dtype = host_dtype(X)
-
-    def identical(self, i, j):
-        """True when rows i and j hold exactly equal values."""
-        xp = array_namespace(self.X)
-        return bool(xp.all(self.X[i, :] == self.X[j, :]))
-
-    def level_one(self, pairs):
-        """(values, bounds) of level 1 for these pairs: pair by pair for a few, else one float64
-        Gram pass over the rows they involve."""
-        rows = sorted({i for p in pairs for i in p})
-        if len(pairs) <= len(rows):
-            return direct_sq_distances(self.X, pairs)
-        values, bounds = rows_sq_distances(self.X, rows)
-        at = {row: k for k, row in enumerate(rows)}
-        return ([values[at[i], at[j]] for i, j in pairs], [bounds[at[i], at[j]] for i, j in pairs])
-
-    def exact(self, pairs):
-        """The exact distances of these pairs, as ints scaled by 2^SCALE[dtype]."""
-        return [exact_sq_distance(self.X[i, :], self.X[j, :]) for i, j in pairs]
 
 
 class CertifiedDistances:
@@ -96,6 +76,9 @@ class CertifiedDistances:
         self.exact = {}  # (i, j), i < j -> int (distance * 2^SCALE); pairs at level 2 absent here are inf
         self.recomputed = 0
         self.group = self.duplicate_groups()
+        self.members = {}  # group -> its rows
+        for i, g in enumerate(self.group.tolist()):
+            self.members.setdefault(g, []).append(i)
 
     def duplicate_groups(self):
         """group[i]: the lowest index of the rows identical to row i (exactly equal values)."""
@@ -108,6 +91,14 @@ class CertifiedDistances:
                 if group[i] == group[j] and self.level[i, j] < 2:
                     self.set_exact(i, j, 0)
         return group
+
+    def mates(self, i, j):
+        """The pairs whose rows have the same contents as rows i and j (i != j): (i, j) itself, and
+        every other pair of rows of the same two identical-contents groups, at a distance > 0."""
+        gi, gj = self.members[self.group[i]], self.members[self.group[j]]
+        if self.group[i] == self.group[j] or len(gi) * len(gj) == 1:
+            return [(i, j)]
+        return [(a, c) for a in gi for c in gj]
 
     def set_exact(self, i, j, value):
         i, j = min(i, j), max(i, j)
@@ -129,11 +120,22 @@ class CertifiedDistances:
         direct = [p for p in pairs if self.level[p] == 0]
         exact = [p for p in pairs if self.level[p] == 1]
         if direct:
-            for (i, j), v, b in zip(direct, *self.rows.level_one(direct)):
+            if hasattr(self.rows, "level_one_exact"):
+                result = self.rows.level_one_exact(direct)
+            else:  # a row source with levels summed over blocks (sharded): no free exact values
+                result = (*self.rows.level_one(direct), [None] * len(direct))
+            for (i, j), v, b, e in zip(direct, *result):
+                if e is not None:
+                    for a, c in self.mates(i, j):
+                        self.set_exact(a, c, e)
+                    continue
                 lo = max(np.nextafter(v - b, -np.inf), 0.0)
-                self.lo[i, j] = self.lo[j, i] = max(lo, self.lo[i, j])
-                self.hi[i, j] = self.hi[j, i] = min(np.nextafter(v + b, np.inf), self.hi[i, j])
-                self.level[i, j] = self.level[j, i] = 1
+                hi = np.nextafter(v + b, np.inf)
+                for a, c in self.mates(i, j):  # rows with identical contents: the same distance
+                    if self.level[a, c] < 2:
+                        self.lo[a, c] = self.lo[c, a] = max(lo, self.lo[a, c])
+                        self.hi[a, c] = self.hi[c, a] = min(hi, self.hi[a, c])
+                        self.level[a, c] = self.level[c, a] = 1
         known = {}
         for i, j in exact:  # rows with identical contents share their exact distances
             gi, gj = self.group[i], self.group[j]
@@ -141,13 +143,16 @@ class CertifiedDistances:
             if key in self.exact and self.level[key] == 2:
                 known[(i, j)] = self.exact[key]
         todo = [p for p in exact if p not in known]
-        known.update(zip(todo, self.rows.exact(todo)))
+        if todo:
+            known.update(zip(todo, self.rows.exact(todo)))
         for p in exact:
-            self.set_exact(*p, known[p])
+            for a, c in self.mates(*p):
+                self.set_exact(a, c, known[p])
         self.recomputed += len(direct) + len(exact)
         box = _tally.get()
         if box is not None:
             box[0] += len(direct) + len(exact)
+            box[1] += int(bool(direct)) + int(bool(todo))
 
 
 def certified_order(items, bounds, refine, exact_key, m=None, same=None, as_set=False):
@@ -288,9 +293,36 @@ class ScoreBoard:
         return order[:m]
 
 
-def nearest_rows(cert, i, count):
+class _Deferred(Exception):
+    """Raised by nearest_rows_all's refine: the pairs are collected, refined later together."""
+
+
+def nearest_rows_all(cert, count):
+    """[nearest_rows(cert, i, count) for every row i], every round's refinements of all rows
+    batched into one refinement (one pass over the rows involved) instead of one per row."""
+    done = {}
+    while len(done) < cert.n:
+        pending = []
+
+        def collect(pairs):
+            pending.extend(pairs)
+            raise _Deferred
+
+        for i in range(cert.n):
+            if i not in done:
+                try:
+                    done[i] = nearest_rows(cert, i, count, collect)
+                except _Deferred:
+                    pass
+        if pending:
+            cert.refine(pending)
+    return [done[i] for i in range(cert.n)]
+
+
+def nearest_rows(cert, i, count, refine=None):
     """Row i's ``count`` nearest other rows (which rows is exact, ties to the lowest index; their
-    order is by the bounds)."""
+    order is by the bounds). refine(pairs): how pending pairs are refined (default cert.refine)."""
+    refine = refine or cert.refine
     others = np.array([j for j in range(cert.n) if j != i], dtype=np.int64)
 
     def bounds(items):
@@ -302,7 +334,7 @@ def nearest_rows(cert, i, count):
     def same(j):
         return int(cert.group[j])
 
-    order, _ = certified_order(others, bounds, lambda js: cert.refine([(i, j) for j in js]), exact_key, count, same,
+    order, _ = certified_order(others, bounds, lambda js: refine([(i, j) for j in js]), exact_key, count, same,
                                as_set=True)
     return order[:count]
 

@@ -157,6 +157,35 @@ def exact_sum(terms, scale):
     return total
 
 
+def exact_sums(values, shifts, groups, count, scale):
+    """exact_sum per group: [sum of values[t] 2^shifts[t] over t with groups[t] == g, times
+    2^scale, for g in range(count)], Python ints; values int64 below 2^53 in magnitude."""
+    values = np.asarray(values, dtype=np.int64)
+    shifts = np.asarray(shifts, dtype=np.int64) + scale
+    groups = np.asarray(groups, dtype=np.int64)
+    negative = shifts < 0  # the value is divisible by 2^-shift there: shifting right is exact
+    if negative.any():
+        values = np.where(negative, values >> np.clip(-shifts, 0, 63), values)
+        shifts = np.maximum(shifts, 0)
+    keep = values != 0
+    values, shifts, groups = values[keep], shifts[keep], groups[keep]
+    totals = [0] * count
+    if len(values) == 0:
+        return totals
+    low = int(shifts.min())
+    span = int(shifts.max()) - low + 1
+    index = groups * span + (shifts - low)
+    mask = (1 << PIECE) - 1
+    for k in range(3):  # as exact_sum: pieces whose float64 bin sums stay exact
+        piece = values >> (PIECE * k) if k == 2 else (values >> (PIECE * k)) & mask
+        sums = np.bincount(index, weights=piece.astype(np.float64), minlength=count * span)
+        nonzero = np.flatnonzero(sums)
+        for b, v in zip(nonzero.tolist(), sums[nonzero].astype(np.int64).tolist()):
+            g, s = divmod(b, span)
+            totals[g] += v << (low + s + PIECE * k)
+    return totals
+
+
 def exact_sq_distance(a, b):
     """||a - b||^2 * 2^SCALE[dtype] as an exact Python int (a, b: finite rows of one dtype)."""
     scale = SCALE[host_dtype(a)]

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from krum_mpi.aggregators.certify import nearest_rows
+from krum_mpi.aggregators.certify import nearest_rows_all
 from krum_mpi.aggregators.registry import Option
 
 
@@ -41,8 +41,9 @@ def nnm_mixing_from(cert, f):
     """NNM's mixing matrix and owners from certified distances (wherever the rows are held)."""
     n = cert.n
     mixing = np.zeros((n, n))
+    nearest = nearest_rows_all(cert, n - f - 1)  # refinements of all rows batched
     for i in range(n):  # itself first, then its n - f - 1 exactly nearest (ties: lowest index)
-        mixing[i, i] = mixing[i, nearest_rows(cert, i, n - f - 1)] = 1.0 / (n - f)
+        mixing[i, i] = mixing[i, nearest[i]] = 1.0 / (n - f)
     return mixing, [np.array([i], dtype=np.int64) for i in range(n)]
 
 

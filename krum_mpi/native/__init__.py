@@ -29,6 +29,14 @@ SIGNATURES = {
              "krum_gram_work_size": (_I64, [_I64, _I64]),  # (n, block)
              # (X, n, row stride, col0, col1, reference, block, gram, norm_sq, finite, work)
              "krum_gram_f32": (_I64, [_PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR])},
+    "exact": {"krum_exact_isa": (ctypes.c_char_p, []),
+              "krum_exact_lanes": (_I64, []),
+              "krum_exact_work_size": (_I64, [_I64, _I64]),  # (rows, block)
+              # (X, row stride, rows, entries, count, col0, col1, block, S, C)
+              "krum_dd_entries_f32": (_INT, [_PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR, _PTR]),
+              # (X, row stride, rows, r, entries, count, col0, col1, block, work, limbs out)
+              "krum_exact_entries_f32": (_I64, [_PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64, _PTR,
+                                                _PTR])},
     "order": {"krum_order_max_rows": (_I64, []),
               # (X, row stride, rows or NULL, n, col0, col1, mode, param, out)
               "krum_order_reduce": (_INT, [_PTR, _I64, _PTR, _I64, _I64, _I64, _INT, _I64, _PTR])},

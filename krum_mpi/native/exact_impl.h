@@ -1,0 +1,72 @@
+/* One instruction-set variant of the double-double Gram entries (exact.c includes this once per
+ * ISA, with KFN, DW (float64 lanes) and KTARGET defined). Every product of two float32 values is
+ * exact in float64; the products are summed with TwoSum (never contracted: the build sets
+ * -ffp-contract=off), so that s + (the exact sum of the TwoSum errors) is the exact sum; the
+ * errors themselves are summed in float64. Four independent lane accumulators hide the latency of
+ * the dependent additions. */
+
+typedef double KFN(dvec) __attribute__((vector_size(DW * 8)));
+typedef float KFN(fvec) __attribute__((vector_size(DW * 4)));
+
+/* s + p with its rounding error added to c (TwoSum: six additions, exact in round-to-nearest) */
+#define KRUM_TWO_SUM_INTO(s, c, p)          \
+    do {                                    \
+        __typeof__(s) t_ = (s) + (p);       \
+        __typeof__(s) bp_ = t_ - (s);       \
+        (c) += ((s) - (t_ - bp_)) + ((p) - bp_); \
+        (s) = t_;                           \
+    } while (0)
+
+/* DW float32 values at p as float64 lanes */
+KTARGET static inline KFN(dvec) KFN(dd_load)(const float *p)
+{
+    KFN(fvec) v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, KFN(dvec));
+}
+
+/* each entry's sum over the columns [c0, c1) of X, TwoSum'd into (S, C): four lane accumulators over
+ * whole groups of 4 DW columns, then the lanes and the remaining columns one by one */
+KTARGET static void KFN(dd_block)(const float *X, int64_t stride, const int64_t *rows, const int64_t *entries,
+                                  int64_t count, int64_t c0, int64_t c1, double *S, double *C)
+{
+    int64_t whole = c0 + (c1 - c0) / (4 * DW) * (4 * DW);
+    for (int64_t e = 0; e < count; e++) {
+        const float *a = X + rows[entries[2 * e]] * stride;
+        const float *b = X + rows[entries[2 * e + 1]] * stride;
+        KFN(dvec) s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, k0 = {0}, k1 = {0}, k2 = {0}, k3 = {0};
+        for (int64_t c = c0; c < whole; c += 4 * DW) {
+            KFN(dvec) p0 = KFN(dd_load)(a + c) * KFN(dd_load)(b + c);
+            KFN(dvec) p1 = KFN(dd_load)(a + c + DW) * KFN(dd_load)(b + c + DW);
+            KFN(dvec) p2 = KFN(dd_load)(a + c + 2 * DW) * KFN(dd_load)(b + c + 2 * DW);
+            KFN(dvec) p3 = KFN(dd_load)(a + c + 3 * DW) * KFN(dd_load)(b + c + 3 * DW);
+            KRUM_TWO_SUM_INTO(s0, k0, p0);
+            KRUM_TWO_SUM_INTO(s1, k1, p1);
+            KRUM_TWO_SUM_INTO(s2, k2, p2);
+            KRUM_TWO_SUM_INTO(s3, k3, p3);
+        }
+        double sum = S[e], err = C[e];
+        for (int l = 0; l < DW; l++) {
+            KRUM_TWO_SUM_INTO(sum, err, s0[l]);
+            KRUM_TWO_SUM_INTO(sum, err, s1[l]);
+            KRUM_TWO_SUM_INTO(sum, err, s2[l]);
+            KRUM_TWO_SUM_INTO(sum, err, s3[l]);
+            err += (k0[l] + k1[l]) + (k2[l] + k3[l]);
+        }
+        for (int64_t c = whole; c < c1; c++) {
+            double p = (double)a[c] * (double)b[c];
+            KRUM_TWO_SUM_INTO(sum, err, p);
+        }
+        S[e] = sum;
+        C[e] = err;
+    }
+}
+
+KTARGET static void KFN(dd_entries)(const float *X, int64_t stride, const int64_t *rows, const int64_t *entries,
+                                    int64_t count, int64_t col0, int64_t col1, int64_t block, double *S, double *C)
+{
+    for (int64_t c0 = col0; c0 < col1; c0 += block) {
+        int64_t c1 = col1 - c0 < block ? col1 : c0 + block;
+        KFN(dd_block)(X, stride, rows, entries, count, c0, c1, S, C);
+    }
+}
