@@ -32,7 +32,7 @@ def test_synthetic_presets_need_no_dataset(tmp_path, preset):
 def test_stop_handlers_come_before_heavy_imports():
     """Installing the handlers must not import NumPy, h5py or mpi4py (their import takes long
     enough for a signal to land before a handler that waits for them)."""
-    code = ("import sys; from krum_mpi.stop import StopRequest; StopRequest().install(); "
+    code = ("import sys; from krum_mpi.run.stop import StopRequest; StopRequest().install(); "
             "print(sorted(m for m in ('numpy', 'h5py', 'mpi4py') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
