@@ -93,6 +93,7 @@ def _record(path):
         return (h5["metrics/loss"][()], h5["metrics/test_accuracy"][()], h5["selection/selected"][()])
 
 
+@pytest.mark.slow
 def test_kill9_then_resume_is_bitwise_identical_with_a_torch_model(tmp_path):
     ref = tmp_path / "ref.h5"
     done = run_cli(["run", CONFIG, "--out", ref, *RESUME], ranks=2)
@@ -124,6 +125,7 @@ def test_kill9_then_resume_is_bitwise_identical_with_a_torch_model(tmp_path):
         assert got.tobytes() == want.tobytes(), "the resumed run differs from the uninterrupted one"
 
 
+@pytest.mark.slow
 def test_char_transformer_learns_text(tmp_path):
     """The character model on a text file (the package's own source), small, 2 ranks."""
     corpus = tmp_path / "corpus.txt"
