@@ -218,6 +218,7 @@ def test_resume_without_a_file_starts_fresh(tmp_path):
         assert h5.attrs["status"] == "complete" and h5.attrs["steps_done"] == 10
 
 
+@pytest.mark.slow
 def test_stateful_rule_resumes_bitwise(tmp_path):
     """Centered clipping carries its centre between steps: the checkpoint must hold it."""
     rule = ["--set", "aggregator.name=centered-clipping"]
