@@ -37,6 +37,7 @@ def _assert_loss_falls(path, steps, factor=0.7):
     assert loss[-10:].mean() < factor * loss[:5].mean(), f"loss did not fall: {loss[:5]} ... {loss[-10:]}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["krum", "average"])
 def test_mnist_cnn_four_ranks_under_sign_flip(tmp_path, mnist_dir, rule):
     out = tmp_path / f"{rule}.h5"
@@ -48,6 +49,7 @@ def test_mnist_cnn_four_ranks_under_sign_flip(tmp_path, mnist_dir, rule):
         assert int(np.asarray(h5["selection/selected"]).shape[0]) == 50
 
 
+@pytest.mark.slow
 def test_mnist_cnn_on_synthetic_images(tmp_path):
     """The same run without any dataset on disk: seeded synthetic 28 x 28 images."""
     out = tmp_path / "synthetic.h5"
