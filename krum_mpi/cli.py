@@ -174,9 +174,10 @@ def cmd_summary(argv) -> int:
     p = _Parser(prog="krum-mpi summary", description="One line per results file.")
     p.add_argument("files", nargs="+")
     args = p.parse_args(argv)
-    from .summary import format_table, summarize_file
-    print(format_table([summarize_file(f) for f in args.files]))
-    return 0
+    from .summary import flagged, format_table, summarize_file
+    rows = [summarize_file(f) for f in args.files]
+    print(format_table(rows))
+    return 1 if flagged(rows) else 0   # a file no run could have written (its line says why)
 
 
 def cmd_demo(argv) -> int:

@@ -10,6 +10,36 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+# ---- Slow tests: left out of the plain `python -m pytest` (the README's command), run by CI ----
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run the tests marked slow (CI does; a plain run leaves them out)")
+
+
+def _leaves_out_slow(config) -> bool:
+    """A plain run over the test folder leaves the slow tests out; --runslow, a -m expression or
+    files named on the command line run them (naming a slow file runs it, never 'no tests ran')."""
+    return (not config.getoption("--runslow") and not config.getoption("markexpr")
+            and config.args_source == pytest.Config.ArgsSource.TESTPATHS)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not _leaves_out_slow(config):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow and len(slow) < len(items):
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+        config._krum_slow_left_out = len(slow)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    left_out = getattr(config, "_krum_slow_left_out", 0)
+    if left_out:
+        terminalreporter.write_line(f"{left_out} slow tests (long MPI, SLURM and study runs) left out: "
+                                    "run them with 'python -m pytest --runslow' (CI runs them)")
+
+
 def _data_root():
     env = os.environ.get("KRUM_MPI_DATA")
     return Path(env) if env else None

@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, run_cli
 from krum_mpi.run import results
 
-pytestmark = pytest.mark.mpi
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]  # slow: minutes (left out of a plain run)
 
 SPEC = REPO / "jobs" / "attack-table.toml"
 CELL = ["--from-study", SPEC, "--cell", "attack.name=blind", "--cell", "aggregator.name=krum"]

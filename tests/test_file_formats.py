@@ -124,6 +124,7 @@ def study_run(tmp_path_factory, mpiexec):
     return spec, root / "out"
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_results_file_round_trip(study_run):
     """Every per-step dataset the writer makes reaches the loader's frames unchanged."""
@@ -144,6 +145,7 @@ def test_results_file_round_trip(study_run):
         assert row["aggregator.name"] == written["attrs"]["config"]["aggregator"]["name"]
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_study_folder_round_trip(study_run):
     spec, out = study_run

@@ -69,10 +69,12 @@ def _train_against_gather(config, tmp_path, extra=()):
         assert sorted(q.name for q in tmp_path.iterdir() if q.name.startswith(".")) == []   # no spare left
 
 
+@pytest.mark.slow
 def test_training_on_synthetic_data_selects_what_gather_selects(tmp_path):
     _train_against_gather(without_sigma(KRUM_F6, tmp_path), tmp_path)
 
 
+@pytest.mark.slow
 def test_training_on_spambase_selects_what_gather_selects(tmp_path, data_root):
     _train_against_gather(without_sigma(SPAMBASE_F6, tmp_path), tmp_path)
 
@@ -92,6 +94,7 @@ def _final(path):
     return rows, header["step"], body
 
 
+@pytest.mark.slow
 def test_resume_after_sigterm_is_bitwise_the_uninterrupted_run(tmp_path):
     config = without_sigma(KRUM_F6, tmp_path)
     ref = tmp_path / "ref.h5"

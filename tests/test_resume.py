@@ -72,6 +72,7 @@ def uninterrupted(tmp_path_factory):
     return _final_params(out)
 
 
+@pytest.mark.slow
 def test_kill9_then_resume_is_bitwise_identical(tmp_path, uninterrupted):
     out = tmp_path / "killed.h5"
     proc = _start(out)
@@ -105,6 +106,7 @@ def test_kill9_then_resume_is_bitwise_identical(tmp_path, uninterrupted):
         assert list(h5.attrs["resumed_at_steps"]) == [ckpt_step + 1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["TERM", "USR1"])
 def test_stop_signal_checkpoints_and_resumes(tmp_path, uninterrupted, signum):
     out = tmp_path / "term.h5"
@@ -147,6 +149,7 @@ def _mpi_loaded(pid) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_stop_signal_before_the_first_step_exits_3(tmp_path, uninterrupted):
     """The handlers come before the heavy imports: a rank that got the signal while importing
     NumPy or MPI used to die of it, and mpiexec then ended with 15 or 9 instead of 3."""
@@ -197,6 +200,7 @@ def test_stop_signal_is_honoured_while_a_rank_is_silent(tmp_path):
     assert _checkpoint_step(out) == 55          # the last checkpoint before the silence
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_config(tmp_path, uninterrupted):
     out = tmp_path / "x.h5"
     done = run_cli(["run", CONFIG, "--out", out, "--set", "run.steps=10"], ranks=1)
@@ -214,6 +218,7 @@ def test_resume_without_a_file_starts_fresh(tmp_path):
         assert h5.attrs["status"] == "complete" and h5.attrs["steps_done"] == 10
 
 
+@pytest.mark.slow
 def test_stateful_rule_resumes_bitwise(tmp_path):
     """Centered clipping carries its centre between steps: the checkpoint must hold it."""
     rule = ["--set", "aggregator.name=centered-clipping"]
@@ -232,6 +237,7 @@ def test_stateful_rule_resumes_bitwise(tmp_path):
     assert _final_params(out)[0].tobytes() == _final_params(ref)[0].tobytes()
 
 
+@pytest.mark.slow
 def test_stop_with_a_gather_deadline_resumes_bitwise(tmp_path):
     """Steps that move point-to-point (a deadline nobody misses) stop and resume like collective ones,
     worker momentum included (its checkpoints wait for every rank)."""

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import run_cli
 
-pytestmark = pytest.mark.mpi
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]  # slow: minutes (left out of a plain run)
 
 ROOT = Path(__file__).resolve().parents[1]
 THREATS = """threat = [{ "attack.name" = "none", "workers.byzantine" = 0, "aggregator.f" = 2 },

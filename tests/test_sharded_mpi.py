@@ -13,6 +13,7 @@ pytestmark = pytest.mark.mpi
 CHECK = Path(__file__).parent / "sharded_mpi_check.py"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ranks", [1, 2, 3, 4])
 def test_sharded_equals_gathered_across_ranks(ranks):
     if mpiexec_path() is None:

@@ -11,7 +11,7 @@ from krum_mpi.analysis import sharded_section
 from krum_mpi.analysis.load import load_study
 from krum_mpi.analysis.tables import run_summary
 
-pytestmark = pytest.mark.mpi
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]  # slow: minutes (left out of a plain run)
 
 SPEC = """
 [study]

@@ -37,6 +37,7 @@ def _stop_after_30_steps(out, settings):
 
 
 # bucketing's step count (it seeds the buckets) is state of the rule too: a 0-d array in the checkpoint
+@pytest.mark.slow
 @pytest.mark.parametrize("placement, rule", [("sharded", "centered-clipping"),
                                              ("per-shard", "bucketing+centered-clipping"),
                                              ("gather", "bucketing+centered-clipping")])

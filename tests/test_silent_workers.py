@@ -17,6 +17,7 @@ COMMON = ["--set", "run.steps=30", "--set", "run.eval_every=10", "--set", "worke
           "--set", "aggregator.f=3"]
 
 
+@pytest.mark.slow
 def test_deadline_bounds_the_step_and_the_late_rank_catches_up(tmp_path):
     """Rank 2 sleeps 0.5 s at step 10. With a 0.25 s deadline rank 0 neither waits for it nor for
     its late reply: its workers are absent from step 10 on, the other ranks go on stepping, and
@@ -49,6 +50,7 @@ def test_deadline_bounds_the_step_and_the_late_rank_catches_up(tmp_path):
     assert step_s[10] >= 0.25 and step_s[missed].sum() < 0.5 + 0.25, step_s[missed]
 
 
+@pytest.mark.slow
 def test_too_few_arrivals_skip_the_update(tmp_path):
     out = tmp_path / "skip.h5"
     done = run_cli(["run", CONFIG, "--out", out, "--set", "run.steps=300", "--set", "run.eval_every=50",

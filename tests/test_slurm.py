@@ -19,7 +19,7 @@ import pytest
 from conftest import run_cli
 from krum_mpi.study import load_spec, make_plan
 
-pytestmark = [pytest.mark.slurm, pytest.mark.mpi]
+pytestmark = [pytest.mark.slurm, pytest.mark.mpi, pytest.mark.slow]  # slow: minutes (left out of a plain run)
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_TEST = REPO / "hpc" / "slurm-test"

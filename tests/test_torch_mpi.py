@@ -37,6 +37,7 @@ def _assert_loss_falls(path, steps, factor=0.7):
     assert loss[-10:].mean() < factor * loss[:5].mean(), f"loss did not fall: {loss[:5]} ... {loss[-10:]}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["krum", "average"])
 def test_mnist_cnn_four_ranks_under_sign_flip(tmp_path, mnist_dir, rule):
     out = tmp_path / f"{rule}.h5"
@@ -48,6 +49,7 @@ def test_mnist_cnn_four_ranks_under_sign_flip(tmp_path, mnist_dir, rule):
         assert int(np.asarray(h5["selection/selected"]).shape[0]) == 50
 
 
+@pytest.mark.slow
 def test_mnist_cnn_on_synthetic_images(tmp_path):
     """The same run without any dataset on disk: seeded synthetic 28 x 28 images."""
     out = tmp_path / "synthetic.h5"
@@ -93,6 +95,7 @@ def _record(path):
         return (h5["metrics/loss"][()], h5["metrics/test_accuracy"][()], h5["selection/selected"][()])
 
 
+@pytest.mark.slow
 def test_kill9_then_resume_is_bitwise_identical_with_a_torch_model(tmp_path):
     ref = tmp_path / "ref.h5"
     done = run_cli(["run", CONFIG, "--out", ref, *RESUME], ranks=2)
@@ -124,6 +127,7 @@ def test_kill9_then_resume_is_bitwise_identical_with_a_torch_model(tmp_path):
         assert got.tobytes() == want.tobytes(), "the resumed run differs from the uninterrupted one"
 
 
+@pytest.mark.slow
 def test_char_transformer_learns_text(tmp_path):
     """The character model on a text file (the package's own source), small, 2 ranks."""
     corpus = tmp_path / "corpus.txt"

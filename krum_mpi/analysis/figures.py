@@ -4,6 +4,7 @@ Each function takes a table from ``tables`` and returns a ``matplotlib.figure.Fi
 ``save(fig, folder, name)`` writes it as PNG and SVG. Figures are drawn with the Agg renderer.
 """
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,51 @@ def save(fig, folder, name, formats=("png", "svg"), dpi=110):
         fig.savefig(path, dpi=dpi, metadata={"Date": None} if fmt == "svg" else None)
         paths.append(path)
     return paths
+
+
+def clipped_err(mean, half, lo=0.0, hi=1.0):
+    """Error-bar lengths, shape (2, N), of mean +- half clipped to [lo, hi]: an accuracy's interval
+    cannot leave [0, 1] (a t interval over 2 seeds often does). A missing half-width: no bar."""
+    mean = np.asarray(mean, dtype=float)
+    half = np.nan_to_num(np.asarray(half, dtype=float), nan=0.0, posinf=0.0)
+    low, high = np.clip(mean - half, lo, hi), np.clip(mean + half, lo, hi)
+    return np.nan_to_num(np.vstack([np.maximum(mean - low, 0.0), np.maximum(high - mean, 0.0)]))
+
+
+def legend_below(fig, axes, fontsize=7, max_cols=5, **keywords):
+    """One legend for ``axes`` under the panels (constrained layout keeps it clear of the data),
+    each label once."""
+    seen = {}
+    for ax in np.atleast_1d(axes):
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="outside lower center", fontsize=fontsize,
+                   ncol=min(len(seen), max_cols), **keywords)
+
+
+def category_ticks(ax, positions, labels, fontsize=7, width=12):
+    """Category labels on the x axis, each line wrapped at ``width`` characters so that long labels
+    stack instead of running into their neighbours (the figure gives each category room for that)."""
+    wrapped = ["\n".join(textwrap.fill(line, width, break_long_words=False) for line in str(label).split("\n"))
+               for label in labels]
+    ax.set_xticks(positions, wrapped, fontsize=fontsize)
+
+
+def drop_overlapping_texts(fig, texts, pad=1.0):
+    """Hide every text (point names) that would overlap one drawn before it, in the order given: a
+    name that cannot be read is worse than none (the legend names every point too)."""
+    if not texts:
+        return
+    renderer = fig.canvas.get_renderer()
+    fig.draw_without_rendering()   # settle the layout: the boxes are where the texts will be drawn
+    kept = []
+    for text in texts:
+        box = text.get_window_extent(renderer).padded(pad)
+        if any(box.overlaps(other) for other in kept):
+            text.set_visible(False)
+        else:
+            kept.append(box)
 
 
 def percent(fraction):
@@ -129,7 +175,7 @@ def accuracy_vs_fraction(acc_table, keys, modal=None):
             g = g.sort_values("byz_fraction")
             extra = context_label(row, line_keys, modal)
             label = str(row["rule"]) + (f" ({extra})" if extra else "")
-            ax.errorbar(100 * g["byz_fraction"], g["final_mean"], yerr=g["final_ci"].fillna(0), marker="o",
+            ax.errorbar(100 * g["byz_fraction"], g["final_mean"], yerr=clipped_err(g["final_mean"], g["final_ci"]), marker="o",
                         capsize=3, label=label, color=colors[str(row["rule"])])
         ax.set_title("no attack" if attack == "none" else f"attack: {attack}", fontsize=10)
         ax.set_xlabel("Byzantine workers (% of n)")
@@ -160,12 +206,13 @@ def phase_stack(phase_table, keys, max_rows=40, modal=None):
     y = np.arange(len(table))
     for phase in (*PHASES, "other_s"):
         ms = 1e3 * table[phase].to_numpy(dtype=float)
-        ax.barh(y, ms, left=left, label=PHASE_LABELS[phase])
+        measured = np.isfinite(ms)   # a phase a run did not record gets no bar, not a zero one
+        ax.barh(y[measured], ms[measured], left=left[measured], label=PHASE_LABELS[phase])
         left += np.nan_to_num(ms)
     ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("milliseconds per step (mean over steps and seeds, first step left out)")
-    ax.legend(fontsize=7, loc="lower right")
+    legend_below(fig, ax)
     ax.grid(axis="x", alpha=0.3)
     ax.set_title("Time per phase", fontsize=10)
     return fig

@@ -2,7 +2,7 @@
 compared, axes say what is measured, error bars are the 95% intervals over seeds."""
 import numpy as np
 
-from .figures import _colors, new_figure
+from .figures import _colors, category_ticks, clipped_err, drop_overlapping_texts, legend_below, new_figure
 
 MARKERS = "os^vDPX*<>ph"
 
@@ -11,9 +11,9 @@ def _pct(v):
     return 100 * np.asarray(v, dtype=float)
 
 
-def _err(v):
-    v = _pct(v)
-    return np.where(np.isfinite(v), v, 0.0)
+def _err(mean, half):
+    """Error bars in percent, the interval clipped to [0, 100]."""
+    return clipped_err(_pct(mean), _pct(half), 0.0, 100.0)
 
 
 def cost_of_resilience(res):
@@ -28,19 +28,21 @@ def cost_of_resilience(res):
     rules = sorted(res["rule"].unique())
     colors = _colors(rules)
     lo = np.nanmin(np.r_[_pct(res["worst"]), _pct(res["clean"]), 100.0]) - 3
+    names = []
     for ax, frac in zip(axes, fractions):
         sub = res[res["fraction"] == frac]
         for i, rule in enumerate(rules):
             for mom, g in sub[sub["rule"] == rule].groupby("momentum"):
                 hollow = mom != "off"
-                ax.errorbar(_pct(g["clean"]), _pct(g["worst"]), xerr=_err(g["clean_ci"]), yerr=_err(g["worst_ci"]),
+                ax.errorbar(_pct(g["clean"]), _pct(g["worst"]), xerr=_err(g["clean"], g["clean_ci"]),
+                            yerr=_err(g["worst"], g["worst_ci"]),
                             fmt=MARKERS[i % len(MARKERS)], color=colors[rule], mfc="none" if hollow else colors[rule],
                             ms=7, capsize=2, lw=0.8, label=rule if not hollow else None)
                 if not hollow:   # name the point too: the legend's colours are close for ten rules
                     for x, y in zip(_pct(g["clean"]), _pct(g["worst"])):
                         if np.isfinite(x) and np.isfinite(y):
-                            ax.annotate(rule, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6,
-                                        color=colors[rule])
+                            names.append(ax.annotate(rule, (x, y), xytext=(4, 3), textcoords="offset points",
+                                                     fontsize=6, color=colors[rule]))
         ax.plot([0, 100], [0, 100], color="0.7", lw=0.8, ls="--")
         k, n = int(sub["k"].iloc[0]), int(round(sub["k"].iloc[0] / frac))
         ax.set_title(f"{100 * frac:.3g}% Byzantine ({k} of {n} workers)", fontsize=10)
@@ -55,6 +57,7 @@ def cost_of_resilience(res):
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), fontsize=8,
                title="filled: no momentum; hollow: worker momentum 0.9", title_fontsize=8)
     fig.suptitle("Cost of resilience: what a rule costs without attack against what it keeps under the worst attack")
+    drop_overlapping_texts(fig, names)   # clustered points: the legend names them
     return fig
 
 
@@ -67,7 +70,7 @@ def worst_vs_fraction(res):
     colors = _colors(rules)
     for i, rule in enumerate(rules):
         g = sub[sub["rule"] == rule].sort_values("fraction")
-        ax.errorbar(_pct(g["fraction"]), _pct(g["worst"]), yerr=_err(g["worst_ci"]), marker=MARKERS[i % len(MARKERS)],
+        ax.errorbar(_pct(g["fraction"]), _pct(g["worst"]), yerr=_err(g["worst"], g["worst_ci"]), marker=MARKERS[i % len(MARKERS)],
                     color=colors[rule], label=rule, capsize=2, lw=1)
     ax.set_xlabel("Byzantine workers (% of n)")
     ax.set_ylabel("worst-case final accuracy over the attacks (%)")
@@ -90,7 +93,7 @@ def scale_axes(panels):
             rule, threat = label.split(", ", 1)
             g = acc[(acc["rule"] == rule) & (acc["threat"] == threat)].sort_values("value")
             x = np.asarray(g["value"], dtype=float)
-            ax.errorbar(x, _pct(g["accuracy"]), yerr=_err(g["accuracy_ci"]), marker="o",
+            ax.errorbar(x, _pct(g["accuracy"]), yerr=_err(g["accuracy"], g["accuracy_ci"]), marker="o",
                         ls="-" if threat == "none" else "--", color=colors[label], label=label, capsize=2)
         ax.set_xscale("log")
         ax.set_xlabel(title)
@@ -102,33 +105,44 @@ def scale_axes(panels):
     return fig
 
 
+def _cell_label(part, threat, ranks):
+    """One line per x position: the threat, the ranks and the part of the study it belongs to."""
+    return f"{threat}\n{ranks} ranks\n{part.replace('point3-', '')}"
+
+
 def placements(acc, timing):
-    """Point 3: final accuracy (left) and milliseconds per step (right) per placement and ranks."""
-    fig = new_figure(10, 4.0)
-    left, right = fig.subplots(1, 2)
+    """Point 3: final accuracy (left) and milliseconds per step (right) per placement and ranks.
+    A placement that did not run in a cell gets no bar there (not a zero one)."""
     cells = sorted({(p, t, r) for p, t, r in zip(acc["part"], acc["threat"], acc["ranks"])})
+    fig = new_figure(max(10.0, 2.0 * len(cells)), 4.6)
+    left, right = fig.subplots(1, 2)
     order = {"gather": 0, "sharded": 1, "per-shard": 2}
     places = sorted(acc["placement"].unique(), key=lambda pl: (order.get(pl, 3), pl))
     width = 0.8 / max(len(places), 1)
     colors = _colors(places)
     for j, place in enumerate(places):
-        a = [acc[(acc["part"] == p) & (acc["threat"] == t) & (acc["ranks"] == r) & (acc["placement"] == place)]
-             for p, t, r in cells]
-        x = np.arange(len(cells)) + j * width
-        left.bar(x, [_pct(g["accuracy"]).mean() if len(g) else 0 for g in a], width,
-                 yerr=[_err(g["accuracy_ci"]).mean() if len(g) else 0 for g in a], color=colors[place],
-                 label=place, capsize=2)
-        t = [timing[(timing["part"] == p) & (timing["threat"] == th) & (timing["ranks"] == r)
-                    & (timing["placement"] == place)] for p, th, r in cells]
-        right.bar(x, [g["step_ms"].mean() if len(g) else 0 for g in t], width,
-                  yerr=[np.nan_to_num(g["step_ms_ci"]).mean() if len(g) else 0 for g in t],
-                  color=colors[place], label=place, capsize=2)
+        for ax, table, value, half, to_value, top in (
+                (left, acc, "accuracy", "accuracy_ci", _pct, 100.0),
+                (right, timing, "step_ms", "step_ms_ci", lambda v: np.asarray(v, dtype=float), np.inf)):
+            x, heights, halves = [], [], []
+            for i, (p, t, r) in enumerate(cells):
+                g = table[(table["part"] == p) & (table["threat"] == t) & (table["ranks"] == r)
+                          & (table["placement"] == place)]
+                if len(g) and np.isfinite(to_value(g[value])).any():
+                    x.append(i + j * width)
+                    heights.append(np.nanmean(to_value(g[value])))
+                    halves.append(np.nanmean(np.nan_to_num(to_value(g[half]))))
+            if not x:
+                continue
+            ax.bar(x, heights, width, yerr=clipped_err(heights, halves, 0.0, top), color=colors[place], label=place,
+                   capsize=2)
     for ax, ylabel in ((left, "final test accuracy (%)"), (right, "ms per step (this machine)")):
-        ax.set_xticks(np.arange(len(cells)) + width * (len(places) - 1) / 2)
-        ax.set_xticklabels([f"{t}\n{r} ranks\n{p.replace('point3-', '')}" for p, t, r in cells], fontsize=7)
+        category_ticks(ax, np.arange(len(cells)) + width * (len(places) - 1) / 2,
+                      [_cell_label(p, t, r) for p, t, r in cells])
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=8)
+    left.set_ylim(0, 100)
+    legend_below(fig, [left, right], fontsize=8)
     left.set_title("Accuracy: exact sharded Krum, per-shard, gather", fontsize=10)
     right.set_title("Step time per placement", fontsize=10)
     return fig

@@ -351,29 +351,48 @@ def _accuracy_part(page, acc, show_model):
     return answers
 
 
+def bar_labels(top):
+    """One distinct label per bar of the traffic panel: rule and placement, the model split where there
+    is one, then the workers where two bars are still alike (then a count: nothing may read twice)."""
+    def split(r):
+        p = r.get("model_parallel", 1)
+        return "" if missing(p) or int(p) == 1 else f", p={int(p)}"
+
+    labels = [f"{r['aggregator.name']}\n{r['placement']}{split(r)}" for _, r in top.iterrows()]
+    if len(set(labels)) < len(labels) and "n_workers" in top:
+        labels = [f"{label}\nn={r['n_workers']}" for label, (_, r) in zip(labels, top.iterrows())]
+    total, seen = {label: labels.count(label) for label in labels}, {}
+    for i, label in enumerate(labels):
+        seen[label] = seen.get(label, 0) + 1
+        if total[label] > 1:
+            labels[i] = f"{label} #{seen[label]}"
+    return labels
+
+
 def _figure(page, t, acc):
     """Left: busiest rank's MB per step at the largest d, per placement and rule. Right: final accuracy
-    of sharded and per-shard per attack with 95% intervals."""
+    of sharded and per-shard per attack with 95% intervals (clipped to [0, 1])."""
     panels = int(t["busiest_received"].notna().any()) + int(len(acc) > 0)
     if not panels:
         return
-    fig = figures.new_figure(5.0 * panels + 1.0, 3.8)
+    fig = figures.new_figure(max(5.0, 1.1 * len(acc)) * panels + 1.0, 4.2)
     axes = list(np.atleast_1d(fig.subplots(1, panels)))
     if t["busiest_received"].notna().any():
         ax = axes.pop(0)
         top = t[(t["d"] == t["d"].max()) & (t["n_ranks"] == t[t["d"] == t["d"].max()]["n_ranks"].max())]
-        labels = [f"{r['aggregator.name']}\n{r['placement']}" for _, r in top.iterrows()]
+        top = top[top["busiest_received"].notna()]   # a placement not measured gets no bar
         ax.bar(range(len(top)), top["busiest_received"] / MB, color="tab:blue")
-        ax.set_xticks(range(len(top)), labels, fontsize=7)
+        ax.set_xticks(range(len(top)), bar_labels(top), fontsize=7)
         ax.set_ylabel("MB received per step, busiest rank")
         ax.set_title(f"d = {int(top['d'].iloc[0]):,}, {int(top['n_ranks'].iloc[0])} ranks", fontsize=9)
     if len(acc):
         ax = axes.pop(0)
         x = np.arange(len(acc))
         for shift, (col, name) in zip((-0.15, 0.15), (("sharded", "sharded (exact Krum)"), ("per_shard", "per-shard"))):
-            ax.errorbar(x + shift, acc[col], yerr=np.nan_to_num(acc[f"{col}_ci"]), fmt="o", capsize=3, label=name)
-        ax.set_xticks(x, [f"{a}\n{int(r)} ranks" for a, r in zip(acc["attack"], acc["n_ranks"])], fontsize=7)
+            ax.errorbar(x + shift, acc[col], yerr=figures.clipped_err(acc[col], acc[f"{col}_ci"]), fmt="o", capsize=3,
+                        label=name)
+        figures.category_ticks(ax, x, [f"{a}\n{int(r)} ranks" for a, r in zip(acc["attack"], acc["n_ranks"])])
         ax.set_ylabel("final test accuracy (95% interval)")
-        ax.legend(fontsize=7)
+        figures.legend_below(fig, ax)
     page.draw(fig, "sharded_placements", "Sharded aggregation: traffic of the busiest rank, and per-shard vs "
               "exact sharded Krum accuracy")

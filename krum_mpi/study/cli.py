@@ -6,7 +6,8 @@
     krum-mpi study status SPEC|DIR               done / running / failed (with log tails) / pending
     krum-mpi study render SPEC [--profile P]     write the job scripts, to read (submit renders its own)
 
-The study folder is --dir, else study.dir of the spec, else studies/<name> (relative to here).
+Every verb names the study folder --dir, else study.dir of the spec, else studies/<name>
+(relative to here); render writes its scripts to --out (default DIR/slurm/rendered).
 run, submit and render take --part NAME (repeatable: the runs of those parts of a spec with
 [parts]) and --limit N (the first N of the runs to do): a slice of a study, to try it out.
 Job scripts are rendered at submit time for the site profile given then (--profile, else
@@ -168,7 +169,9 @@ def cmd_status(args) -> int:
 def cmd_render(args) -> int:
     spec = load_spec(args.spec)
     profile = _profile(args, spec)
-    study_path = args.study_dir or spec.dir or f"studies/{spec.name}"
+    if args.study_dir:
+        print("note: render --study-dir is now --dir (the study folder, as in every study verb)", file=sys.stderr)
+    study_path = str(args.dir or args.study_dir or spec.dir or f"studies/{spec.name}")
     out = Path(args.out) if args.out else Path(study_path) / SLURM_DIR / "rendered"
     if spec.bench:
         files = slurm.render_bench(spec, profile, study_path, str(out))
@@ -219,8 +222,9 @@ def main(argv) -> int:
             (("target",), {"metavar": "SPEC|DIR"}), (("--dir",), {"help": "study folder, when SPEC is given"}), TAIL)
     command(sub, "render", "write the study's job scripts, to read or to submit with plain sbatch", cmd_render,
             SPEC, PROFILE, PART, LIMIT,
-            (("--out",), {"help": "folder for the scripts (default: STUDY_DIR/slurm/rendered)"}),
-            (("--study-dir",), {"help": "study folder as the jobs see it (default: studies/<name>, relative to "
-                                        "where submit.sh is run)"}))
+            (("--dir",), {"help": "study folder as the jobs see it (default: study.dir, else studies/<name>, "
+                                  "relative to where submit.sh is run)"}),
+            (("--out",), {"help": "folder for the scripts (default: DIR/slurm/rendered)"}),
+            (("--study-dir",), {"help": argparse.SUPPRESS}))   # the old name of --dir, kept for scripts
     args = p.parse_args(argv)
     return args.func(args)
