@@ -32,6 +32,13 @@ EXACT_BLOCK = 4096  # columns per block of the superaccumulator (decoded m, p: 3
 NUMPY_EXACT_CHUNK = 1 << 16  # columns per NumPy exact pass
 
 
+def host_rows(X):
+    """X as a NumPy array: the refinement levels index rows and columns with NumPy index arrays and
+    run compiled kernels on the host. A refinement is rare on honest rows and reads the rows once
+    anyway, so a device (or other namespace's) array costs one copy here, still one pass."""
+    return X if isinstance(X, np.ndarray) else to_numpy(X)
+
+
 def entries_of(pairs):
     """(rows, entries, index): the sorted rows the pairs involve, the (a, b) positions (a <= b) of
     every Gram entry the pairs' distances need (int64 (count, 2)), and entry -> its position."""
@@ -56,6 +63,7 @@ def level_one(X, pairs, fallback):
     pairs = [(int(i), int(j)) for i, j in pairs]
     if not pairs:
         return np.zeros(0), np.zeros(0), []
+    X = host_rows(X)
 
     def pivots(needed):
         return dd_sq_distances(X, needed) or fallback(needed)
@@ -117,6 +125,7 @@ def exact_sq_distances(X, pairs):
     pairs = [(int(i), int(j)) for i, j in pairs]
     if not pairs:
         return []
+    X = host_rows(X)
     clones = CloneMap(X, {i for p in pairs for i in p})
     if clones.worth_it():
         return exact_through_pivots(X, pairs, clones, lambda needed: plain_exact_sq_distances(X, needed))
