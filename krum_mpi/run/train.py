@@ -82,9 +82,7 @@ class Setup:
             comm.set_layout(self.grid.world_counts)
         self.d = self.model.n_params   # model parallelism: this rank's shard
         self.d_total = sum(self.grid.layout.sizes) if self.grid else self.d
-        if cfg["aggregator"]["placement"] != "gather" and self.grid is None and self.d < comm.size:
-            raise ConfigError(f"aggregator.placement = {cfg['aggregator']['placement']!r} gives each rank a block of the "
-                              f"{self.d} parameters: use at most {self.d} ranks, or placement = 'gather'")
+        placements.check_fits(cfg, self.d, comm.size, self.grid)
         self.attack = attacks.make(cfg["attack"]["name"], self.n, workers["byzantine"], cfg["aggregator"]["f"],
                                    **config.attack_params(cfg))
         self.colluding = cfg["attack"]["adversary"] == "colluding" and self.attack.kind not in ("none", "data")
@@ -155,8 +153,8 @@ def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, b
                  "blas_threads_per_rank": blas_threads or "library default"})
     max_selected = s.aggregator.max_selected
     preflight.check_disk(cfg, s.d_total, out_path, max_selected)
-    args = (config.run_id(cfg), prov, s.byzantine, max_selected, False, cfg["run"]["gather_deadline_s"] > 0)
-    if resume_run and Path(out_path).exists() and s.grid is not None:
+    args = (config.run_id(cfg), prov, s.byzantine, max_selected, False, placement.drops_rows)
+    if resume_run and Path(out_path).exists() and placement.splits_params:
         writer, start, arrays = mp_state.load(out_path, cfg, args, s.grid, s.n)
     elif resume_run and Path(out_path).exists():
         mp_state.check_layout(out_path, 1)
@@ -167,8 +165,7 @@ def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, b
         if cfg["optimizer"]["momentum"] > 0 and cfg["optimizer"]["momentum_at"] == "worker":
             expected["worker_momentum"] = ((s.n, s.d), "float32")
             rows = placement.momentum_rows()   # free before step 1
-        if cfg["aggregator"]["placement"] != "gather" and "center" in s.aggregator.rule.state_keys:
-            expected["aggregator_state.center"] = ((s.d,), "float32")   # placements.blocks gather_state
+        expected.update(placement.state_arrays())
         writer, start, arrays = resume.load(out_path, cfg, args, s.d, expected, s.aggregator.rule.state_keys,
                                             into={"worker_momentum": rows})
     else:

@@ -16,6 +16,7 @@ from .base import Outcome, Placement, Turn  # noqa: F401  (the interface, for th
 from .blocks import PerShardPlacement, ShardedPlacement
 from .gather import DeadlinePlacement, GatherPlacement
 from .model import ModelParallelPlacement, connect
+from ...errors import ConfigError
 
 
 def build(setup, cfg: dict, comm) -> Placement:
@@ -30,3 +31,11 @@ def build(setup, cfg: dict, comm) -> Placement:
     if cfg["run"]["gather_deadline_s"] > 0:
         return DeadlinePlacement(setup, cfg, comm)
     return GatherPlacement(setup, cfg, comm)
+
+
+def check_fits(cfg: dict, d: int, ranks: int, grid) -> None:
+    """Refuse, in one line, a coordinate-block placement with fewer coordinates than ranks."""
+    placement = cfg["aggregator"]["placement"]
+    if placement != "gather" and grid is None and d < ranks:
+        raise ConfigError(f"aggregator.placement = {placement!r} gives each rank a block of the {d} parameters: "
+                          f"use at most {d} ranks, or placement = 'gather'")

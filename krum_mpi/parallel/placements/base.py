@@ -59,6 +59,7 @@ class Placement:
     PHASE_MARKS = (0, 1, 2, 3, 6)     # the marks (MARKS) between which those phases lie
     EXCHANGE_MARKS = (2, 3)           # the span recorded as ``gather_s``
     splits_params = False             # True: no rank holds the whole parameter vector (model parallel)
+    drops_rows = False                # True: a step may go on without some rows (recorded as absent)
     momentum = None                   # server momentum (gather only); a checkpoint array when set
 
     def __init__(self, setup, comm):
@@ -126,6 +127,11 @@ class Placement:
     def state(self) -> dict:
         """Rank 0: arrays a checkpoint holds besides the parameters."""
         return {"server_momentum": self.momentum}
+
+    def state_arrays(self) -> dict:
+        """Rank 0: name -> (shape, dtype) of the checkpoint arrays ``state`` adds besides the
+        server momentum and the gathered rule's own state (which resume.load knows)."""
+        return {}
 
     def restore(self, checkpoint: dict) -> None:
         """Rank 0, on a resume: the checkpoint's arrays (``state``'s keys)."""

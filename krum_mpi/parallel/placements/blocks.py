@@ -133,6 +133,10 @@ class BlockPlacement(Placement):
         """No server momentum under this placement; the rule's state gathered by ``gather_state``."""
         return {"server_momentum": None, **self.saved}
 
+    def state_arrays(self) -> dict:
+        """The centre, gathered whole from the ranks' blocks (``gather_state``)."""
+        return {"aggregator_state.center": ((self.setup.d,), "float32")} if "center" in self.state_keys else {}
+
     def restore(self, checkpoint: dict) -> None:
         """Rank 0: keep the checkpoint's rule state until ``share_restored_state`` hands it out."""
         self.restored = {k[len("aggregator_state."):]: v for k, v in checkpoint.items()

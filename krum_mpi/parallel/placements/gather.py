@@ -83,6 +83,8 @@ class GatherPlacement(Placement):
 class DeadlinePlacement(GatherPlacement):
     """Rank 0 drives the steps with point-to-point tasks; the other ranks follow them."""
 
+    drops_rows = True
+
     def __init__(self, setup, cfg: dict, comm):
         super().__init__(setup, cfg, comm)
         self.deadline_s = cfg["run"]["gather_deadline_s"]
