@@ -104,10 +104,11 @@ class Placement:
     def note_traffic(self, step: int, outcome, marks) -> None:
         """Collective: every rank's bytes of this step and its phase seconds reach rank 0's tables."""
         comm = self.comm
-        table = comm.gather_traffic(self.traffic_mark)
+        sent_received = comm.traffic - self.traffic_mark   # int64 counts: float64 holds them exactly
         self.traffic_mark = comm.traffic.copy()
-        phases = comm.gather_floats(np.diff(np.asarray(marks)[list(self.PHASE_MARKS)]))
-        if comm.is_root:
+        both = comm.gather_floats(np.concatenate([sent_received, np.diff(np.asarray(marks)[list(self.PHASE_MARKS)])]))
+        if comm.is_root:   # one message per rank and step: a collective is the step's fixed cost
+            table, phases = both[:, :2].astype(np.int64), both[:, 2:]
             if self.traffic is None:
                 self.traffic = Traffic(self.steps, comm.size, self.writer, self.PHASES)
             self.traffic.note(step, table, None if outcome is None else outcome.per_block, phases)
