@@ -20,6 +20,7 @@ import numpy as np
 HOSTNAME_BYTES = 64
 TAG_ROWS, TAG_META, TAG_TASK, TAG_PARAMS, TAG_STATUS = 11, 12, 13, 14, 15
 TASK_STEP, TASK_SAVE, TASK_END = 0, 1, 2    # what rank 0 asks of a rank, with a gather deadline
+SMALL_ALLGATHER_BYTES = 1 << 20   # allgatherv_params: one Allgatherv up to this size, one Bcast per block above
 
 
 def _mpi():
@@ -124,14 +125,6 @@ class Comm:
         entry[0] += int(sent)
         entry[1] += int(received)
 
-    def gather_traffic(self, since: np.ndarray) -> np.ndarray | None:
-        """Every rank's (sent, received) bytes since its ``since`` snapshot, on rank 0: (size, 2)
-        int64 (None elsewhere). Not counted itself."""
-        local = self.traffic - since
-        out = np.empty((self.size, 2), dtype=np.int64) if self.is_root else None
-        self.world.Gather([local, self.MPI.INT64_T], [out, self.MPI.INT64_T] if self.is_root else None, root=0)
-        return out
-
     # -- the sharded placement: coordinate blocks, every buffer typed (no pickling) ----------
     def alltoall_row_blocks(self, rows: np.ndarray, bounds: np.ndarray, out: np.ndarray) -> None:
         """Each rank's (k_r, d) float32 rows -> each rank q's (n, w_q) block: the columns
@@ -163,11 +156,17 @@ class Comm:
 
     def allgatherv_params(self, params: np.ndarray, bounds: np.ndarray) -> None:
         """Each rank's block params[bounds[r]:bounds[r + 1]] -> every rank's whole float32 vector (in
-        place): an allgather done as one Bcast per block, which MPICH ran 5-18x faster than
-        Allgatherv for d = 1e7 on 4 ranks of one node (0.03 s against 0.16-0.55 s)."""
+        place). Large vectors: one Bcast per block, which MPICH ran 5-18x faster than Allgatherv for
+        d = 1e7 on 4 ranks of one node (0.03 s against 0.16-0.55 s). Small ones (up to
+        SMALL_ALLGATHER_BYTES): one Allgatherv, since there the number of collectives is the cost
+        (docs/sharded.md, "The cost of a step at small d")."""
         widths = np.diff(bounds).astype(np.int64)
-        for q in range(self.size):
-            self.world.Bcast([params[bounds[q]:bounds[q + 1]], self.MPI.FLOAT], root=q)
+        if params.nbytes <= SMALL_ALLGATHER_BYTES:   # one collective: at small d the count of calls is the cost
+            self.world.Allgatherv(self.MPI.IN_PLACE, [params, widths, np.asarray(bounds[:-1], dtype=np.int64),
+                                                      self.MPI.FLOAT])
+        else:
+            for q in range(self.size):
+                self.world.Bcast([params[bounds[q]:bounds[q + 1]], self.MPI.FLOAT], root=q)
         mine = 4 * int(widths[self.rank])
         self.count("allgatherv_params", mine * (self.size - 1), params.nbytes - mine)
 

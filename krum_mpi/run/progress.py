@@ -7,9 +7,9 @@ overrides the choice (``bar`` for a terminal behind mpiexec, whose ranks never s
 Quiet runs (``--quiet``) show nothing. No dependency beyond the standard library.
 
     bar = Progress(500, "train", unit="step")
-    for step in range(500):
+    for done in range(500):
         ...
-        bar.update(step + 1, loss=0.41, acc=0.91)
+        bar.update(done + 1, loss=0.41, acc=0.91)
     bar.close()
 """
 from __future__ import annotations

@@ -1,13 +1,9 @@
 """The step loop of a run, on every rank, and the watchdog that ends a run that stopped moving.
 
-Two ways to move a step (``run.gather_deadline_s``):
-
-* 0 (default): collectives. Every rank checks for a stop (``Allreduce``), receives the parameters
-  (``Bcast``), computes, and rank 0 gathers every row (``Gatherv``): the slowest rank sets the pace.
-* > 0: point-to-point (``comm.DeadlineExchange``). Rank 0 waits at most the deadline for the other
-  ranks' rows; a late rank's gradient is dropped (it was computed on old parameters) and the rank
-  is given the current step as soon as it answers, so nobody waits for it. The step's wall time is
-  bounded by rank 0's own compute + the deadline + the aggregation and update.
+The step is written once (``StepLoop.run``): stop check -> compute -> exchange -> craft ->
+aggregate -> apply -> record -> traffic -> checkpoint. Where rows travel and who holds what is the
+placement's business (krum_mpi.parallel.placements: gather, gather with a deadline, sharded,
+per-shard, model-parallel); the loop calls its phases and never asks which one it is.
 
 ``step_s`` is the wall time of the whole step on rank 0, from the top of the loop (the stop check
 included) to the end of the update: every wait is in it.
@@ -20,9 +16,7 @@ import time
 
 import numpy as np
 
-from ..parallel.comm import TASK_END, TASK_SAVE, TASK_STEP, DeadlineExchange
 from ..errors import KrumMPIError
-from ..parallel.sharded_step import note_traffic, run_sharded
 
 
 def peak_rss_mib() -> float:
@@ -91,30 +85,46 @@ class Watchdog(threading.Thread):
 
 
 class StepLoop:
-    """Runs steps ``start`` .. ``run.steps - 1``; ``run()`` returns (last step done, stop signal)."""
+    """Runs steps ``start`` .. ``run.steps - 1`` through ``placement``'s phases; ``run()`` returns
+    (last step done, stop signal). ``writer``, ``watchdog`` and ``progress`` live on rank 0."""
 
-    def __init__(self, s, cfg, comm, workers, server, writer, theta, stop, save, watchdog=None, progress=None,
-                 sharded=None):
+    def __init__(self, s, cfg, comm, workers, placement, writer, theta, stop, save, watchdog=None,
+                 progress=None):
         self.s, self.cfg, self.comm, self.workers = s, cfg, comm, workers
-        self.server, self.writer, self.theta, self.stop, self.save = server, writer, theta, stop, save
+        self.placement, self.writer, self.theta, self.stop, self.save = placement, writer, theta, stop, save
         self.watchdog, self.progress = watchdog, progress
         run = cfg["run"]
         self.steps, self.eval_every = run["steps"], run["eval_every"]
         self.flush_every = run["checkpoint_every"] or self.eval_every
-        self.deadline = run["gather_deadline_s"]
         self.faults = cfg["faults"]
-        self.everyone = np.ones(s.n, dtype=bool)
         self.nonfinite_steps = 0
-        self.sharded = sharded                    # a ShardedStep: aggregator.placement is not "gather"
-        self.traffic, self.traffic_mark = None, comm.traffic.copy()   # bytes per step and rank (rank 0)
 
     def run(self, start: int):
-        if self.sharded is not None:
-            return run_sharded(self, start)
-        if self.deadline > 0:
-            exchange = DeadlineExchange(self.comm, self.s.d)
-            return self._deadline_root(start, exchange) if self.comm.is_root else self._deadline_worker(exchange)
-        return self._collective(start)
+        """The one step loop, every rank, every placement."""
+        p, clock, theta = self.placement, self.comm.wtime, self.theta
+        p.begin(theta, self.save, self.writer, self.steps)
+        step, signal, left = start - 1, 0, False
+        for step in range(start, self.steps):
+            marks = [clock()]                                   # base.MARKS
+            turn = p.start_step(step, theta, self.stop)         # the stop check (and the parameters)
+            if turn.leave:
+                step, signal, left = turn.step, turn.signal, True
+                break
+            marks.append(clock())
+            self._compute(turn.step)
+            marks.append(clock())
+            present = p.exchange(turn.step, self.workers)
+            marks.append(clock())
+            p.craft(turn.step, present)                         # the omniscient adversary
+            marks.append(clock())
+            outcome = p.aggregate(present)
+            marks.append(clock())
+            p.apply(theta, outcome)
+            marks.append(clock())
+            self._after_step(turn.step, outcome, marks)
+            if self._flush_due(step):
+                p.checkpoint(step)
+        return p.end(step, signal, left)
 
     def _flush_due(self, step: int) -> bool:
         return (step + 1) % self.flush_every == 0 and step != self.steps - 1
@@ -126,105 +136,47 @@ class StepLoop:
         if self.comm.rank == f["slow_rank"] and f["slow_from"] <= step < f["slow_until"]:
             time.sleep(f["slow_delay_s"])          # injected fault: a slow or silent worker
 
-    # -- collectives ----------------------------------------------------------------------
-    def _collective(self, start: int):
-        comm, server = self.comm, self.server
-        step = start - 1
-        for step in range(start, self.steps):
-            t_step = comm.wtime()
-            if comm.any_true(self.stop.signal != 0):
-                return step - 1, self.stop.signal or -1
-            comm.bcast_params(self.theta)
-            t_compute = comm.wtime()
-            self._compute(step)
-            t_gather = comm.wtime()
-            comm.gather_rows(self.workers.rows, server.X if server else None)
-            comm.gather_rows(self.workers.meta, server.meta if server else None)
-            t_rest = comm.wtime()
-            if comm.is_root:
-                self._finish_step(step, self.everyone, t_step, t_rest - t_gather)
-            t_end = comm.wtime()   # phases of this rank (GATHER_PHASES): they add up to its step
-            note_traffic(self, step, phases=np.array([t_compute - t_step, t_gather - t_compute, t_rest - t_gather,
-                                                      t_end - t_rest]))
-            if self._flush_due(step):
-                self.save(step, "running")
-        return step, 0
+    def _after_step(self, step: int, outcome, marks) -> None:
+        """The update's finiteness, the test accuracy when due, rank 0's record, the traffic."""
+        p = self.placement
+        if outcome is not None and self.comm.is_root:
+            bad = p.nonfinite_rows(outcome)
+            if bad is not None:
+                self._nonfinite(step, bad, outcome.present)
+        if outcome is not None:
+            outcome.update = None   # dead now: freed before the next step's aggregate exists
+        evaluate = (step + 1) % self.eval_every == 0 or step == self.steps - 1
+        s = self.s   # the ranks that evaluate hold the sets (rank 0; group 0 of a split model)
+        test, val = getattr(s, "test_X", None), getattr(s, "val_X", None)
+        acc = p.accuracy(self.theta, test, s.test_y) if evaluate and test is not None else np.nan
+        values = {"selection/recomputed": 0 if outcome is None else outcome.recomputed}
+        if val is not None:   # data.validation_fraction: accuracy on the held-out training rows
+            values["metrics/validation_accuracy"] = p.accuracy(self.theta, val, s.val_y) if evaluate else np.nan
+        if self.comm.is_root:
+            self._record(step, outcome, marks, acc, values)
+        p.note_traffic(step, outcome, marks)
 
-    # -- a gather deadline ----------------------------------------------------------------
-    def _deadline_root(self, start: int, exchange: DeadlineExchange):
-        comm, server, step, signal = self.comm, self.server, start - 1, 0
-        for step in range(start, self.steps):
-            t_step = comm.wtime()
-            signal = self.stop.signal or exchange.stop_signal
-            if signal:
-                step -= 1
-                break
-            exchange.send_step(step, self.theta)
-            self._compute(step)
-            t_gather = comm.wtime()
-            present = exchange.collect(step, self.workers.rows, self.workers.meta, server.X, server.meta,
-                                       self.deadline)
-            self._finish_step(step, np.repeat(present, comm.counts), t_step, comm.wtime() - t_gather)
-            if self._flush_due(step):
-                if self.workers.momentum is None:      # rank 0 holds every state a resume needs
-                    self.save(step, "running", peak_rss=exchange.peak_rss)
-                else:                                  # every worker's momentum, at one step
-                    exchange.drain()
-                    exchange.command(TASK_SAVE, step)
-                    self.save(step, "running")
-        else:
-            signal = 0
-        exchange.drain()                               # the late ranks finish their step ...
-        exchange.command(TASK_END, step, signal)       # ... and join the final checkpoint
-        return step, signal
-
-    def _deadline_worker(self, exchange: DeadlineExchange):
-        while True:
-            step, kind, signal = exchange.receive_task(self.theta)
-            if kind == TASK_END:
-                return step, signal
-            if kind == TASK_SAVE:
-                self.save(step, "running")
-                continue
-            assert kind == TASK_STEP
-            self._compute(step)
-            exchange.reply(self.workers.rows, self.workers.meta, self.stop.signal, peak_rss_mib())
-
-    # -- rank 0: the rest of a step -------------------------------------------------------
-    def _finish_step(self, step: int, present, t_step: float, gather_s: float) -> None:
-        comm, server, s = self.comm, self.server, self.s
-        meta = server.meta
-        server.craft(step, present)
-        t_agg = comm.wtime()
-        agg, selected, g = server.aggregate(present)
-        aggregate_s = comm.wtime() - t_agg
-        t_upd = comm.wtime()
-        server.apply(self.theta, g)
-        update_s = comm.wtime() - t_upd
-        step_s = comm.wtime() - t_step
-        if not np.isfinite(g).all():
-            self._nonfinite(step, present)
-        acc, values = np.nan, {"selection/recomputed": 0 if agg is None else agg.recomputed}
-        if (step + 1) % self.eval_every == 0 or step == self.steps - 1:
-            acc = s.model.accuracy(self.theta, s.test_X, s.test_y)
-            if s.val_X is not None:
-                values["metrics/validation_accuracy"] = s.model.accuracy(self.theta, s.val_X, s.val_y)
-        counted = server.honest & present
+    def _record(self, step: int, outcome, marks, acc: float, values: dict) -> None:
+        """Rank 0: the step's row of the results; the watchdog and the progress line hear of it."""
+        p = self.placement
+        meta, present = p.meta, outcome.present
+        lo, hi = p.EXCHANGE_MARKS
+        step_s = marks[6] - marks[0]
+        timing = {"compute_s": float(meta[present, 1].max()), "gather_s": marks[hi] - marks[lo],
+                  "aggregate_s": marks[5] - marks[4], "update_s": marks[6] - marks[5], "step_s": step_s}
+        counted = p.honest & present
         loss = float(np.mean(meta[counted, 0])) if counted.any() else float("nan")
-        timing = {"compute_s": float(meta[present, 1].max()), "gather_s": gather_s,
-                  "aggregate_s": aggregate_s, "update_s": update_s, "step_s": step_s}
-        self.writer.record(step, loss, acc, timing, selected, None if agg is None else agg.weights,
-                           absent=~present, worker_compute_s=np.where(present, meta[:, 1], np.nan),
+        self.writer.record(step, loss, acc, timing, outcome.selected, outcome.weights, absent=~present,
+                           worker_compute_s=np.where(present, meta[:, 1], np.nan),
                            values=values)
         if self.watchdog is not None:
             self.watchdog.beat(step_s)
         if self.progress is not None:
             self.progress.update(step + 1, loss=loss, acc=float(acc))
 
-    def _nonfinite(self, step: int, present) -> None:
-        """An update with NaN or Inf: count it in the results, and say so once on the console."""
-        X = self.server.X
-        rows = int(sum(not np.isfinite(X[i]).all() for i in np.flatnonzero(present)))
+    def _nonfinite(self, step: int, rows: int, present) -> None:
+        """An update with NaN or Inf (``rows`` of the arrived rows hold some): count it in the
+        results, and say so once on the console."""
         self.nonfinite_steps += 1
         attrs = self.writer.extra_attrs
         attrs["nonfinite_update_steps"] = self.nonfinite_steps

@@ -25,13 +25,11 @@ import numpy as np
 
 from .. import aggregators, attacks, backend, config, data, models
 from . import checkpoint, outfiles, preflight, results, resume
-from ..parallel import byzantine_ranks, model_parallel, mp_state, mp_step
+from ..parallel import byzantine_ranks, model_parallel, mp_state, placements
 from ..parallel.comm import Comm, mpi_library_version
 from ..parallel.comm import block_counts as comm_block_counts
 from ..errors import ConfigError, KrumMPIError
 from .progress import Progress
-from .server import Server
-from ..parallel.sharded_step import ShardedStep
 from .steps import StepLoop, Watchdog, flush_or_note, peak_rss_mib
 from .stop import StopRequest  # noqa: F401  (krum_mpi.train.StopRequest, as before)
 from ..summary import summarize_arrays
@@ -85,9 +83,7 @@ class Setup:
         self.d = self.model.n_params   # model parallelism: this rank's shard
         self.d_total = sum(self.grid.layout.sizes) if self.grid else self.d
         preflight.check_sizes(cfg, self.d, self.dataset, _layer_sizes(self), comm.counts, ranks_here)   # nothing big yet
-        if cfg["aggregator"]["placement"] != "gather" and self.grid is None and self.d < comm.size:
-            raise ConfigError(f"aggregator.placement = {cfg['aggregator']['placement']!r} gives each rank a block of the "
-                              f"{self.d} parameters: use at most {self.d} ranks, or placement = 'gather'")
+        placements.check_fits(cfg, self.d, comm.size, self.grid)
         self.attack = attacks.make(cfg["attack"]["name"], self.n, workers["byzantine"], cfg["aggregator"]["f"],
                                    **config.attack_params(cfg))
         self.colluding = cfg["attack"]["adversary"] == "colluding" and self.attack.kind not in ("none", "data")
@@ -156,7 +152,7 @@ def _agree_on_setup(cfg: dict, comm: Comm, ranks_here: int) -> Setup:
 
 
 def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, blas_threads: int, hostnames,
-                  server: Server):
+                  placement):
     """Rank 0: (writer, first step, checkpoint arrays or None), new or checked for --resume.
 
     Everything read is checked here, before rank 0 tells the others where to start (go or no-go)."""
@@ -165,20 +161,21 @@ def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, b
                  "blas_threads_per_rank": blas_threads or "library default"})
     max_selected = s.aggregator.max_selected
     preflight.check_disk(cfg, s.d_total, out_path, max_selected)
-    args = (config.run_id(cfg), prov, s.byzantine, max_selected, False, cfg["run"]["gather_deadline_s"] > 0)
-    if resume_run and Path(out_path).exists() and s.grid is not None:
+    args = (config.run_id(cfg), prov, s.byzantine, max_selected, False, placement.drops_rows)
+    if resume_run and Path(out_path).exists() and placement.splits_params:
         writer, start, arrays = mp_state.load(out_path, cfg, args, s.grid, s.n)
     elif resume_run and Path(out_path).exists():
         mp_state.check_layout(out_path, 1)
         expected = {"params": ((s.d,), "float32")}
-        if server.momentum is not None:
+        if placement.momentum is not None:
             expected["server_momentum"] = ((s.d,), "float32")
+        rows = None
         if cfg["optimizer"]["momentum"] > 0 and cfg["optimizer"]["momentum_at"] == "worker":
             expected["worker_momentum"] = ((s.n, s.d), "float32")
-        if cfg["aggregator"]["placement"] != "gather" and "center" in s.aggregator.rule.state_keys:
-            expected["aggregator_state.center"] = ((s.d,), "float32")   # sharded_step.gather_state
+            rows = placement.momentum_rows()   # free before step 1
+        expected.update(placement.state_arrays())
         writer, start, arrays = resume.load(out_path, cfg, args, s.d, expected, s.aggregator.rule.state_keys,
-                                            into={"worker_momentum": server.X})   # X is free before step 1
+                                            into={"worker_momentum": rows})
     else:
         writer, start, arrays = results.ResultsWriter(out_path, cfg, *args), 0, None
     outfiles.remove_stale_files(out_path)
@@ -190,18 +187,18 @@ def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, b
 
 
 def _start(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, blas_threads: int, theta: np.ndarray,
-           workers: LocalWorkers, sharded=None):
+           workers: LocalWorkers, placement):
     """Collective: rank 0 opens (or reopens and checks) the results and tells every rank where to
-    start (go or no-go: -1 and every rank leaves); parameters and momentum restored on a resume.
-    Returns (server, writer, checkpoint store, first step); the first three are None off rank 0."""
+    start (go or no-go: -1 and every rank leaves); parameters, momentum and the rule's state restored
+    on a resume. Returns (placement, writer, checkpoint store, first step); the writer and the store
+    are None off rank 0."""
     hostnames = comm.hostnames()
-    server = writer = store = arrays = None
+    writer = store = arrays = None
     if comm.is_root:
-        server = sharded or Server(s, cfg)   # sharded: no (n, d) buffer anywhere
         error = None
         try:
             writer, start, arrays = _open_results(s, cfg, out_path, comm, resume_run, blas_threads, hostnames,
-                                                  server)
+                                                  placement)
         except KrumMPIError as exc:
             error = exc
         start = comm.bcast_flag(-1 if error else start)
@@ -211,7 +208,7 @@ def _start(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, blas_thr
         if arrays:
             theta[:] = arrays["params"]
             if start < cfg["run"]["steps"]:
-                server.restore(arrays)
+                placement.restore(arrays)
                 store.last_step = start - 1
         else:
             theta[:] = s.model.init(np.random.default_rng([s.seed, SEED_PARAMS]))
@@ -221,9 +218,9 @@ def _start(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, blas_thr
             raise SystemExit(2)
     if workers.momentum is not None and 0 < start < cfg["run"]["steps"]:
         comm.scatter_rows(arrays["worker_momentum"] if comm.is_root else None, workers.momentum)
-    if sharded is not None and 0 < start < cfg["run"]["steps"]:
-        sharded.share_restored_state()
-    return server, writer, store, start
+    if 0 < start < cfg["run"]["steps"]:
+        placement.share_restored_state()
+    return placement, writer, store, start
 
 
 def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
@@ -239,20 +236,19 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     blas_threads = limit_blas_threads(comm)
     s = _agree_on_setup(cfg, comm, comm.ranks_on_this_node())
     run_cfg = cfg["run"]
-    groups = mp_step.connect(s, comm) if s.grid else None   # parallel.model > 1 (collective)
+    placement = placements.build(s, cfg, comm)   # collective for parallel.model > 1 (its groups)
     workers = LocalWorkers(s, cfg, comm)
     theta = np.empty(s.d, dtype=np.float32)   # model parallelism: this rank's shard only
 
-    if groups is not None:
-        sharded = mp_step.MPStep(s, cfg, comm, groups)
-        server, writer, store, start = mp_state.start(s, cfg, out_path, comm, resume, blas_threads, theta, workers,
-                                                      sharded, groups, _open_results,
-                                                      np.random.default_rng([s.seed, SEED_PARAMS]))
+    if placement.splits_params:   # no rank holds the whole vector: checkpoints shard by shard
+        groups = placement.groups
+        _, writer, store, start = mp_state.start(s, cfg, out_path, comm, resume, blas_threads, theta, workers,
+                                                 placement, groups, _open_results,
+                                                 np.random.default_rng([s.seed, SEED_PARAMS]))
         save = mp_state.saver(comm, groups, s.grid, workers, writer, store, theta, _all_agree, s.n)
     else:
-        sharded = ShardedStep(s, cfg, comm) if cfg["aggregator"]["placement"] != "gather" else None
-        server, writer, store, start = _start(s, cfg, out_path, comm, resume, blas_threads, theta, workers, sharded)
-        save = _saver(comm, workers, server, writer, store, theta, sharded)
+        _, writer, store, start = _start(s, cfg, out_path, comm, resume, blas_threads, theta, workers, placement)
+        save = _saver(comm, workers, placement, writer, store, theta)
 
     if start == 0:
         _all_agree(comm, (lambda: writer.flush("running")) if comm.is_root else None)
@@ -262,7 +258,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
             watchdog = Watchdog(run_cfg["watchdog_s"], writer, comm, stop)
             watchdog.start()
         progress = Progress(run_cfg["steps"], "train", unit="step", quiet=quiet, start=start)
-    loop = StepLoop(s, cfg, comm, workers, server, writer, theta, stop, save, watchdog, progress, sharded)
+    loop = StepLoop(s, cfg, comm, workers, placement, writer, theta, stop, save, watchdog, progress)
     try:
         step, interrupted = loop.run(start)
     except KrumMPIError as exc:    # found by one rank mid-run (a bad row in a dataset file, say)
@@ -288,7 +284,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     return {**summarize(writer, s.byzantine), "status": status}
 
 
-def _saver(comm: Comm, workers: LocalWorkers, server, writer, store, theta: np.ndarray, sharded=None):
+def _saver(comm: Comm, workers: LocalWorkers, placement, writer, store, theta: np.ndarray):
     """The run's ``save(step_done, status, peak_rss=None)``."""
 
     def save(step_done: int, status: str, peak_rss=None) -> None:
@@ -305,14 +301,13 @@ def _saver(comm: Comm, workers: LocalWorkers, server, writer, store, theta: np.n
         else:
             rss = comm.gather_values(peak_rss_mib())
             if workers.momentum is not None and not final:
-                # X is free between steps; with a gather deadline the step loop has drained every
-                # late reply first (and those land in the exchange's own buffers, never in X). A
-                # sharded placement has no X: the momentum rows get a buffer of their own.
-                if comm.is_root and getattr(server, "X", None) is None:
-                    server.X = np.empty((len(server.honest), theta.size), dtype=np.float32)
-                comm.gather_rows(workers.momentum, server.X if comm.is_root else None)
-        if sharded is not None and not final:
-            sharded.gather_state()   # the rule's state (a centre held block by block) reaches rank 0
+                # the gather buffer is free between steps; with a gather deadline the step loop has
+                # drained every late reply first (and those land in the exchange's own buffers). A
+                # sharded placement has none: the momentum rows get a buffer of their own.
+                rows = placement.momentum_rows() if comm.is_root else None
+                comm.gather_rows(workers.momentum, rows)
+        if not final:
+            placement.gather_state()   # the rule's state (a centre held block by block) reaches rank 0
         if not comm.is_root:
             return _all_agree(comm, None)
         writer.extra_attrs["peak_rss_mib"] = rss     # per rank, at this flush
@@ -322,8 +317,9 @@ def _saver(comm: Comm, workers: LocalWorkers, server, writer, store, theta: np.n
         else:
             def write():
                 writer.flush(status)
-                store.write(step_done, {"params": theta, **server.state(),
-                                        "worker_momentum": server.X if workers.momentum is not None else None})
+                store.write(step_done, {"params": theta, **placement.state(),
+                                        "worker_momentum": placement.momentum_rows()
+                                        if workers.momentum is not None else None})
                 writer.note_checkpoint(step_done)
         if peak_rss is not None:
             write()

@@ -1,0 +1,41 @@
+"""Placements: where a step's rows travel and who holds what (base.Placement is the interface).
+
+    gather       GatherPlacement        rank 0 gathers every row (Gatherv) and runs the rule
+    gather with  DeadlinePlacement      rank 0 waits at most run.gather_deadline_s; late rows dropped
+      a deadline
+    sharded      ShardedPlacement       each rank a coordinate block; the exact rule over all blocks
+    per-shard    PerShardPlacement      each rank the rule on its block alone (the naive baseline)
+    model        ModelParallelPlacement the blocks are the split model's shards (parallel.model = p)
+
+``build`` is the one place that reads which placement a run has; the step loop only calls the
+phases. Adding a placement is adding a class here and one line in ``build``.
+"""
+from __future__ import annotations
+
+from .base import Outcome, Placement, Turn  # noqa: F401  (the interface, for the loop and new placements)
+from .blocks import PerShardPlacement, ShardedPlacement
+from .gather import DeadlinePlacement, GatherPlacement
+from .model import ModelParallelPlacement, connect
+from ...errors import ConfigError
+
+
+def build(setup, cfg: dict, comm) -> Placement:
+    """Collective for model parallelism (its group communicators): this rank's placement object."""
+    if setup.grid is not None:
+        return ModelParallelPlacement(setup, cfg, comm, connect(setup, comm))
+    placement = cfg["aggregator"]["placement"]
+    if placement == "sharded":
+        return ShardedPlacement(setup, cfg, comm)
+    if placement == "per-shard":
+        return PerShardPlacement(setup, cfg, comm)
+    if cfg["run"]["gather_deadline_s"] > 0:
+        return DeadlinePlacement(setup, cfg, comm)
+    return GatherPlacement(setup, cfg, comm)
+
+
+def check_fits(cfg: dict, d: int, ranks: int, grid) -> None:
+    """Refuse, in one line, a coordinate-block placement with fewer coordinates than ranks."""
+    placement = cfg["aggregator"]["placement"]
+    if placement != "gather" and grid is None and d < ranks:
+        raise ConfigError(f"aggregator.placement = {placement!r} gives each rank a block of the {d} parameters: "
+                          f"use at most {d} ranks, or placement = 'gather'")
