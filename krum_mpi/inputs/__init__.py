@@ -4,5 +4,6 @@
   open, so a FIFO never blocks and a device is never read); ``files.folder_problem`` for folders.
 - ``config_file.read``: a TOML or YAML config into a dict, with those checks and bounded errors.
 - ``yaml_text.load``: YAML without aliases or duplicate keys (an alias bomb is refused, not expanded).
+- ``schema``: every config key with its default, choices and bounds (the one schema).
 - ``show.show``: a value as a short one-line repr for an error message, whatever its size or depth.
 """
