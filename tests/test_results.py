@@ -62,7 +62,8 @@ def test_refuses_to_overwrite(tmp_path):
     path.write_bytes(b"x")
     with pytest.raises(ResultsError, match="already exists.*--force"):
         results.check_can_write(path, force=False)
-    results.check_can_write(path, force=True)
+    with pytest.raises(ResultsError, match="not a krum-mpi results file"):   # --force replaces only our files
+        results.check_can_write(path, force=True)
     with pytest.raises(ResultsError, match="is a folder"):
         results.check_can_write(tmp_path, force=True)
 
@@ -107,7 +108,8 @@ from pathlib import Path
 
 WRITER_LOOP = """
 import sys, numpy as np
-from krum_mpi import config, results
+from krum_mpi import config
+from krum_mpi.run import results
 cfg = config.validate({"run": {"steps": 10**6}, "workers": {"n": 4}})
 w = results.ResultsWriter(sys.argv[1], cfg, config.run_id(cfg), {}, np.zeros(4, bool), 2, True, True)
 step = 0

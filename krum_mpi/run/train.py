@@ -313,7 +313,8 @@ def _saver(comm: Comm, workers: LocalWorkers, server, writer, store, theta: np.n
             def write():
                 writer.flush(status)
                 store.write(step_done, {"params": theta, **server.state(),
-                                        "worker_momentum": server.X if workers.momentum is not None else None})
+                                        "worker_momentum": server.X if workers.momentum is not None else None},
+                            rows=writer.row_digests())
                 writer.note_checkpoint(step_done)
         if peak_rss is not None:
             write()
