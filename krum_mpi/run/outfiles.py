@@ -234,8 +234,11 @@ class OutLock:
         for _ in range(100):
             try:
                 self.out.parent.mkdir(parents=True, exist_ok=True)
-                fd = open_regular(self.path, os.O_RDWR | os.O_CREAT)
+                writer = open_regular(self.path, os.O_RDWR | os.O_CREAT)
+                fd = open_regular(self.path)   # the lock is held read-only: a read-only remount stays possible
             except OSError as exc:
+                if "writer" in locals():
+                    os.close(writer)
                 raise ResultsError(f"cannot create the lock file {self.path}: {os_error_text(exc)}: choose another "
                                    "--out (a folder you can write)") from None
             try:
@@ -243,10 +246,12 @@ class OutLock:
             except BlockingIOError:
                 holder = _holder_text(fd)
                 os.close(fd)
+                os.close(writer)
                 raise ResultsError(f"{self.out} is in use by {holder}: two runs must not write one file; wait for "
                                    "it to end (or stop it), or choose another --out") from None
             except OSError as exc:
                 os.close(fd)
+                os.close(writer)
                 if exc.errno not in LOCK_UNSUPPORTED:
                     raise
                 self.note = (f"the file system of {self.out} has no file locks ({os.strerror(exc.errno)}): "
@@ -258,11 +263,15 @@ class OutLock:
                 same = False
             if not same:       # the holder released it (and removed the file) after we opened it: retry
                 os.close(fd)
+                os.close(writer)
                 continue
             since = datetime.now(timezone.utc).isoformat(timespec="seconds")
             text = f"pid {os.getpid()} on host {socket.gethostname()[:64]} since {since}\n".encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, text, 0)
+            try:
+                os.ftruncate(writer, 0)
+                os.pwrite(writer, text, 0)
+            finally:
+                os.close(writer)
             self.fd = fd
             return self
         raise ResultsError(f"{self.path}: could not take the lock (it changed 100 times): try again")
