@@ -26,6 +26,7 @@ from .folder import StudyFolder, is_complete
 POLL_S = 0.1
 EXIT_TIMEOUT = 124       # what timeout(1) returns; written when a run overruns launch.time
 STOP_GRACE_S = 60        # a stopped run's time to checkpoint before it is killed
+KILLED_BEFORE_START = (15, 143, 9, 137)   # SIGTERM / SIGKILL as mpiexec or a shell reports them
 
 
 class StudyStopped(Exception):
@@ -174,7 +175,13 @@ def run_local(plan: dict, folder: StudyFolder, jobs: int = 1, mpiexec: str | Non
             for r in running:
                 r.stop(f"study run got signal {stop.signum}" if stop.signum else "study run failed", STOP_GRACE_S)
                 rc = r.proc.wait()
-                r.finish(rc if rc >= 0 else 128 - rc)
+                rc = rc if rc >= 0 else 128 - rc
+                if stop.signum and rc in KILLED_BEFORE_START and not folder.result(r.run["id"]).exists():
+                    # signalled before its handlers were installed (interpreter start-up): nothing was
+                    # written, so it is what a stop with a checkpoint is, a run to start again
+                    r.log.write("== stopped before start (the signal came before the run could checkpoint)\n")
+                    rc = 3
+                r.finish(rc)
     if stop.signum:
         raise StudyStopped(stop.signum, [r.run["id"] for r in running])
     progress.update(len(done), len(failed), 0, final=True)
