@@ -15,11 +15,13 @@ import numpy as np
 ATTR = "row_digests"
 
 
-def _le_bytes(rows: np.ndarray) -> memoryview:
+def _le_bytes(rows: np.ndarray) -> np.ndarray:
+    """The rows' bytes as a flat uint8 array (no copy when already C-ordered little-endian; a rule
+    that selects none records rows of width 0)."""
     a = np.ascontiguousarray(rows)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return memoryview(a).cast("B")
+    return a.reshape(-1).view(np.uint8)
 
 
 class RowHashes:
