@@ -80,8 +80,11 @@ class CheckpointStore:
             entries.append({"name": name, "dtype": a.dtype.name, "shape": list(shape), "nbytes": int(a.nbytes),
                             "crc32": 0xFFFFFFFF, "finite": False, "offset": 0})   # widest values: room kept
         header = b""
-        for _ in range(2):   # offsets depend on the header length, which depends on the offsets
-            offset = _aligned(len(MAGIC) + 12 + len(header) + 4)
+        first = -1
+        while first != _aligned(len(MAGIC) + 12 + len(header) + 4):
+            # offsets depend on the header length, which depends on the offsets: until they agree (two
+            # passes were not always enough: a longer header could overlap the first array)
+            first = offset = _aligned(len(MAGIC) + 12 + len(header) + 4)
             for e in entries:
                 e["offset"] = offset
                 offset = _aligned(offset + e["nbytes"])
