@@ -139,7 +139,7 @@ def cmd_run(argv, stop=None) -> int:
             error, lock, state = None, None, "go"
             try:
                 lock, state = _claim_out(out, cfg, args)
-            except KrumMPIError as exc:
+            except Exception as exc:    # any failure: the other ranks must not wait for a verdict
                 error = exc
             verdict = comm.bcast_flag(1 if error is not None else 2 if state == "complete" else 0)
             if error is not None:

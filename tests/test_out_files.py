@@ -141,8 +141,9 @@ def test_a_name_too_long_is_refused_at_the_start(tmp_path, config):
 
 @pytest.mark.mpi
 def test_the_disk_preflight_counts_the_first_flush(mount_tmpfs, config):
-    """A folder with 300 kB free: enough for this run's rows and checkpoint (the old estimate, some
-    60 kB), not for what the first flush reserves before HDF5 writes. Refused before setup, naming it."""
+    """A folder with 300 kB free: enough for this run's rows and checkpoint (all the old estimate
+    counted, a few kB), not for what the first flush reserves before HDF5 writes. Refused before
+    setup, naming it."""
     folder = mount_tmpfs("300k")
     done = run_cli(["run", config, "--out", folder / "r.h5", "--quiet"], ranks=2, timeout=120)
     _refused(done, "on disk", "a flush's reserve")

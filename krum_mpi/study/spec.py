@@ -240,7 +240,8 @@ def _study_name(study: dict, path: Path) -> str:
     name = study.get("name", path.parent.resolve().name if path.stem in ("study", "spec") else path.stem)
     plain = isinstance(name, str) and name and not name.startswith(".")   # not "..": a folder of its own
     if not plain or not all(c.isalnum() or c in "-_." for c in name):
-        raise ConfigError(f"{path}: study.name = {name!r} must be a plain folder name: letters, digits, - _ . (not starting with .)")
+        raise ConfigError(f"{path}: study.name = {name!r} must be a plain folder name: letters, digits, - _ . "
+                          "(not starting with .)")
     return name
 
 
