@@ -169,8 +169,7 @@ def run_local(plan: dict, folder: StudyFolder, jobs: int = 1, mpiexec: str | Non
                 (done if ok else failed).append(r.run["id"])
             progress.update(len(done), len(failed), len(running))
             time.sleep(POLL_S)
-    finally:
-        stop.restore()
+    finally:   # the handlers stay while the runs are stopped: a second signal must not kill us mid-way
         if stop.signum or running:    # a signal, or an error of our own: no run is left behind
             for r in running:
                 r.stop(f"study run got signal {stop.signum}" if stop.signum else "study run failed", STOP_GRACE_S)
@@ -182,6 +181,7 @@ def run_local(plan: dict, folder: StudyFolder, jobs: int = 1, mpiexec: str | Non
                     r.log.write("== stopped before start (the signal came before the run could checkpoint)\n")
                     rc = 3
                 r.finish(rc)
+        stop.restore()
     if stop.signum:
         raise StudyStopped(stop.signum, [r.run["id"] for r in running])
     progress.update(len(done), len(failed), 0, final=True)
