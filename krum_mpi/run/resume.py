@@ -41,9 +41,11 @@ def state_before_start(path, cfg: dict, run_id: str) -> str:
     if attrs["run_id"] != run_id:
         return "go"
     if attrs["status"] == "complete":
-        if attrs["steps_done"] == cfg["run"]["steps"] and _rows_mismatch(path, old, attrs["steps_done"]) is None:
-            return "complete"
-        return "go"
+        # a model-parallel run keeps its final shards in the checkpoint: load checks them (and the split)
+        params = (old.get("checkpoint") or {}).get("params")
+        whole = (attrs.get("parallel_model", 1) == 1 and params is not None and params.dtype == np.float32
+                 and params.ndim == 1 and attrs["steps_done"] == cfg["run"]["steps"])
+        return "complete" if whole and _rows_mismatch(path, old, attrs["steps_done"]) is None else "go"
     if attrs["last_checkpoint_step"] < 0 and not checkpoint.path_for(path).exists():
         return "fresh"
     return "go"
