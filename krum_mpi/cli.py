@@ -21,7 +21,11 @@ from pathlib import Path
 
 from .errors import KrumMPIError
 
-EXIT_INTERRUPTED = 3   # stopped by SIGTERM/SIGUSR1 with a checkpoint: job scripts requeue on it
+# Exit statuses of `krum-mpi run`, one meaning each (docs/reliability.md): 0 complete; 2 the run
+# cannot go on, one line says why (bad input, or the file system refused a write: the last flush
+# is kept); 3 stopped by SIGTERM/SIGUSR1/SIGINT with a checkpoint (job scripts requeue on it);
+# 4 ended by the watchdog; 131 SIGQUIT (krum_mpi.run.stop.EXIT_QUIT); 1 an unexpected error.
+EXIT_INTERRUPTED = 3
 
 DELEGATED = {  # subcommand -> module with main(argv) -> int
     "bench": "krum_mpi.bench.aggregate",
@@ -115,9 +119,9 @@ def cmd_run(argv, stop=None) -> int:
 
     from .run import results, train
     from .parallel.comm import Comm, launched_under_mpi
-    from .run.stop import StopRequest
+    from .run.stop import process_stop
 
-    stop = stop or StopRequest().install()
+    stop = stop or process_stop()
 
     if args.resume and not args.out:
         raise KrumMPIError("--resume needs --out FILE.h5: the results file that holds the checkpoint")
@@ -129,45 +133,79 @@ def cmd_run(argv, stop=None) -> int:
         raise
     out = Path(args.out) if args.out else default_out(cfg, args.config or args.from_study)
     comm = Comm(cfg["workers"]["n"])
-    if comm.is_root:
-        error = None
-        try:
-            results.check_can_write(out, args.force or args.resume)
-        except KrumMPIError as exc:
-            error = exc
-        if comm.bcast_flag(error is not None):
-            raise error
-    elif comm.bcast_flag(0):
-        raise SystemExit(2)
-    if comm.size == 1 and not launched_under_mpi() and not args.quiet:
-        print(f"krum-mpi: note: not started by mpiexec or srun: running on 1 MPI rank (all {cfg['workers']['n']} "
-              "workers in this process); for R ranks: mpiexec -n R krum-mpi run ...", file=sys.stderr, flush=True)
+    lock = None
     try:
-        summary = train.run(cfg, out, comm, resume=args.resume, stop=stop, quiet=args.quiet)
-    except (KrumMPIError, SystemExit):
-        raise
-    except BaseException:
-        if comm.size > 1:  # one rank failing alone would leave the others blocked in a collective
-            traceback.print_exc()
-            comm.abort(1)
-        raise
-    if comm.is_root and not args.quiet and summary["status"] == "complete":
-        from .summary import format_table
-        print(format_table([summary]))
-        print(f"results: {summary['path']}")
-    if summary["status"] == "interrupted":
-        stop.ignore_further()
         if comm.is_root:
-            print(f"krum-mpi: interrupted by a signal after step {summary['steps'] - 1}: checkpoint saved in "
-                  f"{out}; continue with the same command plus --resume", file=sys.stderr, flush=True)
-        # The checkpoint is on disk and every rank is here: leave now with the status job scripts
-        # requeue on. MPI_Finalize is skipped on purpose: under srun it sometimes stalled for
-        # minutes after a forwarded signal, which would eat the time left before the limit.
-        comm.barrier()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_INTERRUPTED)
-    return 0
+            error, lock, state = None, None, "go"
+            try:
+                lock, state = _claim_out(out, cfg, args)
+            except Exception as exc:    # any failure: the other ranks must not wait for a verdict
+                error = exc
+            verdict = comm.bcast_flag(1 if error is not None else 2 if state == "complete" else 0)
+            if error is not None:
+                raise error
+        else:
+            verdict = comm.bcast_flag(0)
+            if verdict == 1:
+                raise SystemExit(2)
+        if verdict == 2:       # --resume of a finished run: nothing to do
+            stop.ignore_further()
+            return 0
+        if comm.size == 1 and not launched_under_mpi() and not args.quiet:
+            print(f"krum-mpi: note: not started by mpiexec or srun: running on 1 MPI rank (all {cfg['workers']['n']} "
+                  "workers in this process); for R ranks: mpiexec -n R krum-mpi run ...", file=sys.stderr, flush=True)
+        try:
+            summary = train.run(cfg, out, comm, resume=args.resume, stop=stop, quiet=args.quiet)
+        except (KrumMPIError, SystemExit):
+            raise
+        except BaseException:
+            if comm.size > 1:  # one rank failing alone would leave the others blocked in a collective
+                traceback.print_exc()
+                comm.abort(1)
+            raise
+        stop.ignore_further()   # the file is complete or checkpointed: a late signal changes nothing now
+        if comm.is_root and not args.quiet and summary["status"] == "complete":
+            from .summary import format_table
+            print(format_table([summary]))
+            print(f"results: {summary['path']}")
+        if summary["status"] == "interrupted":
+            if comm.is_root:
+                print(f"krum-mpi: interrupted by a signal after step {summary['steps'] - 1}: checkpoint saved in "
+                      f"{out}; continue with the same command plus --resume", file=sys.stderr, flush=True)
+            # The checkpoint is on disk and every rank is here: leave now with the status job scripts
+            # requeue on. MPI_Finalize is skipped on purpose: under srun it sometimes stalled for
+            # minutes after a forwarded signal, which would eat the time left before the limit.
+            comm.barrier()
+            if lock is not None:
+                lock.release()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        return 0
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _claim_out(out: Path, cfg: dict, args):
+    """Rank 0, before any setup: check what ``out`` is (nothing is written or opened that could
+    block), take its lock, and check it may be written. Returns (lock, "go" or "complete")."""
+    from .config import run_id
+    from .run import outfiles, resume
+
+    outfiles.check_out_path(out)
+    lock = outfiles.OutLock(out).acquire()
+    try:
+        outfiles.check_can_write(out, args.force, args.resume)
+        state = resume.state_before_start(out, cfg, run_id(cfg)) if args.resume else "go"
+    except BaseException:
+        lock.release()
+        raise
+    if lock.note and not args.quiet:
+        print(f"krum-mpi: note: {lock.note}", file=sys.stderr, flush=True)
+    if args.resume and not args.quiet and state in ("fresh", "complete"):
+        print(resume.STATE_LINES[state].format(out=out, steps=cfg["run"]["steps"]), file=sys.stderr, flush=True)
+    return lock, state
 
 
 def cmd_summary(argv) -> int:
@@ -201,8 +239,8 @@ def main(argv=None) -> int:
     sub, rest = argv[0], argv[1:]
     try:
         if sub == "run":     # stop signals handled from the first moment (see krum_mpi/run/stop.py)
-            from .run.stop import StopRequest
-            return cmd_run(rest, StopRequest().install())
+            from .run.stop import process_stop
+            return cmd_run(rest, process_stop())
         if sub in COMMANDS:
             return COMMANDS[sub](rest)
         if sub in DELEGATED:

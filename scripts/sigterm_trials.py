@@ -1,13 +1,17 @@
-"""SIGTERM (or SIGUSR1) to mpiexec at random moments of a run, N times: every run must exit with
-status 3, and ``--resume`` must end bitwise equal to an uninterrupted run.
+"""SIGTERM (or SIGUSR1, SIGINT) to mpiexec at random moments of a run, N times: every run must exit
+with status 3 (then ``--resume`` must end bitwise equal to an uninterrupted run) or, only when the
+signal came after the file was complete, 0 with the complete file bitwise equal; never 15.
 
-    python scripts/sigterm_trials.py --trials 20 --ranks 2 [--signal USR1] [--steps 1200]
+    python scripts/sigterm_trials.py --trials 20 --ranks 2 [--signal USR1|INT] [--steps 1200]
+        [--table docs-table.md]
 
 Runs on seeded synthetic data (no dataset needed), with worker momentum (per-worker state in the
-checkpoint). The moment of each signal is drawn from a recorded seed: one trial in five during
-start-up (--earliest to 1 s after the launch: imports, MPI start, setup), the others once the
-results file shows a step drawn uniformly below 80% of the run. Prints one line per trial and a
-summary; exit status 0 only when every trial passed.
+checkpoint). The moment of each signal is drawn from a recorded seed, in four kinds: "launch"
+(0 to 0.2 s after mpiexec starts: the launcher and the interpreters starting), "start-up" (0.2 to
+1 s: imports, MPI start, setup), "step" (once the results file shows a step drawn uniformly below
+80% of the run) and "after results" (once the run has printed ``results:``, the file complete).
+Prints one line per trial and a summary (with --table, also a Markdown table of the trials);
+exit status 0 only when every trial passed.
 """
 from __future__ import annotations
 
@@ -34,9 +38,13 @@ def mpiexec() -> str:
     return os.environ.get("MPIEXEC") or (str(beside) if beside.exists() else shutil.which("mpiexec"))
 
 
-def command(ranks: int, out: Path, steps: int, resume: bool = False) -> list[str]:
+KINDS = ("launch", "start-up", "step", "after results")
+WEIGHTS = (0.15, 0.15, 0.55, 0.15)
+
+
+def command(ranks: int, out: Path, steps: int, resume: bool = False, quiet: bool = True) -> list[str]:
     return [mpiexec(), "-n", str(ranks), sys.executable, "-m", "krum_mpi", "run", str(CONFIG), "--out", str(out),
-            "--quiet", "--set", f"run.steps={steps}", "--set", "run.checkpoint_every=7",
+            *(["--quiet"] if quiet else []), "--set", f"run.steps={steps}", "--set", "run.checkpoint_every=7",
             "--set", "run.eval_every=50", "--set", "optimizer.momentum=0.9",
             "--set", "optimizer.momentum_at=worker"] + (["--resume"] if resume else ["--force"])
 
@@ -70,14 +78,71 @@ def same(a: dict, b: dict) -> bool:
     return a["status"] == b["status"] == "complete" and all(a[k].tobytes() == b[k].tobytes() for k in keys)
 
 
+def wait_for_results_line(proc) -> None:
+    """Read the run's stdout until it prints ``results:`` (the file is complete then) or ends."""
+    for line in proc.stdout:
+        if line.startswith("results:"):
+            return
+
+
+def trial(args, rng, folder: Path, number: int, expected: dict, signum) -> dict:
+    """One run signalled at a drawn moment: what it exited with, what the file held, and the verdict."""
+    out = folder / f"t{number}.h5"
+    kind = rng.choices(KINDS, WEIGHTS)[0]
+    delay = rng.uniform(0.0, 0.2) if kind == "launch" else rng.uniform(0.2, 1.0)
+    target = rng.randrange(1, int(0.8 * args.steps))
+    t_launch = time.monotonic()
+    proc = subprocess.Popen(command(args.ranks, out, args.steps, quiet=kind != "after results"), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    if kind in ("launch", "start-up"):
+        time.sleep(delay)
+    elif kind == "step":
+        wait_for_step(proc, out, target)
+    else:
+        wait_for_results_line(proc)
+    at = time.monotonic() - t_launch
+    proc.send_signal(signum)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+    rc = proc.returncode
+    status, done = "no file", -1
+    if out.exists():
+        with h5py.File(out, "r") as h5:
+            status, done = str(h5.attrs["status"]), int(h5.attrs["steps_done"])
+    resumed = None
+    if rc == 3:
+        resumed = subprocess.run(command(args.ranks, out, args.steps, resume=True), cwd=REPO, capture_output=True,
+                                 text=True)
+        equal = resumed.returncode == 0 and same(outcome(out), expected)
+        ok = equal
+    else:
+        equal = rc == 0 and status == "complete" and same(outcome(out), expected)
+        ok = equal
+    return {"number": number, "kind": kind, "at": at, "rc": rc, "status": status, "steps_done": done,
+            "resume_rc": None if resumed is None else resumed.returncode, "equal": equal, "ok": ok,
+            "banner": "BAD TERMINATION" in err, "err": err, "resume_err": "" if resumed is None else resumed.stderr}
+
+
+def table(rows: list) -> str:
+    head = ("| trial | moment | signal at | exit | file then | resume exit | final file bitwise equal | verdict |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    return head + "".join(
+        f"| {r['number'] + 1} | {r['kind']} | {r['at']:.2f} s | {r['rc']}{' (BAD TERMINATION)' if r['banner'] else ''} "
+        f"| {r['status']}, {max(r['steps_done'], 0)} steps | {'-' if r['resume_rc'] is None else r['resume_rc']} "
+        f"| {'yes' if r['equal'] else 'no'} | {'ok' if r['ok'] else 'FAILED'} |\n" for r in rows)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--steps", type=int, default=1200)
-    p.add_argument("--signal", choices=("TERM", "USR1"), default="TERM")
-    p.add_argument("--earliest", type=float, default=0.3, help="earliest signal, seconds after the launch")
+    p.add_argument("--signal", choices=("TERM", "USR1", "INT"), default="TERM")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--table", type=Path, help="also write the trials as a Markdown table to this file")
     args = p.parse_args()
     rng = random.Random(args.seed)
     signum = getattr(signal, f"SIG{args.signal}")
@@ -90,41 +155,20 @@ def main() -> int:
         print(f"reference run failed ({done.returncode}): {done.stderr}", file=sys.stderr)
         return 1
     expected = outcome(ref)
-    print(f"reference: {args.steps} steps on {args.ranks} ranks in {wall:.1f} s; signals during start-up or past a random step")
-    passed = 0
-    for trial in range(args.trials):
-        out = folder / f"t{trial}.h5"
-        early = rng.random() < 0.2
-        delay, target = rng.uniform(args.earliest, 1.0), rng.randrange(1, int(0.8 * args.steps))
-        t_launch = time.monotonic()
-        proc = subprocess.Popen(command(args.ranks, out, args.steps), cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        if early:
-            time.sleep(delay)
-        else:
-            wait_for_step(proc, out, target)
-        delay = time.monotonic() - t_launch
-        proc.send_signal(signum)
-        try:
-            _, err = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            _, err = proc.communicate()
-        rc = proc.returncode
-        stopped = ""
-        if rc == 3:
-            with h5py.File(out, "r") as h5:
-                stopped = f"stopped after step {int(h5.attrs['steps_done']) - 1}"
-        resumed = subprocess.run(command(args.ranks, out, args.steps, resume=True), cwd=REPO,
-                                 capture_output=True, text=True)
-        equal = resumed.returncode == 0 and same(outcome(out), expected)
-        ok = rc == 3 and equal
-        passed += ok
-        print(f"trial {trial + 1:2d}: signal at {delay:5.2f} s, exit {rc} {stopped:24s} resume exit "
-              f"{resumed.returncode}, bitwise equal: {equal}  {'ok' if ok else 'FAILED'}", flush=True)
-        if not ok:
-            print(f"  stderr: {err.strip()[-600:]}\n  resume stderr: {resumed.stderr.strip()[-600:]}", flush=True)
+    print(f"reference: {args.steps} steps on {args.ranks} ranks in {wall:.1f} s; SIG{args.signal} at random moments")
+    rows = []
+    for number in range(args.trials):
+        r = trial(args, rng, folder, number, expected, signum)
+        rows.append(r)
+        print(f"trial {number + 1:2d}: {r['kind']:13s} signal at {r['at']:5.2f} s, exit {r['rc']:3d} "
+              f"({r['status']}, {max(r['steps_done'], 0)} steps), resume exit {r['resume_rc']}, "
+              f"bitwise equal: {r['equal']}  {'ok' if r['ok'] else 'FAILED'}", flush=True)
+        if not r["ok"]:
+            print(f"  stderr: {r['err'].strip()[-600:]}\n  resume stderr: {r['resume_err'].strip()[-600:]}", flush=True)
+    passed = sum(r["ok"] for r in rows)
     print(f"{passed} of {args.trials} trials passed (SIG{args.signal}, mpiexec -n {args.ranks}); files in {folder}")
+    if args.table:
+        args.table.write_text(table(rows))
     if passed == args.trials:
         shutil.rmtree(folder)
     return 0 if passed == args.trials else 1

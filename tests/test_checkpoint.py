@@ -7,6 +7,8 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import checkpoint_header
 from krum_mpi.run import checkpoint
@@ -51,6 +53,27 @@ def test_round_trip_is_bitwise(tmp_path):
     assert visible == ["run.h5.ckpt"] and not list(tmp_path.glob("*.link"))
     # the hidden slot it was written in is the same file (a hard link), not a second copy
     assert {p.stat().st_ino for p in tmp_path.iterdir()} == {path.stat().st_ino}
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=4), name_len=st.integers(1, 60),
+       rows=st.integers(0, 20), step=st.integers(-1, 10 ** 9))
+def test_the_header_never_overlaps_the_first_array(tmp_path_factory, sizes, name_len, rows, step):
+    """Offsets depend on the header's length and the length on the offsets: whatever the names, the
+    sizes and the rows' digests it carries, every array reads back bitwise (two passes were not
+    always enough: a header that grew past a 64-byte boundary overwrote the first array's start)."""
+    folder = tmp_path_factory.mktemp("ck")
+    rng = np.random.default_rng(len(sizes))
+    arrays = {"params": rng.standard_normal(sizes[0]).astype(np.float32)}
+    for i, size in enumerate(sizes[1:]):
+        arrays[f"aggregator_state.{'x' * name_len}{i}"] = rng.standard_normal(size).astype(np.float32)
+    digests = {f"metrics/{'y' * (i % 7)}{i}": "f" * 64 for i in range(rows)}
+    store = checkpoint.CheckpointStore(folder / "run.h5.ckpt", "abc")
+    store.write(step, arrays, rows=digests)
+    header = {}
+    got_step, got = checkpoint.read(store.path, "abc", {"params": ((sizes[0],), "float32")}, header_out=header)
+    assert got_step == step and header["rows"] == digests
+    assert all(got[name].tobytes() == a.tobytes() for name, a in arrays.items())
 
 
 def test_a_run_that_made_nan_itself_can_resume(tmp_path):

@@ -89,11 +89,10 @@ def test_a_disk_that_fills_mid_run_ends_every_rank_in_one_line(tmpfs, config):
     while not out.with_name("r.h5.ckpt").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.02)
-    with open(tmpfs / "filler", "wb") as fh:       # take every byte left
+    with open(tmpfs / "filler", "wb", buffering=0) as fh:   # every byte left; unbuffered: close flushes nothing
         try:
             while True:
                 fh.write(b"\0" * 65536)
-                fh.flush()
         except OSError:
             pass
     try:

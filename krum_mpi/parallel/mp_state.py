@@ -208,7 +208,7 @@ def saver(comm, groups, grid, workers, writer, store, theta, all_agree, n: int):
         def write():
             try:
                 writer.flush("running" if final else status)   # the rows first: the checkpoint never runs ahead
-                store.write(step_done, incoming.arrays)
+                store.write(step_done, incoming.arrays, rows=writer.row_digests())
                 writer.note_checkpoint(step_done)
                 if final:
                     writer.extra_attrs["final_params"] = (f"{store.path.name}: arrays params.shard0 .. "

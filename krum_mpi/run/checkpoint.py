@@ -7,7 +7,7 @@
     4 bytes   format version (uint32, little-endian)
     8 bytes   header length H (uint64, little-endian)
     H bytes   header: UTF-8 JSON {"run_id", "step", "arrays": [{"name", "dtype", "shape", "offset",
-              "nbytes", "crc32"}, ...]}
+              "nbytes", "crc32"}, ...], "rows": {dataset: SHA-256 of the results rows 0..step}}
     4 bytes   CRC-32 of the header bytes (uint32, little-endian)
     then each array's raw bytes (C order, little-endian dtype), at its offset (64-byte aligned)
 
@@ -17,11 +17,17 @@ to 32 bits and all but 2^-32 of other damage; it is a check against corruption, 
 process (``.<out>.ckpt.<host-pid-random>.a`` / ``.b``, alternating, overwritten in place), is fsynced,
 then hard-linked over ``<out>.ckpt`` with an atomic rename, and the folder is fsynced. So
 ``<out>.ckpt`` is always one whole checkpoint, the new one or the previous one.
+
+The header's CRC covers the arrays' CRCs, so header and data are checked as one; ``rows`` binds
+the checkpoint to the results rows it continues (krum_mpi.run.digests): a header whose step was
+changed no longer matches the rows up to that step. All of these find accidental damage; none is
+a signature (docs/reliability.md says what that leaves open).
 """
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import struct
 import zlib
@@ -30,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ResultsError
-from .outfiles import fsync_folder, os_error_text, unique_suffix
+from .outfiles import fsync_folder, open_regular, os_error_text, unique_suffix, unlink_quietly
 
 MAGIC = b"KRUMCKPT"
 FORMAT = 1
@@ -58,8 +64,9 @@ class CheckpointStore:
         self.slots = [self.path.with_name(f".{self.path.name}.{suffix}.{x}") for x in "ab"]
         self.next_slot = 0
 
-    def write(self, step: int, arrays: dict) -> int:
+    def write(self, step: int, arrays: dict, rows: dict | None = None) -> int:
         """Write ``arrays`` (name -> ndarray or None) as the checkpoint after ``step``; returns bytes.
+        ``rows``: the results rows' digests up to ``step`` (ResultsWriter.row_digests after its flush).
 
         One pass over each array in slices of 4 MiB: checksum, finiteness and write while the slice
         is in cache; the header (offsets laid out first, checksums filled in last) is written at the end."""
@@ -73,12 +80,15 @@ class CheckpointStore:
             entries.append({"name": name, "dtype": a.dtype.name, "shape": list(shape), "nbytes": int(a.nbytes),
                             "crc32": 0xFFFFFFFF, "finite": False, "offset": 0})   # widest values: room kept
         header = b""
-        for _ in range(2):   # offsets depend on the header length, which depends on the offsets
-            offset = _aligned(len(MAGIC) + 12 + len(header) + 4)
+        first = -1
+        while first != _aligned(len(MAGIC) + 12 + len(header) + 4):
+            # offsets depend on the header length, which depends on the offsets: until they agree (two
+            # passes were not always enough: a longer header could overlap the first array)
+            first = offset = _aligned(len(MAGIC) + 12 + len(header) + 4)
             for e in entries:
                 e["offset"] = offset
                 offset = _aligned(offset + e["nbytes"])
-            header = self._header(step, entries)
+            header = self._header(step, entries, rows)
         reserved = len(header)
         slot = self.slots[self.next_slot]
         try:
@@ -87,14 +97,14 @@ class CheckpointStore:
                     fh.seek(e["offset"])
                     e["crc32"], e["finite"] = _write_array(fh, a)
                 fh.truncate(offset)
-                header = self._header(step, entries).ljust(reserved)   # JSON allows trailing spaces
+                header = self._header(step, entries, rows).ljust(reserved)   # JSON allows trailing spaces
                 fh.seek(0)
                 fh.write(MAGIC + struct.pack("<IQ", FORMAT, reserved) + header + struct.pack("<I", zlib.crc32(header)))
                 fh.flush()
                 os.fsync(fh.fileno())
             _link_over(slot, self.path)
         except OSError as exc:
-            slot.unlink(missing_ok=True)   # never leave a half checkpoint holding the space
+            unlink_quietly(slot)   # never leave a half checkpoint holding the space
             kept = f"the previous one (step {self.last_step}) is kept" if self.last_step is not None \
                 else "there is none yet"
             raise ResultsError(f"cannot write checkpoint {self.path}: {os_error_text(exc)}; {kept}: "
@@ -104,12 +114,15 @@ class CheckpointStore:
         self.next_slot = 1 - self.next_slot
         return offset
 
-    def _header(self, step: int, entries: list) -> bytes:
-        return json.dumps({"run_id": self.run_id, "step": int(step), "arrays": entries}, sort_keys=True).encode()
+    def _header(self, step: int, entries: list, rows) -> bytes:
+        meta = {"run_id": self.run_id, "step": int(step), "arrays": entries}
+        if rows is not None:
+            meta["rows"] = rows
+        return json.dumps(meta, sort_keys=True).encode()
 
     def remove(self) -> None:
         for path in (self.path, *self.slots):
-            path.unlink(missing_ok=True)
+            unlink_quietly(path)
 
 
 def _link_over(slot: Path, path: Path) -> None:
@@ -126,7 +139,7 @@ def _link_over(slot: Path, path: Path) -> None:
     try:
         os.replace(tmp, path)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        unlink_quietly(tmp)
         raise
 
 
@@ -176,19 +189,20 @@ def _aligned(x: int) -> int:
 
 
 def read(path, run_id: str, expected: dict, optional_prefix: str = "aggregator_state.",
-         into: dict | None = None, select=None) -> tuple[int, dict]:
+         into: dict | None = None, select=None, header_out: dict | None = None) -> tuple[int, dict]:
     """Read and check a checkpoint: (step, arrays). Any problem raises ResultsError, one line.
 
     ``expected``: name -> (shape, dtype name) of every array that must be there, and nothing else
     except names starting with ``optional_prefix`` (whose shape is checked by the caller). ``into``:
     name -> preallocated array to read that array into (saves a copy of the largest one). ``select``:
     the names to read (None: all); the others are listed with None, to be read one at a time later
-    (a model-parallel resume never holds every shard at once).
+    (a model-parallel resume never holds every shard at once). ``header_out``: a dict that receives
+    the checked header (its ``rows`` digests, for the caller to compare with the results).
     """
     path = Path(path)
     where = f"checkpoint {path}"
     try:
-        with open(path, "rb") as fh:
+        with os.fdopen(open_regular(path), "rb") as fh:     # a FIFO or a device: refused, never waited on
             size = os.fstat(fh.fileno()).st_size
             head = fh.read(len(MAGIC) + 12)
             if len(head) < len(MAGIC) + 12 or head[:len(MAGIC)] != MAGIC:
@@ -203,6 +217,8 @@ def read(path, run_id: str, expected: dict, optional_prefix: str = "aggregator_s
             if zlib.crc32(header) != crc:
                 raise ResultsError(f"{where}: header checksum mismatch (the file is damaged)")
             meta = _parse_header(header, where)
+            if header_out is not None:
+                header_out.update(meta)
             if meta["run_id"] != run_id:
                 raise ResultsError(f"{where} belongs to run {meta['run_id']!r}, not {run_id!r}")
             arrays = {}
@@ -231,7 +247,9 @@ def _parse_header(header: bytes, where: str) -> dict:
                 and type(e.get("finite")) is bool \
                 and e["name"] not in names
             names.add(e.get("name") if isinstance(e, dict) else None)
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError):
+        rows = meta.get("rows", {}) if ok else {}
+        ok = ok and isinstance(rows, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in rows.items())
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError):   # RecursionError: [[[[...
         ok = False
     if not ok:
         raise ResultsError(f"{where}: header is not a valid checkpoint description")
@@ -247,7 +265,7 @@ def _read_array(fh, e, size, where, expected, optional_prefix, into):
                                f"{tuple(want_shape)} (another model or worker count?)")
     elif not name.startswith(optional_prefix):
         raise ResultsError(f"{where}: unexpected array {name!r} (this run has no such state)")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)     # exact: a forged shape of 2^64 elements must not wrap around
     if count * dtype.itemsize != e["nbytes"] or e["offset"] + e["nbytes"] > size:
         raise ResultsError(f"{where}: {name} claims {e['nbytes']} bytes at {e['offset']}, "
                            f"inconsistent with its shape or the file size ({size} bytes)")

@@ -8,8 +8,10 @@ share plus the others', as if all ran here) is compared with the memory availabl
 (MemAvailable, or the cgroup's limit when lower). What the ranks already hold (the interpreter,
 the data set) is already out of MemAvailable, so it is not counted again.
 
-Disk (rank 0): the results rows of every step (twice: two files alternate, see results.py) and the
-checkpoint (twice while it is replaced) against the free space of the results folder.
+Disk (rank 0): the results rows of every step (twice: two files alternate, see results.py), the
+checkpoint (twice while it is replaced), and what a flush reserves beyond its rows before HDF5
+writes (``flush_reserve_bytes``: the first flush of a small run needs that, not its rows) against the
+free space of the results folder.
 """
 from __future__ import annotations
 
@@ -137,10 +139,25 @@ def check_sizes(cfg: dict, d: int, dataset, layer_sizes, counts, ranks_here: int
                  n_test=int(getattr(dataset, "n_test", 0) or 0))
 
 
+def flush_reserve_bytes(cfg: dict, max_selected: int) -> float:
+    """What one flush allocates beyond the rows' own bytes (ResultsWriter._reserve): a fixed margin
+    for HDF5's metadata and two partial chunks per per-step dataset, for the rows of one flush."""
+    from .results import PER_STEP, _chunk_rows
+
+    n = cfg["workers"]["n"]
+    rows_per_flush = min(cfg["run"]["checkpoint_every"] or cfg["run"]["eval_every"], cfg["run"]["steps"])
+    widths = {"": (), "n": (n,), "selected": (max_selected,)}
+    need = float(1 << 18)
+    for spec in PER_STEP:
+        rows, row_bytes = _chunk_rows(widths[spec.width], spec.dtype)
+        need += (-(-rows_per_flush // rows) + 2) * rows * row_bytes
+    return need
+
+
 def check_disk(cfg: dict, d: int, out_path, max_selected: int) -> None:
     """Raise ConfigError when the results and checkpoint cannot fit in the results folder."""
     n, opt = cfg["workers"]["n"], cfg["optimizer"]
-    rows = 2.0 * cfg["run"]["steps"] * row_bytes(n, max_selected)
+    rows = 2.0 * cfg["run"]["steps"] * row_bytes(n, max_selected) + flush_reserve_bytes(cfg, max_selected)
     worker_mom = opt["momentum"] > 0 and opt["momentum_at"] == "worker"
     ckpt = 2.0 * 4 * d * (3 + (n if worker_mom else 0))
     folder = Path(out_path).parent
@@ -150,6 +167,5 @@ def check_disk(cfg: dict, d: int, out_path, max_selected: int) -> None:
     if rows + ckpt > free:
         key = "run.steps" if rows > ckpt else _d_key(cfg)
         raise ConfigError(f"the results of this run need about {_gib(rows + ckpt)} on disk (rows of "
-                          f"{cfg['run']['steps']} steps: {_gib(rows)}, checkpoint: {_gib(ckpt)}) but {folder} has "
-                          f"{_gib(free)} free: lower {key}, or choose another --out")
-
+                          f"{cfg['run']['steps']} steps and a flush's reserve: {_gib(rows)}, checkpoint: {_gib(ckpt)}) "
+                          f"but {folder} has {_gib(free)} free: lower {key}, or choose another --out")

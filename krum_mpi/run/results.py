@@ -4,7 +4,8 @@ Schema (version 1; docs/results-schema.md is the reference for users):
 
     /                 attrs: schema_version, config (JSON), run_id, status, created, provenance (JSON),
                              n_workers, n_byzantine, f, aggregator, attack, seed, steps, steps_done,
-                             last_checkpoint_step
+                             last_checkpoint_step, row_digests (SHA-256 of every per-step dataset's
+                             rows, see krum_mpi.run.digests)
     per-step datasets (PER_STEP below), each (steps_done, ...), chunked and resizable
     /selection/byzantine    bool    (n,)
     /selection/worker_rank  int32   (n,)  the MPI rank that hosted each worker
@@ -34,7 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from .outfiles import check_can_write  # noqa: F401  (the CLI checks the folder through results)
-from .outfiles import fsync_folder, os_error_text, unique_suffix
+from .digests import ATTR as DIGESTS_ATTR
+from .digests import RowHashes
+from .outfiles import fsync_folder, os_error_text, unique_suffix, unlink_quietly
 from ..errors import ResultsError
 from .provenance import blas_info, provenance  # noqa: F401  (part of the results' schema: re-exported)
 
@@ -145,6 +148,12 @@ class ResultsWriter:
         self.broken = False                   # a flush failed (disk full): later flushes write nothing
         self._lock = threading.Lock()         # the watchdog thread may flush too
         self.extra_datasets: dict = {}        # name -> (steps, ...) array written whole at each flush (comm/*)
+        self.hashes = RowHashes(s.name for s in self.specs)   # of the rows in the last flushed file
+        self._next_hashes = None
+
+    def row_digests(self) -> dict:
+        """SHA-256 of each dataset's rows as of the last flush (the checkpoint written after it keeps them)."""
+        return self.hashes.digests()
 
     def record(self, step: int, loss: float, test_accuracy: float, timing: dict, selected,
                weights=None, absent=None, worker_compute_s=None, values: dict | None = None) -> None:
@@ -173,22 +182,24 @@ class ResultsWriter:
             if self.broken:
                 return
             i = self.next_spare
+            self._next_hashes = self.hashes.advanced(self.rows.get, self.done)
             try:
                 self._update(i, status, final, h5py)
                 self._publish(self.spares[i])
             except (OSError, RuntimeError) as exc:   # disk full, read-only, permissions, quota
                 self.broken = True
-                self.spares[i].unlink(missing_ok=True)   # a half-written spare must not hold the space
+                unlink_quietly(self.spares[i])   # a half-written spare must not hold the space
                 kept = self.spare_rows[1 - i]
                 what = f"results up to {kept} steps kept in {self.path}" if kept else "nothing written yet"
                 raise ResultsError(f"cannot write {self.path}: {os_error_text(exc)}; {what}: free space or "
                                    "fix the folder, then rerun with --resume") from None
+            self.hashes = self._next_hashes
             self.spare_rows[i] = self.done
             self.next_spare = 1 - i
             self.rows.drop_before(min(r or 0 for r in self.spare_rows))
             if final is not None:            # the run is over: <out> keeps the only name of its file
                 for spare in self.spares:
-                    spare.unlink(missing_ok=True)
+                    unlink_quietly(spare)
 
     def _update(self, i: int, status: str, final, h5py) -> None:
         spare, have = self.spares[i], self.spare_rows[i]
@@ -214,6 +225,7 @@ class ResultsWriter:
             attrs["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             attrs["steps_done"] = k
             attrs["last_checkpoint_step"] = self.last_checkpoint_step
+            attrs[DIGESTS_ATTR] = self._next_hashes.attr()
             for key, value in self.extra_attrs.items():
                 attrs[key] = value
             for name, value in self.extra_datasets.items():   # small (steps x ranks): rewritten whole
@@ -296,7 +308,7 @@ class ResultsWriter:
         try:
             os.replace(tmp, self.path)
         except OSError:
-            tmp.unlink(missing_ok=True)
+            unlink_quietly(tmp)
             raise
         fsync_folder(self.path.parent)
 
@@ -310,8 +322,9 @@ def read_run(path) -> dict:
     import h5py
 
     path = Path(path)
-    if not path.is_file():
-        raise ResultsError(f"{path}: results file not found")
+    if not path.is_file():      # stat only: a FIFO or a device is never opened
+        raise ResultsError(f"{path}: results file not found" if not os.path.lexists(path) else
+                           f"{path} is not a regular file, so not a results file")
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:

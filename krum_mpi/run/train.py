@@ -319,7 +319,8 @@ def _saver(comm: Comm, workers: LocalWorkers, placement, writer, store, theta: n
                 writer.flush(status)
                 store.write(step_done, {"params": theta, **placement.state(),
                                         "worker_momentum": placement.momentum_rows()
-                                        if workers.momentum is not None else None})
+                                        if workers.momentum is not None else None},
+                            rows=writer.row_digests())
                 writer.note_checkpoint(step_done)
         if peak_rss is not None:
             write()

@@ -65,7 +65,7 @@ def cmd_plan(args) -> int:
 
 def cmd_run(args) -> int:
     # `run` always runs here (`submit` is the SLURM path); --local is kept for the scripts that say it
-    from .local import mpiexec_path, run_local
+    from .local import StudyStopped, mpiexec_path, run_local
 
     spec = load_spec(args.spec)
     jobs = spec.jobs if args.jobs is None else args.jobs
@@ -78,9 +78,15 @@ def cmd_run(args) -> int:
     mpiexec = args.mpiexec or mpiexec_path()
     folder.write_plan(plan.to_dict(), plan.base_name, plan.base_text)
     chosen = dict(plan.to_dict(), runs=select_runs(plan.to_dict()["runs"], args.part, args.limit))
-    outcome = run_local(chosen, folder, jobs=jobs, mpiexec=mpiexec)
+    try:
+        outcome = run_local(chosen, folder, jobs=jobs, mpiexec=mpiexec)
+    except StudyStopped as stopped:   # SIGTERM/SIGINT: the runs were stopped (checkpointed); 3 as krum-mpi run
+        print(f"krum-mpi study: stopped by signal {stopped.signum}: {len(stopped.stopped)} running run(s) stopped "
+              f"({', '.join(stopped.stopped) or 'none'}); run the same command again to continue", file=sys.stderr)
+        return 3
+    busy = f", {len(outcome['busy'])} being written by another process" if outcome["busy"] else ""
     print(f"study {spec.name}: {len(outcome['done'])} runs done, {len(outcome['failed'])} failed, "
-          f"{len(outcome['skipped'])} already complete; results in {folder.runs}")
+          f"{len(outcome['skipped'])} already complete{busy}; results in {folder.runs}")
     if outcome["failed"]:
         print("\n".join(format_failures(folder, run_states(plan.to_dict(), folder, None), args.tail)))
         return 1

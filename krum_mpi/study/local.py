@@ -2,7 +2,13 @@
 
 Each run writes ``runs/<id>.h5``, appends its output to ``runs/<id>.log`` and, when it ends, its exit
 status to ``runs/<id>.exit`` (the same files a SLURM array task writes). Runs whose results are
-already complete are skipped, so an interrupted study is resumed by running it again.
+already complete are skipped, so an interrupted study is resumed by running it again; a run whose
+results file another process holds (its lock, krum_mpi.run.outfiles) is left to that process.
+
+SIGTERM or SIGINT to ``study run`` stops every running run as a scheduler would (SIGTERM to its
+process group: each checkpoints and exits 3), waits for them, and ends ``study run`` with status 3.
+Each run's launcher also gets SIGTERM if ``study run`` itself dies (Linux: PR_SET_PDEATHSIG), so a
+killed ``study run`` leaves no run writing on its own.
 """
 from __future__ import annotations
 
@@ -13,12 +19,22 @@ import sys
 import time
 from datetime import datetime
 
-from ..launch import mpiexec_path
+from ..launch import mpiexec_path, stop_with_parent
+from ..run.outfiles import lock_holder
 from .folder import StudyFolder, is_complete
 
 POLL_S = 0.1
 EXIT_TIMEOUT = 124       # what timeout(1) returns; written when a run overruns launch.time
-EXIT_INTERRUPTED = 130
+STOP_GRACE_S = 60        # a stopped run's time to checkpoint before it is killed
+KILLED_BEFORE_START = (15, 143, 9, 137)   # SIGTERM / SIGKILL as mpiexec or a shell reports them
+
+
+class StudyStopped(Exception):
+    """``study run`` got SIGTERM or SIGINT; its running runs were stopped (``signum``, ``stopped``)."""
+
+    def __init__(self, signum: int, stopped: list):
+        super().__init__(signum, stopped)
+        self.signum, self.stopped = signum, stopped
 
 
 def run_command(folder: StudyFolder, base_name: str, run: dict, mpiexec: str) -> list[str]:
@@ -67,7 +83,7 @@ class _Running:
         self.log.flush()
         # a session of its own, so a timeout or Ctrl-C stops mpiexec and every rank together
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=stop_with_parent)
         self.deadline = time.monotonic() + time_s
 
     def poll(self):
@@ -82,10 +98,10 @@ class _Running:
             self.finish(rc)
         return rc
 
-    def stop(self, why: str) -> None:
+    def stop(self, why: str, grace_s: float = 5) -> None:
         self.log.write(f"== stopping: {why}\n")
         self.log.flush()
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5)):
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
@@ -116,13 +132,15 @@ def run_local(plan: dict, folder: StudyFolder, jobs: int = 1, mpiexec: str | Non
               stream=None) -> dict:
     """Run every run of ``plan`` (a study.json dict) not yet complete, ``jobs`` at a time.
 
-    Returns {"done": [ids], "failed": [ids], "skipped": [ids]}.
+    Returns {"done": [ids], "failed": [ids], "skipped": [ids], "busy": [ids]} (busy: written by
+    another process now, left to it). Raises StudyStopped after SIGTERM or SIGINT.
     """
     from .spec import parse_time
 
     mpiexec = mpiexec or mpiexec_path()
     todo = [r for r in plan["runs"] if not is_complete(folder.result(r["id"]))]
     skipped = [r["id"] for r in plan["runs"] if r not in todo]
+    busy = []
     progress = Progress(len(todo), stream)
     env = dict(os.environ)
     running, done, failed = [], [], []
@@ -131,10 +149,14 @@ def run_local(plan: dict, folder: StudyFolder, jobs: int = 1, mpiexec: str | Non
     # the same jobs on the same machine give bitwise the same results (the count is in provenance).
     pinned = any(env.get(k) for k in BLAS_THREAD_VARIABLES)
     queue = list(todo)
+    stop = _StopSignals()
     try:
-        while queue or running:
+        while (queue or running) and not stop.signum:
             while queue and len(running) < jobs:
                 run = queue.pop(0)
+                if lock_holder(folder.result(run["id"])) is not None:   # another study run has it
+                    busy.append(run["id"])
+                    continue
                 cmd = run_command(folder, plan["base"], run, mpiexec)
                 run_env = env if pinned else {**env, **blas_threads_env(jobs, int(run.get("ranks", 1)))}
                 running.append(_Running(run, cmd, folder, run_env, parse_time(run["time"])))
@@ -147,10 +169,40 @@ def run_local(plan: dict, folder: StudyFolder, jobs: int = 1, mpiexec: str | Non
                 (done if ok else failed).append(r.run["id"])
             progress.update(len(done), len(failed), len(running))
             time.sleep(POLL_S)
-    except KeyboardInterrupt:
-        for r in running:
-            r.stop("interrupted")
-            r.finish(EXIT_INTERRUPTED)
-        raise
+    finally:   # the handlers stay while the runs are stopped: a second signal must not kill us mid-way
+        if stop.signum or running:    # a signal, or an error of our own: no run is left behind
+            for r in running:
+                r.stop(f"study run got signal {stop.signum}" if stop.signum else "study run failed", STOP_GRACE_S)
+                rc = r.proc.wait()
+                rc = rc if rc >= 0 else 128 - rc
+                if stop.signum and rc in KILLED_BEFORE_START and not folder.result(r.run["id"]).exists():
+                    # signalled before its handlers were installed (interpreter start-up): nothing was
+                    # written, so it is what a stop with a checkpoint is, a run to start again
+                    r.log.write("== stopped before start (the signal came before the run could checkpoint)\n")
+                    rc = 3
+                r.finish(rc)
+        stop.restore()
+    if stop.signum:
+        raise StudyStopped(stop.signum, [r.run["id"] for r in running])
     progress.update(len(done), len(failed), 0, final=True)
-    return {"done": done, "failed": failed, "skipped": skipped}
+    return {"done": done, "failed": failed, "skipped": skipped, "busy": busy}
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT recorded (the loop then stops the runs), the previous handlers restored after."""
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[signum] = signal.signal(signum, self._record)
+            except ValueError:        # not the main thread: the caller handles signals
+                pass
+
+    def _record(self, signum, frame=None) -> None:
+        self.signum = signum
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)

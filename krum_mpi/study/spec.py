@@ -238,8 +238,10 @@ def _load_bench(path, raw: dict, study: dict) -> Spec:
 def _study_name(study: dict, path: Path) -> str:
     """study.name, else the spec's file name (or its folder's, for jobs/<name>/study.toml)."""
     name = study.get("name", path.parent.resolve().name if path.stem in ("study", "spec") else path.stem)
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise ConfigError(f"{path}: study.name = {name!r} must be a non-empty word of letters, digits, - _ .")
+    plain = isinstance(name, str) and name and not name.startswith(".")   # not "..": a folder of its own
+    if not plain or not all(c.isalnum() or c in "-_." for c in name):
+        raise ConfigError(f"{path}: study.name = {name!r} must be a plain folder name: letters, digits, - _ . "
+                          "(not starting with .)")
     return name
 
 
