@@ -205,10 +205,8 @@ def test_a_forged_checkpoint_step_with_a_valid_crc_is_refused(interrupted, tmp_p
     config, out = _copy(interrupted, tmp_path)
     ck = out.with_name(out.name + ".ckpt")
     raw, length, header = checkpoint_header(ck)
-    with h5py.File(out, "r") as h5:
-        lowest = int(h5.attrs["last_checkpoint_step"])   # what the old checks allowed: [lowest, step]
-    forged = max(lowest, header["step"] - 2)
-    assert 0 <= forged < header["step"]
+    forged = header["step"] - 2   # a step whose rows exist: only the digests tell it from the real one
+    assert forged >= 0
     header["step"] = forged
     text = json.dumps(header, sort_keys=True).encode().ljust(length)
     ck.write_bytes(raw[:20] + text + struct.pack("<I", zlib.crc32(text)) + raw[24 + length:])
