@@ -239,3 +239,36 @@ def checkpoint_header(path):
     raw = Path(path).read_bytes()
     (length,) = struct.unpack("<Q", raw[12:20])
     return raw, length, json.loads(raw[20:20 + length])
+
+
+SMALL_RUN = """
+[run]
+steps = {steps}
+checkpoint_every = 5
+eval_every = 10
+[workers]
+n = 4
+batch_size = 4
+[data]
+name = "synthetic"
+n_train = {n_train}
+n_test = 100
+n_features = 8
+[model]
+hidden = [8]
+"""
+
+
+def small_run_config(steps=20, n_train=400) -> str:
+    """A run config that takes a second or two on one rank: synthetic data, 4 workers, a tiny MLP."""
+    return SMALL_RUN.format(steps=steps, n_train=n_train)
+
+
+def one_line_error(done, *needles):
+    """The command failed with exit 2 and one stderr line, krum-mpi's error, holding every needle."""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("krum-mpi: error:"), done.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

@@ -13,25 +13,9 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, small_run_config
 from krum_mpi.study import load_spec, make_plan
 
-BASE = """
-[run]
-steps = {steps}
-checkpoint_every = 5
-eval_every = 10
-[workers]
-n = 4
-batch_size = 4
-[data]
-name = "synthetic"
-n_train = 400
-n_test = 100
-n_features = 8
-[model]
-hidden = [8]
-"""
 
 HOLD_LOCK = """
 import fcntl, os, sys, time
@@ -45,7 +29,7 @@ time.sleep(120)
 
 def _config(tmp_path, steps=20):
     path = tmp_path / "run.toml"
-    path.write_text(BASE.format(steps=steps))
+    path.write_text(small_run_config(steps=steps))
     return path
 
 

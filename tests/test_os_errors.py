@@ -11,23 +11,9 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import REPO, mpiexec_path, run_cli
+from conftest import REPO, mpiexec_path, one_line_error, run_cli, small_run_config
 
-BASE = """
-[run]
-steps = 60
-checkpoint_every = 5
-[workers]
-n = 4
-batch_size = 4
-[data]
-name = "synthetic"
-n_train = 1000
-n_test = 100
-n_features = 8
-[model]
-hidden = [8]
-"""
+BASE = small_run_config(steps=60, n_train=1000)
 
 
 @pytest.fixture
@@ -37,19 +23,10 @@ def config(tmp_path):
     return path
 
 
-def _one_line(done, *needles):
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == 2, done.stderr
-    assert len(lines) == 1 and lines[0].startswith("krum-mpi: error:"), done.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
-def test_a_binary_config_is_one_line(tmp_path):
+def test_a_binary_config_isone_line_error(tmp_path):
     path = tmp_path / "run.toml"
     path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary")
-    _one_line(run_cli(["run", path, "--out", tmp_path / "r.h5"], timeout=60), "not UTF-8 text", "byte 0x89")
+    one_line_error(run_cli(["run", path, "--out", tmp_path / "r.h5"], timeout=60), "not UTF-8 text", "byte 0x89")
 
 
 @pytest.mark.mpi
@@ -58,7 +35,7 @@ def test_run_name_cannot_leave_the_results_folder(tmp_path, config, where):
     token = os.urandom(4).hex()
     name = f"../../escaped-{token}" if where == "relative" else f"/tmp/krum-absolute-escape-{token}"
     done = run_cli(["run", config, "--set", f'run.name="{name}"'], ranks=2, cwd=tmp_path, timeout=120)
-    _one_line(done, "run.name", "--out")
+    one_line_error(done, "run.name", "--out")
     assert not list(tmp_path.parent.parent.glob(f"escaped-{token}*"))
     assert not list(Path("/tmp").glob(f"krum-absolute-escape-{token}*"))
 
@@ -73,11 +50,11 @@ def test_a_read_only_folder_is_refused_before_setup(tmpfs, config):
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     done = run_cli(["run", config, "--out", tmpfs / "r.h5", "--set", "data.n_train=100000000000"], ranks=2,
                    timeout=120)   # a data set that would take long to set up: refused before
-    _one_line(done, "Read-only file system")
+    one_line_error(done, "Read-only file system")
 
 
 @pytest.mark.mpi
-def test_a_disk_that_fills_mid_run_ends_every_rank_in_one_line(tmpfs, config):
+def test_a_disk_that_fills_mid_run_ends_every_rank_inone_line_error(tmpfs, config):
     """The results folder fills while the run goes on: one line, exit 2, every rank ends, the results
     up to the last flush stay readable, and no temporary holds the space."""
     out = tmpfs / "r.h5"
@@ -120,7 +97,7 @@ def test_sizes_that_cannot_fit_are_refused_naming_the_key(tmp_path, config, over
     done = run_cli(["run", config, "--out", tmp_path / "r.h5", "--set", override,
                     "--set", "run.steps=1000000000000" if "checkpoint_every" in override else "run.seed=0"],
                    ranks=2, timeout=120)
-    line = _one_line(done, f"lower {key}")
+    line = one_line_error(done, f"lower {key}")
     assert "memory" in line or "on disk" in line
     assert not (tmp_path / "r.h5").exists()
 

@@ -10,26 +10,11 @@ import subprocess
 import h5py
 import pytest
 
-from conftest import run_cli
+from conftest import one_line_error, run_cli, small_run_config
 from krum_mpi.errors import ResultsError
 from krum_mpi.run import outfiles
 
-BASE = """
-[run]
-steps = 20
-checkpoint_every = 5
-eval_every = 10
-[workers]
-n = 4
-batch_size = 4
-[data]
-name = "synthetic"
-n_train = 400
-n_test = 100
-n_features = 8
-[model]
-hidden = [8]
-"""
+BASE = small_run_config()
 
 
 @pytest.fixture
@@ -37,14 +22,6 @@ def config(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text(BASE)
     return path
-
-
-def _refused(done, *needles):
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == 2, done.stderr
-    assert len(lines) == 1 and lines[0].startswith("krum-mpi: error:"), done.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def _run(config, out, *flags, timeout=60):
@@ -59,7 +36,7 @@ def _run(config, out, *flags, timeout=60):
 def test_a_fifo_is_refused_without_blocking(tmp_path, config, flags):
     fifo = tmp_path / "r.h5"
     os.mkfifo(fifo)
-    _refused(_run(config, fifo, *flags), "FIFO", "regular file")
+    one_line_error(_run(config, fifo, *flags), "FIFO", "regular file")
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.h5", "run.toml"]   # nothing written beside it
 
@@ -70,18 +47,18 @@ def test_a_fifo_as_the_checkpoint_is_refused_without_blocking(tmp_path, config):
     out.with_name("r.h5.ckpt").unlink(missing_ok=True)
     os.mkfifo(out.with_name("r.h5.ckpt"))
     for flags in (["--resume"], ["--force"]):
-        _refused(_run(config, out, *flags), "r.h5.ckpt", "FIFO")
+        one_line_error(_run(config, out, *flags), "r.h5.ckpt", "FIFO")
     assert stat.S_ISFIFO(os.lstat(out.with_name("r.h5.ckpt")).st_mode)
 
 
-def test_a_folder_and_a_socket_are_refused(tmp_path, config):
+def test_a_folder_and_a_socket_areone_line_error(tmp_path, config):
     folder = tmp_path / "r.h5"
     folder.mkdir()
-    _refused(_run(config, folder, "--force"), "is a folder")
+    one_line_error(_run(config, folder, "--force"), "is a folder")
     path = tmp_path / "s.h5"
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(path))
-        _refused(_run(config, path, "--force"), "socket")
+        one_line_error(_run(config, path, "--force"), "socket")
     assert stat.S_ISSOCK(os.lstat(path).st_mode)
 
 
@@ -93,7 +70,7 @@ def test_a_device_node_is_never_replaced(tmp_path, config):
         os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
     except PermissionError:
         pytest.skip("creating a device node needs root")
-    _refused(_run(config, node, "--force"), "character device")
+    one_line_error(_run(config, node, "--force"), "character device")
     assert stat.S_ISCHR(os.lstat(node).st_mode)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".null.h5")]
 
@@ -108,12 +85,12 @@ def test_dev_null_is_refused_before_anything_is_written():
 def test_force_replaces_only_a_krum_mpi_results_file(tmp_path, config):
     foreign = tmp_path / "notes.h5"
     foreign.write_bytes(b"my own notes, not a results file\n")
-    _refused(_run(config, foreign, "--force"), "not a krum-mpi results file")
+    one_line_error(_run(config, foreign, "--force"), "not a krum-mpi results file")
     assert foreign.read_bytes() == b"my own notes, not a results file\n"
     other_hdf5 = tmp_path / "other.h5"
     with h5py.File(other_hdf5, "w") as h5:
         h5["x"] = [1, 2, 3]
-    _refused(_run(config, other_hdf5, "--force"), "not a krum-mpi results file")
+    one_line_error(_run(config, other_hdf5, "--force"), "not a krum-mpi results file")
     ours = tmp_path / "ours.h5"
     assert _run(config, ours).returncode == 0
     done = _run(config, ours, "--force", "--set", "run.seed=3")
@@ -125,7 +102,7 @@ def test_force_replaces_only_a_krum_mpi_results_file(tmp_path, config):
 def test_a_foreign_checkpoint_beside_out_is_not_replaced(tmp_path, config):
     out = tmp_path / "r.h5"
     out.with_name("r.h5.ckpt").write_bytes(b"someone else's file")
-    _refused(_run(config, out, "--force"), "not a krum-mpi checkpoint")
+    one_line_error(_run(config, out, "--force"), "not a krum-mpi checkpoint")
     assert out.with_name("r.h5.ckpt").read_bytes() == b"someone else's file"
 
 
@@ -134,7 +111,7 @@ def test_a_name_too_long_is_refused_at_the_start(tmp_path, config):
     the start with the limit, not at the first checkpoint with advice about free space."""
     out = tmp_path / ("r" * 226 + ".h5")
     done = _run(config, out)
-    _refused(done, "over this file system's limit of 255", "choose a name of at most")
+    one_line_error(done, "over this file system's limit of 255", "choose a name of at most")
     assert "space" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.toml"]
 
@@ -146,7 +123,7 @@ def test_the_disk_preflight_counts_the_first_flush(mount_tmpfs, config):
     setup, naming it."""
     folder = mount_tmpfs("300k")
     done = run_cli(["run", config, "--out", folder / "r.h5", "--quiet"], ranks=2, timeout=120)
-    _refused(done, "on disk", "a flush's reserve")
+    one_line_error(done, "on disk", "a flush's reserve")
     assert not (folder / "r.h5").exists()
 
 
