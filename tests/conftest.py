@@ -161,6 +161,25 @@ def native_isa(request, monkeypatch):
     native.reset_isa()
 
 
+@pytest.fixture(params=["avx512", "avx2", "generic", "numpy"])
+def kernel_path(request, monkeypatch):
+    """The compiled kernels capped at each ISA this CPU runs, then the NumPy path (KRUM_MPI_NATIVE=0)."""
+    import krum_mpi.native as native
+
+    if request.param == "numpy":
+        monkeypatch.setattr(native, "ENABLED", False)
+        yield request.param
+        return
+    if request.param not in native_isas():
+        pytest.skip(f"compiled kernels: the {request.param} variant does not run on this CPU or is not built")
+    monkeypatch.setattr(native, "ENABLED", True)
+    with monkeypatch.context() as patch:
+        patch.setenv("KRUM_MPI_ISA", request.param)
+        native.reset_isa()
+        yield request.param
+    native.reset_isa()
+
+
 @pytest.fixture
 def mount_tmpfs(tmp_path):
     """mount_tmpfs(size) -> a real tmpfs of that size (e.g. "1m"), unmounted after the test; skips

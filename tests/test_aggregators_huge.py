@@ -11,24 +11,12 @@ import numpy as np
 import pytest
 
 import krum_mpi.aggregators as agg
-import krum_mpi.native as native
 from krum_mpi.aggregators import coordinatewise as cw
 from krum_mpi.aggregators.rowops import combine_rows
 from krum_mpi.aggregators.rows import Rows
-from conftest import native_isas
 
 
-@pytest.fixture(autouse=True, params=["avx512", "avx2", "generic", "numpy"])
-def kernel_path(request, monkeypatch):
-    """The compiled kernels capped at each ISA this CPU runs, then the NumPy path (KRUM_MPI_NATIVE=0)."""
-    if request.param == "numpy":
-        monkeypatch.setattr(native, "ENABLED", False)
-    elif request.param not in native_isas():
-        pytest.skip(f"compiled kernels: the {request.param} variant does not run on this CPU or is not built")
-    else:
-        monkeypatch.setattr(native, "ENABLED", True)
-        monkeypatch.setenv("KRUM_MPI_ISA", request.param)
-    return request.param
+pytestmark = pytest.mark.usefixtures("kernel_path")   # every test on each ISA and on NumPy
 
 BIG = float(np.finfo(np.float32).max)
 U32 = 2.0 ** -24

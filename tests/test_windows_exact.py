@@ -15,30 +15,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import krum_mpi.aggregators as agg
-import krum_mpi.native as native
 from krum_mpi.aggregators import coordinatewise as cw
 from krum_mpi.aggregators.base import FLOAT64_BOUND
 from krum_mpi.aggregators.certify import CertifiedDistances, nearest_rows
 from krum_mpi.aggregators.distances import sq_distances
 from krum_mpi.parallel import sharded
-from conftest import native_isas
 from test_certified import exact_distances, ref_bulyan_chosen, ref_lowest, ref_mda, ref_nearest, ref_scores
 
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 TINY = 2.0**-149  # the smallest float32 subnormal
 
 
-@pytest.fixture(autouse=True, params=["avx512", "avx2", "generic", "numpy"])
-def kernel_path(request, monkeypatch):
-    """The compiled kernels capped at each ISA this CPU runs, then the NumPy path (KRUM_MPI_NATIVE=0)."""
-    if request.param == "numpy":
-        monkeypatch.setattr(native, "ENABLED", False)
-    elif request.param not in native_isas():
-        pytest.skip(f"compiled kernels: the {request.param} variant does not run on this CPU or is not built")
-    else:
-        monkeypatch.setattr(native, "ENABLED", True)
-        monkeypatch.setenv("KRUM_MPI_ISA", request.param)
-    return request.param
+pytestmark = pytest.mark.usefixtures("kernel_path")   # every test on each ISA and on NumPy
 
 
 # ---- the judge ------------------------------------------------------------------------------------
