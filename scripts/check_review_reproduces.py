@@ -88,6 +88,8 @@ def compare_runs(ref: pd.DataFrame, new: pd.DataFrame, parts=(), slice_only=Fals
         ref = ref[ref["run.name"].isin(parts)]
     new_by_run = {r["run"]: r for _, r in new.iterrows()}
     columns = [c for c in compared_columns(ref) if c != "run"]
+    if parts or slice_only:   # a slice's report leaves out the columns its own runs do not vary
+        columns = [c for c in columns if c in new.columns]
     lines, agree, differ, missing = [], 0, 0, 0
     for _, row in ref.iterrows():
         other = new_by_run.get(row["run"])
