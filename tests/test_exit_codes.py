@@ -119,15 +119,21 @@ def test_a_signal_after_the_file_is_complete_exits_0(tmp_path, signum):
         assert h5.attrs["status"] == "complete" and h5.attrs["steps_done"] == 30
 
 
+def _launched_past(config, out, steps):
+    """A quiet run launched and past ``steps`` recorded steps (it is still running)."""
+    proc = _launch(config, out, extra=["--quiet"])
+    deadline = time.monotonic() + 120
+    while steps_done(out) < steps:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    return proc
+
+
 @pytest.mark.mpi
 def test_sigint_stops_like_sigterm(tmp_path):
     """Ctrl-C (SIGINT, which mpiexec passes to every rank): checkpoint, exit 3, no traceback."""
     config, out = _config(tmp_path, 4000), tmp_path / "r.h5"
-    proc = _launch(config, out, extra=["--quiet"])
-    deadline = time.monotonic() + 120
-    while steps_done(out) < 10:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.05)
+    proc = _launched_past(config, out, 10)
     proc.send_signal(signal.SIGINT)
     rc, _, err = _finish(proc)
     assert rc == 3 and "Traceback" not in err and "BAD TERMINATION" not in err, err
@@ -140,11 +146,7 @@ def test_sigint_stops_like_sigterm(tmp_path):
 @pytest.mark.mpi
 def test_sigquit_is_not_the_status_of_a_checkpointed_stop(tmp_path):
     config, out = _config(tmp_path, 4000), tmp_path / "r.h5"
-    proc = _launch(config, out, extra=["--quiet"])
-    deadline = time.monotonic() + 120
-    while steps_done(out) < 10:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.05)
+    proc = _launched_past(config, out, 10)
     proc.send_signal(signal.SIGQUIT)
     rc, _, err = _finish(proc)
     assert rc not in (0, 3), err

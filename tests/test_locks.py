@@ -147,6 +147,16 @@ def test_study_run_leaves_a_cell_another_process_writes(tmp_path, mpiexec):
     assert not (folder / "runs" / f"{run_id}.h5").exists()
 
 
+def _study_running(spec, folder, result):
+    """`study run` started, with its run past its first recorded step."""
+    study = _popen(["study", "run", spec, "--dir", folder])
+    deadline = time.monotonic() + 180
+    while _steps_done(result) < 1:
+        assert study.poll() is None and time.monotonic() < deadline, study.stderr.read()
+        time.sleep(0.1)
+    return study
+
+
 @pytest.mark.mpi
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_study_run_stops_its_runs_on_a_signal_and_exits_3(tmp_path, mpiexec, signum):
@@ -154,11 +164,7 @@ def test_study_run_stops_its_runs_on_a_signal_and_exits_3(tmp_path, mpiexec, sig
     folder = tmp_path / "out"
     (run_id,) = [r.id for r in make_plan(load_spec(spec)).runs]
     result = folder / "runs" / f"{run_id}.h5"
-    study = _popen(["study", "run", spec, "--dir", folder])
-    deadline = time.monotonic() + 180
-    while _steps_done(result) < 1:
-        assert study.poll() is None and time.monotonic() < deadline, study.stderr.read()
-        time.sleep(0.1)
+    study = _study_running(spec, folder, result)
     study.send_signal(signum)
     try:
         rc = study.wait(timeout=120)
@@ -182,11 +188,7 @@ def test_a_killed_study_run_leaves_no_run_writing(tmp_path, mpiexec):
     folder = tmp_path / "out"
     (run_id,) = [r.id for r in make_plan(load_spec(spec)).runs]
     result = folder / "runs" / f"{run_id}.h5"
-    study = _popen(["study", "run", spec, "--dir", folder])
-    deadline = time.monotonic() + 180
-    while _steps_done(result) < 1:
-        assert study.poll() is None and time.monotonic() < deadline, study.stderr.read()
-        time.sleep(0.1)
+    study = _study_running(spec, folder, result)
     study.kill()
     study.wait()
     deadline = time.monotonic() + 60

@@ -109,13 +109,8 @@ def open_regular(path, flags: int = os.O_RDONLY) -> int:
 
 def is_own_results(path) -> bool:
     """Whether ``path`` is a results file krum-mpi wrote: an HDF5 file with our schema_version and run_id."""
-    try:
-        fd = open_regular(path)
-    except OSError:
+    if not _starts_with(path, HDF5_SIGNATURE):
         return False
-    with os.fdopen(fd, "rb") as fh:
-        if fh.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
-            return False
     try:
         import h5py
 
@@ -126,12 +121,18 @@ def is_own_results(path) -> bool:
 
 
 def is_own_checkpoint(path) -> bool:
+    """Whether ``path`` is a checkpoint krum-mpi wrote (its magic bytes)."""
+    return _starts_with(path, CHECKPOINT_MAGIC)
+
+
+def _starts_with(path, magic: bytes) -> bool:
+    """Whether ``path`` is a regular file whose first bytes are ``magic`` (opened without blocking)."""
     try:
         fd = open_regular(path)
     except OSError:
         return False
     with os.fdopen(fd, "rb") as fh:
-        return fh.read(len(CHECKPOINT_MAGIC)) == CHECKPOINT_MAGIC
+        return fh.read(len(magic)) == magic
 
 
 def check_name_length(path: Path) -> None:
