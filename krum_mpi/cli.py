@@ -26,6 +26,7 @@ from .errors import KrumMPIError
 # is kept); 3 stopped by SIGTERM/SIGUSR1/SIGINT with a checkpoint (job scripts requeue on it);
 # 4 ended by the watchdog; 131 SIGQUIT (krum_mpi.run.stop.EXIT_QUIT); 1 an unexpected error.
 EXIT_INTERRUPTED = 3
+FINALIZE_BOUND_S = 20.0   # after a stop: how long MPI_Finalize may take before the rank leaves anyway
 
 DELEGATED = {  # subcommand -> module with main(argv) -> int
     "bench": "krum_mpi.bench.aggregate",
@@ -172,15 +173,13 @@ def cmd_run(argv, stop=None) -> int:
             if comm.is_root:
                 print(f"krum-mpi: interrupted by a signal after step {summary['steps'] - 1}: checkpoint saved in "
                       f"{out}; continue with the same command plus --resume", file=sys.stderr, flush=True)
-            # The checkpoint is on disk and every rank is here: leave now with the status job scripts
-            # requeue on. MPI_Finalize is skipped on purpose: under srun it sometimes stalled for
-            # minutes after a forwarded signal, which would eat the time left before the limit.
-            comm.barrier()
+            # The checkpoint is on disk: every rank leaves together with the status job scripts
+            # requeue on, finalized (see Comm.finalize_within) but within a bound, so that a stalled
+            # finalize cannot eat the time left before the limit.
             if lock is not None:
                 lock.release()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EXIT_INTERRUPTED)
+            comm.finalize_within(FINALIZE_BOUND_S, EXIT_INTERRUPTED)
+            raise SystemExit(EXIT_INTERRUPTED)
         return 0
     finally:
         if lock is not None:

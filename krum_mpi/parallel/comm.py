@@ -251,6 +251,24 @@ class Comm:
             return []
         return [bytes(row).rstrip(b"\0").decode(errors="replace") for row in out]
 
+    def finalize_within(self, seconds: float, code: int) -> None:
+        """Every rank, together: ``MPI_Finalize``, but never longer than ``seconds`` (then the
+        process ends with ``code`` at once). Finalizing matters: under ``mpiexec`` a rank that
+        leaves without it (``os._exit``) is seen as a crash, and the launcher kills the ranks still
+        leaving, so the job's status becomes 9 instead of ``code``. The bound matters too: under
+        ``srun`` after a forwarded signal, finalize sometimes stalled for minutes."""
+        import threading
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        timer = threading.Timer(seconds, os._exit, (code,))
+        timer.daemon = True
+        timer.start()
+        self.barrier()
+        if not self.MPI.Is_finalized():
+            self.MPI.Finalize()
+        timer.cancel()
+
     def abort(self, code: int = 1) -> None:
         """End every rank of the job now (after one rank hit an error the others cannot see)."""
         sys.stdout.flush()

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from ..errors import KrumMPIError
+from ..errors import KrumMPIError, ResultsError
 
 
 def peak_rss_mib() -> float:
@@ -25,15 +25,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def flush_or_note(writer, status: str) -> None:
+def flush_or_note(writer, status: str, cause: BaseException | None = None) -> None:
     """On an error or a hung run: record ``status`` if the disk allows (a full disk must not keep the
-    run from ending); the first error is the one reported, this one is a note."""
+    run from ending); the first error is the one reported, this one is a note. When the first error
+    was itself a failed write (``cause`` a ResultsError: the disk is full, the folder read-only), the
+    note would only say it again: the one line stays one line."""
     if writer is None:
         return
     try:
         writer.flush(status)
     except KrumMPIError as exc:
-        print(f"krum-mpi: note: {exc}", file=sys.stderr, flush=True)
+        if not isinstance(cause, ResultsError):
+            print(f"krum-mpi: note: {exc}", file=sys.stderr, flush=True)
 
 
 STOP_GRACE_S = 10.0   # after a stop signal, how long a step may still take before the watchdog ends it

@@ -262,7 +262,7 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
     try:
         step, interrupted = loop.run(start)
     except KrumMPIError as exc:    # found by one rank mid-run (a bad row in a dataset file, say)
-        flush_or_note(writer, "failed")
+        flush_or_note(writer, "failed", exc)
         # the other ranks wait in a collective: end them all, with the message (unless all know already)
         if comm.size > 1 and not getattr(exc, "agreed", False):
             print(f"krum-mpi: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
