@@ -9,6 +9,9 @@
     local.py     run a study on this machine, a few runs at a time
     slurm.py     site profiles, job scripts rendered at submit time (templates.py, one-pass
                  ``string.Template``), sbatch, squeue / sacct
+    tuning.py    the tuning stage: a grid per rule without attack, the choice (tuning.json), the
+                 parts that take the chosen values
+    kernel.py    one BLAS kernel per study (OPENBLAS_CORETYPE pinned, mixing refused)
     bench_job.py a [bench] spec: one ``krum-mpi bench`` job
     status.py    done / running / failed / pending per run
     cli.py       ``krum-mpi study plan|run|submit|status|render``

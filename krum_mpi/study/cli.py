@@ -16,13 +16,14 @@ study.profile); jobs/ holds only the specs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-from ..errors import KrumMPIError
-from . import bench_job, slurm
-from .folder import PLAN_FILE, SLURM_DIR, StudyFolder
+from ..errors import ConfigError, KrumMPIError
+from . import bench_job, kernel, slurm, tuning
+from .folder import PLAN_FILE, SLURM_DIR, StudyFolder, is_complete
 from .plan import format_table, make_plan, select_runs
 from .spec import load_spec
 from .status import format_failures, format_status, run_states
@@ -33,15 +34,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"krum-mpi: error: {message} (see '{self.prog} --help')\n")
 
 
-def _planned(spec, check_models: bool = True):
-    """Plan the spec; print every invalid run (one line each) and raise if any."""
+def _planned(spec, check_models: bool = True, folder=None, record: bool = True):
+    """Plan the spec; print every invalid run (one line each) and raise if any. With the study
+    ``folder``, a tuning part whose runs are all complete makes its choice (``tuning.choose``, written
+    to tuning.json) and the parts that take it get their runs; ``plan.waiting`` says why not."""
     plan = make_plan(spec, check_models=check_models)
+    waiting = {}
+    if folder is not None and any(p.tune is not None for p in spec.parts):
+        choices, waiting = tuning.choose(spec, plan, folder, record)
+        if choices:
+            plan = make_plan(spec, check_models=check_models, choices=choices)
     for line in plan.invalid:
         print(f"krum-mpi study: invalid {line}", file=sys.stderr)
     plan.check()
     for note in plan.notes:
         print(f"note: {note}", file=sys.stderr)
+    plan.waiting = waiting
     return plan
+
+
+def _refuse_waiting(plan, parts, with_tuning: bool) -> None:
+    """One line and exit 2 for a named part whose tuned values are not chosen yet (``with_tuning``:
+    unless its tuning part is named too, so that this command runs the tuning first)."""
+    by_part = {p.name: p for p in plan.spec.parts}
+    for name in dict.fromkeys(r.labels.get("part", "") for r in plan.awaiting):
+        tuned = by_part[name].tuned
+        if name in parts and not (with_tuning and tuned in parts):
+            keys = ", ".join(next(p for p in plan.spec.parts if p.name == tuned).tune.grid)
+            raise ConfigError(f"part {name} takes {keys} from tuning part {tuned}, which has not chosen them yet "
+                              f"({plan.waiting.get(tuned, 'not run')}): run 'krum-mpi study run "
+                              f"{plan.spec.path} --part {tuned}' first")
 
 
 def _folder(spec, given) -> StudyFolder:
@@ -52,12 +74,22 @@ def _profile(args, spec) -> dict:
     return slurm.load_profile(args.profile or spec.profile)
 
 
+def _note_waiting(plan) -> None:
+    """SLURM runs what exists now: the runs waiting for a tuning stage are submitted after it."""
+    for name, why in plan.waiting.items():
+        count = sum(next(p for p in plan.spec.parts if p.name == r.labels.get("part")).tuned == name
+                    for r in plan.awaiting)
+        if count:
+            print(f"note: {count} runs wait for tuning part {name} ({why}): submit again once it has run",
+                  file=sys.stderr)
+
+
 def cmd_plan(args) -> int:
     spec = load_spec(args.spec)
     if spec.bench:
         print(bench_job.describe(spec))
         return 0
-    plan = _planned(spec)
+    plan = _planned(spec, folder=_folder(spec, args.dir), record=False)
     print(format_table(plan))
     print(f"study folder: {_folder(spec, args.dir).path}")
     return 0
@@ -65,7 +97,7 @@ def cmd_plan(args) -> int:
 
 def cmd_run(args) -> int:
     # `run` always runs here (`submit` is the SLURM path); --local is kept for the scripts that say it
-    from .local import StudyStopped, mpiexec_path, run_local
+    from .local import mpiexec_path
 
     spec = load_spec(args.spec)
     jobs = spec.jobs if args.jobs is None else args.jobs
@@ -74,23 +106,46 @@ def cmd_run(args) -> int:
     folder = _folder(spec, args.dir)
     if spec.bench:
         return bench_job.run_here(spec, folder)
-    plan = _planned(spec)
+    plan = _planned(spec, folder=folder)
+    _refuse_waiting(plan, args.part, with_tuning=True)
     mpiexec = args.mpiexec or mpiexec_path()
+    pin, note = kernel.pinned_env(spec.name, spec.blas_coretype, plan.to_dict()["runs"], folder, os.environ)
+    print(f"note: {note}", file=sys.stderr)
+    rc, limit = _run_stage(args, spec, plan, folder, jobs, mpiexec, pin, args.limit)
+    wanted = [r for r in plan.awaiting if not args.part or r.labels.get("part") in args.part]
+    if rc is not None or not wanted or (args.limit and limit <= 0):
+        return rc or 0
+    plan = _planned(spec, folder=folder)      # the tuning stage has run: the choice, then its parts
+    if plan.awaiting:
+        for name, why in plan.waiting.items():
+            print(f"krum-mpi study: {len(wanted)} runs wait for tuning part {name}, which cannot choose: {why}",
+                  file=sys.stderr)
+        return 1
+    pin, _ = kernel.pinned_env(spec.name, spec.blas_coretype, plan.to_dict()["runs"], folder, os.environ)
+    return _run_stage(args, spec, plan, folder, jobs, mpiexec, pin, limit)[0] or 0
+
+
+def _run_stage(args, spec, plan, folder, jobs, mpiexec, pin, limit):
+    """Run the selected runs of ``plan`` that exist now; (exit status or None to go on, limit left)."""
+    from .local import StudyStopped, run_local
+
     folder.write_plan(plan.to_dict(), plan.base_name, plan.base_text)
-    chosen = dict(plan.to_dict(), runs=select_runs(plan.to_dict()["runs"], args.part, args.limit))
+    selected = select_runs(plan.to_dict()["runs"], args.part, 0, plan.to_dict()["awaiting"])
+    if limit:
+        selected = [r for r in selected if not is_complete(folder.result(r["id"]))][:limit]
     try:
-        outcome = run_local(chosen, folder, jobs=jobs, mpiexec=mpiexec)
+        outcome = run_local(dict(plan.to_dict(), runs=selected), folder, jobs=jobs, mpiexec=mpiexec, extra_env=pin)
     except StudyStopped as stopped:   # SIGTERM/SIGINT: the runs were stopped (checkpointed); 3 as krum-mpi run
         print(f"krum-mpi study: stopped by signal {stopped.signum}: {len(stopped.stopped)} running run(s) stopped "
               f"({', '.join(stopped.stopped) or 'none'}); run the same command again to continue", file=sys.stderr)
-        return 3
+        return 3, 0
     busy = f", {len(outcome['busy'])} being written by another process" if outcome["busy"] else ""
     print(f"study {spec.name}: {len(outcome['done'])} runs done, {len(outcome['failed'])} failed, "
           f"{len(outcome['skipped'])} already complete{busy}; results in {folder.runs}")
     if outcome["failed"]:
         print("\n".join(format_failures(folder, run_states(plan.to_dict(), folder, None), args.tail)))
-        return 1
-    return 0
+        return 1, 0
+    return None, limit - len(selected) if limit else 0
 
 
 def cmd_submit(args) -> int:
@@ -99,7 +154,9 @@ def cmd_submit(args) -> int:
     folder = _folder(spec, args.dir)
     if spec.bench:
         return bench_job.submit(spec, profile, folder, args.dry_run)
-    plan = _planned(spec)
+    plan = _planned(spec, folder=folder)
+    _refuse_waiting(plan, args.part, with_tuning=False)
+    _note_waiting(plan)
     if not args.dry_run:
         slurm.check_reachable()
     folder.write_plan(plan.to_dict(), plan.base_name, plan.base_text)
@@ -182,7 +239,9 @@ def cmd_render(args) -> int:
     if spec.bench:
         files = slurm.render_bench(spec, profile, study_path, str(out))
     else:
-        plan = _planned(spec)
+        plan = _planned(spec, folder=StudyFolder(study_path), record=False)
+        _refuse_waiting(plan, args.part, with_tuning=False)
+        _note_waiting(plan)
         runs = select_runs(plan.to_dict()["runs"], args.part, args.limit)
         files, _ = slurm.render(plan.to_dict(), runs, profile, study_path, plan.base_text, str(out))
     slurm.write_scripts(files, out)

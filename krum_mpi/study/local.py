@@ -129,8 +129,9 @@ def blas_threads_env(jobs: int, ranks: int) -> dict:
 
 
 def run_local(plan: dict, folder: StudyFolder, jobs: int = 1, mpiexec: str | None = None,
-              stream=None) -> dict:
-    """Run every run of ``plan`` (a study.json dict) not yet complete, ``jobs`` at a time.
+              stream=None, extra_env: dict | None = None) -> dict:
+    """Run every run of ``plan`` (a study.json dict) not yet complete, ``jobs`` at a time, each with
+    ``extra_env`` added to its environment (the pinned BLAS kernel, ``study.kernel``).
 
     Returns {"done": [ids], "failed": [ids], "skipped": [ids], "busy": [ids]} (busy: written by
     another process now, left to it). Raises StudyStopped after SIGTERM or SIGINT.
@@ -142,7 +143,7 @@ def run_local(plan: dict, folder: StudyFolder, jobs: int = 1, mpiexec: str | Non
     skipped = [r["id"] for r in plan["runs"] if r not in todo]
     busy = []
     progress = Progress(len(todo), stream)
-    env = dict(os.environ)
+    env = {**os.environ, **(extra_env or {})}
     running, done, failed = [], [], []
     # BLAS threads: the cores shared by the runs that run together, unless the user chose. Large
     # matrix products round differently with other thread counts, so this also makes a rerun with

@@ -17,6 +17,7 @@ import tomli_w
 
 from .. import config
 from ..errors import ConfigError, KrumMPIError
+from . import tuning
 from .spec import Spec, excluded
 
 
@@ -33,6 +34,7 @@ class Run:
     labels: dict             # {swept key: value}: what tells this run apart in tables
     config: dict = field(repr=False, default_factory=dict)   # the resolved run config
     n_params: int | None = None                               # model size, when the data is readable
+    tuned: dict = field(default_factory=dict)                 # {key: value} taken from the tuning stage
 
 
 @dataclass
@@ -43,6 +45,9 @@ class Plan:
     notes: list
     base_text: str
     base_name: str
+    awaiting: list = field(default_factory=list)   # Runs (no id yet) of parts waiting for their tuning
+    waiting: dict = field(default_factory=dict)    # {tuning part: why it has not chosen yet}
+
 
     def check(self) -> None:
         """Raise ConfigError if any run is invalid (the caller prints ``invalid`` first)."""
@@ -56,7 +61,8 @@ class Plan:
         return {"name": self.spec.name, "spec": str(self.spec.path), "description": self.spec.description,
                 "base": self.base_name, "base_source": self.spec.base_source,
                 "runs": [{k: v for k, v in asdict(r).items() if k not in ("config", "n_params")}
-                         for r in self.runs]}
+                         for r in self.runs],
+                "awaiting": [{"part": r.labels.get("part", ""), "labels": r.labels} for r in self.awaiting]}
 
 
 def override(key: str, value) -> str:
@@ -102,56 +108,109 @@ def part_overrides(part) -> list:
     return sets
 
 
-def make_plan(spec: Spec, check_models: bool = True) -> Plan:
-    """Every run of the spec (of every part), each config validated; bad runs are collected, not raised."""
+def make_plan(spec: Spec, check_models: bool = True, choices: dict | None = None) -> Plan:
+    """Every run of the spec (of every part), each config validated; bad runs are collected, not raised.
+
+    Tuning parts come first, each sweep combination crossed with its rule's grid. A part that takes
+    tuned values gets them from ``choices`` ({tuning part: {group: {key: value}}}, from
+    ``tuning.choose``); without a choice yet its runs are listed in ``plan.awaiting`` (no id yet).
+    """
     base_text = toml_text(spec.base, header=f"Base run config of study {spec.name} (from {spec.base_source}).")
     base_name = f"base-{hashlib.sha256(base_text.encode()).hexdigest()[:8]}.toml"
-    runs, invalid, notes, seen, n_excluded = [], [], [], {}, 0
-    dims = _Dims() if check_models else None
-    index = -1
-    for part in spec.parts:
+    state = _Expansion(spec, _Dims() if check_models else None, choices or {})
+    for part in sorted(spec.parts, key=lambda p: p.tune is None):   # tuning parts first (stable)
         first = part_overrides(part)
         for assignment in part.combinations():
-            index += 1
+            state.index += 1
             launch = dict(part.launch)
             launch.update({k[len("launch."):]: v for k, v in assignment.items() if k.startswith("launch.")})
             sets = first + [override(k, v) for k, v in assignment.items() if not k.startswith("launch.")]
-            raw = config.apply_overrides(spec.base, sets)
-            defaults_and_raw = {s: {**config.DEFAULTS[s], **raw.get(s, {})} for s in config.DEFAULTS}
-            if excluded(part.exclude, defaults_and_raw, launch):   # before validating: skip what is not wanted
-                n_excluded += 1
-                continue
             labels = ({"part": part.name} if part.name else {}) | assignment
-            what = f"run {index} (" + (" ".join(f"{k}={v}" for k, v in labels.items()) or "base") + ")"
-            try:
-                cfg = config.validate(raw)
-                n_params = dims.n_params(cfg, notes) if dims is not None else None
-            except ConfigError as exc:
-                invalid.append(f"{what}: {' '.join(str(exc).split())}")
-                continue
-            if excluded(part.exclude, cfg, launch):   # again on the resolved config (defaults filled in)
-                n_excluded += 1
-                continue
-            run = Run(id=run_id(cfg, launch["ranks"], launch["nodes"]), ranks=launch["ranks"],
-                      nodes=launch["nodes"], gpus=launch["gpus"], time=launch["time"], group=launch["group"],
-                      needs_gpu="gpu" in (cfg["run"]["device"], cfg["workers"]["device"]),
-                      overrides=sets, labels=labels, config=cfg, n_params=n_params)
-            if run.id in seen:
-                notes.append(f"{what} is the same run as {seen[run.id]} (same resolved config and ranks): kept once")
-                continue
-            seen[run.id] = what
-            runs.append(run)
-    if not runs and not invalid:
+            rule = config.apply_overrides(spec.base, sets).get("aggregator", {}).get(
+                "name", config.DEFAULTS["aggregator"]["name"])
+            points = part.tune.points(str(rule)) if part.tune is not None else [{}]
+            for point in points:
+                state.add(part, launch, sets + [override(k, v) for k, v in point.items()], labels | point)
+    if not state.runs and not state.invalid and not state.awaiting:
         raise ConfigError(f"{spec.path}: study {spec.name} has no runs: its [[exclude]] rules drop "
-                          f"all {n_excluded} combinations")
-    if n_excluded:
-        notes.append(f"{n_excluded} combinations excluded by [[exclude]]")
-    return Plan(spec=spec, runs=runs, invalid=invalid, notes=notes, base_text=base_text, base_name=base_name)
+                          f"all {state.n_excluded} combinations")
+    if state.n_excluded:
+        state.notes.append(f"{state.n_excluded} combinations excluded by [[exclude]]")
+    return Plan(spec=spec, runs=state.runs, invalid=state.invalid, notes=state.notes, base_text=base_text,
+                base_name=base_name, awaiting=state.awaiting)
 
 
-def select_runs(runs: list, parts=(), limit: int = 0) -> list:
-    """The runs of the named parts (all when none is named), at most ``limit`` of them (0: all)."""
-    known = {r["labels"].get("part", "") for r in runs}
+class _Expansion:
+    """The runs of a plan as they are expanded: checked, deduplicated, tuned values applied."""
+
+    def __init__(self, spec, dims, choices):
+        self.spec, self.dims, self.choices = spec, dims, choices
+        self.runs, self.invalid, self.notes, self.awaiting = [], [], [], []
+        self.seen, self.groups, self.n_excluded, self.index = {}, {}, 0, -1
+
+    def add(self, part, launch, sets, labels) -> None:
+        raw = config.apply_overrides(self.spec.base, sets)
+        defaults_and_raw = {s: {**config.DEFAULTS[s], **raw.get(s, {})} for s in config.DEFAULTS}
+        if excluded(part.exclude, defaults_and_raw, launch):   # before validating: skip what is not wanted
+            self.n_excluded += 1
+            return
+        what = f"run {self.index} (" + (" ".join(f"{k}={v}" for k, v in labels.items()) or "base") + ")"
+        try:
+            cfg = config.validate(raw)
+            if excluded(part.exclude, cfg, launch):   # again on the resolved config (defaults filled in)
+                self.n_excluded += 1
+                return
+            sets, tuned, waits = self.tuned_values(part, cfg, sets)
+            if tuned:
+                cfg = config.validate(config.apply_overrides(self.spec.base, sets))
+            self.check_tuning_run(part, cfg)
+            n_params = self.dims.n_params(cfg, self.notes) if self.dims is not None else None
+        except ConfigError as exc:
+            self.invalid.append(f"{what}: {' '.join(str(exc).split())}")
+            return
+        run = Run(id="" if waits else run_id(cfg, launch["ranks"], launch["nodes"]), ranks=launch["ranks"],
+                  nodes=launch["nodes"], gpus=launch["gpus"], time=launch["time"], group=launch["group"],
+                  needs_gpu="gpu" in (cfg["run"]["device"], cfg["workers"]["device"]),
+                  overrides=sets, labels=labels, config=cfg, n_params=n_params, tuned=tuned)
+        if waits:
+            self.awaiting.append(run)
+            return
+        if run.id in self.seen:
+            self.notes.append(f"{what} is the same run as {self.seen[run.id]} (same resolved config and ranks): "
+                              "kept once")
+            return
+        self.seen[run.id] = what
+        self.runs.append(run)
+
+    def tuned_values(self, part, cfg, sets):
+        """(sets with the chosen values, {key: chosen value}, waiting for the choice?) of one run."""
+        if part.tune is not None:
+            self.groups.setdefault(part.name, set()).add(tuning.group_key(cfg, part.tune.by))
+        if not part.tuned:
+            return sets, {}, False
+        by = next(p for p in self.spec.parts if p.name == part.tuned).tune.by
+        key = tuning.group_key(cfg, by)
+        if key not in self.groups.get(part.tuned, set()):
+            raise ConfigError(f"tuning part {part.tuned} has no runs with {tuning.group_words(cfg, by)}, so "
+                              "this run has no tuned values: add them to the tuning part's sweep")
+        if part.tuned not in self.choices:
+            return sets, {}, True
+        chosen = self.choices[part.tuned][key]
+        return sets + [override(k, v) for k, v in chosen.items()], dict(chosen), False
+
+    @staticmethod
+    def check_tuning_run(part, cfg) -> None:
+        if part.tune is None:
+            return
+        if cfg["workers"]["byzantine"] or not cfg["data"]["validation_fraction"] > 0:
+            raise ConfigError(f"part {part.name} tunes: its runs must run without attack on a validation "
+                              "split (workers.byzantine = 0, data.validation_fraction > 0)")
+
+
+def select_runs(runs: list, parts=(), limit: int = 0, awaiting=()) -> list:
+    """The runs of the named parts (all when none is named), at most ``limit`` of them (0: all).
+    ``awaiting``: the plan's runs that wait for tuning (their parts are known parts too)."""
+    known = {r["labels"].get("part", "") for r in list(runs) + list(awaiting)}
     for name in parts:
         if name not in known:
             raise ConfigError(f"no part {name!r} in this study: its parts are "
@@ -241,27 +300,38 @@ def format_duration(seconds: float | None) -> str:
 
 
 def format_table(plan: Plan) -> str:
-    """The runs, one line each: id, ranks, the swept values, steps, estimated time; then totals."""
+    """The runs, one line each: id, ranks, the swept values, steps, estimated time; then totals. Runs
+    waiting for their tuning part have no id yet ("after <part>"); their estimate uses the base values."""
+    listed = plan.runs + plan.awaiting
     keys = []
-    for run in plan.runs:
+    for run in listed:
         keys += [k for k in run.labels if k not in keys and not k.startswith("launch.")]
-    head = ["#", "id", "ranks"] + (["nodes"] if any(r.nodes for r in plan.runs) else []) + keys + ["steps", "est"]
+    head = ["#", "id", "ranks"] + (["nodes"] if any(r.nodes for r in listed) else []) + keys + ["steps", "est"]
     rows = []
-    for i, run in enumerate(plan.runs):
-        row = [str(i), run.id, str(run.ranks)] + ([str(run.nodes or "-")] if "nodes" in head else [])
+    for i, run in enumerate(listed):
+        shown_id = run.id or f"after {_tuning_part(plan, run)}"
+        row = [str(i), shown_id, str(run.ranks)] + ([str(run.nodes or "-")] if "nodes" in head else [])
         row += [_cell(run.labels.get(k, "")) for k in keys]
         est = estimate_seconds(run)
         row += [str(run.config["run"]["steps"]), "?" if est is None else "~" + format_duration(est)]
         rows.append(row)
     widths = [max(len(r[j]) for r in [head] + rows) for j in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head] + rows]
-    known = [(estimate_seconds(r), r.ranks) for r in plan.runs]
+    known = [(estimate_seconds(r), r.ranks) for r in listed]
     total = sum(s * ranks for s, ranks in known if s is not None)
+    wall = sum(s for s, _ in known if s is not None) / max(1, plan.spec.jobs)
     unknown = sum(s is None for s, _ in known)
-    lines.append(f"{len(plan.runs)} runs, configs checked; rough cost ~{format_duration(total)} of "
-                 f"rank time ({total / 3600:.2f} core-hours)"
+    waiting = f" ({len(plan.awaiting)} of them wait for the tuning stage: ids once it has chosen)" if plan.awaiting else ""
+    lines.append(f"{len(listed)} runs{waiting}, configs checked; rough cost ~{format_duration(total)} of "
+                 f"rank time ({total / 3600:.2f} core-hours), ~{format_duration(wall)} wall time at "
+                 f"{plan.spec.jobs} run(s) at a time (study.jobs)"
                  + (f", {unknown} runs not estimated" if unknown else ""))
     return "\n".join(lines)
+
+
+def _tuning_part(plan: Plan, run: Run) -> str:
+    part = next((p for p in plan.spec.parts if p.name == run.labels.get("part")), None)
+    return part.tuned if part is not None else "tuning"
 
 
 def _cell(value) -> str:

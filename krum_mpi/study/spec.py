@@ -41,6 +41,9 @@ ranks) puts each grid in a part instead of the top-level ``[sweep]``/``[[exclude
 
 Each run of a part gets ``run.name = "<part>"`` (unless the part's base sets it), so its results file
 records the part and a report can pick a part's runs; the plan labels each run with ``part``.
+A part with a ``tune`` table is a tuning stage, and a part with ``tuned = "<that part>"`` takes its
+chosen values (``study.tuning``). ``study.blas_coretype`` pins the BLAS kernel of every run
+(``study.kernel``; default: the one the study's first runs recorded).
 """
 from __future__ import annotations
 
@@ -50,10 +53,11 @@ from pathlib import Path
 
 from .. import config
 from ..errors import ConfigError
+from . import tuning
 
 SPEC_SECTIONS = ("study", "base", "launch", "sweep", "exclude", "bench", "parts")
-STUDY_KEYS = ("name", "description", "base", "profile", "dir", "jobs")
-PART_KEYS = ("base", "launch", "sweep", "exclude")
+STUDY_KEYS = ("name", "description", "base", "profile", "dir", "jobs", "blas_coretype")
+PART_KEYS = ("base", "launch", "sweep", "exclude", "tune", "tuned")
 
 # launch keys, their defaults, and what a value must be
 LAUNCH_DEFAULTS = {"ranks": 1, "nodes": 0, "gpus": 0, "time": "00:30:00", "group": 1}
@@ -69,6 +73,8 @@ class Part:
     launch: dict                      # launch settings of this part's runs
     axes: list                        # [(axis name, [ {dotted key: value}, ... ]), ...]
     exclude: list                     # [{dotted key: [allowed values]}, ...]
+    tune: object = None               # a tuning part's grid (study.tuning.Tuning), else None
+    tuned: str = ""                   # the tuning part whose chosen values this part's runs take
 
     def combinations(self):
         """Every {dotted key: value} assignment of the sweep (the cartesian product, in spec order)."""
@@ -94,6 +100,7 @@ class Spec:
     bench: dict | None = None         # a benchmark job instead of training runs (see _load_bench)
     parts: list = field(default_factory=list)     # [Part, ...]: the grids; one unnamed part without [parts]
     jobs: int = 1                     # runs at a time of `study run` here (study.jobs; --jobs overrides)
+    blas_coretype: str = ""           # OPENBLAS_CORETYPE of every run (study.blas_coretype; "" : the first run's)
 
     def combinations(self):
         """Every {dotted key: value} assignment of the top-level sweep (a spec without [parts])."""
@@ -134,6 +141,10 @@ def load_spec(path) -> Spec:
     jobs = study.get("jobs", 1)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"{path}: study.jobs = {jobs!r} must be an integer >= 1 (runs at a time here)")
+    coretype = study.get("blas_coretype", "")
+    if not isinstance(coretype, str) or not all(c.isalnum() or c in "_-" for c in coretype):
+        raise ConfigError(f"{path}: study.blas_coretype = {coretype!r} must be an OpenBLAS core type name, "
+                          "like \"Haswell\" (see provenance blas_kernel of a run)")
 
     if "parts" in raw:
         for section in ("sweep", "exclude"):
@@ -149,7 +160,8 @@ def load_spec(path) -> Spec:
                 launch=launch, axes=first.axes if len(parts) == 1 and not first.name else [],
                 exclude=first.exclude if len(parts) == 1 and not first.name else [],
                 profile=str(study.get("profile", "")), dir=str(study.get("dir", "")),
-                description=str(study.get("description", "")), parts=parts, jobs=jobs)
+                description=str(study.get("description", "")), parts=parts, jobs=jobs,
+                blas_coretype=coretype)
 
 
 def _load_parts(raw_parts, launch: dict, path) -> list:
@@ -176,7 +188,12 @@ def _load_parts(raw_parts, launch: dict, path) -> list:
             part_launch[key] = check_launch_value(key, value, path)
         axes = _load_axes(_table(body, "sweep", path), path, where)
         exclude = _load_exclude(body.get("exclude", []), path, where)
-        parts.append(Part(name, base, part_launch, axes, exclude))
+        tune = tuning.load_tune(body["tune"], path, name, check_key) if "tune" in body else None
+        tuned = body.get("tuned", "")
+        if not isinstance(tuned, str):
+            raise ConfigError(f"{path}: parts.{name}.tuned must be the name of a tuning part")
+        parts.append(Part(name, base, part_launch, axes, exclude, tune, tuned))
+    tuning.check_parts(parts, path)
     return parts
 
 

@@ -1,0 +1,185 @@
+"""The tuning stage of a study: a part that tunes a grid per rule without attack on a validation split,
+the choice recorded in tuning.json, the attacked parts run with the chosen values; one-line refusals;
+the BLAS kernel pinned; and the review report built on it (tables with paired intervals, the grid, the
+choice, the sensitivity figure, the convergence check). Real mpiexec runs on a tiny synthetic set."""
+import json
+import textwrap
+
+import h5py
+import pytest
+
+from conftest import run_cli
+from krum_mpi.errors import ConfigError
+from krum_mpi.study import load_spec, make_plan
+from krum_mpi.study.folder import StudyFolder, is_complete
+from krum_mpi.study.kernel import coretype_of, pinned_env
+
+SPEC = """
+[study]
+name = "tiny-tune"
+jobs = 2
+
+[base.run]
+steps = 30
+eval_every = 3
+[base.workers]
+n = 6
+[base.data]
+name = "synthetic"
+n_train = 1200
+n_test = 200
+n_features = 6
+[base.model]
+name = "mlp"
+hidden = [8]
+[base.optimizer]
+momentum = 0.9
+momentum_form = "ema"
+
+[launch]
+ranks = 1
+time = "00:03:00"
+
+[parts.tune]
+base = { "data.validation_fraction" = 0.2, "aggregator.f" = 1 }
+[parts.tune.sweep]
+"aggregator.name" = ["average", "centered-clipping"]
+"run.seed" = [0, 1]
+[parts.tune.tune]
+"optimizer.lr" = [0.01, 0.2]
+"aggregator.tau" = { "centered-clipping" = [0.1, 100.0] }
+
+[parts.point1-clean]
+tuned = "tune"
+base = { "data.validation_fraction" = 0.2 }
+[parts.point1-clean.sweep]
+"aggregator.name" = ["average", "centered-clipping"]
+"aggregator.f" = [1]
+"run.seed" = [0, 1]
+
+[parts.point1-attack]
+tuned = "tune"
+base = { "data.validation_fraction" = 0.2 }
+[parts.point1-attack.sweep]
+"aggregator.name" = ["average", "centered-clipping"]
+"workers.byzantine" = [1]
+"attack.name" = ["sign-flip", "alie"]
+"run.seed" = [0, 1]
+"""
+
+
+def write(tmp_path, text, name="study.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_a_tuning_part_crosses_each_rule_with_its_grid(tmp_path):
+    """average gets the lr grid, centered clipping lr x tau; the attacked parts wait (no id) until the
+    tuning has chosen, and the plan still counts them."""
+    plan = make_plan(load_spec(write(tmp_path, SPEC)), check_models=False)
+    tune = [r for r in plan.runs if r.labels["part"] == "tune"]
+    by_rule = {}
+    for r in tune:
+        by_rule.setdefault(r.labels["aggregator.name"], set()).add(
+            (r.config["optimizer"]["lr"], r.config["aggregator"].get("tau")))
+    assert by_rule == {"average": {(0.01, None), (0.2, None)},
+                       "centered-clipping": {(0.01, 0.1), (0.01, 100.0), (0.2, 0.1), (0.2, 100.0)}}
+    assert len(tune) == 12 and len(plan.runs) == 12
+    assert len(plan.awaiting) == 12 and not any(r.id for r in plan.awaiting)
+
+
+@pytest.mark.parametrize("change, message", [
+    ('tuned = "tune"', "names no tuning part"),                                         # no such part
+    ('"optimizer.lr" = [0.1]', "sets optimizer.lr, which it takes from tuning part"),   # set where tuned
+    ('"run.seed" = [0, 1]\n"workers.byzantine" = [1]\n"attack.name" = ["gaussian"]', "must run without attack"),      # attacked tuning
+])
+def test_bad_tuning_specs_are_one_line_errors(tmp_path, change, message):
+    text = SPEC
+    if change.startswith("tuned"):
+        text = text.replace('[parts.point1-clean]\ntuned = "tune"', '[parts.point1-clean]\ntuned = "nope"')
+    elif change.startswith('"optimizer.lr"'):
+        text = text.replace('"aggregator.f" = [1]\n', '"aggregator.f" = [1]\n' + change + "\n")
+    else:
+        text = text.replace('[parts.tune.sweep]\n"aggregator.name" = ["average", "centered-clipping"]\n"run.seed" = [0, 1]',
+                            '[parts.tune.sweep]\n"aggregator.name" = ["average", "centered-clipping"]\n' + change)
+    path = write(tmp_path, text)
+    try:
+        plan = make_plan(load_spec(path), check_models=False)
+    except ConfigError as exc:
+        assert message in str(exc) and "\n" not in str(exc)
+        return
+    assert any(message in line for line in plan.invalid), plan.invalid
+
+
+def test_a_rule_without_tuning_runs_is_an_invalid_run(tmp_path):
+    path = write(tmp_path, SPEC.replace('"attack.name" = ["sign-flip", "alie"]',
+                                        '"attack.name" = ["sign-flip"]').replace(
+        '[parts.point1-attack.sweep]\n"aggregator.name" = ["average", "centered-clipping"]',
+        '[parts.point1-attack.sweep]\n"aggregator.name" = ["average", "median"]'))
+    plan = make_plan(load_spec(path), check_models=False)
+    assert any("has no runs with aggregator.name=median" in line for line in plan.invalid)
+
+
+def test_the_kernel_is_read_from_the_recorded_provenance():
+    assert coretype_of("openblas 0.3.31.188.0 Haswell") == "Haswell"
+    assert coretype_of("openblas 0.3.31 Haswell + mkl 2024 x") == ""
+    assert coretype_of("unknown") == ""
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_a_study_tunes_chooses_runs_the_attacked_parts_and_reports(tmp_path, mpiexec):
+    spec = write(tmp_path, SPEC)
+    folder = tmp_path / "out"
+    refused = run_cli(["study", "run", spec, "--dir", folder, "--part", "point1-attack"], timeout=60)
+    assert refused.returncode == 2 and "has not chosen them yet" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+    done = run_cli(["study", "run", spec, "--dir", folder], timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    study = StudyFolder(folder)
+    plan = study.read_plan()
+    assert len(plan["runs"]) == 24 and not plan["awaiting"]
+    assert all(is_complete(study.result(r["id"])) for r in plan["runs"])
+
+    # the choice: the grid point with the best mean final validation accuracy, recomputed by hand
+    record = json.loads((folder / "tuning.json").read_text())["parts"]["tune"]
+    scores = {}
+    for r in (r for r in plan["runs"] if r["labels"]["part"] == "tune"):
+        with h5py.File(study.result(r["id"]), "r") as f:
+            acc = f["metrics/validation_accuracy"][()]
+            cfg = json.loads(f.attrs["config"])
+        point = (cfg["optimizer"]["lr"], cfg["aggregator"].get("tau"))
+        scores.setdefault(cfg["aggregator"]["name"], {}).setdefault(point, []).append(acc[-1])
+    for entry in record["choices"]:
+        rule = entry["group"]["aggregator.name"]
+        means = {p: sum(v) / len(v) for p, v in scores[rule].items()}
+        best = max(means.values())
+        chosen = (entry["chosen"]["optimizer.lr"], entry["chosen"].get("aggregator.tau"))
+        assert means[chosen] == pytest.approx(best, abs=1e-12)
+        # the attacked and clean runs of this rule use exactly the chosen values
+        for r in plan["runs"]:
+            if r["labels"]["part"] != "tune" and r["labels"]["aggregator.name"] == rule:
+                assert r["tuned"] == entry["chosen"]
+                with h5py.File(study.result(r["id"]), "r") as f:
+                    cfg = json.loads(f.attrs["config"])
+                assert cfg["optimizer"]["lr"] == entry["chosen"]["optimizer.lr"]
+
+    # every run of the study ran on one recorded BLAS kernel, and study run now pins it
+    runs = plan["runs"]
+    pin, _ = pinned_env("tiny-tune", "", runs, study, {})
+    with h5py.File(study.result(runs[0]["id"]), "r") as f:
+        coretype = coretype_of(json.loads(f.attrs["provenance"])["blas_kernel"])
+    if coretype:
+        assert pin == {"OPENBLAS_CORETYPE": coretype}
+        with pytest.raises(ConfigError, match="OPENBLAS_CORETYPE=Nehalem in the environment"):
+            pinned_env("tiny-tune", "", runs, study, {"OPENBLAS_CORETYPE": "Nehalem"})
+
+    report = run_cli(["report", folder, "--out", tmp_path / "report"], timeout=600)
+    assert report.returncode == 0, report.stdout + report.stderr
+    text = (tmp_path / "report" / "report.md").read_text()
+    for needle in ("Tuning", "optimizer.lr", "aggregator.tau", "chosen", "ema", "Convergence",
+                   "paired", "Holm", "family of"):
+        assert needle in text, needle
+    assert (tmp_path / "report" / "figures" / "tuning_sensitivity.png").is_file()
