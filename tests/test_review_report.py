@@ -3,6 +3,8 @@ synthetic data), run twice with different parallelism, reported twice; the accur
 agree to the last digit, the report must hold a section per point with tables, figures, intervals
 and verdicts, and the comparison script must catch a changed accuracy."""
 import importlib.util
+import json
+import re
 import shutil
 import textwrap
 from pathlib import Path
@@ -108,8 +110,8 @@ def test_report_has_a_section_per_point_with_tables_figures_and_verdicts(reports
     for name in ("cost_of_resilience", "point1_worst_vs_fraction", "point2_scale", "point3_placements"):
         assert (report / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert "**krum** (no momentum). Cost without attack, against averaging: 25.0%:" in text
-    assert " ± " in text and "[95% Welch" in text
-    assert "cannot decide" in text or "interval below 0" in text or "interval above 0" in text
+    assert "paired by seed" in text and "Holm" in text and "Welch" not in text
+    assert "cannot decide" in text or "better (Holm p" in text or "worse (Holm p" in text
 
 
 def test_tables_match_the_run_files(reports):
@@ -131,6 +133,62 @@ def test_tables_match_the_run_files(reports):
     # exact sharded Krum picks what the gather picks, at every step
     sel = pd.read_csv(report / "tables" / "point3_selections.csv")
     assert (sel["placement"] == "sharded").all() and (sel["steps_same_min"] == 1.0).all()
+
+
+def _finals(folder):
+    """{(part, rule, f, byzantine, attack): {seed: final test accuracy}} read with h5py."""
+    out = {}
+    for path in sorted((folder / "runs").glob("*.h5")):
+        with h5py.File(path, "r") as h5:
+            cfg = json.loads(h5.attrs["config"])
+            acc = h5["metrics/test_accuracy"][()]
+        key = (cfg["run"]["name"], cfg["aggregator"]["name"], cfg["aggregator"]["f"], cfg["workers"]["byzantine"],
+               cfg["attack"]["name"] if cfg["workers"]["byzantine"] else "none")
+        out.setdefault(key, {})[cfg["run"]["seed"]] = float(acc[np.isfinite(acc)][-1])
+    return out
+
+
+def test_paired_intervals_and_holm_recomputed_from_the_run_files(reports):
+    """point1_resilience's krum row: the cost is krum (told f = 2) minus averaging without attack, seed by
+    seed; its interval and p-value are scipy's paired t test; the payoff pairs the worst attacks; Holm over
+    the family of 2 (averaging's row is the baseline, not a comparison)."""
+    stats = pytest.importorskip("scipy.stats")
+    folder, report = reports[0]
+    finals = _finals(folder)
+    krum_clean = finals[("point1-clean", "krum", 2, 0, "none")]
+    avg_clean = finals[("point1-clean", "average", 0, 0, "none")]
+    seeds = sorted(krum_clean)
+    attacked = {rule: {a: finals[("point1-attack", rule, 2, 2, a)] for a in ("alie", "sign-flip")}
+                for rule in ("krum", "average")}
+    worst = {rule: min(by_attack.values(), key=lambda v: (np.mean(list(v.values())))) for rule, by_attack in
+             attacked.items()}
+    table = pd.read_csv(report / "tables" / "point1_resilience.csv").set_index("rule")
+    assert table.loc["average", "cost_verdict"] == "baseline" and (table["family"] == 2).all()
+    p = {}
+    for name, mine, theirs in (("cost", krum_clean, avg_clean), ("payoff", worst["krum"], worst["average"])):
+        a, b = [mine[s] for s in seeds], [theirs[s] for s in seeds]
+        diffs = np.subtract(a, b)
+        assert table.loc["krum", name] == pytest.approx(diffs.mean(), abs=1e-12)
+        assert table.loc["krum", f"{name}_seeds"] == len(seeds)
+        if np.ptp(diffs) == 0:   # no spread: the interval is the point
+            assert table.loc["krum", f"{name}_low"] == table.loc["krum", f"{name}_high"] == pytest.approx(diffs.mean())
+            p[name] = 1.0 if diffs.mean() == 0 else 0.0
+            continue
+        test = stats.ttest_rel(a, b)
+        ci = test.confidence_interval(0.95)
+        assert table.loc["krum", f"{name}_low"] == pytest.approx(ci.low, rel=1e-9, abs=1e-12)
+        assert table.loc["krum", f"{name}_high"] == pytest.approx(ci.high, rel=1e-9, abs=1e-12)
+        p[name] = test.pvalue
+    # Holm over 2 by hand: the smaller p times 2, the larger times 1 (never below the first), capped at 1
+    small, large = sorted(p, key=p.get)
+    assert table.loc["krum", f"{small}_p_holm"] == pytest.approx(min(1.0, 2 * p[small]), rel=1e-9)
+    assert table.loc["krum", f"{large}_p_holm"] == pytest.approx(min(1.0, max(2 * p[small], p[large])), rel=1e-9)
+    # accuracy cells stay inside [0, 100] and name their seeds
+    acc = pd.read_csv(report / "tables" / "point1_accuracy.csv")
+    for text in acc["accuracy_text"]:
+        numbers = [float(x) for x in re.findall(r"-?\d+\.\d+", text)]
+        assert all(0.0 <= x <= 100.0 for x in numbers), text
+        assert "seeds" in text or "(1 seed)" in text
 
 
 def test_a_rerun_with_other_parallelism_reproduces_the_tables(reports, tmp_path):

@@ -23,6 +23,14 @@ def pp_ci(gap, ci):
     return text + ("" if missing(ci) else f" [{100 * (gap - ci):+.1f}, {100 * (gap + ci):+.1f}]")
 
 
+def pp_iv(gap, low, high):
+    """A difference in points with its (asymmetric) interval: "+1.2 pp [-0.3, +2.7]"."""
+    if missing(gap):
+        return "n/a"
+    text = f"{100 * gap:+.1f} pp"
+    return text + ("" if missing(low) or missing(high) else f" [{100 * low:+.1f}, {100 * high:+.1f}]")
+
+
 def times(x):
     return "n/a" if missing(x) else f"{x:.2f}x"
 

@@ -19,7 +19,9 @@ from . import review_figures as rfig
 from . import review_tables as rt
 from .answers import settings_table
 from .load import read_partition
-from .markup import pct, pct_ci, pp_ci, show
+from .markup import pct, pp_iv, show
+from .protocol import MIN_ATTACKS, NUMERIC_ATTACKS
+from .protocol_section import protocol_section
 from .sections import short_answers
 
 FRACTION = ("fraction", lambda f: f"{100 * f:.3g}%")
@@ -35,8 +37,21 @@ def _save(tables, folder):
             frame.to_csv(folder / f"{name}.csv", index=False)
 
 
-def _ci_col(frame, mean, ci, fmt=pct_ci):
-    return [fmt(m, c) for m, c in zip(frame[mean], frame[ci])]
+def _iv_col(frame, name):
+    """A paired difference column as text: estimate and interval in points."""
+    return [pp_iv(m, lo, hi) for m, lo, hi in zip(frame[name], frame[f"{name}_low"], frame[f"{name}_high"])]
+
+
+def _iv(row, name):
+    return pp_iv(getattr(row, name), getattr(row, f"{name}_low"), getattr(row, f"{name}_high"))
+
+
+STATS_NOTE = ("Accuracies: mean with its 95% t interval over seeds, clipped to [0, 100]; a cell whose seeds "
+              "split (a gap of 10 points or more) is shown as median with min and max and every seed listed. "
+              "Differences against averaging are paired by seed (the same seed gives both rules the same data "
+              "order, Byzantine workers and initial parameters): mean of the per-seed differences with its 95% "
+              "paired t interval; a verdict (better / worse) stands only where the Holm-corrected test over the "
+              "table's family of comparisons rejects \"no difference\" at 5%.")
 
 
 def parts_table(summary):
@@ -68,7 +83,7 @@ def point_1(page, runs, table_dir):
     rep.p(f"{len(runs)} runs, n = {n} workers. *Without attack* the rule is told f = k and every worker is "
           "honest; *under attack* k workers are Byzantine. Cost = accuracy without attack minus averaging's "
           "without attack; payoff = worst-case accuracy over the attacks minus averaging's worst case at the "
-          "same fraction. Accuracies: mean ± 95% t half-width over seeds; differences: [95% Welch interval].")
+          "same fraction. " + STATS_NOTE)
     if not len(res):
         page.flag("point 1 has no run with Byzantine workers or a declared f > 0: cost and payoff by fraction "
                   "are not measured.")
@@ -82,22 +97,35 @@ def point_1(page, runs, table_dir):
         page.flag(f"Byzantine fractions {', '.join(pct(f, 1) for f in missing)} of the review are not run here "
                   f"(n = {n}: fractions run are {', '.join(pct(f, 1) for f in have)}).")
     if (res["worst_seeds"] > 0).any():
-        rep.p("The worst case is the attack with the lowest mean accuracy; taking the minimum over attacks biases it "
-              "down a little, and its interval is that attack's over seeds.")
+        rep.p("The worst case is the crafted attack with the lowest mean accuracy; taking the minimum over attacks "
+              "biases it down a little, and its interval is that attack's over seeds. Numeric attacks "
+              f"({', '.join(NUMERIC_ATTACKS)}: they overflow the arithmetic rather than mislead the learning) are "
+              "never the worst case: their accuracy is the column *numeric attack*.")
+    few = res[(res["attacks"] > 0) & (res["attacks"] < MIN_ATTACKS)]
+    if len(few):
+        page.flag(f"{len(few)} of {len(res)} cells of point 1 take their worst case over fewer than {MIN_ATTACKS} "
+                  f"crafted attacks (the protocol's minimum; here {int(res['attacks'].min())} to "
+                  f"{int(res['attacks'].max())}): a stronger attack may be missing.")
     page.draw(rfig.cost_of_resilience(res), "cost_of_resilience",
               "Cost of resilience: accuracy without attack (x) against worst-case accuracy over the attacks (y), "
               "per rule, one panel per Byzantine fraction")
     page.draw(rfig.worst_vs_fraction(res), "point1_worst_vs_fraction",
               "Worst-case accuracy over the attacks against the Byzantine fraction, per rule")
-    shown = res.assign(clean_s=_ci_col(res, "clean", "clean_ci"), worst_s=_ci_col(res, "worst", "worst_ci"),
-                       cost_s=_ci_col(res, "cost", "cost_ci", pp_ci), pay_s=_ci_col(res, "payoff", "payoff_ci", pp_ci))
+    rep.p(f"Family of point 1's verdicts: {int(res['family'].iloc[0])} paired comparisons (cost and payoff of "
+          "each robust rule against averaging, per momentum setting and fraction, with at least one seed on both "
+          "sides), Holm-corrected together.")
+    shown = res.assign(cost_s=_iv_col(res, "cost"), pay_s=_iv_col(res, "payoff"),
+                       numeric_s=[f"{a}: {pct(m)}" if a else "-" for a, m in
+                                  zip(res["numeric_worst_attack"], res["numeric_worst"])])
     rep.table(show(shown,
                    {"rule": ("rule", None), "momentum": ("momentum", None), "fraction": FRACTION,
-                    "clean_s": ("no attack", None), "worst_s": ("worst case", None),
-                    "worst_attack": ("worst attack", None), "cost_s": ("cost vs averaging", None),
-                    "pay_s": ("payoff vs averaging", None)}))
+                    "clean_text": ("no attack", None), "worst_text": ("worst case", None),
+                    "worst_attack": ("worst attack", None), "numeric_s": ("numeric attack", None),
+                    "cost_s": ("cost vs averaging", None),
+                    "cost_verdict": ("cost verdict", None), "pay_s": ("payoff vs averaging", None),
+                    "payoff_verdict": ("payoff verdict", None)}))
     rep.p("Final accuracy under each attack (columns), rule told f = k; `none`: no Byzantine worker:")
-    wide = acc.assign(cell=_ci_col(acc, "accuracy", "accuracy_ci")).pivot_table(
+    wide = acc.assign(cell=acc["accuracy_text"]).pivot_table(
         index=["rule", "momentum", "fraction"], columns="threat", values="cell", aggfunc="first").reset_index()
     wide["fraction"] = wide["fraction"].map(FRACTION[1])
     rep.table(wide.fillna("-"))
@@ -111,12 +139,12 @@ def point_1_verdicts(res):
     groups = sorted(robust.groupby(["momentum", "rule"], sort=True), key=lambda item: item[0][0] != "off")
     for (mom, rule), g in groups:
         tag = "no momentum" if mom == "off" else f"momentum {mom}"
-        cost = "; ".join(f"{pct(r.fraction, 1)}: {pp_ci(r.cost, r.cost_ci)} {_word(r.cost_verdict, 'loss', 'gain')}"
+        cost = "; ".join(f"{pct(r.fraction, 1)}: {_iv(r, 'cost')} {_word(r.cost_verdict, 'loss', 'gain')}"
                          for r in g.itertuples())
         pays = [r for r in g.itertuples() if r.payoff_verdict.startswith("better")]
         unsure = [r for r in g.itertuples() if r.payoff_verdict.startswith("cannot")]
         worse = [r for r in g.itertuples() if r.payoff_verdict.startswith("worse")]
-        pay = (("beats averaging's worst case at " + ", ".join(f"{pct(r.fraction, 1)} ({pp_ci(r.payoff, r.payoff_ci)}, "
+        pay = (("beats averaging's worst case at " + ", ".join(f"{pct(r.fraction, 1)} ({_iv(r, 'payoff')}, "
                                                                f"worst: {r.worst_attack})" for r in pays))
                if pays else "never beats averaging's worst case")
         if worse:
@@ -158,14 +186,15 @@ def point_2(page, runs, table_dir):
         panels.append((title, acc))
         rep.h(3, f"By {title} (`{axis}`)")
         rep.p(f"{len(sub)} runs: {sub['data.name'].iloc[0]} data, n = {int(sub['n_workers'].iloc[0])} workers, "
-              f"{int(sub['steps'].iloc[0])} steps. Final accuracy (mean ± 95% half-width over seeds):")
-        wide = acc.assign(cell=_ci_col(acc, "accuracy", "accuracy_ci")).pivot_table(
+              f"{int(sub['steps'].iloc[0])} steps. Final accuracy (mean [95% interval inside 0-100] over seeds, or median (min, max; seeds) for a split cell):")
+        wide = acc.assign(cell=acc["accuracy_text"]).pivot_table(
             index="value", columns=["rule", "threat"], values="cell", aggfunc="first")
         wide.columns = [f"{r}, {t}" for r, t in wide.columns]
         rep.table(wide.reset_index().rename(columns={"value": title}))
-        rep.p("Cost (no attack) and payoff (under attack) of each robust rule against averaging, [95% Welch]:")
-        rep.table(show(eff.assign(cost_s=_ci_col(eff, "cost", "cost_ci", pp_ci),
-                                  pay_s=_ci_col(eff, "payoff", "payoff_ci", pp_ci)),
+        rep.p("Cost (no attack) and payoff (under attack) of each robust rule against averaging, paired by "
+              f"seed [95% paired t]; Holm over this table's family of {int(eff['family'].max()) if len(eff) else 0} "
+              "comparisons:")
+        rep.table(show(eff.assign(cost_s=_iv_col(eff, "cost"), pay_s=_iv_col(eff, "payoff")),
                        {"value": (title, None), "rule": ("rule", None), "cost_s": ("cost", None),
                         "cost_verdict": ("cost verdict", None), "pay_s": ("payoff", None),
                         "payoff_verdict": ("payoff verdict", None)}))
@@ -189,7 +218,7 @@ def point_2(page, runs, table_dir):
 def _at(row, col, with_value):
     """``20`` or ``20 (-2.5 pp [-3.7, -1.4])``: an axis value, with the difference when it is decided."""
     text = f"{float(row.value):g}"
-    return text + (f" ({pp_ci(getattr(row, col), getattr(row, f'{col}_ci'))})" if with_value else "")
+    return text + (f" ({_iv(row, col)})" if with_value else "")
 
 
 def _point_2_flags(page, runs):
@@ -243,9 +272,9 @@ def point_3(page, runs, table_dir):
     timing = rt.timing(runs.rename(columns={"aggregator.placement": "placement", "n_ranks": "ranks", "run.name": "part"}),
                        ["part", "rule", "threat", "ranks", "placement"])
     _save({"point3_accuracy": acc, "point3_selections": agree, "point3_timing": timing}, table_dir)
-    rep.p(f"{len(runs)} runs. Final accuracy per placement (mean ± 95% half-width over seeds) and the share of "
+    rep.p(f"{len(runs)} runs. Final accuracy per placement (mean [95% interval] over seeds) and the share of "
           "steps in which a Byzantine worker was selected:")
-    rep.table(show(acc.assign(a=_ci_col(acc, "accuracy", "accuracy_ci")),
+    rep.table(show(acc.assign(a=acc["accuracy_text"]),
                    {"part": ("part", None), "rule": ("rule", None), "threat": ("threat", None),
                     "ranks": ("ranks", None), "placement": ("placement", None), "n_seeds": ("seeds", None),
                     "a": ("final accuracy", None),
@@ -283,12 +312,7 @@ def review_sections(page, study, points, table_dir, generic_point_3):
     rep.table(settings_table(summary))
     rep.p("The study's parts (a run's part is its `run.name`):")
     rep.table(pd.DataFrame(parts_table(summary)))
-    cell = [c for c in ("run.name", "rule", "attack.name", "workers.byzantine", "aggregator.f", "optimizer.momentum",
-                        "data.n_train", "model.hidden", "workers.batch_size", "aggregator.placement", "n_ranks")
-            if c in summary]
-    seeds = summary.groupby(cell, dropna=False)["seed"].nunique()
-    if len(seeds) and seeds.min() < 3:
-        page.flag(f"{int((seeds < 3).sum())} cells have fewer than 3 seeds: their intervals are wide or missing.")
+    protocol_section(page, study.source, summary, points)
     answers = {}
     writers = {1: point_1, 2: point_2, 3: point_3}
     for point, writer in writers.items():
@@ -309,8 +333,8 @@ VERDICT_TITLES = {1: "(1) Cost without attack and payoff under attack, by Byzant
 
 def short_verdicts(head, answers, cannot):
     short_answers(head, answers, cannot, heading="Verdicts", titles=VERDICT_TITLES,
-                  note=" \"Cannot decide\" means the 95% interval of the difference crosses 0: more seeds, "
-                       "or larger effects, are needed.")
+                  note=" \"Cannot decide\" means the paired difference is not significant at 5% after Holm's "
+                       "correction over its family of comparisons: more seeds, or larger effects, are needed.")
 
 
 def closing(page, study, write_tables, skipped):

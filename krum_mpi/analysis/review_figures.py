@@ -28,16 +28,17 @@ def cost_of_resilience(res):
     rules = sorted(res["rule"].unique())
     colors = _colors(rules)
     lo = np.nanmin(np.r_[_pct(res["worst"]), _pct(res["clean"]), 100.0]) - 3
-    names = []
+    names, labelled = [], set()
     for ax, frac in zip(axes, fractions):
         sub = res[res["fraction"] == frac]
         for i, rule in enumerate(rules):
-            for mom, g in sub[sub["rule"] == rule].groupby("momentum"):
+            for mom, g in sorted(sub[sub["rule"] == rule].groupby("momentum"), key=lambda item: item[0] != "off"):
                 hollow = mom != "off"
                 ax.errorbar(_pct(g["clean"]), _pct(g["worst"]), xerr=_err(g["clean"], g["clean_ci"]),
                             yerr=_err(g["worst"], g["worst_ci"]),
                             fmt=MARKERS[i % len(MARKERS)], color=colors[rule], mfc="none" if hollow else colors[rule],
-                            ms=7, capsize=2, lw=0.8, label=rule if not hollow else None)
+                            ms=7, capsize=2, lw=0.8, label=None if rule in labelled else rule)
+                labelled.add(rule)   # once per rule, filled or hollow (a study may run momentum only)
                 if not hollow:   # name the point too: the legend's colours are close for ten rules
                     for x, y in zip(_pct(g["clean"]), _pct(g["worst"])):
                         if np.isfinite(x) and np.isfinite(y):
@@ -53,7 +54,10 @@ def cost_of_resilience(res):
         ax.grid(alpha=0.3)
     for ax in axes[len(fractions):]:
         ax.set_visible(False)
-    handles, labels = axes[0].get_legend_handles_labels()
+    handles, labels = [], []
+    for ax in axes[:len(fractions)]:
+        h, lab = ax.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), fontsize=8,
                title="filled: no momentum; hollow: worker momentum 0.9", title_fontsize=8)
     fig.suptitle("Cost of resilience: what a rule costs without attack against what it keeps under the worst attack")

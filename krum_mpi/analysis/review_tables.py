@@ -2,20 +2,28 @@
 ``point2-...``, ``point3-...``, as ``studies/review.toml`` writes them) is answered point by point,
 each point from its own runs.
 
-Every accuracy is the final test accuracy, mean and 95% t half-width over seeds
-(``stats.mean_ci``); every difference a Welch interval (``stats.welch_diff_ci``). The tables hold
-no timing column: the timings are in their own tables (``*_timing``), so that two runs of the same
-study give the same accuracy tables to the last digit.
+Every accuracy is the final test accuracy over seeds: the mean with its 95% t interval clipped to
+[0, 1] (``accuracy_text``; the half-width ``*_ci`` is kept for the error bars), or, for a cell whose
+seeds split into two groups, the median with min-max and every seed listed (``paired.split_summary``).
+Every difference against averaging is paired by seed (the same seed gives both rules the same data
+order, Byzantine workers and initial parameters): a paired t interval on the per-seed differences,
+and its verdict Holm-corrected over the family of the table's comparisons (``paired.family_verdicts``;
+the family size is in ``family``). The tables hold no timing column: the timings are in their own
+tables (``*_timing``), so that two runs of the same study give the same accuracy tables to the last digit.
 """
 import numpy as np
 import pandas as pd
 
-from .stats import mean_ci, welch_diff_ci
+from .paired import accuracy_interval, family_verdicts, split_summary
+from .protocol import FAMILY_ALPHA, NUMERIC_ATTACKS
+from .stats import mean_ci
 
 POINTS = {1: "point1", 2: "point2", 3: "point3"}
 BASELINE = "average"
 # point 2: the part, the column that is its axis, and what the axis is called
-EFFECT_COLUMNS = ["axis", "value", "rule", "cost", "cost_ci", "cost_verdict", "payoff", "payoff_ci", "payoff_verdict"]
+COMPARED = ("cost", "payoff")
+EFFECT_COLUMNS = ["axis", "value", "rule"] + [f"{n}{s}" for n in COMPARED for s in
+                                              ("", "_low", "_high", "_p_holm", "_seeds", "_verdict")] + ["family"]
 AGREEMENT_COLUMNS = ["part", "rule", "threat", "ranks", "placement", "seeds", "steps_same", "steps_same_min",
                      "accuracy_diff_max"]
 POINT2_AXES = (("point2-samples", "data.n_train", "training samples"),
@@ -43,22 +51,56 @@ def momentum_label(frame):
                      index=frame.index)
 
 
-def verdict(diff, ci, n_seeds):
-    """Plain words for a difference and its interval; says when the seeds cannot decide."""
-    if diff is None or not np.isfinite(diff):
-        return "no comparison"
-    if not np.isfinite(ci):
-        return "cannot decide (one seed: no interval)"
-    if diff - ci > 0:
-        return "better (interval above 0)"
-    if diff + ci < 0:
-        return "worse (interval below 0)"
-    return f"cannot decide (interval crosses 0, {int(n_seeds)} seeds)"
+def by_seed(frame) -> dict:
+    """{seed: final accuracy} of a cell's runs (the mean where a seed has several runs)."""
+    if not len(frame):
+        return {}
+    return {int(s): float(v) for s, v in frame.groupby("seed")["final_accuracy"].mean().items()}
 
 
-def _acc(values):
-    mean, ci, n = mean_ci(values)
-    return mean, ci, n
+def cell_text(values_by_seed: dict) -> str:
+    """A table cell: "91.0% [90.1, 91.8] (5 seeds)", the interval inside [0, 100]; or for a cell whose
+    seeds split, "median 60.5% (min 41.2, max 90.1; seeds 1: 41.2, 0: 60.5, 2: 90.1)"."""
+    split = split_summary(values_by_seed)
+    if split.split:
+        listed = ", ".join(f"{s}: {100 * v:.1f}" for s, v in zip(split.seeds, split.values))
+        return f"median {100 * split.median:.1f}% (min {100 * split.low:.1f}, max {100 * split.high:.1f}; seeds {listed})"
+    ci = accuracy_interval(list(values_by_seed.values()))
+    if ci.n < 2:
+        return f"{100 * ci.estimate:.1f}% (1 seed)" if ci.n else "n/a"
+    return f"{100 * ci.estimate:.1f}% [{100 * ci.low:.1f}, {100 * ci.high:.1f}] ({ci.n} seeds)"
+
+
+def _acc(frame):
+    """(mean, t half-width, seeds, cell text) of a cell's final accuracies."""
+    mean, ci, n = mean_ci(frame["final_accuracy"]) if len(frame) else (np.nan, np.nan, 0)
+    return mean, ci, n, cell_text(by_seed(frame))
+
+
+def paired_family(rows: list, pairs: dict, alpha: float = FAMILY_ALPHA) -> int:
+    """Fill each row's cost / payoff columns from ``pairs`` {(row index, name): (a_by_seed, b_by_seed)}:
+    the mean paired difference a - b, its paired t interval, the Holm-adjusted p-value over this whole
+    family and the verdict in words; returns the family size (comparisons with at least one common seed)."""
+    usable = {k: v for k, v in pairs.items() if set(v[0]) & set(v[1])}
+    for row in rows:
+        for name in COMPARED:
+            row.update({name: np.nan, f"{name}_low": np.nan, f"{name}_high": np.nan, f"{name}_p_holm": np.nan,
+                        f"{name}_seeds": 0, f"{name}_verdict": "no comparison"})
+    verdicts = family_verdicts(usable, "t", alpha) if usable else []
+    for v in verdicts:
+        i, name = v.name
+        iv = v.interval
+        if iv.n < 2:
+            words = "cannot decide (one paired seed: no interval)"
+        elif v.verdict == "cannot decide":
+            words = f"cannot decide (Holm p = {v.p_holm:.2g}, {iv.n} paired seeds)"
+        else:
+            words = f"{v.verdict} (Holm p = {v.p_holm:.2g})"
+        rows[i].update({name: iv.estimate, f"{name}_low": iv.low, f"{name}_high": iv.high, f"{name}_p_holm": v.p_holm,
+                        f"{name}_seeds": iv.n, f"{name}_verdict": words})
+    for row in rows:
+        row["family"] = len(usable)
+    return len(usable)
 
 
 def point1_frame(runs):
@@ -77,55 +119,64 @@ def point1_accuracy(runs):
     """One row per rule, momentum, fraction and threat: final accuracy over seeds."""
     rows = []
     for (rule, mom, k, frac, threat), g in runs.groupby(["rule", "momentum", "k", "fraction", "threat"], sort=True):
-        mean, ci, n = _acc(g["final_accuracy"])
+        mean, ci, n, text = _acc(g)
         rows.append({"rule": rule, "momentum": mom, "k": int(k), "fraction": frac, "threat": threat,
                      "n_seeds": n, "seeds": " ".join(str(s) for s in sorted(g["seed"].unique())),
-                     "accuracy": mean, "accuracy_ci": ci})
+                     "accuracy": mean, "accuracy_ci": ci, "accuracy_text": text})
     return pd.DataFrame(rows)
 
 
 def point1_resilience(runs):
     """Per rule, momentum and fraction (k > 0): accuracy without attack (the rule told f = k), the
-    worst case over the attacks run, and both against averaging (Welch intervals).
+    worst case over the crafted attacks run, and both against averaging, paired by seed, Holm over
+    the table's comparisons of the robust rules (averaging's own rows are its baseline: no comparison).
 
     The cost is the clean accuracy minus averaging's without attack; the payoff the worst-case
-    accuracy minus averaging's worst case at the same fraction. The worst case is the attack with the
-    lowest mean, so its interval is that attack's over seeds (picking the minimum biases it down a little).
+    accuracy minus averaging's worst case at the same fraction (each side's worst attack, paired by
+    seed). The worst case is the crafted attack with the lowest mean, so its interval is that attack's
+    over seeds (picking the minimum biases it down a little); the numeric attacks (``blind``: a float
+    overflow, not an attack on learning) are never the worst case, their lowest mean is reported apart
+    (``numeric_worst``, ``numeric_worst_attack``), and ``attacks`` counts the crafted attacks compared.
     """
-    rows = []
+    rows, pairs = [], {}
     avg_clean = runs[(runs["rule"] == BASELINE) & (runs["threat"] == "none")]
     for (rule, mom, k, frac), g in runs[runs["k"] > 0].groupby(["rule", "momentum", "k", "fraction"], sort=True):
-        clean = g[g["threat"] == "none"]["final_accuracy"]
+        clean = g[g["threat"] == "none"]
         if rule == BASELINE:   # averaging ignores f: its clean runs are the f = 0 ones
-            clean = avg_clean[avg_clean["momentum"] == mom]["final_accuracy"]
+            clean = avg_clean[avg_clean["momentum"] == mom]
         attacked = g[g["threat"] != "none"]
-        worst, worst_acc = _worst(attacked)
+        crafted = attacked[~attacked["threat"].isin(NUMERIC_ATTACKS)]
+        worst, worst_runs = _worst(crafted)
+        numeric, numeric_runs = _worst(attacked[attacked["threat"].isin(NUMERIC_ATTACKS)])
         avg = runs[(runs["rule"] == BASELINE) & (runs["momentum"] == mom) & (runs["k"] == k)
-                   & (runs["threat"] != "none")]
-        avg_worst, avg_worst_acc = _worst(avg)
-        base = avg_clean[avg_clean["momentum"] == mom]["final_accuracy"]
-        c_mean, c_ci, c_n = _acc(clean)
-        w_mean, w_ci, w_n = _acc(worst_acc)
-        cost, cost_ci = welch_diff_ci(clean, base) if len(clean) and len(base) else (np.nan, np.nan)
-        pay, pay_ci = welch_diff_ci(worst_acc, avg_worst_acc) if len(worst_acc) and len(avg_worst_acc) \
-            else (np.nan, np.nan)
+                   & (runs["threat"] != "none") & ~runs["threat"].isin(NUMERIC_ATTACKS)]
+        avg_worst, avg_worst_runs = _worst(avg)
+        base = avg_clean[avg_clean["momentum"] == mom]
+        c_mean, c_ci, c_n, c_text = _acc(clean)
+        w_mean, w_ci, w_n, w_text = _acc(worst_runs)
+        if rule != BASELINE:
+            pairs[(len(rows), "cost")] = (by_seed(clean), by_seed(base))
+            pairs[(len(rows), "payoff")] = (by_seed(worst_runs), by_seed(avg_worst_runs))
         rows.append({"rule": rule, "momentum": mom, "k": int(k), "fraction": frac,
-                     "clean": c_mean, "clean_ci": c_ci, "clean_seeds": c_n,
-                     "attacks": attacked["threat"].nunique(), "worst_attack": worst,
-                     "worst": w_mean, "worst_ci": w_ci, "worst_seeds": w_n,
-                     "cost": cost, "cost_ci": cost_ci, "cost_verdict": verdict(cost, cost_ci, min(c_n, len(base))),
-                     "average_worst_attack": avg_worst,
-                     "payoff": pay, "payoff_ci": pay_ci, "payoff_verdict": verdict(pay, pay_ci, w_n)})
+                     "clean": c_mean, "clean_ci": c_ci, "clean_seeds": c_n, "clean_text": c_text,
+                     "attacks": crafted["threat"].nunique(), "worst_attack": worst,
+                     "worst": w_mean, "worst_ci": w_ci, "worst_seeds": w_n, "worst_text": w_text,
+                     "average_worst_attack": avg_worst, "numeric_worst_attack": numeric,
+                     "numeric_worst": numeric_runs["final_accuracy"].mean() if len(numeric_runs) else np.nan})
+    paired_family(rows, pairs)
+    for row in rows:
+        if row["rule"] == BASELINE:
+            row.update({f"{name}_verdict": "baseline" for name in COMPARED})
     return pd.DataFrame(rows)
 
 
 def _worst(attacked):
-    """(name of the attack with the lowest mean final accuracy, its runs' accuracies)."""
+    """(name of the attack with the lowest mean final accuracy, its runs); ties to the first name."""
     if not len(attacked):
-        return "", pd.Series(dtype=float)
+        return "", attacked
     means = attacked.groupby("threat")["final_accuracy"].mean().sort_index()
     name = means.idxmin()
-    return name, attacked[attacked["threat"] == name]["final_accuracy"]
+    return name, attacked[attacked["threat"] == name]
 
 
 def threat_frame(runs):
@@ -141,27 +192,24 @@ def axis_accuracy(runs, axis):
     """Final accuracy per value of ``axis``, rule and threat (point 2)."""
     rows = []
     for (value, rule, threat), g in runs.groupby([axis, "rule", "threat"], sort=True):
-        mean, ci, n = _acc(g["final_accuracy"])
+        mean, ci, n, text = _acc(g)
         rows.append({"axis": axis, "value": value, "rule": rule, "threat": threat, "n_seeds": n,
-                     "accuracy": mean, "accuracy_ci": ci})
+                     "accuracy": mean, "accuracy_ci": ci, "accuracy_text": text})
     return pd.DataFrame(rows)
 
 
 def axis_effects(runs, axis):
     """Per value of ``axis`` and robust rule: cost (without attack) and payoff (under attack) against
-    averaging in the same cell, Welch intervals."""
-    rows = []
+    averaging in the same cell, paired by seed, Holm over the table's comparisons."""
+    rows, pairs = [], {}
     for value, cell in runs.groupby(axis, sort=True):
         avg = cell[cell["rule"] == BASELINE]
         for rule, g in cell[cell["rule"] != BASELINE].groupby("rule", sort=True):
-            row = {"axis": axis, "value": value, "rule": rule}
             for name, attacked in (("cost", False), ("payoff", True)):
-                mine = g[(g["threat"] != "none") == attacked]["final_accuracy"]
-                theirs = avg[(avg["threat"] != "none") == attacked]["final_accuracy"]
-                diff, ci = welch_diff_ci(mine, theirs) if len(mine) and len(theirs) else (np.nan, np.nan)
-                row.update({name: diff, f"{name}_ci": ci,
-                            f"{name}_verdict": verdict(diff, ci, min(len(mine), len(theirs)))})
-            rows.append(row)
+                pairs[(len(rows), name)] = (by_seed(g[(g["threat"] != "none") == attacked]),
+                                            by_seed(avg[(avg["threat"] != "none") == attacked]))
+            rows.append({"axis": axis, "value": value, "rule": rule})
+    paired_family(rows, pairs)
     return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
 
 
@@ -181,9 +229,9 @@ def placement_accuracy(runs):
     rows = []
     for (part, rule, threat, ranks, placement), g in runs.groupby(
             ["run.name", "rule", "threat", "n_ranks", "aggregator.placement"], sort=True):
-        mean, ci, n = _acc(g["final_accuracy"])
+        mean, ci, n, text = _acc(g)
         rows.append({"part": part, "rule": rule, "threat": threat, "ranks": int(ranks), "placement": placement,
-                     "n_seeds": n, "accuracy": mean, "accuracy_ci": ci,
+                     "n_seeds": n, "accuracy": mean, "accuracy_ci": ci, "accuracy_text": text,
                      "byz_selected": g["byz_selected_frac"].mean()})
     return pd.DataFrame(rows)
 
