@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from krum_mpi.analysis import paired
-from krum_mpi.analysis.convergence import converged, run_converged
+from krum_mpi.analysis.convergence import cell_converged, converged, run_converged
 
 
 
@@ -149,11 +149,38 @@ def test_not_converged_when_still_climbing_or_unfinished():
     assert not converged(steps, flat, total_steps=1000).converged   # the run stopped at step 195 of 1000
 
 
+def test_a_cell_converges_on_its_trend_not_on_its_evaluation_noise():
+    """Five seeds, flat at 0.93 with +-1 point of evaluation noise: each run's range fails, the cell's
+    trend (least squares through the seed mean) is below half a point; the same cell still climbing
+    2 points over the window is not converged; a decline counts as moving too."""
+    steps = np.arange(19, 1000, 20)
+    g = np.random.default_rng(4)
+    noisy = [(steps, 0.93 + 0.01 * g.choice([-1.0, 0.0, 1.0], steps.size)) for _ in range(5)]
+    assert not any(converged(s, a).converged for s, a in noisy)
+    check = cell_converged(noisy, 1000)
+    assert check.converged and check.window == (800, 999) and check.points == 10
+    # the rise by hand: least-squares slope of the seed mean over the window, times the window's 200 steps
+    inside = steps >= 800
+    mean = np.mean([a[inside] for _, a in noisy], axis=0)
+    x = steps[inside] - steps[inside].mean()
+    assert check.change == pytest.approx(200 * (x @ (mean - mean.mean())) / (x @ x), abs=1e-12)
+    climbing = [(s, a + np.where(s >= 800, 0.02 * (s - 800) / 200, 0.0)) for s, a in noisy]
+    up = cell_converged(climbing, 1000)
+    assert not up.converged and up.change > 0.015 and "rises" in up.reason
+    falling = [(s, a - np.where(s >= 800, 0.02 * (s - 800) / 200, 0.0)) for s, a in noisy]
+    assert not cell_converged(falling, 1000).converged and "falls" in cell_converged(falling, 1000).reason
+    # only the steps every seed evaluated count; too few of them is not converged
+    few = cell_converged([(np.array([850, 900, 950]), np.full(3, 0.9)), (np.array([850, 999]), np.full(2, 0.9))], 1000)
+    assert not few.converged and few.points == 1 and "too few evaluations" in few.reason
+
+
 def test_bad_criterion_settings():
     with pytest.raises(ValueError, match="window"):
         converged([1], [0.5], window=0)
     with pytest.raises(ValueError, match="tolerance"):
         converged([1], [0.5], tolerance=0)
+    with pytest.raises(ValueError, match="window"):
+        cell_converged([([1], [0.5])], 10, window=1.5)
 
 
 def test_run_converged_reads_validation_accuracy_from_a_results_file(tmp_path):

@@ -21,7 +21,7 @@ jobs = 2
 
 [base.run]
 steps = 30
-eval_every = 3
+eval_every = 2
 [base.workers]
 n = 6
 [base.data]
@@ -183,3 +183,17 @@ def test_a_study_tunes_chooses_runs_the_attacked_parts_and_reports(tmp_path, mpi
                    "paired", "Holm", "family of"):
         assert needle in text, needle
     assert (tmp_path / "report" / "figures" / "tuning_sensitivity.png").is_file()
+    # centered clipping: the report says whether the chosen tau made its clean runs averaging's
+    cc = next(e for e in record["choices"] if e["group"]["aggregator.name"] == "centered-clipping")
+    avg = next(e for e in record["choices"] if e["group"]["aggregator.name"] == "average")
+    same_lr = next(e["by_seed"] for e in avg["sensitivity"] if e["point"]["optimizer.lr"] == cc["chosen"]["optimizer.lr"])
+    mine = next(e["by_seed"] for e in cc["sensitivity"] if e["point"] == cc["chosen"])
+    assert (("this tau never clips here" in text) == (mine == same_lr)) and ("it clips" in text) == (mine != same_lr)
+    # the convergence table: one row per headline cell (each rule's clean cell and worst-case cell), a
+    # trend over the last 20% of the 30 steps (evaluations at steps 25, 27, 29), a verdict
+    block = text.split("### Convergence", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in block.splitlines() if line.startswith("| average") or line.startswith("| centered")]
+    assert len(rows) == 4 and all(("| yes |" in r) or ("| **no** |" in r) for r in rows), block
+    assert "trend over the window" in block and "too few evaluations" not in block
+    # point 1's family: centered clipping's cost and payoff against averaging (averaging is the baseline)
+    assert "Family of point 1's verdicts: 2 paired comparisons" in text
