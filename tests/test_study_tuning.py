@@ -197,3 +197,43 @@ def test_a_study_tunes_chooses_runs_the_attacked_parts_and_reports(tmp_path, mpi
     assert "trend over the window" in block and "too few evaluations" not in block
     # point 1's family: centered clipping's cost and payoff against averaging (averaging is the baseline)
     assert "Family of point 1's verdicts: 2 paired comparisons" in text
+
+
+def test_the_review_spec_is_on_the_protocol():
+    """studies/review.toml: a tuning part on the validation split without attack, one choice per rule and
+    momentum setting, taken by both point-1 parts; damped momentum; 5 seeds in every point-1 and point-3
+    cell, the same for every rule; at least 8 crafted attacks in every attacked point-1 cell, Min-Max and
+    Min-Sum among them."""
+    from pathlib import Path
+    from krum_mpi.analysis.protocol import MIN_ATTACKS, MIN_SEEDS, NUMERIC_ATTACKS
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "studies" / "review.toml")
+    plan = make_plan(spec, check_models=False)
+    assert not plan.invalid
+    tune = next(p for p in spec.parts if p.tune is not None)
+    assert tune.tune.by == ["aggregator.name", "optimizer.momentum"] and "optimizer.lr" in tune.tune.grid
+    assert {p.name for p in spec.parts if p.tuned == tune.name} == {"point1-clean", "point1-attack"}
+    tuning_runs = [r for r in plan.runs if r.labels["part"] == tune.name]
+    assert all(r.config["workers"]["byzantine"] == 0 and r.config["data"]["validation_fraction"] > 0
+               for r in tuning_runs)
+    assert {r.config["optimizer"]["momentum"] for r in tuning_runs} == {0.0, 0.9}
+    point1 = [r for r in plan.awaiting if r.labels["part"].startswith("point1")]
+    assert point1 and not [r for r in plan.runs if r.labels["part"].startswith("point1")]
+    cells, attacks = {}, {}
+    for r in point1:
+        cfg = r.config
+        assert cfg["optimizer"]["momentum_form"] == "ema" and cfg["data"]["validation_fraction"] > 0
+        cell = (r.labels["part"], cfg["aggregator"]["name"], cfg["aggregator"]["f"], cfg["workers"]["byzantine"],
+                cfg["attack"]["name"], cfg["optimizer"]["momentum"])
+        cells.setdefault(cell, set()).add(cfg["run"]["seed"])
+        if cfg["workers"]["byzantine"]:
+            attacks.setdefault(cell[1:4] + cell[5:], set()).add(cfg["attack"]["name"])
+    assert len({frozenset(s) for s in cells.values()}) == 1 and len(next(iter(cells.values()))) >= MIN_SEEDS
+    for crafted in ({a for a in names if a not in NUMERIC_ATTACKS} for names in attacks.values()):
+        assert len(crafted) >= MIN_ATTACKS and {"min-max", "min-sum"} <= crafted
+    point3 = {}
+    for r in plan.runs:
+        if r.labels["part"].startswith("point3"):
+            point3.setdefault(json.dumps({k: v for k, v in r.labels.items() if k != "run.seed"}), set()).add(
+                r.config["run"]["seed"])
+    assert point3 and min(len(s) for s in point3.values()) >= MIN_SEEDS
