@@ -10,7 +10,8 @@ milliseconds, ratios, speed-ups) and the provenance columns (``prov.*``). Each c
 as "agree" or "differ", and a differing row says why as far as the tables tell: the BLAS kernel
 (``prov.blas_kernel``: library, version and core type), the BLAS threads (``prov.blas_threads``) or the
 code version (``prov.git_commit``) that differ between the two runs, or "same kernel, threads and code"
-(or that a table does not record them: reports written before these columns existed).
+(or that a table does not record them: reports written before these columns existed). A row that
+agrees although a recorded condition differs says so too ("agree ... (although kernel A against B)").
 
 A slice: ``--part NAME`` (repeatable) compares only the runs of those study parts (``run.name``), and
 ``--slice`` compares only the runs the rerun holds (a ``--limit N`` rerun); both skip the reference
@@ -63,15 +64,17 @@ def compare_tables(first: Path, second: Path) -> list:
     return problems
 
 
+def differing_conditions(ref: pd.Series, new: pd.Series) -> list:
+    """["kernel A against B", ...]: the recorded conditions (kernel, threads, code version) that differ."""
+    return [f"{label} {ref.get(column)} against {new.get(column)}" for column, label in WHY
+            if ref.get(column) not in (None, "") and new.get(column) not in (None, "")
+            and ref.get(column) != new.get(column)]
+
+
 def why(ref: pd.Series, new: pd.Series) -> str:
     """The recorded conditions that differ between two runs of the same config."""
-    reasons, unknown = [], []
-    for column, label in WHY:
-        a, b = ref.get(column), new.get(column)
-        if a is None or b is None or a == "" or b == "":
-            unknown.append(label)
-        elif a != b:
-            reasons.append(f"{label} {a} against {b}")
+    reasons = differing_conditions(ref, new)
+    unknown = [label for column, label in WHY if ref.get(column) in (None, "") or new.get(column) in (None, "")]
     if reasons:
         return "; ".join(reasons)
     if unknown:
@@ -101,7 +104,8 @@ def compare_runs(ref: pd.DataFrame, new: pd.DataFrame, parts=(), slice_only=Fals
         changed = [c for c in columns if row[c] != other.get(c, "<no column>")]
         if not changed:
             agree += 1
-            lines.append(f"agree   {row['run']}")
+            conditions = differing_conditions(row, other)
+            lines.append(f"agree   {row['run']}" + (f" (although {'; '.join(conditions)})" if conditions else ""))
             continue
         differ += 1
         shown = ", ".join(f"{c} {row[c]!r} against {other.get(c, '<no column>')!r}" for c in changed[:3])

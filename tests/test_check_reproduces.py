@@ -108,3 +108,53 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path):
     old = runs_table().drop(columns=["run.name"])
     rc, _, err = check(write(tmp_path / "a", old), write(tmp_path / "b", old), "--part", "point1")
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "run.name" in err
+
+
+def test_an_agreeing_row_names_the_conditions_that_differed(tmp_path):
+    rc, out, _ = check(write(tmp_path / "a", runs_table()), write(tmp_path / "b", runs_table(threads="2")))
+    assert rc == 0, out
+    assert out.splitlines()[0] == "agree   runs/0000000000.h5 (although threads 1 against 2)"
+
+
+OTHER_CORETYPE = {"Haswell": "Sandybridge"}   # a core type another DYNAMIC_ARCH OpenBLAS kernel serves
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_a_real_rerun_agrees_row_by_row_and_another_kernel_is_named(tmp_path, mpiexec):
+    """A tiny study (real mpiexec runs) run and reported twice on the same kernel: every row agrees,
+    bitwise (runs.csv holds the values as written); a third time with OPENBLAS_CORETYPE forcing another
+    core type: its runs.csv records that kernel, and every row that differs names the kernel."""
+    from conftest import run_cli
+    from krum_mpi.study.kernel import coretype_of
+
+    spec = tmp_path / "study.toml"
+    spec.write_text(
+        '[study]\nname = "repro"\njobs = 2\n[base.run]\nname = "point1-clean"\nsteps = 12\neval_every = 4\n'
+        '[base.workers]\nn = 6\nbatch_size = 16\n[base.data]\nname = "synthetic"\nn_train = 2000\nn_test = 200\n'
+        'n_features = 40\n[base.model]\nname = "mlp"\nhidden = [64, 64]\n[launch]\nranks = 1\ntime = "00:03:00"\n'
+        '[parts.point1-clean.sweep]\n"aggregator.name" = ["average", "krum"]\n"aggregator.f" = [1]\n"run.seed" = [0, 1]\n')
+
+    def study(name, env=None):
+        folder = tmp_path / name
+        done = run_cli(["study", "run", spec, "--dir", folder], timeout=600, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        report = run_cli(["report", folder, "--out", tmp_path / f"{name}-report"], timeout=600)
+        assert report.returncode == 0, report.stdout + report.stderr
+        return tmp_path / f"{name}-report" / "tables"
+
+    first, second = study("first"), study("second")
+    rc, out, err = check(first, second)
+    assert rc == 0, out + err
+    assert out.count("agree   runs/") == 4 and "runs: 4 agree, 0 differ" in out
+    kernel = pd.read_csv(first / "runs.csv", dtype=str)["prov.blas_kernel"].iloc[0]
+    other = OTHER_CORETYPE.get(coretype_of(kernel), "Haswell")
+    third = study("third", env={"OPENBLAS_CORETYPE": other})
+    recorded = pd.read_csv(third / "runs.csv", dtype=str)["prov.blas_kernel"]
+    if (recorded == kernel).all():
+        pytest.skip(f"OPENBLAS_CORETYPE={other} did not change the kernel ({kernel}): not a DYNAMIC_ARCH OpenBLAS")
+    rc, out, _ = check(first, third, "--slice")
+    rows = [line for line in out.splitlines() if line.startswith(("agree", "differ"))]
+    assert len(rows) == 4
+    for line in rows:
+        assert f"kernel {kernel} against {recorded.iloc[0]}" in line, line
