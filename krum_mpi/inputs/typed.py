@@ -101,7 +101,8 @@ def _section_class(section: str, keys: dict) -> type:
 
 
 SECTIONS: dict = {section: _section_class(section, keys) for section, keys in DEFAULTS.items()}
-globals().update({cls.__name__: cls for cls in SECTIONS.values()})   # RunConfig, WorkersConfig, ...
+# RunConfig, WorkersConfig, ...: importable by name (``from krum_mpi.inputs.typed import RunConfig``)
+globals().update({cls.__name__: cls for cls in SECTIONS.values()})
 
 
 class _ConfigBase:
@@ -134,3 +135,7 @@ def section(name: str, values: Mapping | Section | None) -> Any:
 def replace(cfg, section_name: str, **changes):
     """A new Config with keys of one section changed (derived values are set before a Config is used)."""
     return dataclasses.replace(cfg, **{section_name: dataclasses.replace(getattr(cfg, section_name), **changes)})
+
+
+__all__ = ["Config", "SECTIONS", "Section", "OpenSection", "section", "replace", "freeze", "thaw",
+           *(cls.__name__ for cls in SECTIONS.values())]

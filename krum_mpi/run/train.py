@@ -355,8 +355,8 @@ def summarize(writer: results.ResultsWriter, byzantine: np.ndarray) -> dict:
     metrics, timing = run["metrics"], run["timing"]
     return {
         "path": str(writer.path),
-        "aggregator": writer.cfg["aggregator"]["name"],
-        "attack": writer.cfg["attack"]["name"],
+        "aggregator": str(run["attrs"]["aggregator"]),
+        "attack": str(run["attrs"]["attack"]),
         "byzantine": int(byzantine.sum()),
         "steps": k,
         "final_loss": float(metrics["loss"][k - 1]) if k else float("nan"),
