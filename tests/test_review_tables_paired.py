@@ -134,3 +134,28 @@ def test_point2_effects_pair_within_each_axis_value_and_share_one_family():
     mean, low, high = t_interval(d)
     assert (eff.loc[1000, "cost"], eff.loc[1000, "cost_low"], eff.loc[1000, "cost_high"]) == pytest.approx(
         (mean, low, high), abs=1e-12)
+
+
+def test_variants_of_one_attack_are_separate_attacks():
+    """ALIE at the paper's z and at z = 1.5 are two attacks (their labels differ), never pooled into one
+    cell: the worst case is the stronger, and the count of attacks is 3 here."""
+    from krum_mpi.analysis.derived import add_derived_columns
+    rows = []
+    for rule, clean, paper, z15, sign in (("average", 0.9, 0.85, 0.80, 0.7), ("krum", 0.88, 0.86, 0.60, 0.8)):
+        for seed in SEEDS:
+            e = 0.001 * seed
+            rows.append({"aggregator.name": rule, "aggregator.f": 4, "attack.name": "none", "attack.z": np.nan,
+                         "n_byzantine": 0, "f": 4 if rule == "krum" else 0, "final_accuracy": clean + e})
+            for name, z, acc in (("alie", np.nan, paper), ("alie", 1.5, z15), ("sign-flip", np.nan, sign)):
+                rows.append({"aggregator.name": rule, "aggregator.f": 4, "attack.name": name, "attack.z": z,
+                             "n_byzantine": 4, "f": 4, "final_accuracy": acc + e})
+    frame = pd.DataFrame(rows).assign(n_workers=20, seed=[s for _ in range(2) for s in SEEDS for _ in range(4)],
+                                      **{"optimizer.momentum": 0.0, "prov.n_ranks": 1})
+    frame = add_derived_columns(frame).assign(rule=lambda f: f["aggregator.name"])
+    runs_ = rt.point1_frame(frame)
+    assert sorted(runs_["threat"].unique()) == ["alie", "alie(z=1.5)", "none", "sign-flip"]
+    res = rt.point1_resilience(runs_).set_index("rule")
+    assert res.loc["krum", "worst_attack"] == "alie(z=1.5)" and res.loc["krum", "attacks"] == 3
+    assert res.loc["krum", "worst"] == pytest.approx(0.602)   # 0.60 + the mean of 0.000 .. 0.004
+    acc = rt.point1_accuracy(runs_)
+    assert (acc["n_seeds"] == 5).all()

@@ -16,7 +16,8 @@ def _label(runs, name_col, prefix, skip):
     opts = [c for c in runs.columns if c.startswith(prefix) and c not in skip]
     labels = pd.Series(runs[name_col].astype(str).to_numpy(), index=runs.index, dtype=object)
     for name, sub in runs.groupby(name_col, dropna=False):
-        varying = [c for c in opts if _varies(sub[c])]
+        # an option set in some runs and unset in others tells variants apart too (alie, alie(z=1.5))
+        varying = [c for c in opts if sub[c].map(lambda v: "<unset>" if _isnan(v) else str(v)).nunique() > 1]
         for idx, row in sub.iterrows():
             parts = [f"{c[len(prefix):]}={row[c]}" for c in varying if not _isnan(row[c])]
             if parts:

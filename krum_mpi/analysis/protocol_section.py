@@ -15,7 +15,7 @@ from . import review_tables as rt
 from .convergence import cell_converged
 from .protocol import CONVERGENCE_TOLERANCE, CONVERGENCE_WINDOW, MIN_SEEDS
 
-CELL_KEYS = ("run.name", "rule", "attack.name", "workers.byzantine", "aggregator.f", "optimizer.momentum",
+CELL_KEYS = ("run.name", "rule", "attack_label", "workers.byzantine", "aggregator.f", "optimizer.momentum",
              "data.n_train", "model.hidden", "workers.batch_size", "aggregator.placement", "n_ranks")
 GROUP_LABELS = {"aggregator.name": "rule", "optimizer.momentum": "momentum", "optimizer.momentum_at": "momentum at",
                 "optimizer.momentum_form": "momentum form"}

@@ -105,13 +105,16 @@ def paired_family(rows: list, pairs: dict, alpha: float = FAMILY_ALPHA) -> int:
 
 def point1_frame(runs):
     """Point 1's runs with ``momentum``, ``k`` (the number of Byzantine workers the rule is told of,
-    or that attack), ``fraction`` = k / n, and ``threat`` (the attack, or ``none``)."""
+    or that attack), ``fraction`` = k / n, and ``threat`` (the attack's label with the options that
+    vary among its runs, e.g. ``alie(z=1.5)``, or ``none``)."""
     runs = runs.copy()
     runs["momentum"] = momentum_label(runs)
     byz = pd.to_numeric(runs["n_byzantine"], errors="coerce").fillna(0).astype(int)
     runs["k"] = np.where(byz > 0, byz, pd.to_numeric(runs["f"], errors="coerce").fillna(0).astype(int))
     runs["fraction"] = runs["k"] / pd.to_numeric(runs["n_workers"], errors="coerce")
-    runs["threat"] = np.where(byz > 0, runs["attack.name"].astype(str), "none")
+    # the attack with the options that tell its variants apart (alie and alie(z=1.5) are two attacks)
+    attack = runs["attack_label"] if "attack_label" in runs else runs["attack.name"]
+    runs["threat"] = np.where(byz > 0, attack.astype(str), "none")
     return runs
 
 
