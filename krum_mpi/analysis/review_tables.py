@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .paired import accuracy_interval, family_verdicts, split_summary
-from .protocol import FAMILY_ALPHA, NUMERIC_ATTACKS
+from .protocol import FAMILY_ALPHA, NUMERIC_ATTACKS, worst_case
 from .stats import mean_ci
 
 POINTS = {1: "point1", 2: "point2", 3: "point3"}
@@ -174,11 +174,20 @@ def point1_resilience(runs):
 
 
 def _worst(attacked):
-    """(name of the attack with the lowest mean final accuracy, its runs); ties to the first name."""
+    """(name of the attack with the lowest mean final accuracy, its runs); ties to the first name. Over
+    crafted attacks it is ``protocol.worst_case`` (numeric ones set apart); the caller passes the
+    numeric attacks alone to get their lowest."""
     if not len(attacked):
         return "", attacked
-    means = attacked.groupby("threat")["final_accuracy"].mean().sort_index()
-    name = means.idxmin()
+    by_attack = {a: by_seed(g) for a, g in attacked.groupby("threat", sort=True)}
+    if all(a in NUMERIC_ATTACKS for a in by_attack):
+        means = {a: np.mean(list(v.values())) for a, v in by_attack.items()}
+        name = min(means, key=lambda a: (means[a], a))
+    else:
+        try:
+            name = worst_case(by_attack, 0).attack
+        except ValueError:   # no finite accuracy in the cell
+            return "", attacked.iloc[:0]
     return name, attacked[attacked["threat"] == name]
 
 
