@@ -71,6 +71,8 @@ def test_markdown_report_answers_and_lists_what_it_cannot(study_dir, tmp_path):
     assert "-5.0 pp" in text  # krum without attack: 84% against averaging's 89% (fakes)
     assert "the review's 33% is not covered" in text
     assert "model size is not measured" in text
+    # every report says how its numbers were made: here no tuning stage, so it says the rules were not tuned
+    assert "## The protocol: tuning, momentum, seeds, convergence" in text and "not tuned per rule" in text
     assert (tmp_path / "r" / "figures" / "accuracy_over_steps.svg").is_file()
     assert (tmp_path / "r" / "tables" / "cost_of_resilience.csv").is_file()
     report.main([str(study_dir), "--out", str(tmp_path / "lean"), "--no-tables", "--figure-formats", "png"])

@@ -13,10 +13,9 @@ import pandas as pd
 from . import protocol_figures as pfig
 from . import review_tables as rt
 from .convergence import cell_converged
+from .derived import experiment_keys
 from .protocol import CONVERGENCE_TOLERANCE, CONVERGENCE_WINDOW, MIN_SEEDS
 
-CELL_KEYS = ("run.name", "rule", "attack_label", "workers.byzantine", "aggregator.f", "optimizer.momentum",
-             "data.n_train", "model.hidden", "workers.batch_size", "aggregator.placement", "n_ranks")
 GROUP_LABELS = {"aggregator.name": "rule", "optimizer.momentum": "momentum", "optimizer.momentum_at": "momentum at",
                 "optimizer.momentum_form": "momentum form"}
 FORMS = {"ema": "m <- beta m + (1 - beta) g (damped)", "heavy-ball": "m <- beta m + g (heavy ball)"}
@@ -46,13 +45,16 @@ def momentum_form(page, summary):
 
 
 def seeds_per_cell(page, summary):
-    cell = [c for c in CELL_KEYS if c in summary]
-    seeds = summary.groupby(cell, dropna=False)["seed"].nunique()
+    """Seeds per experiment: the runs that differ only in their seed (every other varying key equal)."""
+    cell = [c for c in experiment_keys(summary) if c in summary]
+    seeds = summary.groupby(cell, dropna=False)["seed"].nunique() if cell else summary["seed"].agg(["nunique"])
     if not len(seeds):
         return
-    page.rep.p(f"**Seeds:** {int(seeds.min())} to {int(seeds.max())} per cell ({len(seeds)} cells; the same "
-               "seeds for every rule, so differences are paired by seed).")
-    if seeds.min() < MIN_SEEDS:
+    low, high = int(seeds.min()), int(seeds.max())
+    page.rep.p(f"**Seeds:** {low if low == high else f'{low} to {high}'} per cell ({len(seeds)} "
+               f"cell{'s' if len(seeds) != 1 else ''}, a cell being the runs that differ only in their seed; the "
+               "same seeds for every rule, so differences are paired by seed).")
+    if low < MIN_SEEDS:
         page.flag(f"{int((seeds < MIN_SEEDS).sum())} of {len(seeds)} cells have fewer than {MIN_SEEDS} seeds "
                   "(the protocol's minimum): their intervals are wide.")
 

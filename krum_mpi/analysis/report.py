@@ -19,6 +19,7 @@ from ..errors import KrumMPIError, ResultsError
 from . import review, review_tables, sections, tables
 from .load import REPORT_MARKER, load_study
 from .markup import Report
+from .protocol_section import protocol_section
 
 RUN_COLUMNS = ("run", "status", "seed", "n_workers", "n_byzantine", "steps_done", "final_accuracy", "best_accuracy",
                "final_loss", "compute_s", "gather_s", "aggregate_s", "update_s", "step_s", "byz_selected_frac",
@@ -81,6 +82,7 @@ def build(study_dir, out_dir=None, fmt="md", bench_files=(), figure_formats=("pn
     if write_tables:
         save_tables(page, out / "tables")
     sections.the_study(page)
+    protocol_section(page, study.source, page.summary, {})   # every report says how its numbers were made
     answers = {1: sections.point_1_cost(page), 2: sections.point_2_scale(page), 3: sections.point_3_time(page)}
     sections.kernels(page, bench_paths)
     sections.closing(page, study, write_tables)
