@@ -127,10 +127,19 @@ def test_the_kernel_is_read_from_the_recorded_provenance():
     assert coretype_of("unknown") == ""
 
 
+# the tuning part also tunes per momentum setting (one choice per rule and momentum); the tuned parts
+# run at momentum 0.9 and take that group's choice
+SPEC_BY_MOMENTUM = SPEC.replace('''[parts.tune.sweep]
+"aggregator.name" = ["average", "centered-clipping"]''',
+                                '''[parts.tune.sweep]
+"optimizer.momentum" = [0.0, 0.9]
+"aggregator.name" = ["average", "centered-clipping"]''')
+
+
 @pytest.mark.mpi
 @pytest.mark.slow
 def test_a_study_tunes_chooses_runs_the_attacked_parts_and_reports(tmp_path, mpiexec):
-    spec = write(tmp_path, SPEC)
+    spec = write(tmp_path, SPEC_BY_MOMENTUM)
     folder = tmp_path / "out"
     refused = run_cli(["study", "run", spec, "--dir", folder, "--part", "point1-attack"], timeout=60)
     assert refused.returncode == 2 and "has not chosen them yet" in refused.stderr
@@ -140,7 +149,7 @@ def test_a_study_tunes_chooses_runs_the_attacked_parts_and_reports(tmp_path, mpi
     assert done.returncode == 0, done.stdout + done.stderr
     study = StudyFolder(folder)
     plan = study.read_plan()
-    assert len(plan["runs"]) == 24 and not plan["awaiting"]
+    assert len(plan["runs"]) == 36 and not plan["awaiting"]
     assert all(is_complete(study.result(r["id"])) for r in plan["runs"])
 
     # the choice: the grid point with the best mean final validation accuracy, recomputed by hand
@@ -151,16 +160,18 @@ def test_a_study_tunes_chooses_runs_the_attacked_parts_and_reports(tmp_path, mpi
             acc = f["metrics/validation_accuracy"][()]
             cfg = json.loads(f.attrs["config"])
         point = (cfg["optimizer"]["lr"], cfg["aggregator"].get("tau"))
-        scores.setdefault(cfg["aggregator"]["name"], {}).setdefault(point, []).append(acc[-1])
+        group = (cfg["aggregator"]["name"], cfg["optimizer"]["momentum"])
+        scores.setdefault(group, {}).setdefault(point, []).append(acc[-1])
+    assert len(record["choices"]) == 4 and set(record["by"]) == {"optimizer.momentum", "aggregator.name"}
     for entry in record["choices"]:
-        rule = entry["group"]["aggregator.name"]
-        means = {p: sum(v) / len(v) for p, v in scores[rule].items()}
+        rule, momentum = entry["group"]["aggregator.name"], entry["group"]["optimizer.momentum"]
+        means = {p: sum(v) / len(v) for p, v in scores[(rule, momentum)].items()}
         best = max(means.values())
         chosen = (entry["chosen"]["optimizer.lr"], entry["chosen"].get("aggregator.tau"))
         assert means[chosen] == pytest.approx(best, abs=1e-12)
         # the attacked and clean runs of this rule use exactly the chosen values
         for r in plan["runs"]:
-            if r["labels"]["part"] != "tune" and r["labels"]["aggregator.name"] == rule:
+            if r["labels"]["part"] != "tune" and r["labels"]["aggregator.name"] == rule and momentum == 0.9:
                 assert r["tuned"] == entry["chosen"]
                 with h5py.File(study.result(r["id"]), "r") as f:
                     cfg = json.loads(f.attrs["config"])
@@ -183,12 +194,17 @@ def test_a_study_tunes_chooses_runs_the_attacked_parts_and_reports(tmp_path, mpi
                    "paired", "Holm", "family of"):
         assert needle in text, needle
     assert (tmp_path / "report" / "figures" / "tuning_sensitivity.png").is_file()
-    # centered clipping: the report says whether the chosen tau made its clean runs averaging's
-    cc = next(e for e in record["choices"] if e["group"]["aggregator.name"] == "centered-clipping")
-    avg = next(e for e in record["choices"] if e["group"]["aggregator.name"] == "average")
-    same_lr = next(e["by_seed"] for e in avg["sensitivity"] if e["point"]["optimizer.lr"] == cc["chosen"]["optimizer.lr"])
-    mine = next(e["by_seed"] for e in cc["sensitivity"] if e["point"] == cc["chosen"])
-    assert (("this tau never clips here" in text) == (mine == same_lr)) and ("it clips" in text) == (mine != same_lr)
+    # centered clipping, per momentum setting: the report says whether the chosen tau made its clean runs
+    # averaging's (the same validation accuracy on every seed at the same lr)
+    for momentum in (0.0, 0.9):
+        cc, avg = (next(e for e in record["choices"] if e["group"] == {"optimizer.momentum": momentum,
+                                                                       "aggregator.name": rule})
+                   for rule in ("centered-clipping", "average"))
+        same_lr = next(e["by_seed"] for e in avg["sensitivity"]
+                       if e["point"]["optimizer.lr"] == cc["chosen"]["optimizer.lr"])
+        mine = next(e["by_seed"] for e in cc["sensitivity"] if e["point"] == cc["chosen"])
+        line = next(line for line in text.splitlines() if line.startswith(f"- centered clipping (momentum {momentum})"))
+        assert ("this tau never clips here" in line) == (mine == same_lr) and ("it clips" in line) == (mine != same_lr)
     # the convergence table: one row per headline cell (each rule's clean cell and worst-case cell), a
     # trend over the last 20% of the 30 steps (evaluations at steps 25, 27, 29), a verdict
     block = text.split("### Convergence", 1)[1].split("\n## ", 1)[0]
