@@ -204,7 +204,7 @@ def test_a_study_tunes_chooses_runs_the_attacked_parts_and_reports(tmp_path, mpi
                        if e["point"]["optimizer.lr"] == cc["chosen"]["optimizer.lr"])
         mine = next(e["by_seed"] for e in cc["sensitivity"] if e["point"] == cc["chosen"])
         line = next(line for line in text.splitlines() if line.startswith(f"- centered clipping (momentum {momentum})"))
-        assert ("this tau never clips here" in line) == (mine == same_lr) and ("it clips" in line) == (mine != same_lr)
+        assert ("this tau does not clip here" in line) == (mine == same_lr) and ("it clips" in line) == (mine != same_lr)
     # the convergence table: one row per headline cell (each rule's clean cell and worst-case cell), a
     # trend over the last 20% of the 30 steps (evaluations at steps 25, 27, 29), a verdict
     block = text.split("### Convergence", 1)[1].split("\n## ", 1)[0]

@@ -110,8 +110,8 @@ def never_clips(entry) -> list:
             lines.append(f"{where}: no averaging run at lr {lr} to compare with.")
         elif mine == theirs:
             lines.append(f"{where}: at the chosen tau = {tau} its validation accuracy "
-                         "equals averaging's at the same lr on every seed: this tau never clips here, so its clean "
-                         "runs are averaging's.")
+                         "equals averaging's at the same lr on every seed: this tau does not clip here (or too "
+                         "rarely to change an accuracy), so its clean runs are in effect averaging's.")
         else:
             lines.append(f"{where}: at the chosen tau = {tau} it differs from "
                          "averaging at the same lr (it clips).")
