@@ -137,6 +137,7 @@ def convergence(page, runs):
         for run in g.itertuples():
             steps, acc, metric = read_curve(run.file)
             curves.append((int(run.seed), steps, acc))
+        curves.sort(key=lambda c: c[0])   # one colour per seed in every panel of the figure
         total = int(g["steps"].max()) if "steps" in g else max(int(s.max()) + 1 for _, s, _ in curves)
         check = cell_converged([(s, a) for _, s, a in curves], total, CONVERGENCE_WINDOW, CONVERGENCE_TOLERANCE)
         rows.append({"rule": rule, "momentum": mom, "k": int(k), "threat": threat, "accuracy": metric,
