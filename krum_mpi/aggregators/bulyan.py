@@ -11,7 +11,7 @@
 import numpy as np
 
 from krum_mpi.aggregators.base import Aggregation
-from krum_mpi.aggregators.certify import ScoreBoard
+from krum_mpi.aggregators.scores import ScoreBoard
 from krum_mpi.aggregators.coordinatewise import closest_mean
 
 
@@ -22,14 +22,23 @@ def check_bulyan_bounds(n, f):
 
 def recursive_krum(cert, f, theta):
     """theta row indices chosen one at a time by certified Krum on the rows left (NumPy int64, in
-    order); cert: the CertifiedDistances of the input, refined as the rounds need."""
-    left = np.arange(cert.n)
-    chosen = []
-    for _ in range(theta):
-        winner = int(ScoreBoard(cert, left, max(1, len(left) - f - 2)).lowest(1)[0])
-        chosen.append(winner)
-        left = left[left != winner]
-    return np.asarray(chosen, dtype=np.int64)
+    order); cert: the CertifiedDistances of the input, refined as the rounds need.
+
+    The rounds are Krum on shrinking subsets of the same distances, so their refinements are done
+    together: every round is played on the current bounds, a round its bounds cannot decide goes on
+    with the best-placed row standing in and adds the pairs it needs to one list, and that list is
+    refined in one pass over the rows; then the rounds are played again. The rounds up to the first
+    undecided one are certain, so each pass serves the true sequence (no more passes than rounds
+    refined one by one, usually one), and the answer is the certified sequence."""
+    while True:
+        left, chosen, pending = np.arange(cert.n), [], []
+        for _ in range(theta):
+            winner, _certain = ScoreBoard(cert, left, max(1, len(left) - f - 2)).lowest_or_collect(pending)
+            chosen.append(winner)
+            left = left[left != winner]
+        if not pending:
+            return np.asarray(chosen, dtype=np.int64)
+        cert.refine(pending)
 
 
 def bulyan(rows, f):

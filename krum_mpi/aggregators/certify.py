@@ -4,6 +4,9 @@ gives, ties to the lowest index, whatever the magnitudes.
 Every squared distance is an interval [lo, hi] that holds its exact value. It starts from the fast
 kernel's rigorous bound (distances.py) and is tightened on demand, one level at a time:
   level 0  the fast centred Gram products
+  level 0.5  float32 rows with the compiled kernels (no clones among them): direct float64
+           differences, one pass over the rows all pending pairs involve (about 1e-14 relative:
+           it settles the statistical near-ties of honest rows; ``checked`` marks these pairs)
   level 1  float32 rows with the compiled kernels: exact products summed in double-double, one
            pass over the rows all pending pairs involve (gram_entries.py; about 1e-20 relative);
            otherwise direct differences accumulated in float64 (gamma_(d+3), exact.py)
@@ -12,16 +15,15 @@ kernel's rigorous bound (distances.py) and is tightened on demand, one level at 
 A decision (an order of scores, a set of nearest rows, a subset's diameter) is taken only when the
 intervals separate it; what overlaps is refined and decided again. Rows with identical contents are
 found once (their distance is exactly 0) and their equal scores need no arithmetic at all.
-``recomputed`` counts the distances taken to level 1 or 2: 0 in ordinary runs.
+``recomputed`` counts the distances refined (the float64 step, levels 1 and 2): 0 in ordinary runs.
 """
 import contextlib
 import contextvars
-from decimal import Decimal, localcontext
 
 import numpy as np
 
 from krum_mpi.aggregators.base import to_numpy
-from krum_mpi.aggregators.exact import SCALE, U64, exact_to_float, gamma
+from krum_mpi.aggregators.exact import exact_to_float
 from krum_mpi.aggregators.gram_entries import LocalRows  # noqa: F401 (the row source; sharded.py imports it here)
 
 INF = float("inf")
@@ -30,8 +32,8 @@ _tally = contextvars.ContextVar("krum_mpi_recomputed", default=None)
 
 @contextlib.contextmanager
 def counting():
-    """Count the distances recomputed (levels 1 and 2) inside the block: ``with counting() as c:
-    ...; c[0]``; c[1] counts the refinement passes (each reads the rows its pairs involve once).
+    """Count the distances recomputed (the float64 step, levels 1 and 2) inside the block:
+    ``with counting() as c: ...; c[0]``; c[1] counts the refinement passes (each reads the rows its pairs involve once).
     The Aggregator wraps every rule call in one (Aggregation.recomputed)."""
     outer = _tally.get()
     box = [0, 0]
@@ -73,6 +75,7 @@ class CertifiedDistances:
         np.fill_diagonal(self.lo, 0.0)
         np.fill_diagonal(self.hi, 0.0)
         np.fill_diagonal(self.level, 2)
+        self.checked = np.zeros((n, n), dtype=bool)  # level-0 pairs the float64 level has tightened
         self.exact = {}  # (i, j), i < j -> int (distance * 2^SCALE); pairs at level 2 absent here are inf
         self.recomputed = 0
         self.group = self.duplicate_groups()
@@ -114,11 +117,35 @@ class CertifiedDistances:
             return 0
         return self.exact.get((min(i, j), max(i, j)), INF)
 
+    def refine_f64(self, direct):
+        """Level 0.5 (module doc): the level-0 pairs not yet seen by the float64 level get it, in one
+        pass; returns the pairs left for level 1 (those it had seen already, or all of them where the
+        row source has no float64 level or it does not apply)."""
+        fresh = [p for p in direct if not self.checked[p]]
+        result = self.rows.level_f64(fresh) if fresh and hasattr(self.rows, "level_f64") else None
+        if result is None:
+            return direct
+        for (i, j), v, b in zip(fresh, *result):
+            lo, hi = max(np.nextafter(v - b, -np.inf), 0.0), np.nextafter(v + b, np.inf)
+            for a, c in self.mates(i, j):
+                if self.level[a, c] == 0:
+                    self.lo[a, c] = self.lo[c, a] = max(lo, self.lo[a, c])
+                    self.hi[a, c] = self.hi[c, a] = min(hi, self.hi[a, c])
+                    self.checked[a, c] = self.checked[c, a] = True
+        self.recomputed += len(fresh)
+        box = _tally.get()
+        if box is not None:
+            box[0] += len(fresh)
+            box[1] += 1
+        done = set(fresh)
+        return [p for p in direct if p not in done]
+
     def refine(self, pairs):
         """Raise each pair one level (pairs already exact are left alone)."""
         pairs = sorted({(min(i, j), max(i, j)) for i, j in pairs if i != j})
         direct = [p for p in pairs if self.level[p] == 0]
         exact = [p for p in pairs if self.level[p] == 1]
+        direct = self.refine_f64(direct)
         if direct:
             if hasattr(self.rows, "level_one_exact"):
                 result = self.rows.level_one_exact(direct)
@@ -208,6 +235,7 @@ def certified_order(items, bounds, refine, exact_key, m=None, same=None, as_set=
 def clusters(lo, hi):
     """(start, stop) runs of a list sorted by lo whose intervals chain into each other (touching
     intervals overlap: their values may be equal)."""
+    lo, hi = np.asarray(lo).tolist(), np.asarray(hi).tolist()  # Python floats: a plain loop runs fast
     out, start, reach = [], 0, hi[0] if len(hi) else 0.0
     for p in range(1, len(lo)):
         if lo[p] > reach:
@@ -220,81 +248,9 @@ def clusters(lo, hi):
     return out
 
 
-def rounded_sum(values, up):
-    """A float64 sum of non-negative values, moved outward past its rounding errors."""
-    total = float(np.sum(values))
-    if not np.isfinite(total):
-        return total
-    g = gamma(len(values) + 2)
-    return float(np.nextafter(total * (1 + g) if up else total * (1 - g), np.inf if up else -np.inf))
-
-
-class ScoreBoard:
-    """Krum scores of the rows of ``rows``: each row's sum of its k smallest (squared, or with
-    squared=False Euclidean) distances to the other rows of ``rows``, as intervals made exact on demand."""
-
-    def __init__(self, cert, rows, k, squared=True):
-        self.cert, self.rows, self.k, self.squared = cert, np.asarray(rows, dtype=np.int64), k, squared
-
-    def others(self, i):
-        return self.rows[self.rows != i]
-
-    def candidates(self, i):
-        """The other rows that may be among i's k nearest (the rest are certainly farther)."""
-        others = self.others(i)
-        hi = self.cert.hi[i, others]
-        cut = np.partition(hi, self.k - 1)[self.k - 1]
-        return others[self.cert.lo[i, others] <= cut]
-
-    def bounds(self, items):
-        lo, hi = np.empty(len(items)), np.empty(len(items))
-        for p, i in enumerate(items):
-            others = self.others(i)
-            low = np.partition(self.cert.lo[i, others], self.k - 1)[:self.k]
-            high = np.partition(self.cert.hi[i, others], self.k - 1)[:self.k]
-            if not self.squared:
-                low, high = np.sqrt(low) * (1 - 2 * U64), np.sqrt(high) * (1 + 2 * U64)
-            lo[p], hi[p] = rounded_sum(low, False), rounded_sum(high, True)
-        return lo, hi
-
-    def refine(self, items):
-        self.cert.refine([(i, j) for i in items for j in self.candidates(i) if self.cert.level[i, j] < 2])
-
-    def exact_key(self, i):
-        near = self.candidates(i)
-        if (self.cert.level[i, near] < 2).any():
-            return None
-        values = sorted((self.cert.value(i, j) for j in near), key=lambda v: (v == INF, v if v != INF else 0))
-        chosen = values[:self.k]
-        if INF in chosen:
-            return (1, 0)
-        if self.squared:
-            return (0, sum(chosen))
-        with localcontext() as ctx:  # sums of square roots: 120 significant digits decide
-            ctx.prec = 120
-            half = Decimal(2) ** (SCALE[self.cert.dtype] // 2)
-            return (0, sum(Decimal(v).sqrt() for v in chosen) / half)
-
-    def same(self, i):
-        """A label equal for rows whose scores are equal by construction: when i's k nearest rows
-        are certain, its score is the sum over those pairs, so the multiset of pairs (rows read
-        through their identical-contents groups) is the label: mutual nearest neighbours at k = 1,
-        and rows with identical contents, get equal labels with no arithmetic at all."""
-        group = self.cert.group
-        near = self.candidates(i)
-        if len(near) == self.k:
-            return tuple(sorted((min(group[i], group[j]), max(group[i], group[j])) for j in near))
-        return int(group[i]) if (group[self.rows] == group[i]).sum() > 1 else -1 - int(i)
-
-    def lowest(self, m, as_set=False):
-        """The m rows with the lowest scores, best first, ties to the lowest index (as_set: which
-        rows is exact, their order is by the scores' bounds)."""
-        order, _ = certified_order(self.rows, self.bounds, self.refine, self.exact_key, m, self.same, as_set)
-        return order[:m]
-
-
-class _Deferred(Exception):
-    """Raised by nearest_rows_all's refine: the pairs are collected, refined later together."""
+class Deferred(Exception):
+    """Raised by a refine that only collects its pairs (nearest_rows_all, scores.ScoreBoard.lowest_or_collect):
+    they are refined later, together, in one pass."""
 
 
 def nearest_rows_all(cert, count):
@@ -306,13 +262,13 @@ def nearest_rows_all(cert, count):
 
         def collect(pairs):
             pending.extend(pairs)
-            raise _Deferred
+            raise Deferred
 
         for i in range(cert.n):
             if i not in done:
                 try:
                     done[i] = nearest_rows(cert, i, count, collect)
-                except _Deferred:
+                except Deferred:
                     pass
         if pending:
             cert.refine(pending)
