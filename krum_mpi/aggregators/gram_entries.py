@@ -57,10 +57,11 @@ def exact_library(X):
     return native.library("exact") if native.float32_rows(X) else None
 
 
-def level_one(X, pairs, fallback):
+def level_one(X, pairs, fallback, clones=None):
     """(values, bounds, exact) of the pairs' squared distances, |value - exact| <= bound, exact the
     exact int where it came for free (clones of one pivot, clones.py) else None: the pivots'
-    distances by one double-double pass over them (compiled, float32), else by fallback(pairs)."""
+    distances by one double-double pass over them (compiled, float32), else by fallback(pairs).
+    clones: the CloneMap of the pairs' rows where the caller has it."""
     pairs = [(int(i), int(j)) for i, j in pairs]
     if not pairs:
         return np.zeros(0), np.zeros(0), []
@@ -69,7 +70,7 @@ def level_one(X, pairs, fallback):
     def pivots(needed):
         return dd_sq_distances(X, needed) or fallback(needed)
 
-    clones = CloneMap(X, {i for p in pairs for i in p})
+    clones = clones or CloneMap(X, {i for p in pairs for i in p})
     if clones.worth_it():
         return bounded_through_pivots(X, pairs, clones, pivots)
     values, bounds = pivots(pairs)
@@ -168,7 +169,7 @@ def dd_entry_bound(S, C, entries, cols, lanes):
     return 2.0 * gamma(2 * chain) * gamma(chain) * scale
 
 
-def exact_sq_distances(X, pairs):
+def exact_sq_distances(X, pairs, clones=None):
     """The exact squared distances of the pairs, Python ints scaled by 2^SCALE[dtype] (rows finite):
     through the pivots of the clones among the rows (clones.py), the pivots' by one pass over them
     for float32, pair by pair for float64."""
@@ -176,7 +177,7 @@ def exact_sq_distances(X, pairs):
     if not pairs:
         return []
     X = host_rows(X)
-    clones = CloneMap(X, {i for p in pairs for i in p})
+    clones = clones or CloneMap(X, {i for p in pairs for i in p})
     if clones.worth_it():
         return exact_through_pivots(X, pairs, clones, lambda needed: plain_exact_sq_distances(X, needed))
     return plain_exact_sq_distances(X, pairs)
@@ -235,6 +236,15 @@ class LocalRows:
     def __init__(self, X):
         self.X = X
         self.dtype = host_dtype(X)
+        self._clones = None  # (rows, their CloneMap) of the last refinement
+
+    def clone_map(self, pairs):
+        """The CloneMap of the rows the pairs involve, kept for the next level asking for the same
+        rows (the float64 step and level 1 of one refinement: one search for clones, not two)."""
+        rows = frozenset(int(i) for p in pairs for i in p)
+        if self._clones is None or self._clones[0] != rows:
+            self._clones = (rows, CloneMap(host_rows(self.X), rows))
+        return self._clones[1]
 
     def identical(self, i, j):
         """True when rows i and j hold exactly equal values."""
@@ -249,14 +259,14 @@ class LocalRows:
         """(values, bounds, exact) of level 1 for these pairs, exact[k] the exact int where it came
         free (gram_entries.level_one): clones through their pivots; float32 rows with the compiled
         kernel, one double-double pass over the rows involved; else float64_level."""
-        return level_one(self.X, pairs, self.float64_level)
+        return level_one(self.X, pairs, self.float64_level, self.clone_map(pairs) if pairs else None)
 
     def level_f64(self, pairs):
         """(values, bounds) of the float64 level for these pairs (f64_sq_distances), or None where it
         does not apply: no compiled kernel, or clones among the rows (clones.py: their refinement
         goes to the pivots' double-double, which is exact where they tie)."""
         X = host_rows(self.X)
-        if exact_library(X) is None or CloneMap(X, {i for p in pairs for i in p}).worth_it():
+        if exact_library(X) is None or self.clone_map(pairs).worth_it():
             return None
         return f64_sq_distances(X, pairs)
 
@@ -272,4 +282,4 @@ class LocalRows:
     def exact(self, pairs):
         """The exact distances of these pairs, as ints scaled by 2^SCALE[dtype] (one pass over the
         rows they involve for float32 rows)."""
-        return exact_sq_distances(self.X, pairs)
+        return exact_sq_distances(self.X, pairs, self.clone_map(pairs) if pairs else None)
