@@ -12,10 +12,10 @@ hidden sizes), n workers of which f Byzantine, the rule told f:
   near-tie/np  the near-tie run again with KRUM_MPI_NATIVE=0: the refinement's NumPy implementation
                (exact integer Gram entries summed per power of two) instead of the compiled one
                (double-double, superaccumulator). Both are exact, so the two runs must select the
-               same workers at every step (for Krum the aggregate is the selected gradient itself,
-               so the two trajectories stay bitwise equal); the first step where they differ is
-               reported. tests/test_attack_near_tie.py checks the selections under this attack
-               against fractions.
+               same workers at every step; the first step whose selected set differs is reported,
+               and whether the losses of the two runs are identical (the trajectories stay bitwise
+               equal while the selections and the means agree). tests/test_attack_near_tie.py
+               checks the selections under this attack against fractions.
 The figure is the median of ``timing/aggregate_s`` over the steps (the first step left out: it
 builds the kernels' state) of near-tie over honest; the distances refined per step are given
 beside it. Results files go under --runs (a complete file is reused: an interrupted run resumes);
@@ -60,8 +60,10 @@ def run(args, rule, attack, env, out):
 
 
 def first_difference(a, b):
-    """The first step whose selection differs between two runs, or None."""
-    differs = np.flatnonzero((a["selection"]["selected"] != b["selection"]["selected"]).any(axis=1))
+    """The first step whose selected set differs between two runs, or None (as sets: Multi-Krum
+    certifies which rows it averages, and lists them in the order of their scores' bounds)."""
+    sa, sb = np.sort(a["selection"]["selected"], axis=1), np.sort(b["selection"]["selected"], axis=1)
+    differs = np.flatnonzero((sa != sb).any(axis=1))
     return int(differs[0]) if differs.size else None
 
 
@@ -72,7 +74,8 @@ def figures(rule, runs):
     return {"rule": rule, "honest_ms": honest * 1e3, "near_tie_ms": attacked * 1e3, "ratio": attacked / honest,
             "numpy_path_ms": float(np.median(steps["near-tie/np"])) * 1e3,
             "recomputed_per_step": recomputed, "steps": len(steps["honest"]) + 1,
-            "selections_differ_at": first_difference(runs["near-tie"], runs["near-tie/np"])}
+            "selections_differ_at": first_difference(runs["near-tie"], runs["near-tie/np"]),
+            "same_losses": bool(np.array_equal(runs["near-tie"]["metrics"]["loss"], runs["near-tie/np"]["metrics"]["loss"]))}
 
 
 def main(argv=None):
@@ -94,8 +97,9 @@ def main(argv=None):
                 for label, attack, env in RUNS}
         row = figures(rule, runs)
         rows.append(row)
-        same = "identical at every step" if row["selections_differ_at"] is None \
-            else f"first differ at step {row['selections_differ_at']}"
+        same = "the same sets at every step" if row["selections_differ_at"] is None \
+            else f"sets first differ at step {row['selections_differ_at']}"
+        same += ", losses identical" if row["same_losses"] else ", losses differ"
         print(f"{rule:10s} n={args.n} f={args.f} ranks={args.ranks} steps={row['steps']}: aggregation per step "
               f"(median) near-tie {row['near_tie_ms']:.2f} ms, honest {row['honest_ms']:.2f} ms, ratio "
               f"{row['ratio']:.2f}; refined per step {row['recomputed_per_step']['near-tie']:.1f}; "
