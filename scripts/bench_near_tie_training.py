@@ -75,7 +75,8 @@ def figures(rule, runs):
             "numpy_path_ms": float(np.median(steps["near-tie/np"])) * 1e3,
             "recomputed_per_step": recomputed, "steps": len(steps["honest"]) + 1,
             "selections_differ_at": first_difference(runs["near-tie"], runs["near-tie/np"]),
-            "same_losses": bool(np.array_equal(runs["near-tie"]["metrics"]["loss"], runs["near-tie/np"]["metrics"]["loss"]))}
+            "same_losses": bool(np.array_equal(runs["near-tie"]["metrics"]["loss"],
+                                               runs["near-tie/np"]["metrics"]["loss"]))}
 
 
 def main(argv=None):
