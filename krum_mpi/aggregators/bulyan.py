@@ -29,16 +29,23 @@ def recursive_krum(cert, f, theta):
     with the best-placed row standing in and adds the pairs it needs to one list, and that list is
     refined in one pass over the rows; then the rounds are played again. The rounds up to the first
     undecided one are certain, so each pass serves the true sequence (no more passes than rounds
-    refined one by one, usually one), and the answer is the certified sequence."""
+    refined one by one, usually one), and the answer is the certified sequence. The later rounds
+    may stand on a wrong row: their pairs ride along only while still at level 0 (their first,
+    cheap levels share the pass); a pair they would take to the exact level waits until a round
+    that is certain to be played needs it (the exact level costs several double-double passes)."""
     while True:
-        left, chosen, pending = np.arange(cert.n), [], []
+        left, chosen, pending, first = np.arange(cert.n), [], [], None
         for _ in range(theta):
-            winner, _certain = ScoreBoard(cert, left, max(1, len(left) - f - 2)).lowest_or_collect(pending)
+            before = len(pending)
+            winner, certain = ScoreBoard(cert, left, max(1, len(left) - f - 2)).lowest_or_collect(pending)
+            if not certain and first is None:
+                first = (before, len(pending))
             chosen.append(winner)
             left = left[left != winner]
         if not pending:
             return np.asarray(chosen, dtype=np.int64)
-        cert.refine(pending)
+        a, b = first
+        cert.refine(pending[a:b] + [p for p in pending[b:] if cert.level[p] == 0])
 
 
 def bulyan(rows, f):

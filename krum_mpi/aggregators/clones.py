@@ -7,7 +7,9 @@ Then, exactly, for rows i, j with pivots p, q and U = cols[i] | cols[j]:
 and D(p, p) = 0. So a refinement needs the pivots' distances only (one Gram pass over the pivots),
 plus exact sums over a few columns per pair: rows crafted as 1-ulp clones cost no more than the
 honest rows they copy. Non-clone rows are their own pivots (cols empty). Finding the clones costs a
-sample of SAMPLE columns per (row, pivot) and one comparison of whole rows per clone found.
+sample of SAMPLE columns per (row, pivot) and at most TRIES comparisons of whole rows per row (the
+pivots closest on the sample), so at most TRIES reads of the rows whatever they hold; a clone whose
+differences hide from the sample may be missed, which costs speed, never exactness.
 """
 import numpy as np
 
@@ -22,6 +24,20 @@ def split_float32(x):
 
 SPARSE = 64  # a clone differs from its pivot in at most d / SPARSE columns
 SAMPLE = 256  # columns compared first: a row unlike the pivot is rejected after these
+TRIES = 2  # whole-row comparisons per row at most: the pivots closest on the sample
+CHUNK = 1 << 15  # columns per step of a whole-row comparison (it stops past the limit)
+
+
+def differing_columns(X, i, p, limit):
+    """The sorted columns where rows i and p differ, or None as soon as more than ``limit`` do."""
+    found, count = [], 0
+    for c in range(0, X.shape[1], CHUNK):
+        cols = np.flatnonzero(to_numpy(X[i, c:c + CHUNK] != X[p, c:c + CHUNK])) + c
+        count += len(cols)
+        if count > limit:
+            return None
+        found.append(cols)
+    return np.concatenate(found).astype(np.int64) if found else np.zeros(0, dtype=np.int64)
 
 
 class CloneMap:
@@ -40,11 +56,14 @@ class CloneMap:
         at = {row: k for k, row in enumerate(rows)}
         for i in rows:
             self.pivot[i], self.cols[i] = i, np.zeros(0, dtype=np.int64)
-            if pivots:  # pivots close on the sample, in order: usually none, or the one it copies
+            if pivots:  # the pivots closest on the sample: usually none, or the one it copies
                 differ = (sampled[[at[p] for p in pivots]] != sampled[at[i]]).sum(axis=1)
-                for p in np.asarray(pivots)[differ <= allowed].tolist():
-                    cols = np.flatnonzero(to_numpy(X[i] != X[p]))
-                    if len(cols) <= limit:
+                near = np.flatnonzero(differ <= allowed)
+                # at most TRIES whole rows: rows alike on the sample but not beyond (sparse rows,
+                # all close to each other) would otherwise cost a whole comparison per pair of rows
+                for p in np.asarray(pivots)[near[np.argsort(differ[near], kind="stable")][:TRIES]].tolist():
+                    cols = differing_columns(X, i, p, limit)
+                    if cols is not None:
                         self.pivot[i], self.cols[i] = p, cols
                         break
             if self.pivot[i] == i:
