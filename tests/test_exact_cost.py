@@ -106,10 +106,14 @@ def test_level_one_bounds_and_free_exact_values(X):
     pairs = all_pairs(X.shape[0])
     from krum_mpi.aggregators.certify import LocalRows
 
-    values, bounds, free = level_one(X, pairs, LocalRows(X).float64_level)
-    for v, b, e, exact in zip(values, bounds, free, judge(X, pairs)):
+    values, bounds, free, via = level_one(X, pairs, LocalRows(X).float64_level)
+    exact_pairs = dict(zip(pairs, judge(X, pairs)))
+    for v, b, e, through, exact in zip(values, bounds, free, via, judge(X, pairs)):
         assert abs(Fraction(float(v)) - exact) <= Fraction(float(b))
         assert e is None or Fraction(e, SCALE32) == exact
+        if through is not None:  # D(i, j) = D(p, q) + correction, exactly
+            (p, q), correction = through
+            assert exact_pairs[(p, q)] + Fraction(correction, SCALE32) == exact
 
 
 def test_clone_map_finds_clones_and_their_columns():
@@ -199,6 +203,37 @@ def test_bulyan_rounds_refine_together(n):
         chosen = make("bulyan", n, f)(X).selected.tolist()
     assert chosen == ref_bulyan_chosen(exact_distances(X), n, f)
     assert 1 <= box[1] <= 2, box
+
+
+def tiny_clones(n, d, f, seed):
+    """f one-ulp clones of row 0, each nudged in a coordinate where row 0 is tiny (1e-6) among rows
+    of size 1e3: the clones' distances to the other rows differ far below the float64 resolution of
+    the distances, so only exact arithmetic tells their scores apart."""
+    rng = np.random.default_rng(seed)
+    X = (rng.standard_normal((n, d)) * 1000).astype(np.float32)
+    cols = [(k * 17) % d for k in range(f)]
+    X[0, cols] = (rng.standard_normal(f) * 1e-6).astype(np.float32)
+    for k, c in enumerate(cols):
+        X[n - f + k] = X[0]
+        X[n - f + k, c] = np.nextafter(X[0, c], np.float32(np.inf))
+    return X
+
+
+@pytest.mark.usefixtures("kernels")
+@pytest.mark.parametrize("n, seed", [(11, 0), (15, 1), (19, 2)])
+def test_clone_scores_compare_through_their_pivots(n, seed):
+    """Scores of clones of one row compare by their exact corrections, the pivots' distances
+    cancelling (certify.ViaPivots): the exact selections in one pass, with no exact Gram pass
+    (before: a second, exact pass over the pivots)."""
+    f = (n - 3) // 4
+    X = tiny_clones(n, 300, f, seed)
+    D = exact_distances(X)
+    for rule, expected in (("krum", ref_lowest(ref_scores(D, range(n), n - f - 2), 1)),
+                           ("bulyan", ref_bulyan_chosen(D, n, f))):
+        with counting() as box:
+            chosen = make(rule, n, f)(X).selected.tolist()
+        assert chosen == expected, rule
+        assert box[1] == 1, (rule, box)
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3, 4, 5])

@@ -19,6 +19,7 @@ found once (their distance is exactly 0) and their equal scores need no arithmet
 """
 import contextlib
 import contextvars
+from typing import NamedTuple
 
 import numpy as np
 
@@ -77,7 +78,9 @@ class CertifiedDistances:
         np.fill_diagonal(self.level, 2)
         self.checked = np.zeros((n, n), dtype=bool)  # level-0 pairs the float64 level has tightened
         self.exact = {}  # (i, j), i < j -> int (distance * 2^SCALE); pairs at level 2 absent here are inf
+        self.via = {}  # (i, j), i < j, level 1 -> ((p, q), int): exactly D(p, q) + the int (clones.py)
         self.recomputed = 0
+        self.version = 0  # counts the refinements: what was derived from the bounds before is stale
         self.group = self.duplicate_groups()
         self.members = {}  # group -> its rows
         for i, g in enumerate(self.group.tolist()):
@@ -117,6 +120,31 @@ class CertifiedDistances:
             return 0
         return self.exact.get((min(i, j), max(i, j)), INF)
 
+    def via_pivots(self, i, js):
+        """ViaPivots of the sum of the distances from row i to the rows js, or None: each pair is
+        exact, or at level 1 with the pivots' decomposition (self.via); None where one is neither or
+        infinite."""
+        bases, rest = [], 0
+        for j in js:
+            key = (i, j) if i < j else (j, i)
+            if self.level[key] == 2:
+                value = self.exact.get(key, INF) if i != j else 0
+                if value == INF:
+                    return None
+                rest += value
+            elif key in self.via:
+                pivots, correction = self.via[key]
+                bases.append(pivots)
+                rest += correction
+            else:
+                return None
+        return ViaPivots(tuple(sorted(bases)), rest)
+
+    def values(self, i, js):
+        """[value(i, j) for j in js] (level-2 pairs), in one pass."""
+        get = self.exact.get
+        return [0 if i == j else get((i, j) if i < j else (j, i), INF) for j in js]
+
     def refine_f64(self, direct):
         """Level 0.5 (module doc): the level-0 pairs not yet seen by the float64 level get it, in one
         pass; returns the pairs left for level 1 (those it had seen already, or all of them where the
@@ -142,6 +170,7 @@ class CertifiedDistances:
 
     def refine(self, pairs):
         """Raise each pair one level (pairs already exact are left alone)."""
+        self.version += 1
         pairs = sorted({(min(i, j), max(i, j)) for i, j in pairs if i != j})
         direct = [p for p in pairs if self.level[p] == 0]
         exact = [p for p in pairs if self.level[p] == 1]
@@ -150,12 +179,14 @@ class CertifiedDistances:
             if hasattr(self.rows, "level_one_exact"):
                 result = self.rows.level_one_exact(direct)
             else:  # a row source with levels summed over blocks (sharded): no free exact values
-                result = (*self.rows.level_one(direct), [None] * len(direct))
-            for (i, j), v, b, e in zip(direct, *result):
+                result = (*self.rows.level_one(direct), [None] * len(direct), [None] * len(direct))
+            for (i, j), v, b, e, through in zip(direct, *result):
                 if e is not None:
                     for a, c in self.mates(i, j):
                         self.set_exact(a, c, e)
                     continue
+                if through is not None:  # rows with identical contents: the same decomposition
+                    self.via.update({(min(a, c), max(a, c)): through for a, c in self.mates(i, j)})
                 lo = max(np.nextafter(v - b, -np.inf), 0.0)
                 hi = np.nextafter(v + b, np.inf)
                 for a, c in self.mates(i, j):  # rows with identical contents: the same distance
@@ -182,6 +213,26 @@ class CertifiedDistances:
             box[1] += int(bool(direct)) + int(bool(todo))
 
 
+class ViaPivots(NamedTuple):
+    """An exact key not fully known: the sum of the exact distances of the pivot pairs ``bases``
+    (clones.py), not computed, plus the exact int ``rest``. Keys with the same bases compare by
+    their rests, exactly; against any other key they must be made exact first."""
+    bases: tuple
+    rest: int
+
+
+def settle(keys):
+    """keys (label -> exact key or None) of one group of overlapping intervals, with ViaPivots keys
+    made comparable: (0, rest) where every key of the group is ViaPivots over the same bases (the
+    common sum cancels), else None (to be made exact)."""
+    via = [k for k in keys.values() if isinstance(k, ViaPivots)]
+    if not via:
+        return keys
+    if len(via) == len(keys) and len({k.bases for k in via}) == 1:
+        return {label: (0, k.rest) for label, k in keys.items()}
+    return {label: (None if isinstance(k, ViaPivots) else k) for label, k in keys.items()}
+
+
 def certified_order(items, bounds, refine, exact_key, m=None, same=None, as_set=False):
     """Order ``items`` (ints) by their exact values, ties to the lowest item, certain for the first
     m positions (all by default). Returns (order, tied): tied[p] says order[p] equals order[p - 1].
@@ -189,7 +240,8 @@ def certified_order(items, bounds, refine, exact_key, m=None, same=None, as_set=
     by the bounds' midpoints); much cheaper when many values are close.
 
     bounds(items) -> (lo, hi) float64 arrays holding each exact value; refine(list of items) tightens
-    them; exact_key(item) -> a comparable exact value, or None while the item is not exact yet;
+    them; exact_key(item) -> a comparable exact value, or None while the item is not exact yet
+    (or a ViaPivots, comparable only with others over the same pivot pairs: settle);
     same(item) -> a label, items with equal labels being known to be equal (rows with identical
     contents), so that one of them stands for all.
     """
@@ -213,13 +265,12 @@ def certified_order(items, bounds, refine, exact_key, m=None, same=None, as_set=
                 result += members
                 tied += [False] + [True] * (b - a - 1)
                 continue
-            keys = {}
+            keys, first = {}, {}
             for x in members:
-                label = labels[x]
-                if label not in keys:
-                    keys[label] = exact_key(x)
-                    if keys[label] is None:
-                        pending.append(x)
+                if labels[x] not in keys:
+                    keys[labels[x]], first[labels[x]] = exact_key(x), x
+            keys = settle(keys)
+            pending += [x for label, x in first.items() if keys[label] is None]
             if pending and any(keys[labels[x]] is None for x in members):
                 result += members  # placeholder, redone after refinement
                 tied += [None] * (b - a)

@@ -122,21 +122,24 @@ def exact_through_pivots(X, pairs, clones, pivot_exact):
 
 
 def bounded_through_pivots(X, pairs, clones, pivot_bounded):
-    """(values, bounds, exact): the pairs' distances within bounds from pivot_bounded(pivot pairs) ->
-    (values, bounds) and the exact corrections; exact[k] is the exact int where no pivot pair was
-    involved (rows cloned from one pivot), else None."""
+    """(values, bounds, exact, via): the pairs' distances within bounds from pivot_bounded(pivot
+    pairs) -> (values, bounds) and the exact corrections; exact[k] is the exact int where no pivot
+    pair was involved (rows cloned from one pivot), else None, and then via[k] = ((p, q), correction):
+    the distance is exactly D(p, q) + correction (else via[k] is None)."""
     needed = clones.pivot_pairs(pairs)
     base = dict(zip(needed, zip(*pivot_bounded(needed)))) if needed else {}
     scale = 1 << SCALE[np.dtype(X.dtype)]
-    values, bounds, exact = np.zeros(len(pairs)), np.zeros(len(pairs)), []
+    values, bounds, exact, via = np.zeros(len(pairs)), np.zeros(len(pairs)), [], []
     for k, ((i, j), corr) in enumerate(zip(pairs, clones.corrections(X, pairs))):
         p, q = clones.pivot[i], clones.pivot[j]
         if p == q:
             values[k], exact_value = corr / scale, corr
+            via.append(None)
         else:
             v, b = base[(min(p, q), max(p, q))]
             shift = corr / scale  # correctly rounded: within u |shift|
             values[k], bounds[k], exact_value = v + shift, b + abs(shift) * U64, None
+            via.append(((min(p, q), max(p, q)), corr))
         bounds[k] = (bounds[k] + abs(values[k]) * U64) * (1.0 + 4.0 * U64)
         exact.append(exact_value)
-    return np.maximum(values, 0.0), np.nextafter(bounds, np.inf), exact
+    return np.maximum(values, 0.0), np.nextafter(bounds, np.inf), exact, via

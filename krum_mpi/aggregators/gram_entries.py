@@ -58,13 +58,14 @@ def exact_library(X):
 
 
 def level_one(X, pairs, fallback, clones=None):
-    """(values, bounds, exact) of the pairs' squared distances, |value - exact| <= bound, exact the
-    exact int where it came for free (clones of one pivot, clones.py) else None: the pivots'
+    """(values, bounds, exact, via) of the pairs' squared distances, |value - exact| <= bound, exact
+    the exact int where it came for free (clones of one pivot, clones.py) else None, via the pivots'
+    pair and exact correction where the distance came through two pivots (clones.py): the pivots'
     distances by one double-double pass over them (compiled, float32), else by fallback(pairs).
     clones: the CloneMap of the pairs' rows where the caller has it."""
     pairs = [(int(i), int(j)) for i, j in pairs]
     if not pairs:
-        return np.zeros(0), np.zeros(0), []
+        return np.zeros(0), np.zeros(0), [], []
     X = host_rows(X)
 
     def pivots(needed):
@@ -74,7 +75,7 @@ def level_one(X, pairs, fallback, clones=None):
     if clones.worth_it():
         return bounded_through_pivots(X, pairs, clones, pivots)
     values, bounds = pivots(pairs)
-    return values, bounds, [None] * len(pairs)
+    return values, bounds, [None] * len(pairs), [None] * len(pairs)
 
 
 def f64_sq_distances(X, pairs):
@@ -252,12 +253,13 @@ class LocalRows:
         return bool(xp.all(self.X[i, :] == self.X[j, :]))
 
     def level_one(self, pairs):
-        """(values, bounds) of level 1 for these pairs (level_one_exact without its third part)."""
+        """(values, bounds) of level 1 for these pairs (the first two parts of level_one_exact)."""
         return self.level_one_exact(pairs)[:2]
 
     def level_one_exact(self, pairs):
-        """(values, bounds, exact) of level 1 for these pairs, exact[k] the exact int where it came
-        free (gram_entries.level_one): clones through their pivots; float32 rows with the compiled
+        """(values, bounds, exact, via) of level 1 for these pairs, exact[k] the exact int where it
+        came free and via[k] the pivots' decomposition where it came through two pivots
+        (gram_entries.level_one): clones through their pivots; float32 rows with the compiled
         kernel, one double-double pass over the rows involved; else float64_level."""
         return level_one(self.X, pairs, self.float64_level, self.clone_map(pairs) if pairs else None)
 

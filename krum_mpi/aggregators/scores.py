@@ -34,16 +34,24 @@ class ScoreBoard:
 
     def __init__(self, cert, rows, k, squared=True):
         self.cert, self.rows, self.k, self.squared = cert, np.asarray(rows, dtype=np.int64), k, squared
+        self._near = ({}, None)  # candidates per row, valid while cert.version is unchanged
 
     def others(self, i):
         return self.rows[self.rows != i]
 
     def candidates(self, i):
-        """The other rows that may be among i's k nearest (the rest are certainly farther)."""
-        others = self.others(i)
-        hi = self.cert.hi[i, others]
-        cut = np.partition(hi, self.k - 1)[self.k - 1]
-        return others[self.cert.lo[i, others] <= cut]
+        """The other rows that may be among i's k nearest (the rest are certainly farther); kept
+        until the distances are refined (a decision asks for them many times: bounds, labels, keys)."""
+        memo, version = self._near
+        if version != self.cert.version:
+            memo = {}
+            self._near = (memo, self.cert.version)
+        if i not in memo:
+            others = self.others(i)
+            hi = self.cert.hi[i, others]
+            cut = np.partition(hi, self.k - 1)[self.k - 1]
+            memo[i] = others[self.cert.lo[i, others] <= cut]
+        return memo[i]
 
     def bounds(self, items):
         """(lo, hi) of the items' scores: each row's k smallest lower (upper) bounds to the others,
@@ -65,10 +73,18 @@ class ScoreBoard:
         self.cert.refine([(i, j) for i in items for j in self.candidates(i) if self.cert.level[i, j] < 2])
 
     def exact_key(self, i):
+        """(0, the exact score) (squared: an int), (1, 0) for an infinite one, None while a distance is
+        not exact; or a ViaPivots where the k nearest are known and every distance among them is
+        exact or known as a pivots' distance plus an exact int (clones of one row: their scores
+        compare by the ints, the pivots' distances cancel; certify.settle)."""
         near = self.candidates(i)
         if (self.cert.level[i, near] < 2).any():
-            return None
-        values = sorted((self.cert.value(i, j) for j in near), key=lambda v: (v == INF, v if v != INF else 0))
+            return self.cert.via_pivots(i, near.tolist()) if self.squared and len(near) == self.k else None
+        values = self.cert.values(i, near.tolist())
+        if INF in values:
+            values = sorted(values, key=lambda v: (v == INF, v if v != INF else 0))
+        elif len(values) > self.k or not self.squared:  # unsquared: one order for equal multisets
+            values.sort()
         chosen = values[:self.k]
         if INF in chosen:
             return (1, 0)
