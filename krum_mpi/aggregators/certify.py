@@ -89,8 +89,14 @@ class CertifiedDistances:
     def duplicate_groups(self):
         """group[i]: the lowest index of the rows identical to row i (exactly equal values)."""
         group = np.arange(self.n)
-        for i, j in zip(*np.nonzero(np.triu(self.lo == 0.0, 1))):
-            if group[j] == j and self.finite[i] and self.finite[j] and self.rows.identical(i, j):
+        close = [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(self.lo == 0.0, 1)))
+                 if self.finite[i] and self.finite[j]]
+        if hasattr(self.rows, "identical_pairs"):  # all at once (LocalRows: one search for clones)
+            same = dict(zip(close, self.rows.identical_pairs(close)))
+        else:
+            same = None
+        for i, j in close:
+            if group[j] == j and (same[(i, j)] if same is not None else self.rows.identical(i, j)):
                 group[j] = group[i]
         for i in range(self.n):
             for j in range(i + 1, self.n):

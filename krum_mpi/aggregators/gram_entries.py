@@ -252,6 +252,25 @@ class LocalRows:
         xp = array_namespace(self.X)
         return bool(xp.all(self.X[i, :] == self.X[j, :]))
 
+    def identical_pairs(self, pairs):
+        """[identical(i, j) for (i, j) in pairs], from one search for clones among their rows: rows
+        of one pivot are equal where they equal each other on the columns where either differs from
+        it (a few); other pairs are compared whole. Many rows at distance 0 from each other (ulp
+        clones) then cost a search for clones, not one whole comparison per pair."""
+        if not pairs:
+            return []
+        X = host_rows(self.X)
+        clones = CloneMap(X, {int(i) for p in pairs for i in p})
+        out = []
+        for i, j in pairs:
+            i, j = int(i), int(j)
+            if clones.pivot[i] == clones.pivot[j]:
+                U = np.union1d(clones.cols[i], clones.cols[j])
+                out.append(bool(np.all(X[i, U] == X[j, U])))
+            else:
+                out.append(self.identical(i, j))
+        return out
+
     def level_one(self, pairs):
         """(values, bounds) of level 1 for these pairs (the first two parts of level_one_exact)."""
         return self.level_one_exact(pairs)[:2]
