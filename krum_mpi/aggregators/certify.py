@@ -174,6 +174,40 @@ class CertifiedDistances:
         done = set(fresh)
         return [p for p in direct if p not in done]
 
+    def store_level_one(self, pairs, values, bounds, exact, via):
+        """Level 1 for the pairs (distinct, i < j): their intervals, or the exact int where it came
+        free (exact[k]), and the pivots' decomposition (via[k]); rows with identical contents get
+        the same. The pairs of rows without identical twins are stored all at once."""
+        values, bounds = np.asarray(values, dtype=np.float64), np.asarray(bounds, dtype=np.float64)
+        lo = np.maximum(np.nextafter(values - bounds, -np.inf), 0.0)
+        hi = np.nextafter(values + bounds, np.inf)
+        plain = []
+        for k, ((i, j), e, through) in enumerate(zip(pairs, exact, via)):
+            mates = self.mates(i, j)
+            if e is not None:
+                for a, c in mates:
+                    self.set_exact(a, c, e)
+                continue
+            if through is not None:  # rows with identical contents: the same decomposition
+                self.via.update({(min(a, c), max(a, c)): through for a, c in mates})
+            if len(mates) == 1:
+                plain.append(k)
+                continue
+            for a, c in mates:  # rows with identical contents: the same distance
+                if self.level[a, c] < 2:
+                    self.lo[a, c] = self.lo[c, a] = max(lo[k], self.lo[a, c])
+                    self.hi[a, c] = self.hi[c, a] = min(hi[k], self.hi[a, c])
+                    self.level[a, c] = self.level[c, a] = 1
+        if plain:
+            at = np.asarray(plain, dtype=np.int64)
+            I = np.asarray([pairs[k][0] for k in plain], dtype=np.int64)
+            J = np.asarray([pairs[k][1] for k in plain], dtype=np.int64)
+            open_ = self.level[I, J] < 2
+            at, I, J = at[open_], I[open_], J[open_]
+            self.lo[I, J] = self.lo[J, I] = np.maximum(lo[at], self.lo[I, J])
+            self.hi[I, J] = self.hi[J, I] = np.minimum(hi[at], self.hi[I, J])
+            self.level[I, J] = self.level[J, I] = 1
+
     def refine(self, pairs):
         """Raise each pair one level (pairs already exact are left alone)."""
         self.version += 1
@@ -186,20 +220,7 @@ class CertifiedDistances:
                 result = self.rows.level_one_exact(direct)
             else:  # a row source with levels summed over blocks (sharded): no free exact values
                 result = (*self.rows.level_one(direct), [None] * len(direct), [None] * len(direct))
-            for (i, j), v, b, e, through in zip(direct, *result):
-                if e is not None:
-                    for a, c in self.mates(i, j):
-                        self.set_exact(a, c, e)
-                    continue
-                if through is not None:  # rows with identical contents: the same decomposition
-                    self.via.update({(min(a, c), max(a, c)): through for a, c in self.mates(i, j)})
-                lo = max(np.nextafter(v - b, -np.inf), 0.0)
-                hi = np.nextafter(v + b, np.inf)
-                for a, c in self.mates(i, j):  # rows with identical contents: the same distance
-                    if self.level[a, c] < 2:
-                        self.lo[a, c] = self.lo[c, a] = max(lo, self.lo[a, c])
-                        self.hi[a, c] = self.hi[c, a] = min(hi, self.hi[a, c])
-                        self.level[a, c] = self.level[c, a] = 1
+            self.store_level_one(direct, *result)
         known = {}
         for i, j in exact:  # rows with identical contents share their exact distances
             gi, gj = self.group[i], self.group[j]
@@ -350,37 +371,3 @@ def nearest_rows(cert, i, count, refine=None):
     order, _ = certified_order(others, bounds, lambda js: refine([(i, j) for j in js]), exact_key, count, same,
                                as_set=True)
     return order[:count]
-
-
-def distance_ranks(cert):
-    """(n, n) float64 dense ranks of the exact distances (0 on the diagonal, equal values equal
-    ranks, +inf for pairs with a non-finite row): any rule that only compares distances may decide
-    on these instead."""
-    n = cert.n
-    iu = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    ranks = np.zeros((n, n))
-    if not iu:
-        return ranks
-    pair_i = np.array([p[0] for p in iu])
-    pair_j = np.array([p[1] for p in iu])
-
-    def bounds(items):
-        return cert.lo[pair_i[items], pair_j[items]], cert.hi[pair_i[items], pair_j[items]]
-
-    def exact_key(p):
-        i, j = iu[p]
-        return None if cert.level[i, j] < 2 else (lambda v: (v == INF, 0 if v == INF else v))(cert.value(i, j))
-
-    def same(p):
-        i, j = iu[p]
-        a, b = cert.group[i], cert.group[j]
-        return (min(a, b), max(a, b))
-
-    order, tied = certified_order(np.arange(len(iu)), bounds, lambda ps: cert.refine([iu[p] for p in ps]),
-                                  exact_key, None, same)
-    rank = 0
-    for p, t in zip(order, tied):
-        rank += 0 if t else 1
-        i, j = iu[p]
-        ranks[i, j] = ranks[j, i] = np.inf if cert.level[i, j] == 2 and cert.value(i, j) == INF else rank
-    return ranks
