@@ -129,17 +129,21 @@ def bounded_through_pivots(X, pairs, clones, pivot_bounded):
     needed = clones.pivot_pairs(pairs)
     base = dict(zip(needed, zip(*pivot_bounded(needed)))) if needed else {}
     scale = 1 << SCALE[np.dtype(X.dtype)]
-    values, bounds, exact, via = np.zeros(len(pairs)), np.zeros(len(pairs)), [], []
-    for k, ((i, j), corr) in enumerate(zip(pairs, clones.corrections(X, pairs))):
+    corrections = clones.corrections(X, pairs)
+    shift = np.array([c / scale for c in corrections], dtype=np.float64)  # each within u |shift|
+    base_value, base_bound, exact, via = np.zeros(len(pairs)), np.zeros(len(pairs)), [], []
+    for k, ((i, j), corr) in enumerate(zip(pairs, corrections)):
         p, q = clones.pivot[i], clones.pivot[j]
-        if p == q:
-            values[k], exact_value = corr / scale, corr
+        if p == q:  # exactly the correction
+            exact.append(corr)
             via.append(None)
         else:
-            v, b = base[(min(p, q), max(p, q))]
-            shift = corr / scale  # correctly rounded: within u |shift|
-            values[k], bounds[k], exact_value = v + shift, b + abs(shift) * U64, None
-            via.append(((min(p, q), max(p, q)), corr))
-        bounds[k] = (bounds[k] + abs(values[k]) * U64) * (1.0 + 4.0 * U64)
-        exact.append(exact_value)
+            key = (min(p, q), max(p, q))
+            base_value[k], base_bound[k] = base[key]
+            exact.append(None)
+            via.append((key, corr))
+    through = np.array([e is None for e in exact], dtype=bool)
+    values = base_value + shift
+    bounds = np.where(through, base_bound + np.abs(shift) * U64, 0.0)
+    bounds = (bounds + np.abs(values) * U64) * (1.0 + 4.0 * U64)
     return np.maximum(values, 0.0), np.nextafter(bounds, np.inf), exact, via
