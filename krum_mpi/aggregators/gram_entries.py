@@ -260,7 +260,7 @@ class LocalRows:
         if not pairs:
             return []
         X = host_rows(self.X)
-        clones = CloneMap(X, {int(i) for p in pairs for i in p})
+        clones = self.clone_map(pairs)  # kept: the first refinement often involves the same rows
         out = []
         for i, j in pairs:
             i, j = int(i), int(j)

@@ -103,7 +103,9 @@ class ScoreBoard:
         group = self.cert.group
         near = self.candidates(i)
         if len(near) == self.k:
-            return tuple(sorted((min(group[i], group[j]), max(group[i], group[j])) for j in near))
+            first, second = np.minimum(group[i], group[near]), np.maximum(group[i], group[near])
+            order = np.lexsort((second, first))
+            return tuple(zip(first[order].tolist(), second[order].tolist()))
         return int(group[i]) if (group[self.rows] == group[i]).sum() > 1 else -1 - int(i)
 
     def lowest(self, m, as_set=False):
