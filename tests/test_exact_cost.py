@@ -256,6 +256,21 @@ def test_clone_scores_compare_through_their_pivots(n, seed):
         assert box[1] == 1, (rule, box)
 
 
+@pytest.mark.usefixtures("kernels")
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 2**32 - 1), st.integers(1, 80))
+def test_generated_tiny_clones_select_exactly(seed, d):
+    """Clones whose scores differ below the float64 resolution of a distance (tiny_clones), any
+    width: every distance rule's selection equals the exact one (fractions)."""
+    n, f = 11, 2
+    X = tiny_clones(n, d, f, seed)
+
+    def aggregate(rule, f):
+        return make(rule, n, f)(X)
+
+    check_selections(X, f, aggregate)
+
+
 @pytest.mark.parametrize("parts", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("name", ["near-tie", "mirror", "simplex"])
 def test_crafted_near_ties_select_exactly_on_sharded_blocks(name, parts):
