@@ -1,5 +1,6 @@
 """aggregators/parallel.py: column ranges run on a pool of threads kept between calls, results in
 order, the first range in the calling thread, and an error raised only after every range ended."""
+import multiprocessing
 import threading
 import time
 
@@ -55,3 +56,23 @@ def test_worker_threads_do_not_split_again():
         parallel._state.budget = None
     assert budgets == [1, 1] and inner == [[(0, 1 << 20)], [(0, 1 << 20)]]
     assert parallel._state.budget is None
+
+
+def _ranges_in_child(queue):
+    queue.put(parallel.run_ranges(lambda a, b: b - a, [(0, 1), (1, 3), (3, 6)]))
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork on this platform")
+def test_a_forked_child_runs_ranges_on_its_own_threads():
+    """The pool's threads are not copied by fork: a child that used the parent's pool would wait
+    forever on work no thread takes."""
+    parallel.run_ranges(lambda a, b: a, [(0, 1), (1, 2)])  # the parent's pool exists
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_ranges_in_child, args=(queue,))
+    child.start()
+    child.join(60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and queue.get(timeout=5) == [1, 2, 3]

@@ -90,6 +90,16 @@ def shared_pool(workers):
         return _pool
 
 
+def _forget_pool():
+    """In a forked child: the parent's pool threads do not exist there, so start afresh."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def run_ranges(fn, ranges):
     """fn(start, stop) for each range, the first in the calling thread and the others in the shared
     pool's threads when there are several; results in order."""
