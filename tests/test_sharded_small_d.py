@@ -92,3 +92,33 @@ def test_both_sides_of_the_threshold_equal_the_gather_bit_for_bit(tmp_path):
         assert np.array_equal(runs[name]["selection"]["selected"], gather["selection"]["selected"]), name
         assert np.array_equal(runs[name]["metrics"]["loss"], gather["metrics"]["loss"]), name
         assert np.array_equal(runs[name]["checkpoint"]["params"], gather["checkpoint"]["params"]), name
+
+
+def test_one_exchange_finds_distances_finiteness_and_identical_rows():
+    """The sharded rows' certified distances cost ONE exchange of partials, however many rows are
+    identical (six copies, as ALIE sends), and find the same identical pairs as asking block by
+    block: rows equal on one block only, or holding NaN, are not identical."""
+    from krum_mpi.parallel import sharded
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((12, 23)).astype(np.float32)
+    X[6:12] = X[5]                       # rows 5..11 identical
+    X[1, 10:] = X[0, 10:]                # rows 0, 1: equal on the last blocks only
+    X[3] = X[2]
+    X[3, 0] = np.nan                     # rows 2, 3: equal but for a NaN
+    bounds = sharded.block_bounds(23, 3)
+    parts = [X[:, lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+    calls = []
+
+    def exchange(local):                 # this process holds every block: the stack is the exchange
+        calls.append(local.shape)
+        return local
+
+    blocks = sharded.Blocks(parts, exchange, len(parts))
+    certified = blocks.certified()
+    assert len(calls) == 1
+    asked = sharded.ShardedRows(blocks)  # one exchange per question
+    for i in range(12):
+        for j in range(i + 1, 12):
+            if certified.finite[i] and certified.finite[j]:
+                assert certified.rows.identical(i, j) == asked.identical(i, j), (i, j)
+    assert list(certified.group) == [0, 1, 2, 3, 4] + [5] * 7
