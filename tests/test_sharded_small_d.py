@@ -21,9 +21,9 @@ def load(*sets):
 
 def test_the_exchange_follows_the_threshold():
     default = load()
-    assert default.aggregator.sharded_min_d == 100_000
+    assert default.aggregator.sharded_min_d == 35_000
     assert exchange_for(default, D)[0] == "gather"
-    assert exchange_for(default, 100_000)[0] == "sharded"
+    assert exchange_for(default, 35_000)[0] == "sharded"
     at = load(f"aggregator.sharded_min_d={D}")
     exchange, why = exchange_for(at, D)
     assert exchange == "sharded" and f"d = {D} >= aggregator.sharded_min_d = {D}" in why

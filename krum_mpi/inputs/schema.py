@@ -59,7 +59,7 @@ DEFAULTS: dict = {
         "name": "average",       # see krum_mpi.aggregators.names()
         "f": -1,                 # declared f given to the rule; -1: workers.byzantine
         "placement": "gather",   # gather (rank 0 holds every row) | sharded | per-shard (docs/sharded.md)
-        "sharded_min_d": 100_000,  # placement = sharded below this d: the gather's exchange (docs/sharded.md)
+        "sharded_min_d": 35_000,   # placement = sharded below this d: the gather's exchange (docs/sharded.md)
     },
     "attack": {
         "name": "none",          # see krum_mpi.attacks.names()
