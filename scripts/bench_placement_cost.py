@@ -19,9 +19,9 @@ on all of them alike:
 Per run: the median ``timing/step_s`` over the steps after the first quarter (at most 5: imports and
 first calls), and the slowest rank's median of each of the four phases (``timing/rank_phase_s``).
 Writes every run and, per size and placement, the median step over repeats and the median of its
-ratios to the gather run of the same repeat, to ``--out`` (JSON) and the same summary next to it as CSV; prints the table and the
-crossover d of the block exchange (where ``sharded-blocks`` stops being slower than the gather,
-interpolated in log d between the two sizes around it).
+ratios to the gather run of the same repeat, to ``--out`` (JSON) and the same summary next to it as
+CSV; prints the table and the crossover d of the block exchange (where ``sharded-blocks`` stops
+being slower than the gather, interpolated in log d between the two sizes around it).
 """
 from __future__ import annotations
 

@@ -122,3 +122,24 @@ def test_one_exchange_finds_distances_finiteness_and_identical_rows():
             if certified.finite[i] and certified.finite[j]:
                 assert certified.rows.identical(i, j) == asked.identical(i, j), (i, j)
     assert list(certified.group) == [0, 1, 2, 3, 4] + [5] * 7
+
+
+def test_the_benchmark_finds_the_crossover_from_ratios_to_the_gather_of_the_same_repeat():
+    """scripts/bench_placement_cost.py: each run against the gather run next to it, and the crossover
+    where the block exchange's ratio passes 1 (log-log between the sizes around it)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_placement_cost", REPO / "scripts" / "bench_placement_cost.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = []
+    for hidden, d, gather_s, blocks_s in ((20, 1_000, (1.0, 4.0), (2.0, 8.0)), (100, 100_000, (1.0, 1.0), (0.5, 0.5))):
+        for repeat in (0, 1):   # the load quadruples in repeat 1: the ratio stays 2
+            runs.append({"placement": "gather", "hidden": hidden, "d": d, "exchange": "gather",
+                         "step_s": gather_s[repeat], "phases_s": [0.0] * 4, "repeat": repeat})
+            runs.append({"placement": "sharded-blocks", "hidden": hidden, "d": d, "exchange": "sharded",
+                         "step_s": blocks_s[repeat], "phases_s": [0.0] * 4, "repeat": repeat})
+    summary = bench.summarise(runs, [20, 100], ["gather", "sharded-blocks"])
+    ratios = {(s["d"], s["placement"]): s["vs_gather"] for s in summary}
+    assert ratios[(1_000, "sharded-blocks")] == 2.0 and ratios[(100_000, "sharded-blocks")] == 0.5
+    assert bench.crossover(summary) == 10_000   # ratio 2 at 1e3, 0.5 at 1e5: 1 at 1e4 in log-log
+    assert bench.crossover([s for s in summary if s["d"] == 1_000]) is None
