@@ -80,7 +80,7 @@ def test_scale_cells_draw_an_epoch_of_every_shard(scale_plan):
         b, steps = run.config["workers"]["batch_size"], run.config["run"]["steps"]
         assert b >= 32
         assert steps * b >= math.ceil(rows / n), (run.labels, rows, steps)      # every worker: one epoch
-        assert steps * b < 1.1 * math.ceil(rows / n)                            # and not much more
+        assert steps * b <= 4 * math.ceil(rows / n)     # a few epochs at most: the set's size still acts
         sizes.add(rows)
         # the convergence criterion needs >= 3 evaluations in the last 20% of the steps
         assert 0.2 * steps / run.config["run"]["eval_every"] >= 3

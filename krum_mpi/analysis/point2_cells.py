@@ -122,7 +122,7 @@ def shown(table):
         "threat": table["threat"], "seeds": table["seeds"], "samples drawn": table["samples_drawn"].map(_count),
         "epochs": table["epochs"].map(_epochs), "epochs per worker (min)": table["worker_epochs"].map(_epochs),
         "converged": [f"{c}/{r}" for c, r in zip(table["converged"], table["runs"])],
-        "max change (pp)": table["accuracy_change_max"].map(lambda v: "-" if not np.isfinite(v) else f"{100 * v:.2f}"),
+        "max change (pp)": table["accuracy_change_max"].map(lambda v: "-" if not np.isfinite(v) else f"{100 * v:.3g}"),
     })
 
 
