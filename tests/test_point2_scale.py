@@ -43,6 +43,15 @@ def test_planned_shape_of_public_sets():
     assert all(p > 0 and c >= 2 for _, p, c in SHAPES.values())
 
 
+def test_the_catalogue_names_the_files_the_download_hints_write():
+    from krum_mpi.data.download import DATASETS
+
+    for name, (converted, _, _) in SHAPES.items():
+        assert name in DATASETS
+        if converted:   # `data download NAME` ends by printing the convert command that writes this file
+            assert converted in DATASETS[name].convert_hint.split()
+
+
 def test_plan_sizes_a_public_set_that_is_not_here(tmp_path, monkeypatch):
     monkeypatch.setenv("KRUM_MPI_DATA", str(tmp_path / "empty"))
     spec = tmp_path / "s.toml"
