@@ -5,13 +5,14 @@ samples its workers drew, the epochs that makes, and whether its runs converged.
     table = cell_table(runs)           # one row per part, data, model, batch, steps, rule and threat
 
 Every worker draws ``workers.batch_size`` samples at every step, Byzantine workers included (their
-rows are replaced after the draw), so a run draws steps x n x b samples and each worker steps x b
-of its shard. With the ``iid`` split the shards differ by at most one row, so the worker with the
+gradients are replaced after it), so a run draws steps x n x b samples and each worker steps x b
+from its shard. With the ``iid`` split the shards differ by at most one row, so the worker with the
 largest shard (ceil(train_rows / n) rows) draws the fewest epochs of its own rows: ``worker_epochs``
-is that smallest figure (NaN for the other splits, whose shard sizes the table does not know). Draws are uniform with replacement (docs/data.md), so one epoch
-(drawn = train_rows) reaches about 1 - 1/e = 63% of the distinct rows, two epochs 86%.
-Convergence is the protocol's criterion (``convergence.converged``: over the last 20% of the steps
-the validation accuracy, else the test accuracy, moves by less than half a point).
+is that smallest figure (NaN for the other splits, whose shard sizes the table does not know).
+Draws are uniform with replacement (docs/data.md), so one epoch reaches about 1 - 1/e = 63% of the
+distinct rows, two epochs 86%. Convergence is the protocol's criterion
+(``convergence.run_converged``: over the last 20% of the steps the validation accuracy, else the
+test accuracy, moves by less than half a point).
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from ..run.results import read_run
 from .convergence import run_converged
 
 CELL_COLUMNS = ["part", "data", "train_rows", "n_params", "batch", "steps", "rule", "threat", "seeds",
-                "samples_drawn", "drawn_per_worker", "epochs", "worker_epochs", "converged", "runs", "accuracy_change_max",
-                "judged_on"]
+                "samples_drawn", "drawn_per_worker", "epochs", "worker_epochs", "converged", "runs",
+                "accuracy_change_max", "judged_on"]
 
 
 def _number(runs, column, default=np.nan):
@@ -42,7 +43,8 @@ def with_data_columns(runs):
     (drawn_per_worker / ceil(train_rows / n) under the iid split, else NaN)."""
     runs = runs.copy()
     rows = _number(runs, "prov.dataset.train_rows")
-    synthetic = runs["data.name"].astype(str).eq("synthetic") & _number(runs, "data.validation_fraction", 0.0).fillna(0.0).eq(0)
+    held_out = _number(runs, "data.validation_fraction", 0.0).fillna(0.0)
+    synthetic = runs["data.name"].astype(str).eq("synthetic") & held_out.eq(0)
     rows = rows.where(rows.notna() | ~synthetic, _number(runs, "data.n_train"))
     steps, n, b = _number(runs, "steps"), _number(runs, "n_workers"), _number(runs, "workers.batch_size")
     runs["train_rows"] = rows
