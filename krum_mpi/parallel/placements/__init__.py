@@ -4,6 +4,7 @@
     gather with  DeadlinePlacement      rank 0 waits at most run.gather_deadline_s; late rows dropped
       a deadline
     sharded      ShardedPlacement       each rank a coordinate block; the exact rule over all blocks
+                 SmallShardedPlacement  below aggregator.sharded_min_d: the gather's exchange (blocks.py)
     per-shard    PerShardPlacement      each rank the rule on its block alone (the naive baseline)
     model        ModelParallelPlacement the blocks are the split model's shards (parallel.model = p)
 
@@ -13,7 +14,7 @@ phases. Adding a placement is adding a class here and one line in ``build``.
 from __future__ import annotations
 
 from .base import Outcome, Placement, Turn  # noqa: F401  (the interface, for the loop and new placements)
-from .blocks import PerShardPlacement, ShardedPlacement
+from .blocks import PerShardPlacement, ShardedPlacement, SmallShardedPlacement, sharded_placement  # noqa: F401
 from .gather import DeadlinePlacement, GatherPlacement
 from .model import ModelParallelPlacement, connect
 from ...errors import ConfigError
@@ -25,7 +26,7 @@ def build(setup, cfg, comm) -> Placement:
         return ModelParallelPlacement(setup, cfg, comm, connect(setup, comm))
     placement = cfg.aggregator.placement
     if placement == "sharded":
-        return ShardedPlacement(setup, cfg, comm)
+        return sharded_placement(setup, cfg, comm)
     if placement == "per-shard":
         return PerShardPlacement(setup, cfg, comm)
     if cfg.run.gather_deadline_s > 0:
