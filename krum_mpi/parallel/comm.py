@@ -126,17 +126,22 @@ class Comm:
         entry[1] += int(received)
 
     # -- the sharded placement: coordinate blocks, every buffer typed (no pickling) ----------
-    def alltoall_row_blocks(self, rows: np.ndarray, bounds: np.ndarray, out: np.ndarray) -> None:
-        """Each rank's (k_r, d) float32 rows -> each rank q's (n, w_q) block: the columns
-        bounds[q]:bounds[q + 1] of every worker's row, in worker order (one Alltoallv)."""
+    def alltoall_row_blocks(self, rows: np.ndarray, bounds: np.ndarray, out: np.ndarray,
+                            block_of_rank: np.ndarray | None = None) -> None:
+        """Each rank's (k_r, d) float32 rows -> each rank q's (n, w) block: the columns
+        bounds[b]:bounds[b + 1] of every worker's row, in worker order (one Alltoallv), where b is
+        ``block_of_rank[q]`` (default q: one block per rank; replicated blocks: several ranks hold
+        the same block, and each of them gets its columns)."""
         k, d = rows.shape
-        widths = np.diff(bounds).astype(np.int64)
-        if self._send_buffer is None or self._send_buffer.size != k * d:
-            self._send_buffer = np.empty(k * d, dtype=np.float32)
+        block_of = np.arange(self.size) if block_of_rank is None else np.asarray(block_of_rank)
+        lo, hi = np.asarray(bounds)[block_of], np.asarray(bounds)[block_of + 1]
+        widths = (hi - lo).astype(np.int64)
+        if self._send_buffer is None or self._send_buffer.size != k * int(widths.sum()):
+            self._send_buffer = np.empty(k * int(widths.sum()), dtype=np.float32)
         send, offset = self._send_buffer, 0
         for q in range(self.size):   # packed per destination: its (k, w_q) block, contiguous
             w = int(widths[q])
-            send[offset:offset + k * w].reshape(k, w)[...] = rows[:, bounds[q]:bounds[q + 1]]
+            send[offset:offset + k * w].reshape(k, w)[...] = rows[:, lo[q]:hi[q]]
             offset += k * w
         send_counts = k * widths
         send_displs = np.concatenate([[0], np.cumsum(send_counts)[:-1]])
@@ -144,7 +149,20 @@ class Comm:
         self.world.Alltoallv([send, send_counts, send_displs, self.MPI.FLOAT],
                              [out, self.counts * mine, self.displs * mine, self.MPI.FLOAT])
         self._log("alltoall_row_blocks", range(self.size))
-        self.count("alltoall_row_blocks", 4 * k * (d - mine), 4 * (self.n_workers - k) * mine)
+        self.count("alltoall_row_blocks", 4 * k * (int(widths.sum()) - mine), 4 * (self.n_workers - k) * mine)
+
+    def allgather_blocks(self, block: np.ndarray, widths: np.ndarray) -> np.ndarray:
+        """Every rank's float32 ``block`` (rank q's of width widths[q]) -> one (sum widths,) array,
+        the blocks in rank order (one Allgatherv): replicated blocks reach every rank from each of
+        their replicas, which the receiver compares (placements/replicated.py)."""
+        widths = np.asarray(widths, dtype=np.int64)
+        out = np.empty(int(widths.sum()), dtype=np.float32)
+        displs = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
+        self.world.Allgatherv([np.ascontiguousarray(block, dtype=np.float32), self.MPI.FLOAT],
+                              [out, widths, displs, self.MPI.FLOAT])
+        self._log("allgather_blocks", range(self.size))
+        self.count("allgather_blocks", block.nbytes * (self.size - 1), out.nbytes - block.nbytes)
+        return out
 
     def allgather_parts(self, local: np.ndarray) -> np.ndarray:
         """Every rank's (k, ...) float64 or uint8 array, stacked in rank order: (size * k, ...)."""

@@ -62,10 +62,22 @@ class Blocks(Rows):
     """The sharded rows source: the blocks this process holds, in block order, and ``gather_parts``:
     a local (k, ...) array of partials, one per local block -> the (P, ...) partials of all P blocks.
     None means this process holds every block (nothing to exchange). Its certified distances are
-    the blocks' own, summed."""
+    the blocks' own, summed. ``lie``: a lie-distances rank's DistanceLie (parallel/byzantine_ranks.py),
+    applied to the partial distances this process reports at every refinement level; None: honest."""
+
+    lie = None
 
     def certified(self):
         return CertifiedDistances(ShardedRows(self), summed_distances(self))
+
+    def like(self, blocks):
+        other = super().like(blocks)
+        other.lie = self.lie   # the rows of a pre-step (nnm): the rank lies about them too
+        return other
+
+    def reported(self, values):
+        """This process's (n, n) partial distances (or their bounds), as it reports them."""
+        return values if self.lie is None else self.lie.matrix(values)
 
 
 class ShardedRows:
@@ -81,6 +93,8 @@ class ShardedRows:
     def level_one(self, pairs):
         pairs = list(pairs)
         parts = [np.stack(LocalRows(b).level_one(pairs)) for b in self.blocks.blocks]  # (2, m) each
+        if self.blocks.lie is not None:
+            parts = [self.blocks.lie.pairs(pairs, p) for p in parts]
         summed, absolute = self.blocks.total(parts)
         return summed[0], self.blocks.rounded_up(summed[1], absolute[0])
 
@@ -89,6 +103,8 @@ class ShardedRows:
         local, size = [], EXACT_BYTES[self.dtype]
         for b in self.blocks.blocks:
             ints = LocalRows(b).exact(pairs)
+            if self.blocks.lie is not None:
+                ints = self.blocks.lie.exact(pairs, ints)
             local.append(np.frombuffer(b"".join(v.to_bytes(size, "little") for v in ints),
                                        dtype=np.uint8).reshape(len(pairs), size))
         parts = self.blocks.all_parts(np.stack(local))
@@ -104,6 +120,7 @@ def summed_distances(blocks: Blocks) -> Distances:
         ok = result.finite[:, None] & result.finite[None, :]
         sq = np.where(ok, to_numpy(result.sq), 0.0)
         err = np.where(ok, result.err, 0.0)
+        sq, err = blocks.reported(sq), blocks.reported(err)
         per_block.append(np.concatenate([sq, err, result.finite[None, :].astype(np.float64)]))
     summed, absolute = blocks.total(per_block)
     finite = blocks.every([p[2 * n] for p in per_block])

@@ -4,6 +4,8 @@
     gather with  DeadlinePlacement      rank 0 waits at most run.gather_deadline_s; late rows dropped
       a deadline
     sharded      ShardedPlacement       each rank a coordinate block; the exact rule over all blocks
+    sharded with ReplicatedPlacement    each block on aggregator.replicas ranks, majority on receipt;
+      replicas                          Byzantine ranks that lie in the sharded aggregation
     per-shard    PerShardPlacement      each rank the rule on its block alone (the naive baseline)
     model        ModelParallelPlacement the blocks are the split model's shards (parallel.model = p)
 
@@ -16,6 +18,8 @@ from .base import Outcome, Placement, Turn  # noqa: F401  (the interface, for th
 from .blocks import PerShardPlacement, ShardedPlacement
 from .gather import DeadlinePlacement, GatherPlacement
 from .model import ModelParallelPlacement, connect
+from .replicated import ReplicatedPlacement
+from ..byzantine_ranks import SHARDED_BEHAVIOURS
 from ...errors import ConfigError
 
 
@@ -24,6 +28,9 @@ def build(setup, cfg: dict, comm) -> Placement:
     if setup.grid is not None:
         return ModelParallelPlacement(setup, cfg, comm, connect(setup, comm))
     placement = cfg["aggregator"]["placement"]
+    if placement == "sharded" and (cfg["aggregator"]["replicas"] > 1
+                                   or cfg["byzantine_ranks"]["behaviour"] in SHARDED_BEHAVIOURS):
+        return ReplicatedPlacement(setup, cfg, comm)
     if placement == "sharded":
         return ShardedPlacement(setup, cfg, comm)
     if placement == "per-shard":

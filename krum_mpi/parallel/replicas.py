@@ -1,0 +1,63 @@
+"""Replicated coordinate blocks (``aggregator.replicas = r``): who holds which block, and the vote.
+
+With R ranks and r replicas there are B = R / r coordinate blocks; rank q holds block q % B, so the
+replicas of block b are the ranks b, b + B, ..., b + (r - 1) B (on a cluster, consecutive ranks share
+a node: replicas spread this way land on different nodes). Every replica of a block holds the same
+rows and runs the same code on them, and partials are summed in a fixed order, so honest replicas
+send bitwise the same values. A receiver takes, value by value, the bits that more than r / 2
+replicas sent: up to (r - 1) / 2 lying ranks per block change nothing. Each value a rank sent that
+differs from its block's majority is counted against that rank (the evidence of a step). Where no
+value has a majority (more liars than that), the lowest rank's value is taken and every replica
+that differs from it is counted.
+
+Pure NumPy: the placement (placements/replicated.py) does the MPI through comm.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Vote:
+    """The replica layout of ``size`` ranks with ``r`` replicas per block, and the count of outvoted
+    values per rank (``outvoted``, since the last ``reset``)."""
+
+    def __init__(self, size: int, r: int):
+        self.size, self.r, self.blocks = size, r, size // r
+        self.block_of_rank = np.arange(size) % self.blocks
+        self.outvoted = np.zeros(size, dtype=np.int64)
+
+    def replicas_of(self, block: int) -> np.ndarray:
+        return np.arange(block, self.size, self.blocks)
+
+    def reset(self) -> None:
+        self.outvoted[:] = 0
+
+    def parts(self, stacked: np.ndarray) -> np.ndarray:
+        """(size * k, ...) partials stacked in rank order (each rank's k local blocks) -> (B * k, ...):
+        per block, the majority of its replicas' partials."""
+        if self.r == 1:
+            return stacked
+        per_rank = stacked.reshape((self.size, -1) + stacked.shape[1:])
+        chosen = [self.majority(per_rank[self.replicas_of(b)], self.replicas_of(b)) for b in range(self.blocks)]
+        return np.concatenate(chosen, axis=0)
+
+    def segments(self, flat: np.ndarray, widths: np.ndarray) -> list:
+        """A (sum widths,) array of every rank's block in rank order (rank q's of width widths[q]) ->
+        the majority of each block's replicas, in block order."""
+        starts = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+        out = []
+        for b in range(self.blocks):
+            ranks = self.replicas_of(b)
+            stack = np.stack([flat[starts[q]:starts[q + 1]] for q in ranks])
+            out.append(stack[0] if self.r == 1 else self.majority(stack, ranks))
+        return out
+
+    def majority(self, stack: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        """stack: (r, ...) what the replicas ``ranks`` sent -> (...) the per-value majority, compared
+        as bits (NaN payloads, signed zeros and all), counted against the ranks that differ."""
+        bits = np.ascontiguousarray(stack).view(f"u{stack.dtype.itemsize}").reshape(len(ranks), -1)
+        agree = (bits[:, None, :] == bits[None, :, :]).sum(axis=1)       # (r, m): replicas sending the same
+        winner = np.argmax(2 * agree > len(ranks), axis=0)               # no majority: 0, the lowest rank
+        chosen = np.take_along_axis(bits, winner[None, :], axis=0)[0]
+        self.outvoted[ranks] += (bits != chosen[None, :]).sum(axis=1)
+        return chosen.view(stack.dtype).reshape(stack.shape[1:])
