@@ -18,6 +18,9 @@ def test_layout_spreads_each_blocks_replicas_over_the_ranks():
     assert vote.blocks == 2 and list(vote.block_of_rank) == [0, 1, 0, 1, 0, 1]
     assert list(vote.replicas_of(1)) == [1, 3, 5]
     assert list(Vote(6, 1).block_of_rank) == list(range(6))
+    uneven = Vote(64, 3)                           # 21 blocks: block 0 on ranks 0, 21, 42 and 63
+    assert uneven.blocks == 21 and list(uneven.replicas_of(0)) == [0, 21, 42, 63]
+    assert [len(uneven.replicas_of(b)) for b in range(21)] == [4] + [3] * 20
 
 
 def test_the_majority_outvotes_one_liar_per_block_and_counts_its_values():
@@ -46,6 +49,12 @@ def test_without_a_majority_the_lowest_rank_is_taken_and_everyone_differing_coun
     vote = Vote(3, 3)
     out = vote.majority(np.array([[1.0], [2.0], [3.0]]), np.array([0, 1, 2]))
     assert out[0] == 1.0 and list(vote.outvoted) == [0, 1, 1]
+
+
+def test_four_replicas_of_an_uneven_layout_outvote_one_liar():
+    vote = Vote(4, 3)                           # 4 ranks, replicas = 3: one block on all four
+    stack = np.array([[1.0], [1.0], [7.0], [1.0]])
+    assert vote.parts(stack[:, None, :])[0, 0, 0] == 1.0 and list(vote.outvoted) == [0, 0, 1, 0]
 
 
 def test_five_replicas_outvote_two_colluding_liars():

@@ -152,3 +152,14 @@ def test_quick_three_replicas_of_one_block_outvote_a_lying_rank(tmp_path):
     assert (lying["replicas/outvoted"][:, :2] == 0).all() and (lying["replicas/outvoted"][:, 2] > 0).all()
     assert np.array_equal(alone["selected"], alone["byzantine_ranks/wanted"].ravel())
     assert not np.array_equal(alone["selected"], honest["selected"])
+
+
+@pytest.mark.slow
+def test_replicas_that_do_not_divide_the_ranks_outvote_a_lying_rank(tmp_path):
+    """4 ranks, replicas = 3: one block on all four ranks (the rank left over joins it); rank 3 lies."""
+    small = (6, "[20, 20]")
+    honest = run(tmp_path, "honest", replicas(3), 4, small)
+    lying = run(tmp_path, "lying", byzantine("corrupt-block", rank=3) + replicas(3), 4, small)
+    assert list(lying["block_of_rank"]) == [0, 0, 0, 0]
+    assert np.array_equal(lying["selected"], honest["selected"]) and lying["params"] == honest["params"]
+    assert (lying["replicas/outvoted"][:, :3] == 0).all() and (lying["replicas/outvoted"][:, 3] > 0).all()

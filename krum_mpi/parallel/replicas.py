@@ -1,14 +1,16 @@
 """Replicated coordinate blocks (``aggregator.replicas = r``): who holds which block, and the vote.
 
-With R ranks and r replicas there are B = R / r coordinate blocks; rank q holds block q % B, so the
-replicas of block b are the ranks b, b + B, ..., b + (r - 1) B (on a cluster, consecutive ranks share
-a node: replicas spread this way land on different nodes). Every replica of a block holds the same
-rows and runs the same code on them, and partials are summed in a fixed order, so honest replicas
-send bitwise the same values. A receiver takes, value by value, the bits that more than r / 2
-replicas sent: up to (r - 1) / 2 lying ranks per block change nothing. Each value a rank sent that
-differs from its block's majority is counted against that rank (the evidence of a step). Where no
-value has a majority (more liars than that), the lowest rank's value is taken and every replica
-that differs from it is counted.
+With R ranks and r replicas there are B = R // r coordinate blocks; rank q holds block q % B, so the
+replicas of block b are the ranks b, b + B, b + 2B, ... (on a cluster, consecutive ranks share a node:
+replicas spread this way land on different nodes). When r does not divide R, the R % r ranks left
+over join the first blocks, so every block has at least r replicas; a majority of k replicas
+outvotes (k - 1) // 2 liars, as many for r + 1 as for r (r is odd). Every replica of a block holds
+the same rows and runs the same code on them, and partials are summed in a fixed order, so honest
+replicas send bitwise the same values. A receiver takes, value by value, the bits that more than
+half of the block's replicas sent: up to (r - 1) / 2 lying ranks per block change nothing. Each
+value a rank sent that differs from its block's majority is counted against that rank (the
+evidence of a step). Where no value has a majority (more liars than that), the lowest rank's value
+is taken and every replica that differs from it is counted.
 
 Pure NumPy: the placement (placements/replicated.py) does the MPI through comm.py.
 """

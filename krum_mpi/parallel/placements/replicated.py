@@ -1,8 +1,8 @@
 """The sharded placement with replicated blocks and Byzantine ranks (docs/sharded.md "Byzantine ranks").
 
-``aggregator.replicas = r``: the R ranks hold B = R / r coordinate blocks, each block on r ranks
-(parallel/replicas.py: rank q holds block q % B). Every replica receives its block's columns of every
-row (the Alltoallv sends each block r times), computes the block's partial distances and its block
+``aggregator.replicas = r``: the R ranks hold B = R // r coordinate blocks, each block on at least r
+ranks (parallel/replicas.py: rank q holds block q % B). Every replica receives its block's columns
+of every row (the Alltoallv sends each block to each replica), computes the block's partial distances and its block
 of the aggregate; receivers take, value by value, what a majority of the replicas sent, in the
 Allgather of the partials (every refinement level) and in the Allgatherv of the updated parameters.
 With r = 1 this is the sharded placement, plus what a Byzantine rank does:
