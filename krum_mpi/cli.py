@@ -70,10 +70,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"krum-mpi: error: {message} (see '{self.prog} --help')\n" if launcher_rank() == 0 else None)
 
 
-def default_out(cfg: dict, config_path) -> Path:
+def default_out(cfg, config_path) -> Path:
     from .config import run_id
 
-    stem = cfg["run"]["name"] or (Path(config_path).stem if config_path else "run")
+    stem = cfg.run.name or (Path(config_path).stem if config_path else "run")
     return Path("results") / f"{stem}-{run_id(cfg)}.h5"
 
 
@@ -95,8 +95,9 @@ def run_parser():
     return p
 
 
-def run_config(args) -> dict:
-    """The validated config of ``krum-mpi run``: a file, or one cell of a study, plus --set."""
+def run_config(args):
+    """The validated config (a frozen config.Config) of ``krum-mpi run``: a file, or one cell of a
+    study, plus --set."""
     from . import config
 
     if (args.config is None) == (args.from_study is None):
@@ -105,14 +106,14 @@ def run_config(args) -> dict:
         raise KrumMPIError("--cell selects a run of a study: give --from-study SPEC too")
     overrides = list(args.overrides) + ([f"run.device={args.device}"] if args.device else [])
     if args.config is not None:
-        return config.load_config(args.config, overrides)
+        return config.load(args.config, overrides)
     from .study.cell import cell_config
 
     cfg, cell = cell_config(args.from_study, args.cell, overrides)
     if launcher_rank() == 0 and not args.quiet:
         print(f"cell {cell.id} of {args.from_study}: " + " ".join(f"{k}={v}" for k, v in cell.labels.items())
               + f" (the study runs it on {cell.ranks} ranks)", flush=True)
-    return cfg
+    return config.Config.from_dict(cfg)   # the cell's resolved dict
 
 
 def cmd_run(argv, stop=None) -> int:
@@ -133,7 +134,7 @@ def cmd_run(argv, stop=None) -> int:
             raise SystemExit(2)                             # rank 0 reports it
         raise
     out = Path(args.out) if args.out else default_out(cfg, args.config or args.from_study)
-    comm = Comm(cfg["workers"]["n"])
+    comm = Comm(cfg.workers.n)
     lock = None
     try:
         if comm.is_root:
@@ -153,7 +154,7 @@ def cmd_run(argv, stop=None) -> int:
             stop.ignore_further()
             return 0
         if comm.size == 1 and not launched_under_mpi() and not args.quiet:
-            print(f"krum-mpi: note: not started by mpiexec or srun: running on 1 MPI rank (all {cfg['workers']['n']} "
+            print(f"krum-mpi: note: not started by mpiexec or srun: running on 1 MPI rank (all {cfg.workers.n} "
                   "workers in this process); for R ranks: mpiexec -n R krum-mpi run ...", file=sys.stderr, flush=True)
         try:
             summary = train.run(cfg, out, comm, resume=args.resume, stop=stop, quiet=args.quiet)
@@ -186,7 +187,7 @@ def cmd_run(argv, stop=None) -> int:
             lock.release()
 
 
-def _claim_out(out: Path, cfg: dict, args):
+def _claim_out(out: Path, cfg, args):
     """Rank 0, before any setup: check what ``out`` is (nothing is written or opened that could
     block), take its lock, and check it may be written. Returns (lock, "go" or "complete")."""
     from .config import run_id
@@ -196,14 +197,14 @@ def _claim_out(out: Path, cfg: dict, args):
     lock = outfiles.OutLock(out).acquire()
     try:
         outfiles.check_can_write(out, args.force, args.resume)
-        state = resume.state_before_start(out, cfg, run_id(cfg)) if args.resume else "go"
+        state = resume.state_before_start(out, cfg.to_dict(), run_id(cfg)) if args.resume else "go"
     except BaseException:
         lock.release()
         raise
     if lock.note and not args.quiet:
         print(f"krum-mpi: note: {lock.note}", file=sys.stderr, flush=True)
     if args.resume and not args.quiet and state in ("fresh", "complete"):
-        print(resume.STATE_LINES[state].format(out=out, steps=cfg["run"]["steps"]), file=sys.stderr, flush=True)
+        print(resume.STATE_LINES[state].format(out=out, steps=cfg.run.steps), file=sys.stderr, flush=True)
     return lock, state
 
 

@@ -1,11 +1,19 @@
-"""Run configuration: load (TOML or YAML, parsed safely), override, validate.
+"""Run configuration: load (TOML or YAML, parsed safely), override, validate, freeze.
 
-A resolved config is a nested plain dict (JSON-serialisable) holding every key of ``DEFAULTS``.
+``load`` returns a ``Config`` (krum_mpi.inputs.typed): frozen dataclasses, one per schema section,
+holding every key of ``DEFAULTS`` (``cfg.run.steps``); modules receive the sections they need.
+``cfg.to_dict()`` is the resolved config as a nested plain dict (JSON-serialisable): what the results
+file stores, what the run id hashes, what studies and ``--set`` edit (``validate`` and
+``load_config`` return that dict directly).
+
 Every key is checked; a bad one raises ``ConfigError`` with a one-line message naming the key, the
 value given and what to do. The sections ``aggregator`` and ``attack`` are open: keys other than
-their fixed ones are options of the rule or attack, checked by ``aggregators.make`` / ``attacks.make``.
+their fixed ones are options of the rule or attack (``cfg.aggregator.options``), checked by
+``aggregators.make`` / ``attacks.make``. Derived values (``aggregator.f = -1`` becomes
+``workers.byzantine``; ``parallel.model > 1`` makes placement ``gather`` ``sharded``) are set by
+building a new Config, never by changing one.
 
-    cfg = load_config("configs/paper-fig4-krum-f6.toml", ["run.steps=100", "aggregator.name=average"])
+    cfg = load("configs/paper-fig4-krum-f6.toml", ["run.steps=100", "aggregator.name=average"])
 """
 from __future__ import annotations
 
@@ -18,10 +26,11 @@ import tomllib
 from .run import runid
 from .errors import ConfigError
 from .parallel import byzantine_ranks
-from .inputs import config_file
+from .inputs import config_file, typed
 from .inputs.schema import (BOUNDS, CHOICES, DEFAULTS, INT64_MAX, MAX_LIST, OPEN_SECTIONS,  # noqa: F401 (re-exported)
                             STRICTLY_POSITIVE)
 from .inputs.show import one_line, show
+from .inputs.typed import Config  # noqa: F401  (re-exported: what load returns)
 from .run.runid import LATER_KEYS  # noqa: F401  (re-exported: the keys a run id leaves out at their default)
 
 
@@ -126,7 +135,29 @@ def _check_option(key, value):
 
 
 def validate(raw: dict) -> dict:
-    """Fill defaults, check every key and value, check the pieces fit; return the resolved config."""
+    """Fill defaults, check every key and value, check the pieces fit; return the resolved config
+    as a nested plain dict (``resolve(raw).to_dict()``)."""
+    return resolve(raw).to_dict()
+
+
+def resolve(raw: dict) -> Config:
+    """Fill defaults, check every key and value, derive what is derived, check the pieces fit:
+    the frozen Config of ``raw`` (a dict of sections, as read from a file plus overrides)."""
+    cfg = typed.Config.from_dict(_checked_values(raw))
+    _check_workers(cfg)
+    if cfg.aggregator.f == -1:   # the declared f defaults to the actual number of Byzantine workers
+        cfg = typed.replace(cfg, "aggregator", f=cfg.workers.byzantine)
+    _check_consistency(cfg)
+    _check_rule_and_attack(cfg)
+    from .parallel import model_parallel
+    cfg = model_parallel.resolve(cfg)   # parallel.model > 1: before the placement checks (placement sharded)
+    byzantine_ranks.check_config(cfg)
+    _check_placement(cfg)
+    return cfg
+
+
+def _checked_values(raw: dict) -> dict:
+    """Every section and key of ``raw`` checked (type, choices, bounds), over the defaults."""
     if not isinstance(raw, dict):
         raise ConfigError("a config must be a table of sections like [run], [workers]")
     cfg = copy.deepcopy(DEFAULTS)
@@ -148,89 +179,72 @@ def validate(raw: dict) -> dict:
                 raise ConfigError(
                     f"unknown config key {one_line(key, 60)}: known keys of [{section}] are {', '.join(DEFAULTS[section])}")
             cfg[section][name] = value
-    _check_consistency(cfg)
     return cfg
 
 
-def _check_consistency(cfg: dict) -> None:
-    n, byz = cfg["workers"]["n"], cfg["workers"]["byzantine"]
+def _check_workers(cfg: Config) -> None:
+    n, byz = cfg.workers.n, cfg.workers.byzantine
     if byz > n:
         raise ConfigError(f"workers.byzantine = {byz} exceeds workers.n = {n}: lower it or add workers")
-    if cfg["aggregator"]["f"] == -1:
-        cfg["aggregator"]["f"] = byz
-    f = cfg["aggregator"]["f"]
+
+
+def _check_consistency(cfg: Config) -> None:
+    byz, f, attack = cfg.workers.byzantine, cfg.aggregator.f, cfg.attack.name
     if byz > f:
         raise ConfigError(f"workers.byzantine = {byz} exceeds the declared aggregator.f = {f}: "
                           "raise aggregator.f (the rule must be told how many workers may be Byzantine)")
-    if byz > 0 and cfg["attack"]["name"] == "none":
+    if byz > 0 and attack == "none":
         raise ConfigError(f"workers.byzantine = {byz} but attack.name = 'none': choose an attack "
                           "(e.g. attack.name=gaussian) or set workers.byzantine=0")
-    if byz == 0 and cfg["attack"]["name"] != "none":
-        raise ConfigError(f"attack.name = {show(cfg['attack']['name'])} but workers.byzantine = 0: "
+    if byz == 0 and attack != "none":
+        raise ConfigError(f"attack.name = {show(attack)} but workers.byzantine = 0: "
                           "set workers.byzantine > 0 or attack.name=none")
-    if cfg["optimizer"]["momentum_form"] == "ema" and cfg["optimizer"]["momentum"] >= 1:
+    if cfg.optimizer.momentum_form == "ema" and cfg.optimizer.momentum >= 1:
         raise ConfigError("optimizer.momentum = 1 with momentum_form = 'ema' never moves: use momentum < 1")
-    if cfg["model"]["name"] == "char-transformer" and cfg["data"]["name"] != "text":
+    if cfg.model.name == "char-transformer" and cfg.data.name != "text":
         raise ConfigError(f"model.name = 'char-transformer' reads character ids: it needs data.name = 'text' "
-                          f"(not {show(cfg['data']['name'])})")
-    _check_rule_and_attack(cfg)
-    from .parallel.model_parallel import check_config
-    check_config(cfg)   # parallel.model > 1: before the placement checks (it may set placement = sharded)
-    byzantine_ranks.check_config(cfg)
-    _check_placement(cfg)
+                          f"(not {show(cfg.data.name)})")
 
 
-def _check_placement(cfg: dict) -> None:
+def _check_placement(cfg: Config) -> None:
     """What a sharded or per-shard placement cannot do yet is refused before any MPI work."""
-    placement = cfg["aggregator"]["placement"]
+    placement = cfg.aggregator.placement
     if placement == "gather":
         return
     if placement == "sharded":
         from .parallel.sharded import split_rule
         try:
-            split_rule(cfg["aggregator"]["name"])
+            split_rule(cfg.aggregator.name)
         except ValueError as exc:
             raise ConfigError(_one_line(exc))
     from . import attacks
     from .parallel.sharded import BLOCKWISE_ATTACKS
-    name = cfg["attack"]["name"]
-    kind = attacks.make(name, cfg["workers"]["n"], cfg["workers"]["byzantine"], cfg["aggregator"]["f"],
-                        **attack_params(cfg)).kind
-    if kind not in ("none", "data") and cfg["attack"]["adversary"] != "colluding" and name not in BLOCKWISE_ATTACKS:
+    name = cfg.attack.name
+    kind = attacks.make(name, cfg.workers.n, cfg.workers.byzantine, cfg.aggregator.f,
+                        **cfg.attack.option_kwargs()).kind
+    if kind not in ("none", "data") and cfg.attack.adversary != "colluding" and name not in BLOCKWISE_ATTACKS:
         raise ConfigError(f"aggregator.placement = {placement!r}: no rank sees every gradient, so the omniscient "
                           f"adversary crafts block by block, which {name!r} cannot (it can: "
                           f"{', '.join(BLOCKWISE_ATTACKS)}); set attack.adversary = 'colluding' or placement = 'gather'")
-    if cfg["run"]["gather_deadline_s"] > 0:
+    if cfg.run.gather_deadline_s > 0:
         raise ConfigError(f"aggregator.placement = {placement!r} cannot run with run.gather_deadline_s > 0: "
                           "set run.gather_deadline_s = 0 or placement = 'gather'")
-    if cfg["optimizer"]["momentum"] > 0 and cfg["optimizer"]["momentum_at"] == "server":
+    if cfg.optimizer.momentum > 0 and cfg.optimizer.momentum_at == "server":
         raise ConfigError(f"aggregator.placement = {placement!r} supports momentum at the workers only: "
                           "set optimizer.momentum_at = 'worker' (or momentum = 0, or placement = 'gather')")
 
 
-def _options(section: dict, fixed) -> dict:
-    return {k: v for k, v in section.items() if k not in fixed}
-
-
-def aggregator_options(cfg: dict) -> dict:
-    return _options(cfg["aggregator"], DEFAULTS["aggregator"])
-
-
-def attack_params(cfg: dict) -> dict:
-    return _options(cfg["attack"], DEFAULTS["attack"])
-
-
-def _check_rule_and_attack(cfg: dict) -> None:
+def _check_rule_and_attack(cfg: Config) -> None:
     """Build the rule and the attack once, so bad names and options fail before any MPI work."""
     from . import aggregators, attacks
 
-    n, byz, f = cfg["workers"]["n"], cfg["workers"]["byzantine"], cfg["aggregator"]["f"]
+    n, byz, f = cfg.workers.n, cfg.workers.byzantine, cfg.aggregator.f
     try:
-        aggregators.make(cfg["aggregator"]["name"], n, f, **aggregator_options(cfg))
+        aggregators.make(cfg.aggregator.name, n, f, **cfg.aggregator.option_kwargs())
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"aggregator: {_one_line(exc)}")
     try:
-        attacks.make(cfg["attack"]["name"], n, byz, f, **attack_params(cfg))
+        attacks.make(cfg.attack.name, n, byz, f, **cfg.attack.option_kwargs())
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"attack: {_one_line(exc)}")
 
@@ -239,10 +253,15 @@ def _one_line(exc) -> str:
     return " ".join(str(exc).split())
 
 
-def load_config(path, overrides=()) -> dict:
-    """Load a config file (or none: defaults), apply ``--set`` overrides, validate."""
+def load(path, overrides=()) -> Config:
+    """Load a config file (or none: defaults), apply ``--set`` overrides, validate: the frozen Config."""
     raw = load_file(path) if path is not None else {}
-    return validate(apply_overrides(raw, overrides))
+    return resolve(apply_overrides(raw, overrides))
+
+
+def load_config(path, overrides=()) -> dict:
+    """``load`` as the resolved nested plain dict (for tools that edit configs as data)."""
+    return load(path, overrides).to_dict()
 
 
 def flatten(cfg: dict) -> dict:
@@ -258,11 +277,11 @@ def to_json(cfg: dict) -> str:
     return json.dumps(cfg, sort_keys=True)
 
 
-def identity(cfg: dict) -> dict:
-    """The part of a resolved config that identifies its run (runid.LATER_KEYS)."""
-    return runid.identity(cfg, DEFAULTS)
+def identity(cfg: dict | Config) -> dict:
+    """The part of a resolved config (a Config or its dict) that identifies its run (runid.LATER_KEYS)."""
+    return runid.identity(cfg.to_dict() if isinstance(cfg, Config) else cfg, DEFAULTS)
 
 
-def run_id(cfg: dict) -> str:
+def run_id(cfg: dict | Config) -> str:
     """A stable short id of a resolved config (the hash of the canonical JSON of its identity)."""
     return runid.digest(to_json(identity(cfg)))

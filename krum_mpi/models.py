@@ -3,7 +3,7 @@
 The interface every model implements (these NumPy models and the PyTorch ones of
 ``krum_mpi.torch_models``), all the training loop ever calls::
 
-    model = make(cfg["model"], n_features, n_classes, input_shape)
+    model = make(cfg.model, n_features, n_classes, input_shape)
     model.n_params                                 # d
     theta = model.init(rng)                        # float32 NumPy (d,), from a seeded Generator
     model.set_threads(k)                           # this rank's share of the cores (k >= 1)
@@ -172,10 +172,14 @@ NUMPY_MODELS = ("logistic", "softmax", "mlp")
 TORCH_MODELS = ("mnist-cnn", "lenet5", "resnet20", "char-transformer", "torch")   # torch_models.NAMES
 
 
-def make(model_cfg: dict, n_features: int, n_classes: int, input_shape=None) -> Model:
-    """The model of a ``model`` config section for data of n_features and n_classes (and, for
-    images, input_shape = (channels, height, width)). Only a PyTorch model imports torch."""
-    name = model_cfg.get("name", "mlp")
+def make(model_cfg, n_features: int, n_classes: int, input_shape=None) -> Model:
+    """The model of a ``model`` config section (the run's inputs.typed.ModelConfig, or a dict of some
+    of its keys, the others at their defaults) for data of n_features and n_classes (and, for images,
+    input_shape = (channels, height, width)). Only a PyTorch model imports torch."""
+    from .inputs import typed
+
+    model_cfg = typed.section("model", model_cfg)
+    name = model_cfg.name
     if name not in NUMPY_MODELS and name not in TORCH_MODELS:   # checked before torch is imported
         raise ConfigError(f"unknown model.name {name!r:.60}: use {', '.join(NUMPY_MODELS + TORCH_MODELS)}")
     if name not in NUMPY_MODELS:
@@ -190,7 +194,7 @@ def make(model_cfg: dict, n_features: int, n_classes: int, input_shape=None) -> 
     if name == "softmax":
         return Model("softmax", [n_features, n_classes], binary=False)
     if name == "mlp":
-        hidden = list(model_cfg.get("hidden", [20, 20]))
+        hidden = list(model_cfg.hidden)
         if not all(isinstance(h, int) and h >= 1 for h in hidden):
             raise ConfigError(f"model.hidden = {hidden!r} must be a list of positive integers, e.g. [20, 20]")
         return Model("mlp", [n_features, *hidden, n_classes], binary=False)

@@ -15,7 +15,7 @@ BASE = ["workers.n=20", "aggregator.name=krum", "aggregator.f=6", "parallel.mode
 
 
 def cfg_with(*overrides):
-    return config.load_config(None, [*BASE, *overrides])
+    return config.load(None, [*BASE, *overrides])
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -58,7 +58,7 @@ def test_defaults_keep_the_run_id_and_the_section_is_accepted():
     assert plain["aggregator"]["replicas"] == 1 and "replicas" not in config.identity(plain)["aggregator"]
     assert "byzantine_ranks" not in config.identity(plain)   # run ids of existing runs unchanged
     cfg = cfg_with("byzantine_ranks.ranks=[5]")
-    assert cfg["byzantine_ranks"]["ranks"] == [5] and cfg["aggregator"]["placement"] == "sharded"
+    assert cfg.byzantine_ranks.ranks == (5,) and cfg.aggregator.placement == "sharded"
     assert config.run_id(cfg) != config.run_id(cfg_with("byzantine_ranks.ranks=[4]"))
 
 
@@ -88,9 +88,9 @@ def test_hosted_workers_are_the_groups_and_count_against_f():
                                    "launch at least 3 ranks"),
 ])
 def test_a_world_the_replicas_or_ranks_do_not_fit_is_refused(world, overrides, message):
-    cfg = config.load_config(None, ["workers.n=20", "aggregator.name=krum", "aggregator.f=4",
-                                    "aggregator.placement=sharded", "byzantine_ranks.behaviour=corrupt-block",
-                                    "byzantine_ranks.ranks=[2]", *overrides])
+    cfg = config.load(None, ["workers.n=20", "aggregator.name=krum", "aggregator.f=4",
+                             "aggregator.placement=sharded", "byzantine_ranks.behaviour=corrupt-block",
+                             "byzantine_ranks.ranks=[2]", *overrides])
     with pytest.raises(ConfigError) as caught:
         byzantine_ranks.check_world(cfg, world)
     assert message in str(caught.value) and "\n" not in str(caught.value)

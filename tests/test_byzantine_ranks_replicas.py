@@ -4,13 +4,14 @@ lie-distances recipe at every refinement level, and the corrupt-block recipe."""
 import numpy as np
 import pytest
 
+from krum_mpi import config
 from krum_mpi.aggregators.gram_entries import LocalRows
 from krum_mpi.aggregators.certify import exact_to_float
 from krum_mpi.parallel import byzantine_ranks, sharded
 from krum_mpi.parallel.byzantine_ranks import LIE_EXPONENT, BlockCorruption, DistanceLie
 from krum_mpi.parallel.replicas import Vote
 
-CFG = {"run": {"seed": 7}, "byzantine_ranks": {"scale": -4.0, "sigma": 1.0}}
+CFG = config.load(None, ["run.seed=7", "byzantine_ranks.scale=-4.0", "byzantine_ranks.sigma=1.0"])
 
 
 def test_layout_spreads_each_blocks_replicas_over_the_ranks():

@@ -109,7 +109,7 @@ def test_memory_estimate_counts_rank_zero_and_the_others():
     from krum_mpi.run import preflight
     from krum_mpi.errors import ConfigError
 
-    cfg = cfgmod.validate({"workers": {"n": 16}, "optimizer": {"momentum": 0.9, "momentum_at": "worker"}})
+    cfg = cfgmod.resolve({"workers": {"n": 16}, "optimizer": {"momentum": 0.9, "momentum_at": "worker"}})
     d = 1_863_690
     args = (cfg, d, 784, [784, 1024, 1024, 10], [4, 4, 4, 4])
     preflight.check_memory(*args, 4, 1, available=1 * 2**30)      # all 4 ranks on one node: 0.6 GiB

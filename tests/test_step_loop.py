@@ -21,12 +21,12 @@ def test_the_step_loop_is_written_once():
 
 
 def test_nothing_but_the_builder_reads_the_placement_name():
-    """The run and the parallel layer ask the placement object, never ``cfg[...]["placement"]``:
-    only placements/__init__.py (which builds them) and two config checks read it:
-    model_parallel.check_config (it turns 'gather' into 'sharded' under parallel.model) and
-    byzantine_ranks.check_config (which behaviours a placement can express)."""
+    """The run and the parallel layer ask the placement object, never ``cfg.aggregator.placement``
+    (or the dict's ``["placement"]``): only placements/__init__.py (which builds them) and two config
+    checks read it: model_parallel.resolve (it turns 'gather' into 'sharded' under parallel.model)
+    and byzantine_ranks.check_config (which behaviours a placement can express)."""
     allowed = {"parallel/placements/__init__.py", "parallel/model_parallel.py", "parallel/byzantine_ranks.py"}
-    pattern = re.compile(r"\[\s*[\"']placement[\"']\s*\]|placement\s*(==|!=)")
+    pattern = re.compile(r"\[\s*[\"']placement[\"']\s*\]|placement\s*(==|!=)|\.aggregator\.placement\b")
     readers = sorted(path.relative_to(PACKAGE).as_posix()
                      for folder in ("run", "parallel") for path in (PACKAGE / folder).rglob("*.py")
                      if pattern.search(path.read_text()))

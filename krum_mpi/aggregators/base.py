@@ -46,7 +46,7 @@ def check_input(X, f):
     if host_dtype(X) not in (np.float32, np.float64):
         raise ValueError(f"input dtype must be float32 or float64, got {host_dtype(X)}")
     check_f(f)
-    if X.dtype == np.float64:
+    if host_dtype(X) == np.float64:   # not X.dtype == np.float64: array API dtypes never equal NumPy's
         check_float64_range(X)
     return n, d
 
@@ -66,8 +66,8 @@ def check_float64_range(X):
     step = max(1, (1 << 20) // n)
     largest = 0.0
     for c in range(0, d, step):
-        block = X[:, c:c + step]
-        largest = max(largest, float(xp.where(xp.isfinite(block), xp.abs(block), 0.0).max()))
+        block = X[:, c:min(c + step, d)]   # the array API refuses a stop past the end
+        largest = max(largest, float(xp.max(xp.where(xp.isfinite(block), xp.abs(block), 0.0))))
     if largest >= FLOAT64_BOUND:
         raise ValueError(f"float64 input holds |x| = {largest:.3g}, at or above 2^448 = {FLOAT64_BOUND:.3g}, "
                          "the largest magnitude whose decisions are certified exact: scale the rows down "

@@ -1,6 +1,6 @@
 """Datasets for krum-mpi: find, load, shard, batch.
 
-    ds = open_dataset(cfg["data"], seed=cfg["run"]["seed"])
+    ds = open_dataset(cfg.data, seed=cfg.run.seed)
     shard = ds.shard(worker, n_workers)          # this worker's part of the training set
     X, y = shard.batch(step, batch_size)         # float32 (b, p), int64 (b,): same seed, same batch
     X_test, y_test = ds.test_set()
@@ -16,16 +16,13 @@ from .base import ArrayDataset, Dataset, Shard
 from .paths import data_dir
 
 
-def _with_defaults(data_cfg: dict) -> dict:
-    from ..config import DEFAULTS
+def open_dataset(data_cfg, seed: int = 0) -> Dataset:
+    """The dataset described by a ``data`` config section: the run's (inputs.typed.DataConfig) or a
+    dict of some of its keys (the others at their defaults). Raises DataError (one line)."""
+    from ..inputs import typed
 
-    return {**DEFAULTS["data"], **(data_cfg or {})}
-
-
-def open_dataset(data_cfg: dict, seed: int = 0) -> Dataset:
-    """The dataset described by a (resolved) ``data`` config section. Raises DataError (one line)."""
-    cfg = _with_defaults(data_cfg)
-    name = cfg["name"]
+    cfg = typed.section("data", data_cfg)
+    name = cfg.name
     if name == "spambase":
         from . import spambase as module
     elif name == "mnist":
@@ -39,7 +36,7 @@ def open_dataset(data_cfg: dict, seed: int = 0) -> Dataset:
     else:
         raise DataError(f"unknown data.name {name!r}: use spambase, mnist, synthetic, hdf5 or text")
     from .validation import with_validation
-    return with_validation(module.load(cfg, seed), cfg["validation_fraction"], seed)
+    return with_validation(module.load(cfg, seed), cfg.validation_fraction, seed)
 
 
 __all__ = ["open_dataset", "data_dir", "Dataset", "ArrayDataset", "Shard", "DataError"]

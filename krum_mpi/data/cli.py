@@ -109,14 +109,13 @@ def _convert(args) -> str:
     if fmt == "csv":
         return convert.csv_to_h5(src, out, args.name, args.label_column, args.n_classes, frac or 0.0,
                                  args.seed, args.delimiter, args.skip_header, **common)
-    from ..config import DEFAULTS
+    from ..inputs import typed
     from .synthetic import SyntheticDataset
 
-    cfg = dict(DEFAULTS["data"], name="synthetic")
-    for key in ("n_train", "n_test", "n_features", "n_classes", "noise", "generator"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
-    return convert.synthetic_to_h5(SyntheticDataset(cfg, args.seed), out, **common)
+    given = {key: getattr(args, key) for key in ("n_train", "n_test", "n_features", "n_classes", "noise", "generator")
+             if getattr(args, key) is not None}
+    return convert.synthetic_to_h5(SyntheticDataset(typed.section("data", {"name": "synthetic", **given}), args.seed),
+                                   out, **common)
 
 
 def _print_info(summary: dict, as_json: bool) -> None:

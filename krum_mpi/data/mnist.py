@@ -95,29 +95,29 @@ def locate(path: str = "") -> tuple[Path, bool]:
                     "offline: --set data.name=synthetic --set data.n_features=784 --set data.n_classes=10")
 
 
-def load(cfg: dict, seed: int) -> ArrayDataset:
-    folder, has_train = locate(cfg["path"])
+def load(cfg, seed: int) -> ArrayDataset:
+    folder, has_train = locate(cfg.path)
     X_test, y_test = read_pair(_find(folder, TEST_FILES[0]), _find(folder, TEST_FILES[1]))
     if has_train:
         X_train, y_train = read_pair(_find(folder, TRAIN_FILES[0]), _find(folder, TRAIN_FILES[1]))
         split_note = "official split: 60,000 training images, 10,000 test images"
     else:
-        train, test = train_test_split(len(y_test), cfg["test_fraction"], seed)
+        train, test = train_test_split(len(y_test), cfg.test_fraction, seed)
         X_train, y_train = X_test[train], y_test[train]
         X_test, y_test = X_test[test], y_test[test]
         split_note = (f"train and test parts both split (seed {seed}, test_fraction "
-                      f"{cfg['test_fraction']}) from the 10,000 MNIST TEST images: no official training image used")
-    keep = subsample(np.arange(len(y_train)), cfg["max_train"], seed)
+                      f"{cfg.test_fraction}) from the 10,000 MNIST TEST images: no official training image used")
+    keep = subsample(np.arange(len(y_train)), cfg.max_train, seed)
     X_train, y_train = X_train[keep], y_train[keep]
     provenance = {"source": "MNIST (LeCun, Cortes, Burges)", "folder": str(folder), "split": split_note,
-                  "standardized": bool(cfg["standardize"])}
-    if cfg["standardize"]:
+                  "standardized": bool(cfg.standardize)}
+    if cfg.standardize:
         mean = float(X_train.mean(dtype=np.float64))
         std = float(X_train.std(dtype=np.float64)) or 1.0
         X_train = (X_train - mean) / std
         X_test = (X_test - mean) / std
         provenance.update(pixel_mean=mean, pixel_std=std)
     dataset = ArrayDataset("mnist", X_train, y_train, X_test, y_test, N_CLASSES, provenance,
-                           split=cfg["split"], alpha=cfg["alpha"], gamma=cfg["gamma"], seed=seed)
+                           split=cfg.split, alpha=cfg.alpha, gamma=cfg.gamma, seed=seed)
     dataset.input_shape = INPUT_SHAPE
     return dataset

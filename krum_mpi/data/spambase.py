@@ -33,23 +33,23 @@ def locate(path: str = ""):
     return p
 
 
-def load(cfg: dict, seed: int) -> ArrayDataset:
-    path = locate(cfg["path"])
+def load(cfg, seed: int) -> ArrayDataset:
+    path = locate(cfg.path)
     X, y = read_csv(path, label_column=-1, n_classes=2)
     if X.shape[1] != N_FEATURES:
         raise DataError(f"{path}: {X.shape[1] + 1} columns, spambase has {N_FEATURES + 1} (57 features "
                         "and the label): is this the right file?")
-    train, test = train_test_split(len(y), cfg["test_fraction"], seed)
-    train = subsample(train, cfg["max_train"], seed)
+    train, test = train_test_split(len(y), cfg.test_fraction, seed)
+    train = subsample(train, cfg.max_train, seed)
     X_train, X_test = X[train], X[test]
     provenance = {"source": "UCI Spambase", "file": str(path), "sha256": sha256_of(path),
-                  "rows": int(len(y)), "test_fraction": cfg["test_fraction"], "split_seed": seed,
-                  "standardized": bool(cfg["standardize"])}
-    if cfg["standardize"]:
+                  "rows": int(len(y)), "test_fraction": cfg.test_fraction, "split_seed": seed,
+                  "standardized": bool(cfg.standardize)}
+    if cfg.standardize:
         _, _, X_train, X_test = standardize(X_train, X_test)
     return ArrayDataset("spambase", X_train, y[train], X_test, y[test], n_classes=2,
-                        provenance=provenance, split=cfg["split"], alpha=cfg["alpha"],
-                        gamma=cfg["gamma"], seed=seed)
+                        provenance=provenance, split=cfg.split, alpha=cfg.alpha,
+                        gamma=cfg.gamma, seed=seed)
 
 
 def feature_names(data_path) -> list[str] | None:

@@ -198,8 +198,8 @@ def open_file(path) -> h5py.File:
 
 
 class H5Dataset(Dataset):
-    def __init__(self, path, cfg: dict, seed: int):
-        super().__init__(split=cfg["split"], alpha=cfg["alpha"], gamma=cfg["gamma"], seed=seed)
+    def __init__(self, path, cfg, seed: int):
+        super().__init__(split=cfg.split, alpha=cfg.alpha, gamma=cfg.gamma, seed=seed)
         self.path = Path(path)
         self.file = open_file(self.path)
         f = self.file
@@ -215,13 +215,13 @@ class H5Dataset(Dataset):
         self.train_rows = None
         self.test_rows = None
         if "test" not in f:
-            self.train_rows, self.test_rows = train_test_split(n_rows, cfg["test_fraction"], seed)
-        if cfg["max_train"] > 0:
+            self.train_rows, self.test_rows = train_test_split(n_rows, cfg.test_fraction, seed)
+        if cfg.max_train > 0:
             rows = self.train_rows if self.train_rows is not None else np.arange(n_rows)
-            self.train_rows = subsample(rows, cfg["max_train"], seed)
+            self.train_rows = subsample(rows, cfg.max_train, seed)
         self.n_train = n_rows if self.train_rows is None else len(self.train_rows)
         self.n_test = f["test"]["y"].shape[0] if "test" in f else len(self.test_rows)
-        self.standardized = bool(cfg["standardize"]) and self.scaling != "none"
+        self.standardized = bool(cfg.standardize) and self.scaling != "none"
         if self.standardized:
             try:
                 mean, std = statistics(f["train"], self.n_features)
@@ -233,7 +233,7 @@ class H5Dataset(Dataset):
                            "created": str(f.attrs.get("created", "")), "scaling": self.scaling,
                            "standardized": self.standardized,
                            "test_split": "file" if "test" in f else
-                           f"split from /train (seed {seed}, test_fraction {cfg['test_fraction']})"}
+                           f"split from /train (seed {seed}, test_fraction {cfg.test_fraction})"}
 
     def _rows(self, X, y, rows: np.ndarray, where: str):
         """Read rows (any order, repeats allowed) of an (X, y) pair, reading each distinct row once."""
@@ -298,10 +298,10 @@ class H5Dataset(Dataset):
         self.file.close()
 
 
-def load(cfg: dict, seed: int) -> H5Dataset:
-    if not cfg["path"]:
+def load(cfg, seed: int) -> H5Dataset:
+    if not cfg.path:
         raise DataError("data.name = 'hdf5' needs data.path = the dataset file (see 'krum-mpi data convert')")
-    return H5Dataset(cfg["path"], cfg, seed)
+    return H5Dataset(cfg.path, cfg, seed)
 
 
 def info(path) -> dict:

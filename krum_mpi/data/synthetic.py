@@ -84,21 +84,21 @@ def _check_model_size(p: int, C: int, image: bool) -> None:
 class SyntheticDataset(Dataset):
     contiguous_iid = True   # samples are IID by construction: an IID shard is a block of indices
 
-    def __init__(self, cfg: dict, seed: int):
-        super().__init__(split=cfg["split"], alpha=cfg["alpha"], gamma=cfg["gamma"], seed=seed)
-        self.generator = cfg["generator"]
+    def __init__(self, cfg, seed: int):
+        super().__init__(split=cfg.split, alpha=cfg.alpha, gamma=cfg.gamma, seed=seed)
+        self.generator = cfg.generator
         self.name = f"synthetic-{self.generator}"
-        shape = [int(v) for v in cfg.get("image_shape") or []]
+        shape = [int(v) for v in cfg.image_shape]
         if shape and len(shape) != 3:
             raise DataError(f"data.image_shape = {shape} must be [channels, height, width]")
         self.input_shape = tuple(shape) if shape else None
-        self.n_features = math.prod(shape) if shape else int(cfg["n_features"])   # exact: np.prod wraps
-        self.n_classes = int(cfg["n_classes"])
-        self.n_train = int(cfg["n_train"])
-        if cfg["max_train"] > 0:
-            self.n_train = min(self.n_train, int(cfg["max_train"]))
-        self.n_test = int(cfg["n_test"])
-        self.noise = float(cfg["noise"])
+        self.n_features = math.prod(shape) if shape else int(cfg.n_features)   # exact: np.prod wraps
+        self.n_classes = int(cfg.n_classes)
+        self.n_train = int(cfg.n_train)
+        if cfg.max_train > 0:
+            self.n_train = min(self.n_train, int(cfg.max_train))
+        self.n_test = int(cfg.n_test)
+        self.noise = float(cfg.noise)
         p, C = self.n_features, self.n_classes
         _check_model_size(p, C, bool(shape))
         if self.generator not in ("teacher", "mixture"):
@@ -195,5 +195,5 @@ def _image_means(rng: np.random.Generator, n_classes: int, shape) -> np.ndarray:
     return out.reshape(n_classes, -1)
 
 
-def load(cfg: dict, seed: int) -> SyntheticDataset:
+def load(cfg, seed: int) -> SyntheticDataset:
     return SyntheticDataset(cfg, seed)

@@ -23,8 +23,8 @@ MAX_VOCABULARY = 4096
 
 
 class TextDataset(Dataset):
-    def __init__(self, path: Path, cfg: dict, seed: int):
-        super().__init__(split=cfg["split"], alpha=cfg["alpha"], gamma=cfg["gamma"], seed=seed)
+    def __init__(self, path: Path, cfg, seed: int):
+        super().__init__(split=cfg.split, alpha=cfg.alpha, gamma=cfg.gamma, seed=seed)
         raw = path.read_bytes()
         try:
             text = raw.decode("utf-8")
@@ -35,20 +35,20 @@ class TextDataset(Dataset):
             raise DataError(f"{path}: {len(self.vocabulary)} distinct characters (at most {MAX_VOCABULARY})")
         lookup = {c: i for i, c in enumerate(self.vocabulary)}
         tokens = np.fromiter((lookup[c] for c in text), dtype=np.int32, count=len(text))
-        T = int(cfg["context"])
-        n_test_chars = int(round(len(tokens) * cfg["test_fraction"]))
+        T = int(cfg.context)
+        n_test_chars = int(round(len(tokens) * cfg.test_fraction))
         self.train_tokens, self.test_tokens = tokens[:len(tokens) - n_test_chars], tokens[len(tokens) - n_test_chars:]
         self.context = T
         self.name = f"text:{path.name}"
         self.n_features = T
         self.n_classes = max(len(self.vocabulary), 2)
         self.n_train = len(self.train_tokens) - T
-        if cfg["max_train"] > 0:
-            self.n_train = min(self.n_train, int(cfg["max_train"]))
+        if cfg.max_train > 0:
+            self.n_train = min(self.n_train, int(cfg.max_train))
         self.n_test = max(len(self.test_tokens) - 1, 0) // T
         if self.n_train < 1 or self.n_test < 1:
             raise DataError(f"{path}: {len(tokens)} characters leave no training or no test window of "
-                            f"data.context = {T} (test_fraction {cfg['test_fraction']}): use a longer file "
+                            f"data.context = {T} (test_fraction {cfg.test_fraction}): use a longer file "
                             "or a shorter context")
         self.provenance = {"source": "text file", "file": str(path), "sha256": hashlib.sha256(raw).hexdigest(),
                            "characters": len(tokens), "vocabulary": len(self.vocabulary), "context": T,
@@ -70,9 +70,9 @@ class TextDataset(Dataset):
         return self._windows(self.test_tokens, np.arange(self.n_test) * self.context)
 
 
-def load(cfg: dict, seed: int) -> TextDataset:
-    if not cfg["path"]:
+def load(cfg, seed: int) -> TextDataset:
+    if not cfg.path:
         raise DataError("data.name = 'text' needs data.path = a UTF-8 text file")
-    path = resolve(cfg["path"], "")
+    path = resolve(cfg.path, "")
     require_file(path, "text file", "check data.path")
     return TextDataset(path, cfg, seed)

@@ -5,5 +5,7 @@
 - ``config_file.read``: a TOML or YAML config into a dict, with those checks and bounded errors.
 - ``yaml_text.load``: YAML without aliases or duplicate keys (an alias bomb is refused, not expanded).
 - ``schema``: every config key with its default, choices and bounds (the one schema).
+- ``typed``: the frozen dataclasses generated from the schema, one per section, and ``Config``
+  (what ``config.load`` returns; ``to_dict`` gives the resolved plain dict back).
 - ``show.show``: a value as a short one-line repr for an error message, whatever its size or depth.
 """

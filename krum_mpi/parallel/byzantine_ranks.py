@@ -55,12 +55,12 @@ def check_ranks_list(key: str, value) -> list:
     return list(value)
 
 
-def check_config(cfg: dict) -> None:
+def check_config(cfg) -> None:
     """What a placement cannot express, refused in one line before any MPI work (after
     model_parallel.check_config, which turns placement 'gather' into 'sharded' under parallel.model > 1)."""
     check_replicas(cfg)
-    section = cfg["byzantine_ranks"]
-    ranks, behaviour = section["ranks"], section["behaviour"]
+    section = cfg.byzantine_ranks
+    ranks, behaviour = list(section.ranks), section.behaviour
     if not ranks and behaviour == "none":
         return
     if not ranks:
@@ -69,7 +69,7 @@ def check_config(cfg: dict) -> None:
     if behaviour == "none":
         raise ConfigError(f"byzantine_ranks.ranks = {ranks} but byzantine_ranks.behaviour = 'none': choose one of "
                           f"{', '.join(BEHAVIOURS[1:])}, or ranks = []")
-    placement, p = cfg["aggregator"]["placement"], cfg["parallel"]["model"]
+    placement, p = cfg.aggregator.placement, cfg.parallel.model
     if behaviour in SHARDED_BEHAVIOURS:
         check_sharded_behaviour(cfg, behaviour, placement, p)
     elif p < 2:
@@ -77,7 +77,7 @@ def check_config(cfg: dict) -> None:
                           "it needs parallel.model >= 2")
 
 
-def check_sharded_behaviour(cfg: dict, behaviour: str, placement: str, p: int) -> None:
+def check_sharded_behaviour(cfg, behaviour: str, placement: str, p: int) -> None:
     if p > 1:
         raise ConfigError(f"byzantine_ranks.behaviour = {behaviour!r} lies in the sharded aggregation of whole "
                           f"rows, which parallel.model = {p} does not run: use parallel.model = 1 (and "
@@ -85,34 +85,34 @@ def check_sharded_behaviour(cfg: dict, behaviour: str, placement: str, p: int) -
     if placement != "sharded":
         raise ConfigError(f"byzantine_ranks.behaviour = {behaviour!r} lies in the sharded aggregation: it needs "
                           f"aggregator.placement = 'sharded', not {placement!r}")
-    steps = cfg["aggregator"]["name"].split("+")
+    steps = cfg.aggregator.name.split("+")
     if behaviour == "lie-distances" and steps[-1] not in DISTANCE_RULES and "nnm" not in steps:
         raise ConfigError(f"byzantine_ranks.behaviour = 'lie-distances' falsifies pairwise distances, which "
-                          f"aggregator.name = {cfg['aggregator']['name']!r} never reads: use a rule that does "
+                          f"aggregator.name = {cfg.aggregator.name!r} never reads: use a rule that does "
                           f"({', '.join(DISTANCE_RULES)}, or nnm+...) or behaviour = 'corrupt-block'")
 
 
-def check_replicas(cfg: dict) -> None:
+def check_replicas(cfg) -> None:
     """aggregator.replicas: odd, and only where coordinate blocks are computed (placement sharded)."""
-    r = cfg["aggregator"]["replicas"]
+    r = cfg.aggregator.replicas
     if r % 2 == 0:
         raise ConfigError(f"aggregator.replicas = {r} must be odd: receivers take the value a majority of the "
                           "replicas sent, which an even split can leave undecided; use 1, 3, 5 ...")
     if r == 1:
         return
-    if cfg["parallel"]["model"] > 1:
-        raise ConfigError(f"aggregator.replicas = {r} with parallel.model = {cfg['parallel']['model']}: replicated "
+    if cfg.parallel.model > 1:
+        raise ConfigError(f"aggregator.replicas = {r} with parallel.model = {cfg.parallel.model}: replicated "
                           "model groups are not built; under model parallelism a lying rank's workers count as "
                           "Byzantine workers (docs/sharded.md): use aggregator.replicas = 1")
-    if cfg["aggregator"]["placement"] != "sharded":
+    if cfg.aggregator.placement != "sharded":
         raise ConfigError(f"aggregator.replicas = {r} replicates the coordinate blocks of aggregator.placement = "
-                          f"'sharded', not {cfg['aggregator']['placement']!r}: set placement = 'sharded' or "
+                          f"'sharded', not {cfg.aggregator.placement!r}: set placement = 'sharded' or "
                           "replicas = 1")
 
 
-def check_world(cfg: dict, n_ranks: int) -> None:
+def check_world(cfg, n_ranks: int) -> None:
     """At start, when the number of ranks is known: enough ranks for the replicas, Byzantine ranks inside."""
-    r, ranks = cfg["aggregator"]["replicas"], cfg["byzantine_ranks"]["ranks"]
+    r, ranks = cfg.aggregator.replicas, list(cfg.byzantine_ranks.ranks)
     if n_ranks < r:
         raise ConfigError(f"aggregator.replicas = {r} on {n_ranks} ranks: every coordinate block needs {r} ranks: "
                           f"launch at least {r} ranks, or lower replicas")
@@ -122,12 +122,12 @@ def check_world(cfg: dict, n_ranks: int) -> None:
                           f"ranks (0 .. {n_ranks - 1}): name existing ranks, or launch more")
 
 
-def hosted_workers(cfg: dict, n_ranks: int, grid) -> np.ndarray:
+def hosted_workers(cfg, n_ranks: int, grid) -> np.ndarray:
     """Bool (n,): the workers made Byzantine by a Byzantine rank (the workers its model group hosts).
     Refuses ranks outside the world, ranks of model group 0, and more Byzantine workers than f."""
-    section, n = cfg["byzantine_ranks"], cfg["workers"]["n"]
+    section, n = cfg.byzantine_ranks, cfg.workers.n
     hosted = np.zeros(n, dtype=bool)
-    ranks = section["ranks"]
+    ranks = list(section.ranks)
     if not ranks:
         return hosted
     check_world(cfg, n_ranks)
@@ -142,11 +142,11 @@ def hosted_workers(cfg: dict, n_ranks: int, grid) -> np.ndarray:
     return hosted
 
 
-def check_f(cfg: dict, byzantine: np.ndarray, hosted: np.ndarray) -> None:
+def check_f(cfg, byzantine: np.ndarray, hosted: np.ndarray) -> None:
     """Byzantine workers, declared or made so by a Byzantine rank, must not exceed the declared f."""
-    total, f = int((byzantine | hosted).sum()), cfg["aggregator"]["f"]
+    total, f = int((byzantine | hosted).sum()), cfg.aggregator.f
     if total > f:
-        raise ConfigError(f"byzantine_ranks.ranks = {cfg['byzantine_ranks']['ranks']}: their model groups host "
+        raise ConfigError(f"byzantine_ranks.ranks = {list(cfg.byzantine_ranks.ranks)}: their model groups host "
                           f"{int(hosted.sum())} workers, which become Byzantine; with workers.byzantine that makes "
                           f"{total} Byzantine workers, more than aggregator.f = {f}: raise f, or name fewer ranks")
 
@@ -154,24 +154,24 @@ def check_f(cfg: dict, byzantine: np.ndarray, hosted: np.ndarray) -> None:
 class ActivationCorruption:
     """What a corrupt-activations rank sends in place of x: scale * x + sigma * N(0, 1) (float32)."""
 
-    def __init__(self, cfg: dict, rank: int):
-        section = cfg["byzantine_ranks"]
-        self.scale, self.sigma = np.float32(section["scale"]), float(section["sigma"])
-        self.seed, self.rank = cfg["run"]["seed"], rank
+    def __init__(self, cfg, rank: int):
+        section = cfg.byzantine_ranks
+        self.scale, self.sigma = np.float32(section.scale), float(section.sigma)
+        self.seed, self.rank = cfg.run.seed, rank
 
     def __call__(self, x: np.ndarray, step: int, worker: int, message: int) -> np.ndarray:
         return noisy(x, self.scale, self.sigma, [self.seed, SEED_BYZANTINE_RANKS, self.rank, step, worker, message])
 
 
-def attach(cfg: dict, comm, grid, byzantine: np.ndarray) -> np.ndarray:
+def attach(cfg, comm, grid, byzantine: np.ndarray) -> np.ndarray:
     """At setup, on every rank: the checks that need the world, the corruption on a Byzantine rank's
     split model, and the hosted workers (recorded by rank 0)."""
     check_world(cfg, comm.size)
     if grid is None:
-        return np.zeros(cfg["workers"]["n"], dtype=bool)
+        return np.zeros(cfg.workers.n, dtype=bool)
     hosted = hosted_workers(cfg, comm.size, grid)
     check_f(cfg, byzantine, hosted)
-    if comm.rank in cfg["byzantine_ranks"]["ranks"]:
+    if comm.rank in cfg.byzantine_ranks.ranks:
         grid.model.corrupt = ActivationCorruption(cfg, comm.rank)
     return hosted
 
@@ -199,8 +199,8 @@ class DistanceLie:
     """What a lie-distances rank reports for its block (module doc): distances involving the step's
     target 0, every other one times 2^LIE_EXPONENT. ``at(step)`` picks the target."""
 
-    def __init__(self, cfg: dict, rank: int, byzantine: np.ndarray):
-        self.seed, self.rank, self.candidates = cfg["run"]["seed"], rank, lie_candidates(byzantine)
+    def __init__(self, cfg, rank: int, byzantine: np.ndarray):
+        self.seed, self.rank, self.candidates = cfg.run.seed, rank, lie_candidates(byzantine)
         self.target = int(self.candidates[0])
 
     def at(self, step: int) -> None:
@@ -226,10 +226,10 @@ class DistanceLie:
 class BlockCorruption:
     """What a corrupt-block rank puts in place of its block x of the aggregate."""
 
-    def __init__(self, cfg: dict, rank: int):
-        section = cfg["byzantine_ranks"]
-        self.scale, self.sigma = np.float32(section["scale"]), float(section["sigma"])
-        self.seed, self.rank = cfg["run"]["seed"], rank
+    def __init__(self, cfg, rank: int):
+        section = cfg.byzantine_ranks
+        self.scale, self.sigma = np.float32(section.scale), float(section.sigma)
+        self.seed, self.rank = cfg.run.seed, rank
 
     def __call__(self, x: np.ndarray, step: int) -> np.ndarray:
         return noisy(np.asarray(x, dtype=np.float32), self.scale, self.sigma,

@@ -31,6 +31,7 @@ import math
 import numpy as np
 
 from .. import models
+from ..inputs import typed
 from .comm import block_counts
 from ..errors import ConfigError
 from .sharded import BLOCKWISE_ATTACKS, block_bounds
@@ -269,38 +270,44 @@ class Grid:
         self.model = SplitMLP(model, p, [self.shard])
 
 
-def check_config(cfg: dict) -> None:
+def resolve(cfg):
     """parallel.model > 1: what the split covers, refused in one line before any MPI work. The
-    aggregation is sharded by construction: placement 'gather' (the default) becomes 'sharded'."""
-    p = cfg["parallel"]["model"]
+    aggregation is sharded by construction: placement 'gather' (the default) becomes 'sharded', in
+    the Config returned (``cfg``, a krum_mpi.inputs.typed.Config, is never changed)."""
+    p = cfg.parallel.model
     if p == 1:
-        return
-    name = cfg["model"]["name"]
+        return cfg
+    name = cfg.model.name
     if name not in SPLIT_MODELS:
         raise ConfigError(f"parallel.model = {p} splits the NumPy models ({', '.join(SPLIT_MODELS)}), not "
                           f"model.name = {name!r}: set parallel.model = 1")
-    agg = cfg["aggregator"]
-    if agg["placement"] == "gather":
-        agg["placement"] = "sharded"
-    if agg["placement"] != "sharded":
+    if cfg.aggregator.placement == "gather":
+        cfg = typed.replace(cfg, "aggregator", placement="sharded")
+    agg = cfg.aggregator
+    if agg.placement != "sharded":
         raise ConfigError(f"parallel.model = {p} aggregates the parameter shards where they live (placement "
-                          f"'sharded'), not with aggregator.placement = {agg['placement']!r}: set it to 'sharded'")
-    if agg["name"].endswith("centered-clipping"):   # its centre is kept by block, checkpointed by world rank
+                          f"'sharded'), not with aggregator.placement = {agg.placement!r}: set it to 'sharded'")
+    if agg.name.endswith("centered-clipping"):   # its centre is kept by block, checkpointed by world rank
         raise ConfigError(f"parallel.model = {p} does not carry centered clipping's centre across shards yet: "
                           "choose another rule, or parallel.model = 1")
-    if cfg["workers"]["device"] != "cpu":
+    if cfg.workers.device != "cpu":
         raise ConfigError(f"parallel.model = {p} computes on the CPU: set workers.device = 'cpu'")
+    _check_attack(cfg, p)
+    return cfg
+
+
+def _check_attack(cfg, p: int) -> None:
     from .. import attacks
-    attack = cfg["attack"]
-    kind = attacks.make(attack["name"], cfg["workers"]["n"], cfg["workers"]["byzantine"], agg["f"],
-                        **{k: v for k, v in attack.items() if k not in ("name", "adversary")}).kind
+    attack = cfg.attack
+    kind = attacks.make(attack.name, cfg.workers.n, cfg.workers.byzantine, cfg.aggregator.f,
+                        **attack.option_kwargs()).kind
     if kind in ("none", "data"):
         return
-    if attack["adversary"] == "colluding":
+    if attack.adversary == "colluding":
         raise ConfigError(f"parallel.model = {p}: the colluding adversary is not split by shard yet; set "
                           "attack.adversary = 'omniscient' (crafted block by block) or parallel.model = 1")
     split_attacks = [a for a in BLOCKWISE_ATTACKS if a != "shard-target"]   # its blocks cut the natural layout
-    if attack["name"] not in split_attacks:
+    if attack.name not in split_attacks:
         raise ConfigError(f"parallel.model = {p}: no rank holds a whole gradient, so the omniscient adversary "
-                          f"crafts block by block, which {attack['name']!r} cannot (it can: "
+                          f"crafts block by block, which {attack.name!r} cannot (it can: "
                           f"{', '.join(split_attacks)}); choose one of those, or parallel.model = 1")

@@ -59,13 +59,14 @@ class ShardSource:
         return checkpoint.read(self.path, self.run_id, self.expected, select={name})[1][name]
 
 
-def load(path, cfg: dict, writer_args: tuple, grid, n: int):
-    """resume.load for a model-parallel run: (writer, first step, a ShardSource or None). Every array's
-    checksum is checked here, one array at a time, before any rank goes on; restore reads them again."""
+def load(path, cfg, writer_args: tuple, grid, n: int):
+    """resume.load for a model-parallel run (``cfg``: the run's Config): (writer, first step, a ShardSource
+    or None). Every array's checksum is checked here, one array at a time, before any rank goes on;
+    restore reads them again."""
     check_layout(path, grid.p)
-    opt = cfg["optimizer"]
-    expected = expected_arrays(grid, n, opt["momentum"] > 0 and opt["momentum_at"] == "worker")
-    writer, first, arrays = resume.load(path, cfg, writer_args, sum(grid.layout.sizes), expected, (), {},
+    opt = cfg.optimizer
+    expected = expected_arrays(grid, n, opt.momentum > 0 and opt.momentum_at == "worker")
+    writer, first, arrays = resume.load(path, cfg.to_dict(), writer_args, sum(grid.layout.sizes), expected, (), {},
                                         final_in_checkpoint=True, select=())
     if arrays is None:
         return writer, first, None
@@ -75,11 +76,11 @@ def load(path, cfg: dict, writer_args: tuple, grid, n: int):
     return writer, first, source
 
 
-def start(s, cfg: dict, out_path, comm, resume_run: bool, blas_threads: int, theta, workers, work, groups,
+def start(s, cfg, out_path, comm, resume_run: bool, blas_threads: int, theta, workers, work, groups,
           open_results, init_rng):
     """Collective, as train._start: (work, writer, store, first step); writer and store on rank 0 only."""
     hostnames = comm.hostnames()
-    grid, steps = s.grid, cfg["run"]["steps"]
+    grid, steps = s.grid, cfg.run.steps
     writer = store = arrays = None
     if comm.is_root:
         error = None

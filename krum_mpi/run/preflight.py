@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..inputs.typed import Config
 
 GIB = float(1 << 30)
 ROWS_WITHOUT_COPY = ("average", "krum", "multi-krum")   # rules that need no (n, d) workspace
@@ -30,11 +31,11 @@ def _gib(x: float) -> str:
     return f"{x / GIB:.3g} GiB"
 
 
-def _d_key(cfg: dict) -> str:
-    return "model.hidden" if cfg["model"]["name"] == "mlp" else "data.n_features"
+def _d_key(cfg: Config) -> str:
+    return "model.hidden" if cfg.model.name == "mlp" else "data.n_features"
 
 
-def _size_key(cfg: dict, layer_sizes) -> str:
+def _size_key(cfg: Config, layer_sizes) -> str:
     """The key that makes the model large: the wider end of its largest layer (the data's features,
     a hidden width, or the data's classes), so the message names the value to lower."""
     sizes = [int(v) for v in layer_sizes]
@@ -57,15 +58,15 @@ def row_bytes(n: int, max_selected: int) -> int:
     return 8 * 8 + n * (8 + 4 + 1) + 4 * max_selected
 
 
-def rank_terms(cfg: dict, d: int, n_features: int, layer_sizes, k: int, root: bool, max_selected: int,
+def rank_terms(cfg: Config, d: int, n_features: int, layer_sizes, k: int, root: bool, max_selected: int,
                n_test: int = 0) -> list:
     """(bytes, what, key) for one rank hosting k workers (and the server when ``root``); ``n_test``:
     test rows rank 0 will load (0 once they are loaded: then MemAvailable already holds them)."""
-    n, opt = cfg["workers"]["n"], cfg["optimizer"]
-    batch = cfg["workers"]["batch_size"]
+    n, opt = cfg.workers.n, cfg.optimizer
+    batch = cfg.workers.batch_size
     widths = sum(layer_sizes[1:])
-    worker_mom = opt["momentum"] > 0 and opt["momentum_at"] == "worker"
-    server_mom = opt["momentum"] > 0 and opt["momentum_at"] == "server"
+    worker_mom = opt.momentum > 0 and opt.momentum_at == "worker"
+    server_mom = opt.momentum > 0 and opt.momentum_at == "server"
     dk = _size_key(cfg, layer_sizes)
     terms = [
         (4.0 * d * 3, "the parameters, a gradient and its copy", dk),
@@ -75,8 +76,8 @@ def rank_terms(cfg: dict, d: int, n_features: int, layer_sizes, k: int, root: bo
          "workers.batch_size"),
     ]
     if root:
-        flush_every = cfg["run"]["checkpoint_every"] or cfg["run"]["eval_every"]
-        rule = cfg["aggregator"]["name"]
+        flush_every = cfg.run.checkpoint_every or cfg.run.eval_every
+        rule = cfg.aggregator.name
         terms += [
             (4.0 * n * d, f"the gather buffer (workers.n = {n} rows of d = {d})", "workers.n" if 4.0 * d < 1e8 else dk),
             (4.0 * d * (4 if server_mom else 3), "the server's update buffers", dk),
@@ -86,7 +87,7 @@ def rank_terms(cfg: dict, d: int, n_features: int, layer_sizes, k: int, root: bo
              _chunk_key(n_features, sum(layer_sizes[1:-1]), layer_sizes[-1])),
             ((4.0 * n_features + 8.0) * n_test, f"the test set ({n_test} rows of {n_features} features)",
              "data.n_test"),
-            (2.0 * min(flush_every, cfg["run"]["steps"]) * row_bytes(n, max_selected),
+            (2.0 * min(flush_every, cfg.run.steps) * row_bytes(n, max_selected),
              "the per-step rows kept between flushes", "run.checkpoint_every"),
         ]
     return terms
@@ -114,7 +115,7 @@ def available_memory() -> float:
     return avail
 
 
-def check_memory(cfg: dict, d: int, n_features: int, layer_sizes, counts, ranks_here: int, max_selected: int,
+def check_memory(cfg: Config, d: int, n_features: int, layer_sizes, counts, ranks_here: int, max_selected: int,
                  available: float | None = None, n_test: int = 0) -> None:
     """Raise ConfigError when this node's ranks cannot hold the run (rank 0's share counted here)."""
     k_max = int(np.max(counts))
@@ -131,21 +132,21 @@ def check_memory(cfg: dict, d: int, n_features: int, layer_sizes, counts, ranks_
                           "(or spread the ranks over more nodes)")
 
 
-def check_sizes(cfg: dict, d: int, dataset, layer_sizes, counts, ranks_here: int) -> None:
+def check_sizes(cfg: Config, d: int, dataset, layer_sizes, counts, ranks_here: int) -> None:
     """The memory check as soon as the sizes are known (data opened, model described), before anything
     of their size is made: the workers' list and shards, the test set, the rule. Every worker may be
     selected (the rule is not built yet); the test set is counted as it is not loaded yet."""
-    check_memory(cfg, d, dataset.n_features, layer_sizes, counts, ranks_here, cfg["workers"]["n"],
+    check_memory(cfg, d, dataset.n_features, layer_sizes, counts, ranks_here, cfg.workers.n,
                  n_test=int(getattr(dataset, "n_test", 0) or 0))
 
 
-def flush_reserve_bytes(cfg: dict, max_selected: int) -> float:
+def flush_reserve_bytes(cfg: Config, max_selected: int) -> float:
     """What one flush allocates beyond the rows' own bytes (ResultsWriter._reserve): a fixed margin
     for HDF5's metadata and two partial chunks per per-step dataset, for the rows of one flush."""
     from .results import PER_STEP, _chunk_rows
 
-    n = cfg["workers"]["n"]
-    rows_per_flush = min(cfg["run"]["checkpoint_every"] or cfg["run"]["eval_every"], cfg["run"]["steps"])
+    n = cfg.workers.n
+    rows_per_flush = min(cfg.run.checkpoint_every or cfg.run.eval_every, cfg.run.steps)
     widths = {"": (), "n": (n,), "selected": (max_selected,)}
     need = float(1 << 18)
     for spec in PER_STEP:
@@ -154,11 +155,11 @@ def flush_reserve_bytes(cfg: dict, max_selected: int) -> float:
     return need
 
 
-def check_disk(cfg: dict, d: int, out_path, max_selected: int) -> None:
+def check_disk(cfg: Config, d: int, out_path, max_selected: int) -> None:
     """Raise ConfigError when the results and checkpoint cannot fit in the results folder."""
-    n, opt = cfg["workers"]["n"], cfg["optimizer"]
-    rows = 2.0 * cfg["run"]["steps"] * row_bytes(n, max_selected) + flush_reserve_bytes(cfg, max_selected)
-    worker_mom = opt["momentum"] > 0 and opt["momentum_at"] == "worker"
+    n, opt = cfg.workers.n, cfg.optimizer
+    rows = 2.0 * cfg.run.steps * row_bytes(n, max_selected) + flush_reserve_bytes(cfg, max_selected)
+    worker_mom = opt.momentum > 0 and opt.momentum_at == "worker"
     ckpt = 2.0 * 4 * d * (3 + (n if worker_mom else 0))
     folder = Path(out_path).parent
     while not folder.exists() and folder != folder.parent:
@@ -167,5 +168,5 @@ def check_disk(cfg: dict, d: int, out_path, max_selected: int) -> None:
     if rows + ckpt > free:
         key = "run.steps" if rows > ckpt else _d_key(cfg)
         raise ConfigError(f"the results of this run need about {_gib(rows + ckpt)} on disk (rows of "
-                          f"{cfg['run']['steps']} steps and a flush's reserve: {_gib(rows)}, checkpoint: {_gib(ckpt)}) "
+                          f"{cfg.run.steps} steps and a flush's reserve: {_gib(rows)}, checkpoint: {_gib(ckpt)}) "
                           f"but {folder} has {_gib(free)} free: lower {key}, or choose another --out")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import aggregators, backend, config
+from .. import aggregators, backend
 
 SEED_ATTACK = 2   # attack noise of step t: default_rng([seed, SEED_ATTACK, t])
 
@@ -24,20 +24,20 @@ def momentum_step(m: np.ndarray, g: np.ndarray, beta: float, form: str) -> None:
 class Server:
     """Parameter-server state of one run (rank 0 only)."""
 
-    def __init__(self, setup, cfg: dict):
+    def __init__(self, setup, opt, agg):
+        """``opt``, ``agg``: the run's [optimizer] and [aggregator] sections (inputs.typed)."""
         n, d = setup.n, setup.d
-        opt = cfg["optimizer"]
         self.setup = setup
         self.X = np.empty((n, d), dtype=np.float32)        # the gather buffer lives on rank 0 only
         self.meta = np.empty((n, 2), dtype=np.float64)     # per worker: minibatch loss, compute seconds
-        self.lr = np.float32(opt["lr"])
-        self.mu, self.momentum_form = opt["momentum"], opt["momentum_form"]
-        self.momentum = np.zeros(d, dtype=np.float32) if (self.mu > 0 and opt["momentum_at"] == "server") else None
+        self.lr = np.float32(opt.lr)
+        self.mu, self.momentum_form = opt.momentum, opt.momentum_form
+        self.momentum = np.zeros(d, dtype=np.float32) if (self.mu > 0 and opt.momentum_at == "server") else None
         self.honest = ~setup.byzantine
         crafts_here = setup.attack.kind not in ("none", "data") and not setup.colluding
         self.crafted_rows = np.flatnonzero(setup.byzantine) if crafts_here else np.zeros(0, dtype=np.int64)
-        self.rule_name, self.f = cfg["aggregator"]["name"], cfg["aggregator"]["f"]
-        self.rule_options = config.aggregator_options(cfg)
+        self.rule_name, self.f = agg.name, agg.f
+        self.rule_options = agg.option_kwargs()
         self.rule = aggregators.get(self.rule_name)
         self.by_count = {n: setup.aggregator}              # the rule, made for each number of arrivals
         self.zero_update = np.zeros(d, dtype=np.float32)

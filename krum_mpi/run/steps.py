@@ -91,15 +91,15 @@ class StepLoop:
     """Runs steps ``start`` .. ``run.steps - 1`` through ``placement``'s phases; ``run()`` returns
     (last step done, stop signal). ``writer``, ``watchdog`` and ``progress`` live on rank 0."""
 
-    def __init__(self, s, cfg, comm, workers, placement, writer, theta, stop, save, watchdog=None,
+    def __init__(self, s, run, faults, comm, workers, placement, writer, theta, stop, save, watchdog=None,
                  progress=None):
-        self.s, self.cfg, self.comm, self.workers = s, cfg, comm, workers
+        """``run``, ``faults``: the run's [run] and [faults] sections (inputs.typed)."""
+        self.s, self.comm, self.workers = s, comm, workers
         self.placement, self.writer, self.theta, self.stop, self.save = placement, writer, theta, stop, save
         self.watchdog, self.progress = watchdog, progress
-        run = cfg["run"]
-        self.steps, self.eval_every = run["steps"], run["eval_every"]
-        self.flush_every = run["checkpoint_every"] or self.eval_every
-        self.faults = cfg["faults"]
+        self.steps, self.eval_every = run.steps, run.eval_every
+        self.flush_every = run.checkpoint_every or self.eval_every
+        self.faults = faults
         self.nonfinite_steps = 0
 
     def run(self, start: int):
@@ -136,8 +136,8 @@ class StepLoop:
         self.workers.compute(self.theta, step)
         self.workers.collude(step)
         f = self.faults
-        if self.comm.rank == f["slow_rank"] and f["slow_from"] <= step < f["slow_until"]:
-            time.sleep(f["slow_delay_s"])          # injected fault: a slow or silent worker
+        if self.comm.rank == f.slow_rank and f.slow_from <= step < f.slow_until:
+            time.sleep(f.slow_delay_s)          # injected fault: a slow or silent worker
 
     def _after_step(self, step: int, outcome, marks) -> None:
         """The update's finiteness, the test accuracy when due, rank 0's record, the traffic."""
@@ -185,7 +185,7 @@ class StepLoop:
         attrs["nonfinite_update_steps"] = self.nonfinite_steps
         attrs.setdefault("first_nonfinite_update_step", step)
         if self.nonfinite_steps == 1:
-            f, rule = self.s.cfg["aggregator"]["f"], self.s.cfg["aggregator"]["name"]
+            f, rule = self.s.cfg.aggregator.f, self.s.cfg.aggregator.name
             why = (f"more than f = {f}: {rule} cannot exclude them all" if rows > f
                    else f"at most f = {f}, but {rule} does not exclude them" if rows else "from finite inputs")
             print(f"krum-mpi: warning: step {step}: the update is not finite ({rows} of {int(present.sum())} "

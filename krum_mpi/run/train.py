@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import aggregators, attacks, backend, config, data, models
+from ..inputs.typed import Config
 from . import checkpoint, outfiles, preflight, results, resume
 from ..parallel import byzantine_ranks, model_parallel, mp_state, placements
 from ..parallel.comm import Comm, mpi_library_version
@@ -67,44 +68,42 @@ def colluding_layout(n: int, n_byzantine: int, n_ranks: int):
 class Setup:
     """What every rank builds before the first collective; errors here are caught collectively."""
 
-    def __init__(self, cfg: dict, comm: Comm, ranks_here: int = 1):
-        run, workers = cfg["run"], cfg["workers"]
+    def __init__(self, cfg: Config, comm: Comm, ranks_here: int = 1):
+        run, workers, agg = cfg.run, cfg.workers, cfg.aggregator
         self.cfg = cfg
-        self.seed = run["seed"]
-        self.n = workers["n"]
-        self.dataset = data.open_dataset(cfg["data"], seed=self.seed)
-        self.model = models.make(cfg["model"], self.dataset.n_features, self.dataset.n_classes,
+        self.seed = run.seed
+        self.n = workers.n
+        self.dataset = data.open_dataset(cfg.data, seed=self.seed)
+        self.model = models.make(cfg.model, self.dataset.n_features, self.dataset.n_classes,
                                  getattr(self.dataset, "input_shape", None))
         self.grid = None   # parallel.model > 1: this rank's place in the grid of model groups
-        if cfg["parallel"]["model"] > 1:
-            self.grid = model_parallel.Grid(cfg["parallel"]["model"], self.n, comm.size, comm.rank, self.model)
+        if cfg.parallel.model > 1:
+            self.grid = model_parallel.Grid(cfg.parallel.model, self.n, comm.size, comm.rank, self.model)
             self.model = self.grid.model   # this rank's shard of the split MLP (d below: the shard's size)
             comm.set_layout(self.grid.world_counts)
         self.d = self.model.n_params   # model parallelism: this rank's shard
         self.d_total = sum(self.grid.layout.sizes) if self.grid else self.d
         preflight.check_sizes(cfg, self.d, self.dataset, _layer_sizes(self), comm.counts, ranks_here)   # nothing big yet
         placements.check_fits(cfg, self.d, comm.size, self.grid)
-        self.attack = attacks.make(cfg["attack"]["name"], self.n, workers["byzantine"], cfg["aggregator"]["f"],
-                                   **config.attack_params(cfg))
-        self.colluding = cfg["attack"]["adversary"] == "colluding" and self.attack.kind not in ("none", "data")
-        if self.colluding and run["gather_deadline_s"] > 0:
+        self.attack = attacks.make(cfg.attack.name, self.n, workers.byzantine, agg.f, **cfg.attack.option_kwargs())
+        self.colluding = cfg.attack.adversary == "colluding" and self.attack.kind not in ("none", "data")
+        if self.colluding and run.gather_deadline_s > 0:
             raise ConfigError("attack.adversary = 'colluding' cannot run with run.gather_deadline_s > 0 (its "
                               "Byzantine ranks agree in collectives, which steps without waiting would "
                               "mismatch): set run.gather_deadline_s = 0 or attack.adversary = 'omniscient'")
         if self.colluding:
-            counts, self.byzantine = colluding_layout(self.n, workers["byzantine"], comm.size)
+            counts, self.byzantine = colluding_layout(self.n, workers.byzantine, comm.size)
             comm.set_layout(counts)
         else:
-            self.byzantine = byzantine_mask(self.n, workers["byzantine"], self.seed)
+            self.byzantine = byzantine_mask(self.n, workers.byzantine, self.seed)
         self.through_ranks = byzantine_ranks.attach(cfg, comm, self.grid, self.byzantine)   # workers of lying ranks
         self.local_workers = list(self.grid.workers if self.grid else comm.worker_range())
         self.shards = [self.dataset.shard(w, self.n) for w in self.local_workers]
-        self.worker_xp = backend.namespace(backend.resolve_device(workers["device"]))
+        self.worker_xp = backend.namespace(backend.resolve_device(workers.device))
         if comm.is_root:
-            self.device = backend.resolve_device(run["device"])
+            self.device = backend.resolve_device(run.device)
             self.xp = backend.namespace(self.device)
-            self.aggregator = aggregators.make(cfg["aggregator"]["name"], self.n, cfg["aggregator"]["f"],
-                                               **config.aggregator_options(cfg))
+            self.aggregator = aggregators.make(agg.name, self.n, agg.f, **agg.option_kwargs())
         if comm.is_root or (self.grid is not None and self.grid.group_id == 0):   # group 0 evaluates together
             self.test_X, self.test_y = self.dataset.test_set()
             self.val_X, self.val_y = self.dataset.validation_set()
@@ -132,13 +131,13 @@ def _layer_sizes(setup: Setup) -> list:
     return getattr(setup.model, "layer_sizes", None) or [setup.dataset.n_features, setup.dataset.n_classes]
 
 
-def _agree_on_setup(cfg: dict, comm: Comm, ranks_here: int) -> Setup:
+def _agree_on_setup(cfg: Config, comm: Comm, ranks_here: int) -> Setup:
     """Build the setup on every rank, and check the run fits in memory before anything large is
     allocated; if any rank fails, the lowest failing rank reports and all stop."""
     error = None
     try:
         setup = Setup(cfg, comm, ranks_here)
-        width = setup.aggregator.max_selected if comm.is_root else cfg["workers"]["n"]   # rank 0 knows the rule
+        width = setup.aggregator.max_selected if comm.is_root else cfg.workers.n   # rank 0 knows the rule
         preflight.check_memory(cfg, setup.d, setup.dataset.n_features, _layer_sizes(setup), comm.counts, ranks_here,
                                width)
     except KrumMPIError as exc:
@@ -151,17 +150,18 @@ def _agree_on_setup(cfg: dict, comm: Comm, ranks_here: int) -> Setup:
     return setup
 
 
-def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, blas_threads: int, hostnames,
+def _open_results(s: Setup, cfg: Config, out_path, comm: Comm, resume_run: bool, blas_threads: int, hostnames,
                   placement):
     """Rank 0: (writer, first step, checkpoint arrays or None), new or checked for --resume.
 
     Everything read is checked here, before rank 0 tells the others where to start (go or no-go)."""
     prov = results.provenance(mpi_library_version(), hostnames, comm.size, s.n, backend.device_description(s.device))
-    prov.update({"dataset": s.dataset.provenance, "n_params": s.d_total, "adversary": cfg["attack"]["adversary"],
+    prov.update({"dataset": s.dataset.provenance, "n_params": s.d_total, "adversary": cfg.attack.adversary,
                  "blas_threads_per_rank": blas_threads or "library default"})
     max_selected = s.aggregator.max_selected
     preflight.check_disk(cfg, s.d_total, out_path, max_selected)
-    args = (config.run_id(cfg), prov, s.byzantine, max_selected, False, placement.drops_rows)
+    resolved = cfg.to_dict()   # what the results file stores
+    args = (config.run_id(resolved), prov, s.byzantine, max_selected, False, placement.drops_rows)
     if resume_run and Path(out_path).exists() and placement.splits_params:
         writer, start, arrays = mp_state.load(out_path, cfg, args, s.grid, s.n)
     elif resume_run and Path(out_path).exists():
@@ -170,23 +170,23 @@ def _open_results(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, b
         if placement.momentum is not None:
             expected["server_momentum"] = ((s.d,), "float32")
         rows = None
-        if cfg["optimizer"]["momentum"] > 0 and cfg["optimizer"]["momentum_at"] == "worker":
+        if cfg.optimizer.momentum > 0 and cfg.optimizer.momentum_at == "worker":
             expected["worker_momentum"] = ((s.n, s.d), "float32")
             rows = placement.momentum_rows()   # free before step 1
         expected.update(placement.state_arrays())
-        writer, start, arrays = resume.load(out_path, cfg, args, s.d, expected, s.aggregator.rule.state_keys,
+        writer, start, arrays = resume.load(out_path, resolved, args, s.d, expected, s.aggregator.rule.state_keys,
                                             into={"worker_momentum": rows})
     else:
-        writer, start, arrays = results.ResultsWriter(out_path, cfg, *args), 0, None
+        writer, start, arrays = results.ResultsWriter(out_path, resolved, *args), 0, None
     outfiles.remove_stale_files(out_path)
-    writer.extra_attrs["adversary"] = cfg["attack"]["adversary"] if s.colluding else "omniscient"
+    writer.extra_attrs["adversary"] = cfg.attack.adversary if s.colluding else "omniscient"
     writer.extra_selection["worker_rank"] = np.repeat(np.arange(comm.size, dtype=np.int32), comm.counts)
-    if cfg["byzantine_ranks"]["ranks"]:
+    if cfg.byzantine_ranks.ranks:
         writer.extra_selection["byzantine_through_ranks"] = s.through_ranks
     return writer, start, arrays
 
 
-def _start(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, blas_threads: int, theta: np.ndarray,
+def _start(s: Setup, cfg: Config, out_path, comm: Comm, resume_run: bool, blas_threads: int, theta: np.ndarray,
            workers: LocalWorkers, placement):
     """Collective: rank 0 opens (or reopens and checks) the results and tells every rank where to
     start (go or no-go: -1 and every rank leaves); parameters, momentum and the rule's state restored
@@ -207,7 +207,7 @@ def _start(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, blas_thr
         store = checkpoint.CheckpointStore(checkpoint.path_for(out_path), writer.run_id)
         if arrays:
             theta[:] = arrays["params"]
-            if start < cfg["run"]["steps"]:
+            if start < cfg.run.steps:
                 placement.restore(arrays)
                 store.last_step = start - 1
         else:
@@ -216,28 +216,28 @@ def _start(s: Setup, cfg: dict, out_path, comm: Comm, resume_run: bool, blas_thr
         start = comm.bcast_flag(0)
         if start < 0:
             raise SystemExit(2)
-    if workers.momentum is not None and 0 < start < cfg["run"]["steps"]:
+    if workers.momentum is not None and 0 < start < cfg.run.steps:
         comm.scatter_rows(arrays["worker_momentum"] if comm.is_root else None, workers.momentum)
-    if 0 < start < cfg["run"]["steps"]:
+    if 0 < start < cfg.run.steps:
         placement.share_restored_state()
     return placement, writer, store, start
 
 
-def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
+def run(cfg: Config, out_path, comm: Comm | None = None, resume: bool = False,
         stop: StopRequest | None = None, quiet: bool = True) -> dict:
-    """Train under ``cfg``; rank 0 writes ``out_path`` and returns a summary dict (others: the status).
+    """Train under ``cfg`` (a validated Config, ``config.load``); rank 0 writes ``out_path`` and returns a summary dict (others: the status).
 
     With ``resume``, a run continues from the checkpoint in ``out_path`` when there is one. When
     ``stop`` is set on any rank, every rank leaves at the same step, rank 0 checkpoints, and the
     summary says ``interrupted``. Unless ``quiet``, rank 0 shows its progress (krum_mpi.run.progress).
     """
-    comm = comm or Comm(cfg["workers"]["n"])
+    comm = comm or Comm(cfg.workers.n)
     stop = stop or StopRequest()
     blas_threads = limit_blas_threads(comm)
     s = _agree_on_setup(cfg, comm, comm.ranks_on_this_node())
-    run_cfg = cfg["run"]
+    run_cfg = cfg.run
     placement = placements.build(s, cfg, comm)   # collective for parallel.model > 1 (its groups)
-    workers = LocalWorkers(s, cfg, comm)
+    workers = LocalWorkers(s, comm, cfg.optimizer, cfg.workers, cfg.model, cfg.aggregator)
     theta = np.empty(s.d, dtype=np.float32)   # model parallelism: this rank's shard only
 
     if placement.splits_params:   # no rank holds the whole vector: checkpoints shard by shard
@@ -254,11 +254,11 @@ def run(cfg: dict, out_path, comm: Comm | None = None, resume: bool = False,
         _all_agree(comm, (lambda: writer.flush("running")) if comm.is_root else None)
     watchdog = progress = None
     if comm.is_root:
-        if run_cfg["watchdog_s"] > 0:
-            watchdog = Watchdog(run_cfg["watchdog_s"], writer, comm, stop)
+        if run_cfg.watchdog_s > 0:
+            watchdog = Watchdog(run_cfg.watchdog_s, writer, comm, stop)
             watchdog.start()
-        progress = Progress(run_cfg["steps"], "train", unit="step", quiet=quiet, start=start)
-    loop = StepLoop(s, cfg, comm, workers, placement, writer, theta, stop, save, watchdog, progress)
+        progress = Progress(run_cfg.steps, "train", unit="step", quiet=quiet, start=start)
+    loop = StepLoop(s, run_cfg, cfg.faults, comm, workers, placement, writer, theta, stop, save, watchdog, progress)
     try:
         step, interrupted = loop.run(start)
     except KrumMPIError as exc:    # found by one rank mid-run (a bad row in a dataset file, say)
@@ -354,8 +354,8 @@ def summarize(writer: results.ResultsWriter, byzantine: np.ndarray) -> dict:
     metrics, timing = run["metrics"], run["timing"]
     return {
         "path": str(writer.path),
-        "aggregator": writer.cfg["aggregator"]["name"],
-        "attack": writer.cfg["attack"]["name"],
+        "aggregator": str(run["attrs"]["aggregator"]),
+        "attack": str(run["attrs"]["attack"]),
         "byzantine": int(byzantine.sum()),
         "steps": k,
         "final_loss": float(metrics["loss"][k - 1]) if k else float("nan"),

@@ -7,24 +7,25 @@ import time
 
 import numpy as np
 
-from .. import aggregators, backend, config
+from .. import aggregators, backend
 from .server import SEED_ATTACK, momentum_step  # one attack-noise stream per step, whichever adversary crafts
 
 
 class LocalWorkers:
     """This rank's workers. Collective when built (the colluding adversary splits a communicator)."""
 
-    def __init__(self, setup, cfg: dict, comm):
+    def __init__(self, setup, comm, opt, workers, model, agg):
+        """``opt``, ``workers``, ``model``, ``agg``: the run's [optimizer], [workers], [model] and
+        [aggregator] sections (inputs.typed)."""
         k, d = len(setup.local_workers), setup.d
-        opt = cfg["optimizer"]
         self.setup, self.comm = setup, comm
-        self.batch_size = cfg["workers"]["batch_size"]
+        self.batch_size = workers.batch_size
         self.rows = np.empty((k, d), dtype=np.float32)       # one gradient (or momentum) row per worker
         self.meta = np.empty((k, 2), dtype=np.float64)       # per worker: minibatch loss, compute seconds
-        self.mu, self.momentum_form = opt["momentum"], opt["momentum_form"]
-        self.weight_decay = cfg["model"]["weight_decay"]
+        self.mu, self.momentum_form = opt.momentum, opt.momentum_form
+        self.weight_decay = model.weight_decay
         self.momentum = np.zeros((k, d), dtype=np.float32) \
-            if (opt["momentum_at"] == "worker" and self.mu > 0) else None
+            if (opt.momentum_at == "worker" and self.mu > 0) else None
         self.is_byzantine = setup.byzantine[setup.local_workers]
         setup.model.set_threads(max(1, (os.cpu_count() or 1) // comm.ranks_on_this_node()))
         self.flip_labels = setup.attack.kind == "data"
@@ -34,8 +35,7 @@ class LocalWorkers:
             self.byz_counts = comm.counts[comm.counts.size - self.byz_comm.Get_size():]
             self.byz_offset = int(comm.displs[comm.rank] - (setup.n - n_byz))
             self.known = np.empty((n_byz, d), dtype=np.float32)
-            rule, f, options = aggregators.get(cfg["aggregator"]["name"]), cfg["aggregator"]["f"], \
-                config.aggregator_options(cfg)
+            rule, f, options = aggregators.get(agg.name), agg.f, agg.option_kwargs()
             self.aggregate_fn = lambda Z: rule(Z, f, **options)
 
     def compute(self, theta: np.ndarray, step: int) -> None:

@@ -1,6 +1,6 @@
 """PyTorch workers: the model zoo and your own nn.Module behind the worker-side model interface.
 
-    model = make(cfg["model"], n_features, n_classes, input_shape)   # a flat.TorchModel
+    model = make(cfg.model, n_features, n_classes, input_shape)   # a flat.TorchModel
 
 ``model.name`` is a zoo name (see zoo.py) or ``torch``, with ``model.factory`` naming a function
 that builds any ``torch.nn.Module``: ``"package.module:function"`` (imported with importlib) or
@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..inputs import typed
 
 try:
     import torch
@@ -69,9 +70,9 @@ def load_factory(spec: str):
 
 def _builder(name, model_cfg, n_features, n_classes, input_shape):
     """(zero-argument function building the module, kind, default augmentation, description)."""
-    kwargs = dict(model_cfg.get("kwargs") or {})
+    kwargs = typed.thaw(model_cfg.kwargs)
     if name == "torch":
-        spec = model_cfg.get("factory", "")
+        spec = model_cfg.factory
         if not spec:
             raise ConfigError("model.name = 'torch' needs model.factory = 'package.module:function' "
                               "or 'path/to/file.py:function' building a torch.nn.Module")
@@ -127,22 +128,24 @@ def _check_module(build, spec: str):
         raise ConfigError(f"{spec} built a module with no parameters: nothing to train")
 
 
-def make(model_cfg: dict, n_features: int, n_classes: int, input_shape=None) -> TorchModel:
-    name = model_cfg.get("name", "")
+def make(model_cfg, n_features: int, n_classes: int, input_shape=None) -> TorchModel:
+    """``model_cfg``: a ``model`` section (inputs.typed.ModelConfig, or a dict of some of its keys)."""
+    model_cfg = typed.section("model", model_cfg)
+    name = model_cfg.name
     if name not in NAMES:
         raise ConfigError(f"unknown model.name {name!r}: use logistic, softmax, mlp, {', '.join(NAMES)}")
     if input_shape is None and name != "char-transformer":
         input_shape = infer_input_shape(n_features)
     build, kind, default_augment, description = _builder(name, model_cfg, n_features, n_classes, input_shape)
-    augment = model_cfg.get("augment", "auto")
+    augment = model_cfg.augment
     if augment not in AUGMENTATIONS:
         raise ConfigError(f"model.augment = {augment!r} is not one of {', '.join(AUGMENTATIONS)}")
     augment = default_augment if augment == "auto" else augment
     if augment != "none" and kind != "image":
         raise ConfigError(f"model.augment = {augment!r} needs image data ({name} on {kind} rows)")
-    label = f"model.factory = {model_cfg.get('factory')!r}" if name == "torch" else f"model.name = {name!r}"
+    label = f"model.factory = {model_cfg.factory!r}" if name == "torch" else f"model.name = {name!r}"
     _check_module(build, label)
-    model = TorchModel(name, build, kind, input_shape, loss=model_cfg.get("loss", "cross-entropy"),
+    model = TorchModel(name, build, kind, input_shape, loss=model_cfg.loss,
                        augment=augment, description=description)
     model.n_classes = n_classes
     _check_outputs(model, n_features, n_classes, label)

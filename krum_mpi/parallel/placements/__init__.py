@@ -23,26 +23,26 @@ from ..byzantine_ranks import SHARDED_BEHAVIOURS
 from ...errors import ConfigError
 
 
-def build(setup, cfg: dict, comm) -> Placement:
+def build(setup, cfg, comm) -> Placement:
     """Collective for model parallelism (its group communicators): this rank's placement object."""
     if setup.grid is not None:
         return ModelParallelPlacement(setup, cfg, comm, connect(setup, comm))
-    placement = cfg["aggregator"]["placement"]
-    if placement == "sharded" and (cfg["aggregator"]["replicas"] > 1
-                                   or cfg["byzantine_ranks"]["behaviour"] in SHARDED_BEHAVIOURS):
+    placement = cfg.aggregator.placement
+    if placement == "sharded" and (cfg.aggregator.replicas > 1
+                                   or cfg.byzantine_ranks.behaviour in SHARDED_BEHAVIOURS):
         return ReplicatedPlacement(setup, cfg, comm)
     if placement == "sharded":
         return ShardedPlacement(setup, cfg, comm)
     if placement == "per-shard":
         return PerShardPlacement(setup, cfg, comm)
-    if cfg["run"]["gather_deadline_s"] > 0:
+    if cfg.run.gather_deadline_s > 0:
         return DeadlinePlacement(setup, cfg, comm)
     return GatherPlacement(setup, cfg, comm)
 
 
-def check_fits(cfg: dict, d: int, ranks: int, grid) -> None:
+def check_fits(cfg, d: int, ranks: int, grid) -> None:
     """Refuse, in one line, a coordinate-block placement with fewer coordinates than ranks."""
-    placement = cfg["aggregator"]["placement"]
+    placement = cfg.aggregator.placement
     if placement != "gather" and grid is None and d < ranks:
         raise ConfigError(f"aggregator.placement = {placement!r} gives each rank a block of the {d} parameters: "
                           f"use at most {d} ranks, or placement = 'gather'")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import aggregators, config
+from ... import aggregators
 from .. import sharded
 from ...run.server import SEED_ATTACK
 from .base import Outcome, Placement, Turn
@@ -34,21 +34,21 @@ class BlockPlacement(Placement):
     PHASE_MARKS = (0, 2, 4, 5, 6)   # the stop check with the compute; the craft with the exchange
     EXCHANGE_MARKS = (2, 4)
 
-    def __init__(self, setup, cfg: dict, comm, bounds=None, index=None):
+    def __init__(self, setup, cfg, comm, bounds=None, index=None):
         """``bounds``, ``index``: the blocks of this rank's vector and which one it owns (model
         parallelism: its shard's); by default, d in comm.size blocks, the rank's own."""
         super().__init__(setup, comm)
         n, d = setup.n, setup.d
-        agg = cfg["aggregator"]
-        self.name, self.f = agg["name"], agg["f"]
-        self.options = config.aggregator_options(cfg)
+        agg = cfg.aggregator
+        self.name, self.f = agg.name, agg.f
+        self.options = agg.option_kwargs()
         self.bounds = sharded.block_bounds(d, comm.size) if bounds is None else bounds
         index = comm.rank if index is None else index
         lo, hi = int(self.bounds[index]), int(self.bounds[index + 1])
         self.cols = slice(lo, hi)
         self.block = np.empty((n, hi - lo), dtype=np.float32)
         self.blocks = sharded.Blocks([self.block], comm.allgather_parts, comm.size)
-        self.lr = np.float32(cfg["optimizer"]["lr"])
+        self.lr = np.float32(cfg.optimizer.lr)
         self.meta = np.empty((n, 2), dtype=np.float64) if comm.is_root else None
         self.block_rule = aggregators.make(self.name, n, self.f, **self.options)
         crafts = setup.attack.kind not in ("none", "data") and not setup.colluding
@@ -164,7 +164,7 @@ class BlockPlacement(Placement):
 class ShardedPlacement(BlockPlacement):
     """Exact: the rule's decision from distances summed over every block, the same on every rank."""
 
-    def __init__(self, setup, cfg: dict, comm, bounds=None, index=None):
+    def __init__(self, setup, cfg, comm, bounds=None, index=None):
         super().__init__(setup, cfg, comm, bounds, index)
         self.rule_state: dict = {}   # centered-clipping: {"center": [this rank's block of the last aggregate]}
 
@@ -185,7 +185,7 @@ class ShardedPlacement(BlockPlacement):
 class PerShardPlacement(BlockPlacement):
     """The naive baseline: the rule on this rank's block alone; each block selects on its own."""
 
-    def __init__(self, setup, cfg: dict, comm):
+    def __init__(self, setup, cfg, comm):
         super().__init__(setup, cfg, comm)
         self.width = max(1, self.block_rule.max_selected)
 

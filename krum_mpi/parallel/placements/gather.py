@@ -29,9 +29,9 @@ class GatherPlacement(Placement):
     PHASE_MARKS = (0, 1, 2, 3, 6)   # the craft is part of rank 0's rule phase
     EXCHANGE_MARKS = (2, 3)
 
-    def __init__(self, setup, cfg: dict, comm):
+    def __init__(self, setup, cfg, comm):
         super().__init__(setup, comm)
-        self.server = Server(setup, cfg) if comm.is_root else None
+        self.server = Server(setup, cfg.optimizer, cfg.aggregator) if comm.is_root else None
         self.everyone = np.ones(setup.n, dtype=bool)
         if self.server is not None:
             self.meta, self.momentum = self.server.meta, self.server.momentum
@@ -85,11 +85,11 @@ class DeadlinePlacement(GatherPlacement):
 
     drops_rows = True
 
-    def __init__(self, setup, cfg: dict, comm):
+    def __init__(self, setup, cfg, comm):
         super().__init__(setup, cfg, comm)
-        self.deadline_s = cfg["run"]["gather_deadline_s"]
-        opt = cfg["optimizer"]
-        self.workers_hold_momentum = opt["momentum"] > 0 and opt["momentum_at"] == "worker"
+        self.deadline_s = cfg.run.gather_deadline_s
+        opt = cfg.optimizer
+        self.workers_hold_momentum = opt.momentum > 0 and opt.momentum_at == "worker"
         self.tasks = DeadlineExchange(comm, setup.d)
         self.stop = None
 

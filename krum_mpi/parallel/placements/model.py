@@ -38,7 +38,7 @@ class ModelParallelPlacement(ShardedPlacement):
 
     splits_params = True
 
-    def __init__(self, setup, cfg: dict, comm, groups: ModelGroups):
+    def __init__(self, setup, cfg, comm, groups: ModelGroups):
         grid = setup.grid
         super().__init__(setup, cfg, comm, sharded.block_bounds(setup.d, grid.groups), grid.group_id)
         self.grid, self.groups, self.column = grid, groups, groups.column

@@ -31,20 +31,20 @@ from .blocks import ShardedPlacement
 class ReplicatedPlacement(ShardedPlacement):
     """Sharded, each block on ``aggregator.replicas`` ranks, majority on receipt; Byzantine ranks."""
 
-    def __init__(self, setup, cfg: dict, comm):
-        r = cfg["aggregator"]["replicas"]
+    def __init__(self, setup, cfg, comm):
+        r = cfg.aggregator.replicas
         self.vote = Vote(comm.size, r)
         index = int(self.vote.block_of_rank[comm.rank])
         super().__init__(setup, cfg, comm, sharded.block_bounds(setup.d, self.vote.blocks), index)
         self.rank_widths = np.diff(self.bounds)[self.vote.block_of_rank]
         self.blocks = sharded.Blocks([self.block], self.gather_voted, self.vote.blocks)
-        section = cfg["byzantine_ranks"]
-        self.lying = section["ranks"] if section["behaviour"] == "lie-distances" else []
+        section = cfg.byzantine_ranks
+        self.lying = list(section.ranks) if section.behaviour == "lie-distances" else []
         self.lie = self.corrupt = None
-        if comm.rank in section["ranks"]:
-            if section["behaviour"] == "lie-distances":
+        if comm.rank in section.ranks:
+            if section.behaviour == "lie-distances":
                 self.lie = self.blocks.lie = byzantine_ranks.DistanceLie(cfg, comm.rank, setup.byzantine)
-            elif section["behaviour"] == "corrupt-block":
+            elif section.behaviour == "corrupt-block":
                 self.corrupt = byzantine_ranks.BlockCorruption(cfg, comm.rank)
         self.step = 0
         self.evidence: dict = {}   # rank 0: name -> (steps, ...) int64 table
