@@ -133,3 +133,27 @@ def test_corrupt_block_is_seeded_sign_flipped_and_scaled():
     assert a.dtype == np.float32 and a.tobytes() == corrupt(x, 4).tobytes() != corrupt(x, 5).tobytes()
     noise = np.random.default_rng([7, byzantine_ranks.SEED_BYZANTINE_RANKS, 2, 4, byzantine_ranks.TAG_BLOCK])
     np.testing.assert_array_equal(a, x * np.float32(-4.0) + (noise.standard_normal(9) * 1.0).astype(np.float32))
+
+
+def naive_majority(stack):
+    """Per value, in plain Python: the bits more than half the replicas sent, else the first replica's."""
+    bits = stack.view(np.uint32)
+    chosen = bits[0].copy()
+    for j in range(bits.shape[1]):
+        column = list(bits[:, j])
+        winners = [v for v in column if 2 * column.count(v) > len(column)]
+        chosen[j] = winners[0] if winners else column[0]
+    return chosen.view(np.float32), (bits != chosen[None, :]).sum(axis=1)
+
+
+@pytest.mark.parametrize("k", [3, 4, 5])
+def test_the_vote_on_disputed_values_only_equals_the_full_vote(k):
+    """The vote compares all replicas only where one differs from the first: same values, same counts."""
+    rng = np.random.default_rng(k)
+    stack = np.repeat(rng.standard_normal((1, 500)).astype(np.float32), k, axis=0)
+    lied = rng.random((k, 500)) < 0.3                        # a few values per replica, some in every column
+    stack[lied] = rng.choice(np.float32([7.0, -0.0, np.nan]), size=int(lied.sum()))
+    vote = Vote(k, k)
+    out = vote.majority(list(stack), np.arange(k))
+    want, counts = naive_majority(stack)
+    assert out.tobytes() == want.tobytes() and list(vote.outvoted) == list(counts)

@@ -50,16 +50,26 @@ class Vote:
         out = []
         for b in range(self.blocks):
             ranks = self.replicas_of(b)
-            stack = np.stack([flat[starts[q]:starts[q + 1]] for q in ranks])
-            out.append(stack[0] if self.r == 1 else self.majority(stack, ranks))
+            views = [flat[starts[q]:starts[q + 1]] for q in ranks]
+            out.append(views[0] if self.r == 1 else self.majority(views, ranks))
         return out
 
-    def majority(self, stack: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-        """stack: (r, ...) what the replicas ``ranks`` sent -> (...) the per-value majority, compared
-        as bits (NaN payloads, signed zeros and all), counted against the ranks that differ."""
-        bits = np.ascontiguousarray(stack).view(f"u{stack.dtype.itemsize}").reshape(len(ranks), -1)
-        agree = (bits[:, None, :] == bits[None, :, :]).sum(axis=1)       # (r, m): replicas sending the same
-        winner = np.argmax(2 * agree > len(ranks), axis=0)               # no majority: 0, the lowest rank
-        chosen = np.take_along_axis(bits, winner[None, :], axis=0)[0]
-        self.outvoted[ranks] += (bits != chosen[None, :]).sum(axis=1)
-        return chosen.view(stack.dtype).reshape(stack.shape[1:])
+    def majority(self, values, ranks: np.ndarray) -> np.ndarray:
+        """values: what the replicas ``ranks`` sent (a sequence of equal-shape arrays) -> the per-value
+        majority, compared as bits (NaN payloads, signed zeros and all), counted against the ranks
+        that differ. The vote runs only where some replica differs from the first: when all agree
+        (every honest step) a block costs one comparison per replica, not r * r."""
+        shape, dtype = values[0].shape, values[0].dtype
+        bits = [np.ascontiguousarray(v).view(f"u{dtype.itemsize}").reshape(-1) for v in values]
+        differ = np.zeros(bits[0].size, dtype=bool)
+        for other in bits[1:]:
+            differ |= other != bits[0]
+        chosen = bits[0].copy()
+        cols = np.flatnonzero(differ)
+        if cols.size:
+            sub = np.stack([b[cols] for b in bits])                        # (k, c): the disputed values
+            agree = (sub[:, None, :] == sub[None, :, :]).sum(axis=1)       # replicas sending the same
+            winner = np.argmax(2 * agree > len(bits), axis=0)              # no majority: 0, the lowest rank
+            chosen[cols] = np.take_along_axis(sub, winner[None, :], axis=0)[0]
+            self.outvoted[ranks] += (sub != chosen[cols][None, :]).sum(axis=1)
+        return chosen.view(dtype).reshape(shape)
