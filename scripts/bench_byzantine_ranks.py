@@ -83,7 +83,8 @@ def one_run(config: Path, out: Path, variant: str, args, seed: int) -> dict:
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if done.returncode != 0:
         raise SystemExit(f"{variant}, seed {seed}: {done.stderr.strip()}")
-    return {"variant": variant, "seed": seed, "command": " ".join(cmd[:4] + ["krum-mpi"] + cmd[6:]), **read(out)}
+    shown = cmd[:3] + ["krum-mpi", "run", "config.toml", "--out", "run.h5"] + cmd[10:]   # no machine paths
+    return {"variant": variant, "seed": seed, "command": " ".join(shown), **read(out)}
 
 
 def read(path: Path) -> dict:
