@@ -1,7 +1,8 @@
 """Byzantine ranks, measured (docs/sharded.md, "The measured cost of r = 3"): the takeover by one
 lying rank, the defence by replicated blocks, and their price in bytes and time per step.
 
-    python scripts/bench_byzantine_ranks.py --hidden 1000 --steps 20 --seeds 0 1 --out byzantine_ranks.json
+    python scripts/bench_byzantine_ranks.py --hidden 1000 --steps 12 --seeds 0 1 --out cost.json          # the price
+    python scripts/bench_byzantine_ranks.py --hidden 300 --steps 60 --seeds 0 1 2 --out takeover.json    # accuracy
 
 For each seed, runs `mpiexec -n RANKS krum-mpi run` once per variant, interleaved so that the
 machine's load falls on all alike: the synthetic data (57 features, two classes), an MLP 57-h-h-2
@@ -17,10 +18,11 @@ Per run, from the results file: the median `timing/step_s` and the busiest rank'
 sent and received per step (`comm/bytes_sent`, `comm/bytes_received`: the largest rank's, median
 over the steps after the first two), the steps whose selection differs from the gather run's of the
 same seed, the steps where Krum selected a declared Byzantine worker and a worker Byzantine only
-through a rank (its model group's, not declared), the steps where it selected what the lying rank wanted, the values each rank sent that the vote
-overruled, and the final test accuracy. Writes every run and, per variant, the medians over seeds
-and the ratios to `sharded r=1`, to the gather and (p = 2) to the honest p = 2 run, to ``--out``
-(JSON) and next to it as CSV (the summary); prints the summary.
+through a rank (its model group's, not declared), the steps where it selected what the lying rank
+wanted, the values each rank sent that the vote overruled, and the final test accuracy. Writes
+every run and, per variant, the medians over seeds and the ratios to `sharded r=1`, to the gather
+and (p = 2) to the honest p = 2 run, to ``--out`` (JSON) and next to it as CSV (the summary);
+prints the summary.
 """
 from __future__ import annotations
 

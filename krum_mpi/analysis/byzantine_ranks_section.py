@@ -149,6 +149,16 @@ def _steps(v, steps):
     return "n/a" if missing(v) else f"{int(v)} of {int(steps)}"
 
 
+def _steps_of(c, column):
+    """'k of steps' per row of ``c`` for a count of steps."""
+    return [_steps(v, n) for v, n in zip(c[column], c["steps"])]
+
+
+def _accuracies(c, reference):
+    """'0.585 (0.606)': the run's final accuracy and, in brackets, its honest reference's."""
+    return [f"{a:.3f} ({'n/a' if missing(h) else f'{h:.3f}'})" for a, h in zip(c["accuracy"], c[reference])]
+
+
 def section(page, runs, table_dir=None):
     """Write "Byzantine ranks" into ``page.rep`` from ``runs`` (a study's runs table, e.g. the runs of
     review point 3); returns its verdict lines ([] when no run has replicas or a Byzantine rank)."""
@@ -187,12 +197,11 @@ def _takeover(page, c):
         return []
     rep.table(pd.DataFrame({
         "variant": c["variant"], "seed": c["seed"],
-        "steps selected differently from the honest gather": [_steps(v, n) for v, n in zip(c["differ_gather"], c["steps"])],
-        "steps Krum selected the rank's target": [_steps(v, n) for v, n in zip(c["wanted_selected"], c["steps"])],
+        "steps selected differently from the honest gather": _steps_of(c, "differ_gather"),
+        "steps Krum selected the rank's target": _steps_of(c, "wanted_selected"),
         "steps a Byzantine worker was selected (honest gather)": [
-            f"{_steps(v, n)} ({_steps(h, n)})" for v, h, n in zip(c["byzantine_selected"], c["byzantine_gather"], c["steps"])],
-        "final accuracy (honest gather)": [f"{a:.3f} ({'n/a' if missing(h) else f'{h:.3f}'})"
-                                           for a, h in zip(c["accuracy"], c["accuracy_gather"])]}))
+            f"{a} ({b})" for a, b in zip(_steps_of(c, "byzantine_selected"), _steps_of(c, "byzantine_gather"))],
+        "final accuracy (honest gather)": _accuracies(c, "accuracy_gather")}))
     answers = []
     for variant, g in _per_variant(c):
         known = g.dropna(subset=["differ_gather"])
@@ -215,13 +224,13 @@ def _defence(page, c):
         return []
     rep.table(pd.DataFrame({
         "variant": c["variant"], "seed": c["seed"],
-        "steps selected differently from the honest gather": [_steps(v, n) for v, n in zip(c["differ_gather"], c["steps"])],
-        "... from the honest run with the same r and p": [_steps(v, n) for v, n in zip(c["differ_same"], c["steps"])],
-        "final parameters bitwise those of that run": c["same_params"].map(lambda v: "n/a" if missing(v) else ("yes" if v else "no")),
+        "steps selected differently from the honest gather": _steps_of(c, "differ_gather"),
+        "... from the honest run with the same r and p": _steps_of(c, "differ_same"),
+        "final parameters bitwise those of that run": c["same_params"].map(
+            lambda v: "n/a" if missing(v) else ("yes" if v else "no")),
         "values overruled by the vote": c["outvoted"].map(lambda v: "n/a" if missing(v) else v),
-        "steps a worker Byzantine only through the rank was selected": [_steps(v, n) for v, n in zip(c["through_selected"], c["steps"])],
-        "final accuracy (honest, same r and p)": [f"{a:.3f} ({'n/a' if missing(h) else f'{h:.3f}'})"
-                                                  for a, h in zip(c["accuracy"], c["accuracy_same"])]}))
+        "steps a worker Byzantine only through the rank was selected": _steps_of(c, "through_selected"),
+        "final accuracy (honest, same r and p)": _accuracies(c, "accuracy_same")}))
     answers = []
     for variant, g in _per_variant(c):
         if g["behaviour"].iloc[0] == "corrupt-activations":
