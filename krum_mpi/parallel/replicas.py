@@ -67,9 +67,24 @@ class Vote:
         chosen = bits[0].copy()
         cols = np.flatnonzero(differ)
         if cols.size:
-            sub = np.stack([b[cols] for b in bits])                        # (k, c): the disputed values
-            agree = (sub[:, None, :] == sub[None, :, :]).sum(axis=1)       # replicas sending the same
-            winner = np.argmax(2 * agree > len(bits), axis=0)              # no majority: 0, the lowest rank
-            chosen[cols] = np.take_along_axis(sub, winner[None, :], axis=0)[0]
-            self.outvoted[ranks] += (sub != chosen[cols][None, :]).sum(axis=1)
+            sub = np.stack([b[cols] for b in bits])      # (k, c): the disputed values
+            picked = self.disputed(sub)
+            chosen[cols] = picked
+            self.outvoted[ranks] += (sub != picked[None, :]).sum(axis=1)
         return chosen.view(dtype).reshape(shape)
+
+    @staticmethod
+    def disputed(sub: np.ndarray) -> np.ndarray:
+        """(k, c) values as bits -> (c,) the value more than k / 2 rows hold, else row 0's. Such a
+        value sits in one of the first ceil(k / 2) rows (the others number fewer), so only those
+        are candidates: k * ceil(k / 2) comparisons, not k * k."""
+        k = len(sub)
+        picked, decided = sub[0].copy(), np.zeros(sub.shape[1], dtype=bool)
+        for j in range((k + 1) // 2):
+            count = np.zeros(sub.shape[1], dtype=np.int64)
+            for row in sub:
+                count += row == sub[j]
+            wins = (2 * count > k) & ~decided
+            picked[wins] = sub[j][wins]
+            decided |= wins
+        return picked
