@@ -65,6 +65,7 @@ time = "00:03:00"
 ranks = 2
 [parts.point3-placement.sweep]
 "aggregator.placement" = ["gather", "sharded"]
+"aggregator.sharded_min_d" = [0]
 "aggregator.name" = ["krum"]
 {THREATS}
 "run.seed" = [0, 1]

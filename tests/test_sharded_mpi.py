@@ -37,8 +37,8 @@ COLLUDING = ["--set", "attack.adversary=colluding"]
     ("krum", "inf", "omniscient"),
     ("krum", "shard-target", "omniscient"), ("multi-krum", "shard-target", "colluding")])
 def test_sharded_training_selects_what_gather_selects(tmp_path, rule, attack, adversary):
-    """Same seed, 3 ranks (uneven blocks of the 1,622 MLP parameters): the same workers at every step
-    (Multi-Krum and MDA: the same set)."""
+    """Same seed, 3 ranks (uneven blocks of the 1,622 MLP parameters, the block exchange at any d):
+    the same workers at every step (Multi-Krum and MDA: the same set)."""
     import h5py
     import numpy as np
 
@@ -51,7 +51,8 @@ def test_sharded_training_selects_what_gather_selects(tmp_path, rule, attack, ad
         f = ["--set", "aggregator.f=2", "--set", "workers.byzantine=2"] if rule == "bulyan" else []
         done = run_cli(["run", config, "--out", files[placement], *SHORT, "--set", f"aggregator.name={rule}",
                         "--set", f'attack.name="{attack}"', "--set", f"attack.adversary={adversary}",
-                        "--set", f"aggregator.placement={placement}", *f], ranks=3)
+                        "--set", f"aggregator.placement={placement}", "--set", "aggregator.sharded_min_d=0",
+                        *f], ranks=3)
         assert done.returncode == 0, done.stderr
     with h5py.File(files["gather"]) as g, h5py.File(files["sharded"]) as s:
         want, got = g["selection/selected"][()], s["selection/selected"][()]

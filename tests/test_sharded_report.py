@@ -35,6 +35,7 @@ name = "mlp"
 hidden = [32]         # 6,498 parameters: the rows outweigh the (n, n) partials
 [base.aggregator]
 f = 2
+sharded_min_d = 0     # the block exchange at this small d too
 [base.attack]
 name = "shard-target"
 blocks = 2

@@ -53,7 +53,7 @@ KRUM_F6 = Path(__file__).parents[1] / "configs" / "synthetic-krum-f6.toml"
 PLACEMENT_RUNS = {
     "gather": [],
     "deadline": ["--set", "run.gather_deadline_s=120"],   # long enough that no row is ever late
-    "sharded": ["--set", "aggregator.placement=sharded"],
+    "sharded": ["--set", "aggregator.placement=sharded", "--set", "aggregator.sharded_min_d=0"],   # blocks at any d
     "per-shard": ["--set", "aggregator.placement=per-shard"],
     "model-parallel": ["--set", "parallel.model=2"],
 }

@@ -11,7 +11,7 @@
 import numpy as np
 
 from krum_mpi.aggregators.base import Aggregation
-from krum_mpi.aggregators.certify import ScoreBoard
+from krum_mpi.aggregators.scores import ScoreBoard
 from krum_mpi.aggregators.coordinatewise import closest_mean
 
 
@@ -22,14 +22,35 @@ def check_bulyan_bounds(n, f):
 
 def recursive_krum(cert, f, theta):
     """theta row indices chosen one at a time by certified Krum on the rows left (NumPy int64, in
-    order); cert: the CertifiedDistances of the input, refined as the rounds need."""
-    left = np.arange(cert.n)
-    chosen = []
-    for _ in range(theta):
-        winner = int(ScoreBoard(cert, left, max(1, len(left) - f - 2)).lowest(1)[0])
-        chosen.append(winner)
-        left = left[left != winner]
-    return np.asarray(chosen, dtype=np.int64)
+    order); cert: the CertifiedDistances of the input, refined as the rounds need.
+
+    The rounds are Krum on shrinking subsets of the same distances, so their refinements are done
+    together: every round is played on the current bounds, a round its bounds cannot decide goes on
+    with the best-placed row standing in and adds the pairs it needs to one list, and that list is
+    refined in one pass over the rows; then the rounds are played again from the first undecided
+    one (the rounds before it are certain), so each pass serves the true sequence (no more passes
+    than rounds refined one by one, usually one), and the answer is the certified sequence. The later rounds
+    may stand on a wrong row: their pairs ride along only while still at level 0 (their first,
+    cheap levels share the pass); a pair they would take to the exact level waits until a round
+    that is certain to be played needs it (the exact level costs several double-double passes)."""
+    certain = []  # the rounds decided so far: exact facts, they stay decided (bounds only tighten)
+    while True:
+        left = np.setdiff1d(np.arange(cert.n), certain)
+        chosen, pending, first = list(certain), [], None
+        for _ in range(len(certain), theta):
+            before = len(pending)
+            winner, sure = ScoreBoard(cert, left, max(1, len(left) - f - 2)).lowest_or_collect(pending)
+            if first is None:
+                if sure:
+                    certain.append(winner)
+                else:
+                    first = (before, len(pending))
+            chosen.append(winner)
+            left = left[left != winner]
+        if not pending:
+            return np.asarray(chosen, dtype=np.int64)
+        a, b = first
+        cert.refine(pending[a:b] + [p for p in pending[b:] if cert.level[p] == 0])
 
 
 def bulyan(rows, f):

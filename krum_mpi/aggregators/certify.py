@@ -4,6 +4,9 @@ gives, ties to the lowest index, whatever the magnitudes.
 Every squared distance is an interval [lo, hi] that holds its exact value. It starts from the fast
 kernel's rigorous bound (distances.py) and is tightened on demand, one level at a time:
   level 0  the fast centred Gram products
+  level 0.5  float32 rows with the compiled kernels (no clones among them): direct float64
+           differences, one pass over the rows all pending pairs involve (about 1e-14 relative:
+           it settles the statistical near-ties of honest rows; ``checked`` marks these pairs)
   level 1  float32 rows with the compiled kernels: exact products summed in double-double, one
            pass over the rows all pending pairs involve (gram_entries.py; about 1e-20 relative);
            otherwise direct differences accumulated in float64 (gamma_(d+3), exact.py)
@@ -12,16 +15,16 @@ kernel's rigorous bound (distances.py) and is tightened on demand, one level at 
 A decision (an order of scores, a set of nearest rows, a subset's diameter) is taken only when the
 intervals separate it; what overlaps is refined and decided again. Rows with identical contents are
 found once (their distance is exactly 0) and their equal scores need no arithmetic at all.
-``recomputed`` counts the distances taken to level 1 or 2: 0 in ordinary runs.
+``recomputed`` counts the distances refined (the float64 step, levels 1 and 2): 0 in ordinary runs.
 """
 import contextlib
 import contextvars
-from decimal import Decimal, localcontext
+from typing import NamedTuple
 
 import numpy as np
 
 from krum_mpi.aggregators.base import to_numpy
-from krum_mpi.aggregators.exact import SCALE, U64, exact_to_float, gamma
+from krum_mpi.aggregators.exact import exact_to_float
 from krum_mpi.aggregators.gram_entries import LocalRows  # noqa: F401 (the row source; sharded.py imports it here)
 
 INF = float("inf")
@@ -30,8 +33,8 @@ _tally = contextvars.ContextVar("krum_mpi_recomputed", default=None)
 
 @contextlib.contextmanager
 def counting():
-    """Count the distances recomputed (levels 1 and 2) inside the block: ``with counting() as c:
-    ...; c[0]``; c[1] counts the refinement passes (each reads the rows its pairs involve once).
+    """Count the distances recomputed (the float64 step, levels 1 and 2) inside the block:
+    ``with counting() as c: ...; c[0]``; c[1] counts the refinement passes (each reads the rows its pairs involve once).
     The Aggregator wraps every rule call in one (Aggregation.recomputed)."""
     outer = _tally.get()
     box = [0, 0]
@@ -73,8 +76,11 @@ class CertifiedDistances:
         np.fill_diagonal(self.lo, 0.0)
         np.fill_diagonal(self.hi, 0.0)
         np.fill_diagonal(self.level, 2)
+        self.checked = np.zeros((n, n), dtype=bool)  # level-0 pairs the float64 level has tightened
         self.exact = {}  # (i, j), i < j -> int (distance * 2^SCALE); pairs at level 2 absent here are inf
+        self.via = {}  # (i, j), i < j, level 1 -> ((p, q), int): exactly D(p, q) + the int (clones.py)
         self.recomputed = 0
+        self.version = 0  # counts the refinements: what was derived from the bounds before is stale
         self.group = self.duplicate_groups()
         self.members = {}  # group -> its rows
         for i, g in enumerate(self.group.tolist()):
@@ -83,8 +89,14 @@ class CertifiedDistances:
     def duplicate_groups(self):
         """group[i]: the lowest index of the rows identical to row i (exactly equal values)."""
         group = np.arange(self.n)
-        for i, j in zip(*np.nonzero(np.triu(self.lo == 0.0, 1))):
-            if group[j] == j and self.finite[i] and self.finite[j] and self.rows.identical(i, j):
+        close = [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(self.lo == 0.0, 1)))
+                 if self.finite[i] and self.finite[j]]
+        if hasattr(self.rows, "identical_pairs"):  # all at once (LocalRows: one search for clones)
+            same = dict(zip(close, self.rows.identical_pairs(close)))
+        else:
+            same = None
+        for i, j in close:
+            if group[j] == j and (same[(i, j)] if same is not None else self.rows.identical(i, j)):
                 group[j] = group[i]
         for i in range(self.n):
             for j in range(i + 1, self.n):
@@ -114,28 +126,101 @@ class CertifiedDistances:
             return 0
         return self.exact.get((min(i, j), max(i, j)), INF)
 
+    def via_pivots(self, i, js):
+        """ViaPivots of the sum of the distances from row i to the rows js, or None: each pair is
+        exact, or at level 1 with the pivots' decomposition (self.via); None where one is neither or
+        infinite."""
+        bases, rest = [], 0
+        for j in js:
+            key = (i, j) if i < j else (j, i)
+            if self.level[key] == 2:
+                value = self.exact.get(key, INF) if i != j else 0
+                if value == INF:
+                    return None
+                rest += value
+            elif key in self.via:
+                pivots, correction = self.via[key]
+                bases.append(pivots)
+                rest += correction
+            else:
+                return None
+        return ViaPivots(tuple(sorted(bases)), rest)
+
+    def values(self, i, js):
+        """[value(i, j) for j in js] (level-2 pairs), in one pass."""
+        get = self.exact.get
+        return [0 if i == j else get((i, j) if i < j else (j, i), INF) for j in js]
+
+    def refine_f64(self, direct):
+        """Level 0.5 (module doc): the level-0 pairs not yet seen by the float64 level get it, in one
+        pass; returns the pairs left for level 1 (those it had seen already, or all of them where the
+        row source has no float64 level or it does not apply)."""
+        fresh = [p for p in direct if not self.checked[p]]
+        result = self.rows.level_f64(fresh) if fresh and hasattr(self.rows, "level_f64") else None
+        if result is None:
+            return direct
+        for (i, j), v, b in zip(fresh, *result):
+            lo, hi = max(np.nextafter(v - b, -np.inf), 0.0), np.nextafter(v + b, np.inf)
+            for a, c in self.mates(i, j):
+                if self.level[a, c] == 0:
+                    self.lo[a, c] = self.lo[c, a] = max(lo, self.lo[a, c])
+                    self.hi[a, c] = self.hi[c, a] = min(hi, self.hi[a, c])
+                    self.checked[a, c] = self.checked[c, a] = True
+        self.recomputed += len(fresh)
+        box = _tally.get()
+        if box is not None:
+            box[0] += len(fresh)
+            box[1] += 1
+        done = set(fresh)
+        return [p for p in direct if p not in done]
+
+    def store_level_one(self, pairs, values, bounds, exact, via):
+        """Level 1 for the pairs (distinct, i < j): their intervals, or the exact int where it came
+        free (exact[k]), and the pivots' decomposition (via[k]); rows with identical contents get
+        the same. The pairs of rows without identical twins are stored all at once."""
+        values, bounds = np.asarray(values, dtype=np.float64), np.asarray(bounds, dtype=np.float64)
+        lo = np.maximum(np.nextafter(values - bounds, -np.inf), 0.0)
+        hi = np.nextafter(values + bounds, np.inf)
+        plain = []
+        for k, ((i, j), e, through) in enumerate(zip(pairs, exact, via)):
+            mates = self.mates(i, j)
+            if e is not None:
+                for a, c in mates:
+                    self.set_exact(a, c, e)
+                continue
+            if through is not None:  # rows with identical contents: the same decomposition
+                self.via.update({(min(a, c), max(a, c)): through for a, c in mates})
+            if len(mates) == 1:
+                plain.append(k)
+                continue
+            for a, c in mates:  # rows with identical contents: the same distance
+                if self.level[a, c] < 2:
+                    self.lo[a, c] = self.lo[c, a] = max(lo[k], self.lo[a, c])
+                    self.hi[a, c] = self.hi[c, a] = min(hi[k], self.hi[a, c])
+                    self.level[a, c] = self.level[c, a] = 1
+        if plain:
+            at = np.asarray(plain, dtype=np.int64)
+            I = np.asarray([pairs[k][0] for k in plain], dtype=np.int64)
+            J = np.asarray([pairs[k][1] for k in plain], dtype=np.int64)
+            open_ = self.level[I, J] < 2
+            at, I, J = at[open_], I[open_], J[open_]
+            self.lo[I, J] = self.lo[J, I] = np.maximum(lo[at], self.lo[I, J])
+            self.hi[I, J] = self.hi[J, I] = np.minimum(hi[at], self.hi[I, J])
+            self.level[I, J] = self.level[J, I] = 1
+
     def refine(self, pairs):
         """Raise each pair one level (pairs already exact are left alone)."""
+        self.version += 1
         pairs = sorted({(min(i, j), max(i, j)) for i, j in pairs if i != j})
         direct = [p for p in pairs if self.level[p] == 0]
         exact = [p for p in pairs if self.level[p] == 1]
+        direct = self.refine_f64(direct)
         if direct:
             if hasattr(self.rows, "level_one_exact"):
                 result = self.rows.level_one_exact(direct)
             else:  # a row source with levels summed over blocks (sharded): no free exact values
-                result = (*self.rows.level_one(direct), [None] * len(direct))
-            for (i, j), v, b, e in zip(direct, *result):
-                if e is not None:
-                    for a, c in self.mates(i, j):
-                        self.set_exact(a, c, e)
-                    continue
-                lo = max(np.nextafter(v - b, -np.inf), 0.0)
-                hi = np.nextafter(v + b, np.inf)
-                for a, c in self.mates(i, j):  # rows with identical contents: the same distance
-                    if self.level[a, c] < 2:
-                        self.lo[a, c] = self.lo[c, a] = max(lo, self.lo[a, c])
-                        self.hi[a, c] = self.hi[c, a] = min(hi, self.hi[a, c])
-                        self.level[a, c] = self.level[c, a] = 1
+                result = (*self.rows.level_one(direct), [None] * len(direct), [None] * len(direct))
+            self.store_level_one(direct, *result)
         known = {}
         for i, j in exact:  # rows with identical contents share their exact distances
             gi, gj = self.group[i], self.group[j]
@@ -155,6 +240,26 @@ class CertifiedDistances:
             box[1] += int(bool(direct)) + int(bool(todo))
 
 
+class ViaPivots(NamedTuple):
+    """An exact key not fully known: the sum of the exact distances of the pivot pairs ``bases``
+    (clones.py), not computed, plus the exact int ``rest``. Keys with the same bases compare by
+    their rests, exactly; against any other key they must be made exact first."""
+    bases: tuple
+    rest: int
+
+
+def settle(keys):
+    """keys (label -> exact key or None) of one group of overlapping intervals, with ViaPivots keys
+    made comparable: (0, rest) where every key of the group is ViaPivots over the same bases (the
+    common sum cancels), else None (to be made exact)."""
+    via = [k for k in keys.values() if isinstance(k, ViaPivots)]
+    if not via:
+        return keys
+    if len(via) == len(keys) and len({k.bases for k in via}) == 1:
+        return {label: (0, k.rest) for label, k in keys.items()}
+    return {label: (None if isinstance(k, ViaPivots) else k) for label, k in keys.items()}
+
+
 def certified_order(items, bounds, refine, exact_key, m=None, same=None, as_set=False):
     """Order ``items`` (ints) by their exact values, ties to the lowest item, certain for the first
     m positions (all by default). Returns (order, tied): tied[p] says order[p] equals order[p - 1].
@@ -162,7 +267,8 @@ def certified_order(items, bounds, refine, exact_key, m=None, same=None, as_set=
     by the bounds' midpoints); much cheaper when many values are close.
 
     bounds(items) -> (lo, hi) float64 arrays holding each exact value; refine(list of items) tightens
-    them; exact_key(item) -> a comparable exact value, or None while the item is not exact yet;
+    them; exact_key(item) -> a comparable exact value, or None while the item is not exact yet
+    (or a ViaPivots, comparable only with others over the same pivot pairs: settle);
     same(item) -> a label, items with equal labels being known to be equal (rows with identical
     contents), so that one of them stands for all.
     """
@@ -186,13 +292,12 @@ def certified_order(items, bounds, refine, exact_key, m=None, same=None, as_set=
                 result += members
                 tied += [False] + [True] * (b - a - 1)
                 continue
-            keys = {}
+            keys, first = {}, {}
             for x in members:
-                label = labels[x]
-                if label not in keys:
-                    keys[label] = exact_key(x)
-                    if keys[label] is None:
-                        pending.append(x)
+                if labels[x] not in keys:
+                    keys[labels[x]], first[labels[x]] = exact_key(x), x
+            keys = settle(keys)
+            pending += [x for label, x in first.items() if keys[label] is None]
             if pending and any(keys[labels[x]] is None for x in members):
                 result += members  # placeholder, redone after refinement
                 tied += [None] * (b - a)
@@ -208,6 +313,7 @@ def certified_order(items, bounds, refine, exact_key, m=None, same=None, as_set=
 def clusters(lo, hi):
     """(start, stop) runs of a list sorted by lo whose intervals chain into each other (touching
     intervals overlap: their values may be equal)."""
+    lo, hi = np.asarray(lo).tolist(), np.asarray(hi).tolist()  # Python floats: a plain loop runs fast
     out, start, reach = [], 0, hi[0] if len(hi) else 0.0
     for p in range(1, len(lo)):
         if lo[p] > reach:
@@ -220,81 +326,9 @@ def clusters(lo, hi):
     return out
 
 
-def rounded_sum(values, up):
-    """A float64 sum of non-negative values, moved outward past its rounding errors."""
-    total = float(np.sum(values))
-    if not np.isfinite(total):
-        return total
-    g = gamma(len(values) + 2)
-    return float(np.nextafter(total * (1 + g) if up else total * (1 - g), np.inf if up else -np.inf))
-
-
-class ScoreBoard:
-    """Krum scores of the rows of ``rows``: each row's sum of its k smallest (squared, or with
-    squared=False Euclidean) distances to the other rows of ``rows``, as intervals made exact on demand."""
-
-    def __init__(self, cert, rows, k, squared=True):
-        self.cert, self.rows, self.k, self.squared = cert, np.asarray(rows, dtype=np.int64), k, squared
-
-    def others(self, i):
-        return self.rows[self.rows != i]
-
-    def candidates(self, i):
-        """The other rows that may be among i's k nearest (the rest are certainly farther)."""
-        others = self.others(i)
-        hi = self.cert.hi[i, others]
-        cut = np.partition(hi, self.k - 1)[self.k - 1]
-        return others[self.cert.lo[i, others] <= cut]
-
-    def bounds(self, items):
-        lo, hi = np.empty(len(items)), np.empty(len(items))
-        for p, i in enumerate(items):
-            others = self.others(i)
-            low = np.partition(self.cert.lo[i, others], self.k - 1)[:self.k]
-            high = np.partition(self.cert.hi[i, others], self.k - 1)[:self.k]
-            if not self.squared:
-                low, high = np.sqrt(low) * (1 - 2 * U64), np.sqrt(high) * (1 + 2 * U64)
-            lo[p], hi[p] = rounded_sum(low, False), rounded_sum(high, True)
-        return lo, hi
-
-    def refine(self, items):
-        self.cert.refine([(i, j) for i in items for j in self.candidates(i) if self.cert.level[i, j] < 2])
-
-    def exact_key(self, i):
-        near = self.candidates(i)
-        if (self.cert.level[i, near] < 2).any():
-            return None
-        values = sorted((self.cert.value(i, j) for j in near), key=lambda v: (v == INF, v if v != INF else 0))
-        chosen = values[:self.k]
-        if INF in chosen:
-            return (1, 0)
-        if self.squared:
-            return (0, sum(chosen))
-        with localcontext() as ctx:  # sums of square roots: 120 significant digits decide
-            ctx.prec = 120
-            half = Decimal(2) ** (SCALE[self.cert.dtype] // 2)
-            return (0, sum(Decimal(v).sqrt() for v in chosen) / half)
-
-    def same(self, i):
-        """A label equal for rows whose scores are equal by construction: when i's k nearest rows
-        are certain, its score is the sum over those pairs, so the multiset of pairs (rows read
-        through their identical-contents groups) is the label: mutual nearest neighbours at k = 1,
-        and rows with identical contents, get equal labels with no arithmetic at all."""
-        group = self.cert.group
-        near = self.candidates(i)
-        if len(near) == self.k:
-            return tuple(sorted((min(group[i], group[j]), max(group[i], group[j])) for j in near))
-        return int(group[i]) if (group[self.rows] == group[i]).sum() > 1 else -1 - int(i)
-
-    def lowest(self, m, as_set=False):
-        """The m rows with the lowest scores, best first, ties to the lowest index (as_set: which
-        rows is exact, their order is by the scores' bounds)."""
-        order, _ = certified_order(self.rows, self.bounds, self.refine, self.exact_key, m, self.same, as_set)
-        return order[:m]
-
-
-class _Deferred(Exception):
-    """Raised by nearest_rows_all's refine: the pairs are collected, refined later together."""
+class Deferred(Exception):
+    """Raised by a refine that only collects its pairs (nearest_rows_all, scores.ScoreBoard.lowest_or_collect):
+    they are refined later, together, in one pass."""
 
 
 def nearest_rows_all(cert, count):
@@ -306,13 +340,13 @@ def nearest_rows_all(cert, count):
 
         def collect(pairs):
             pending.extend(pairs)
-            raise _Deferred
+            raise Deferred
 
         for i in range(cert.n):
             if i not in done:
                 try:
                     done[i] = nearest_rows(cert, i, count, collect)
-                except _Deferred:
+                except Deferred:
                     pass
         if pending:
             cert.refine(pending)
@@ -337,37 +371,3 @@ def nearest_rows(cert, i, count, refine=None):
     order, _ = certified_order(others, bounds, lambda js: refine([(i, j) for j in js]), exact_key, count, same,
                                as_set=True)
     return order[:count]
-
-
-def distance_ranks(cert):
-    """(n, n) float64 dense ranks of the exact distances (0 on the diagonal, equal values equal
-    ranks, +inf for pairs with a non-finite row): any rule that only compares distances may decide
-    on these instead."""
-    n = cert.n
-    iu = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    ranks = np.zeros((n, n))
-    if not iu:
-        return ranks
-    pair_i = np.array([p[0] for p in iu])
-    pair_j = np.array([p[1] for p in iu])
-
-    def bounds(items):
-        return cert.lo[pair_i[items], pair_j[items]], cert.hi[pair_i[items], pair_j[items]]
-
-    def exact_key(p):
-        i, j = iu[p]
-        return None if cert.level[i, j] < 2 else (lambda v: (v == INF, 0 if v == INF else v))(cert.value(i, j))
-
-    def same(p):
-        i, j = iu[p]
-        a, b = cert.group[i], cert.group[j]
-        return (min(a, b), max(a, b))
-
-    order, tied = certified_order(np.arange(len(iu)), bounds, lambda ps: cert.refine([iu[p] for p in ps]),
-                                  exact_key, None, same)
-    rank = 0
-    for p, t in zip(order, tied):
-        rank += 0 if t else 1
-        i, j = iu[p]
-        ranks[i, j] = ranks[j, i] = np.inf if cert.level[i, j] == 2 and cert.value(i, j) == INF else rank
-    return ranks

@@ -7,7 +7,9 @@ Then, exactly, for rows i, j with pivots p, q and U = cols[i] | cols[j]:
 and D(p, p) = 0. So a refinement needs the pivots' distances only (one Gram pass over the pivots),
 plus exact sums over a few columns per pair: rows crafted as 1-ulp clones cost no more than the
 honest rows they copy. Non-clone rows are their own pivots (cols empty). Finding the clones costs a
-sample of SAMPLE columns per (row, pivot) and one comparison of whole rows per clone found.
+sample of SAMPLE columns per (row, pivot) and at most TRIES comparisons of whole rows per row (the
+pivots closest on the sample), so at most TRIES reads of the rows whatever they hold; a clone whose
+differences hide from the sample may be missed, which costs speed, never exactness.
 """
 import numpy as np
 
@@ -22,6 +24,20 @@ def split_float32(x):
 
 SPARSE = 64  # a clone differs from its pivot in at most d / SPARSE columns
 SAMPLE = 256  # columns compared first: a row unlike the pivot is rejected after these
+TRIES = 2  # whole-row comparisons per row at most: the pivots closest on the sample
+CHUNK = 1 << 15  # columns per step of a whole-row comparison (it stops past the limit)
+
+
+def differing_columns(X, i, p, limit):
+    """The sorted columns where rows i and p differ, or None as soon as more than ``limit`` do."""
+    found, count = [], 0
+    for c in range(0, X.shape[1], CHUNK):
+        cols = np.flatnonzero(to_numpy(X[i, c:c + CHUNK] != X[p, c:c + CHUNK])) + c
+        count += len(cols)
+        if count > limit:
+            return None
+        found.append(cols)
+    return np.concatenate(found).astype(np.int64) if found else np.zeros(0, dtype=np.int64)
 
 
 class CloneMap:
@@ -40,11 +56,14 @@ class CloneMap:
         at = {row: k for k, row in enumerate(rows)}
         for i in rows:
             self.pivot[i], self.cols[i] = i, np.zeros(0, dtype=np.int64)
-            if pivots:  # pivots close on the sample, in order: usually none, or the one it copies
+            if pivots:  # the pivots closest on the sample: usually none, or the one it copies
                 differ = (sampled[[at[p] for p in pivots]] != sampled[at[i]]).sum(axis=1)
-                for p in np.asarray(pivots)[differ <= allowed].tolist():
-                    cols = np.flatnonzero(to_numpy(X[i] != X[p]))
-                    if len(cols) <= limit:
+                near = np.flatnonzero(differ <= allowed)
+                # at most TRIES whole rows: rows alike on the sample but not beyond (sparse rows,
+                # all close to each other) would otherwise cost a whole comparison per pair of rows
+                for p in np.asarray(pivots)[near[np.argsort(differ[near], kind="stable")][:TRIES]].tolist():
+                    cols = differing_columns(X, i, p, limit)
+                    if cols is not None:
                         self.pivot[i], self.cols[i] = p, cols
                         break
             if self.pivot[i] == i:
@@ -103,21 +122,28 @@ def exact_through_pivots(X, pairs, clones, pivot_exact):
 
 
 def bounded_through_pivots(X, pairs, clones, pivot_bounded):
-    """(values, bounds, exact): the pairs' distances within bounds from pivot_bounded(pivot pairs) ->
-    (values, bounds) and the exact corrections; exact[k] is the exact int where no pivot pair was
-    involved (rows cloned from one pivot), else None."""
+    """(values, bounds, exact, via): the pairs' distances within bounds from pivot_bounded(pivot
+    pairs) -> (values, bounds) and the exact corrections; exact[k] is the exact int where no pivot
+    pair was involved (rows cloned from one pivot), else None, and then via[k] = ((p, q), correction):
+    the distance is exactly D(p, q) + correction (else via[k] is None)."""
     needed = clones.pivot_pairs(pairs)
     base = dict(zip(needed, zip(*pivot_bounded(needed)))) if needed else {}
     scale = 1 << SCALE[np.dtype(X.dtype)]
-    values, bounds, exact = np.zeros(len(pairs)), np.zeros(len(pairs)), []
-    for k, ((i, j), corr) in enumerate(zip(pairs, clones.corrections(X, pairs))):
+    corrections = clones.corrections(X, pairs)
+    shift = np.array([c / scale for c in corrections], dtype=np.float64)  # each within u |shift|
+    base_value, base_bound, exact, via = np.zeros(len(pairs)), np.zeros(len(pairs)), [], []
+    for k, ((i, j), corr) in enumerate(zip(pairs, corrections)):
         p, q = clones.pivot[i], clones.pivot[j]
-        if p == q:
-            values[k], exact_value = corr / scale, corr
+        if p == q:  # exactly the correction
+            exact.append(corr)
+            via.append(None)
         else:
-            v, b = base[(min(p, q), max(p, q))]
-            shift = corr / scale  # correctly rounded: within u |shift|
-            values[k], bounds[k], exact_value = v + shift, b + abs(shift) * U64, None
-        bounds[k] = (bounds[k] + abs(values[k]) * U64) * (1.0 + 4.0 * U64)
-        exact.append(exact_value)
-    return np.maximum(values, 0.0), np.nextafter(bounds, np.inf), exact
+            key = (min(p, q), max(p, q))
+            base_value[k], base_bound[k] = base[key]
+            exact.append(None)
+            via.append((key, corr))
+    through = np.array([e is None for e in exact], dtype=bool)
+    values = base_value + shift
+    bounds = np.where(through, base_bound + np.abs(shift) * U64, 0.0)
+    bounds = (bounds + np.abs(values) * U64) * (1.0 + 4.0 * U64)
+    return np.maximum(values, 0.0), np.nextafter(bounds, np.inf), exact, via

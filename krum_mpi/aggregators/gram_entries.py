@@ -28,6 +28,7 @@ from krum_mpi.aggregators.exact import (SCALE, U64, direct_sq_distances, exact_s
 from krum_mpi.aggregators.parallel import column_ranges, run_ranges
 
 DD_BLOCK = 2048  # columns per block: the block of every involved row stays in L2 (64 rows: 512 KiB)
+F64_BLOCK = 1024  # columns per block of the float64 level (64 rows as float64: 512 KiB, in L2)
 EXACT_BLOCK = 4096  # columns per block of the superaccumulator (decoded m, p: 32 KiB per row)
 NUMPY_EXACT_CHUNK = 1 << 16  # columns per NumPy exact pass
 
@@ -56,23 +57,74 @@ def exact_library(X):
     return native.library("exact") if native.float32_rows(X) else None
 
 
-def level_one(X, pairs, fallback):
-    """(values, bounds, exact) of the pairs' squared distances, |value - exact| <= bound, exact the
-    exact int where it came for free (clones of one pivot, clones.py) else None: the pivots'
-    distances by one double-double pass over them (compiled, float32), else by fallback(pairs)."""
+def level_one(X, pairs, fallback, clones=None):
+    """(values, bounds, exact, via) of the pairs' squared distances, |value - exact| <= bound, exact
+    the exact int where it came for free (clones of one pivot, clones.py) else None, via the pivots'
+    pair and exact correction where the distance came through two pivots (clones.py): the pivots'
+    distances by one double-double pass over them (compiled, float32), else by fallback(pairs).
+    clones: the CloneMap of the pairs' rows where the caller has it."""
     pairs = [(int(i), int(j)) for i, j in pairs]
     if not pairs:
-        return np.zeros(0), np.zeros(0), []
+        return np.zeros(0), np.zeros(0), [], []
     X = host_rows(X)
 
     def pivots(needed):
         return dd_sq_distances(X, needed) or fallback(needed)
 
-    clones = CloneMap(X, {i for p in pairs for i in p})
+    clones = clones or CloneMap(X, {i for p in pairs for i in p})
     if clones.worth_it():
         return bounded_through_pivots(X, pairs, clones, pivots)
     values, bounds = pivots(pairs)
-    return values, bounds, [None] * len(pairs)
+    return values, bounds, [None] * len(pairs), [None] * len(pairs)
+
+
+def f64_sq_distances(X, pairs):
+    """(values, bounds) float64 of the pairs' squared distances from direct float64 differences, one
+    pass over the rows involved (compiled, float32 rows; native/exact.c krum_f64_pairs_f32), or None
+    where the kernel does not apply. About 1e-14 relative: it separates the statistical near-ties of
+    honest rows at a fraction of the double-double's arithmetic; exact ties go on to the next level."""
+    lib = exact_library(X)
+    pairs = [(int(i), int(j)) for i, j in pairs]
+    if lib is None or not pairs:
+        return None
+    rows = sorted({i for p in pairs for i in p})
+    at = {row: k for k, row in enumerate(rows)}
+    row_index = np.asarray(rows, dtype=np.int64)
+    degree = {}
+    for i, j in pairs:
+        degree[i] = degree.get(i, 0) + 1
+        degree[j] = degree.get(j, 0) + 1
+    # each pair led by its row in more pairs: long runs sharing a first row (the kernel's groups)
+    positions = np.asarray([(at[i], at[j]) if (degree[i], -i) >= (degree[j], -j) else (at[j], at[i])
+                            for i, j in pairs], dtype=np.int64).reshape(-1, 2)
+    order = np.lexsort((positions[:, 1], positions[:, 0]))
+    positions = np.ascontiguousarray(positions[order])
+    lanes = int(lib.krum_exact_lanes())
+    d = X.shape[1]
+
+    def work(c0, c1):
+        S, C = np.zeros(len(pairs)), np.zeros(len(pairs))
+        scratch = np.empty(len(rows) * F64_BLOCK)
+        lib.krum_f64_pairs_f32(X.ctypes.data, X.strides[0] // 4, row_index.ctypes.data, len(rows),
+                               positions.ctypes.data, len(pairs), c0, c1, F64_BLOCK, scratch.ctypes.data,
+                               S.ctypes.data, C.ctypes.data)
+        return S, C
+
+    parts = run_ranges(work, column_ranges(np, d, align=F64_BLOCK)) if d else []
+    values = np.empty(len(pairs))
+    values[order] = [math.fsum(t for S, C in parts for t in (S[p], C[p])) for p in range(len(pairs))]
+    return values, f64_bound(values, d, lanes)
+
+
+def f64_bound(values, d, lanes):
+    """The bound of f64_sq_distances (native/exact.c): every block's sum within gamma_H of its exact
+    value (its terms are >= 0), H = 3 + 2 block / lanes + 2 lanes (+ 4 to spare); the TwoSum errors
+    summed in float64 (under blocks gamma_blocks u of the total) and the final rounding; relative to
+    the exact value, which is at most value + bound."""
+    blocks = -(-d // F64_BLOCK) + 2
+    g = gamma(7 + 2 * F64_BLOCK // lanes + 2 * lanes) + blocks * gamma(blocks) * U64 * 1.01 + 2.0 * U64
+    g *= 1.0 + 8.0 * U64
+    return np.nextafter(np.asarray(values) * (g / (1.0 - g)), np.inf)
 
 
 def dd_sq_distances(X, pairs):
@@ -118,7 +170,7 @@ def dd_entry_bound(S, C, entries, cols, lanes):
     return 2.0 * gamma(2 * chain) * gamma(chain) * scale
 
 
-def exact_sq_distances(X, pairs):
+def exact_sq_distances(X, pairs, clones=None):
     """The exact squared distances of the pairs, Python ints scaled by 2^SCALE[dtype] (rows finite):
     through the pivots of the clones among the rows (clones.py), the pivots' by one pass over them
     for float32, pair by pair for float64."""
@@ -126,7 +178,7 @@ def exact_sq_distances(X, pairs):
     if not pairs:
         return []
     X = host_rows(X)
-    clones = CloneMap(X, {i for p in pairs for i in p})
+    clones = clones or CloneMap(X, {i for p in pairs for i in p})
     if clones.worth_it():
         return exact_through_pivots(X, pairs, clones, lambda needed: plain_exact_sq_distances(X, needed))
     return plain_exact_sq_distances(X, pairs)
@@ -185,21 +237,59 @@ class LocalRows:
     def __init__(self, X):
         self.X = X
         self.dtype = host_dtype(X)
+        self._clones = None  # (rows, their CloneMap) of the last refinement
+
+    def clone_map(self, pairs):
+        """The CloneMap of the rows the pairs involve, kept for the next level asking for the same
+        rows (the float64 step and level 1 of one refinement: one search for clones, not two)."""
+        rows = frozenset(int(i) for p in pairs for i in p)
+        if self._clones is None or self._clones[0] != rows:
+            self._clones = (rows, CloneMap(host_rows(self.X), rows))
+        return self._clones[1]
 
     def identical(self, i, j):
         """True when rows i and j hold exactly equal values."""
         xp = array_namespace(self.X)
         return bool(xp.all(self.X[i, :] == self.X[j, :]))
 
+    def identical_pairs(self, pairs):
+        """[identical(i, j) for (i, j) in pairs], from one search for clones among their rows: rows
+        of one pivot are equal where they equal each other on the columns where either differs from
+        it (a few); other pairs are compared whole. Many rows at distance 0 from each other (ulp
+        clones) then cost a search for clones, not one whole comparison per pair."""
+        if not pairs:
+            return []
+        X = host_rows(self.X)
+        clones = self.clone_map(pairs)  # kept: the first refinement often involves the same rows
+        out = []
+        for i, j in pairs:
+            i, j = int(i), int(j)
+            if clones.pivot[i] == clones.pivot[j]:
+                U = np.union1d(clones.cols[i], clones.cols[j])
+                out.append(bool(np.all(X[i, U] == X[j, U])))
+            else:
+                out.append(self.identical(i, j))
+        return out
+
     def level_one(self, pairs):
-        """(values, bounds) of level 1 for these pairs (level_one_exact without its third part)."""
+        """(values, bounds) of level 1 for these pairs (the first two parts of level_one_exact)."""
         return self.level_one_exact(pairs)[:2]
 
     def level_one_exact(self, pairs):
-        """(values, bounds, exact) of level 1 for these pairs, exact[k] the exact int where it came
-        free (gram_entries.level_one): clones through their pivots; float32 rows with the compiled
+        """(values, bounds, exact, via) of level 1 for these pairs, exact[k] the exact int where it
+        came free and via[k] the pivots' decomposition where it came through two pivots
+        (gram_entries.level_one): clones through their pivots; float32 rows with the compiled
         kernel, one double-double pass over the rows involved; else float64_level."""
-        return level_one(self.X, pairs, self.float64_level)
+        return level_one(self.X, pairs, self.float64_level, self.clone_map(pairs) if pairs else None)
+
+    def level_f64(self, pairs):
+        """(values, bounds) of the float64 level for these pairs (f64_sq_distances), or None where it
+        does not apply: no compiled kernel, or clones among the rows (clones.py: their refinement
+        goes to the pivots' double-double, which is exact where they tie)."""
+        X = host_rows(self.X)
+        if exact_library(X) is None or self.clone_map(pairs).worth_it():
+            return None
+        return f64_sq_distances(X, pairs)
 
     def float64_level(self, pairs):
         """Direct float64 differences pair by pair for a few pairs, else one float64 Gram pass."""
@@ -213,4 +303,4 @@ class LocalRows:
     def exact(self, pairs):
         """The exact distances of these pairs, as ints scaled by 2^SCALE[dtype] (one pass over the
         rows they involve for float32 rows)."""
-        return exact_sq_distances(self.X, pairs)
+        return exact_sq_distances(self.X, pairs, self.clone_map(pairs) if pairs else None)

@@ -14,7 +14,8 @@ bounds, refined (direct float64, then exact) only where they overlap (certify.py
 import numpy as np
 
 from krum_mpi.aggregators.base import Aggregation, check_input
-from krum_mpi.aggregators.certify import CertifiedDistances, ScoreBoard
+from krum_mpi.aggregators.certify import CertifiedDistances
+from krum_mpi.aggregators.scores import ScoreBoard
 from krum_mpi.aggregators.distances import sq_distances
 from krum_mpi.aggregators.parallel import cpu_budget
 
@@ -41,7 +42,7 @@ def neighbour_count(n, f, neighbours="n-f-2"):
 
 
 def krum_scores(X, distances, f, neighbours="n-f-2", squared=True):
-    """The certified score board of all rows of X (certify.ScoreBoard)."""
+    """The certified score board of all rows of X (scores.ScoreBoard)."""
     k = neighbour_count(X.shape[0], f, neighbours)
     return ScoreBoard(CertifiedDistances(X, distances), np.arange(X.shape[0]), k, squared)
 

@@ -5,7 +5,7 @@ The search is a depth-first enumeration of subsets in lexicographic order with p
 subset whose diameter already reaches the best one found is abandoned). Its worst case visits
 C(n, f) subsets, so the rule refuses inputs with C(n, f) above ``max_subsets`` (default 10^6).
 A non-finite row is infinitely far from the others: with at most f of them, MDA never picks one.
-The search compares the exact ranks of the distances (certify.distance_ranks), so its choice is the
+The search compares the exact ranks of the distances (distance_ranks), so its choice is the
 one exact arithmetic on the inputs gives.
 """
 from math import comb
@@ -14,7 +14,7 @@ import numpy as np
 
 from krum_mpi import native
 from krum_mpi.aggregators.base import Aggregation, to_numpy
-from krum_mpi.aggregators.certify import distance_ranks
+from krum_mpi.aggregators.certify import INF, certified_order
 
 MAX_SUBSETS = 1_000_000
 
@@ -82,3 +82,37 @@ def mda(rows, f, max_subsets=MAX_SUBSETS):
     weights = np.zeros(n)
     weights[chosen] = 1.0 / len(chosen)
     return Aggregation(rows.combine(weights), chosen, weights)
+
+
+def distance_ranks(cert):
+    """(n, n) float64 dense ranks of the exact distances (0 on the diagonal, equal values equal
+    ranks, +inf for pairs with a non-finite row): any rule that only compares distances may decide
+    on these instead."""
+    n = cert.n
+    iu = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    ranks = np.zeros((n, n))
+    if not iu:
+        return ranks
+    pair_i = np.array([p[0] for p in iu])
+    pair_j = np.array([p[1] for p in iu])
+
+    def bounds(items):
+        return cert.lo[pair_i[items], pair_j[items]], cert.hi[pair_i[items], pair_j[items]]
+
+    def exact_key(p):
+        i, j = iu[p]
+        return None if cert.level[i, j] < 2 else (lambda v: (v == INF, 0 if v == INF else v))(cert.value(i, j))
+
+    def same(p):
+        i, j = iu[p]
+        a, b = cert.group[i], cert.group[j]
+        return (min(a, b), max(a, b))
+
+    order, tied = certified_order(np.arange(len(iu)), bounds, lambda ps: cert.refine([iu[p] for p in ps]),
+                                  exact_key, None, same)
+    rank = 0
+    for p, t in zip(order, tied):
+        rank += 0 if t else 1
+        i, j = iu[p]
+        ranks[i, j] = ranks[j, i] = np.inf if cert.level[i, j] == 2 and cert.value(i, j) == INF else rank
+    return ranks

@@ -73,18 +73,48 @@ def column_ranges(xp, d, align=1):
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def shared_pool(workers):
+    """One executor for the whole process with at least ``workers`` threads, kept between calls:
+    starting threads in every call cost about 1 ms per call on a busy machine (each start waits
+    for the new thread to be scheduled), as much as a whole small refinement."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:
+            old, _pool = _pool, ThreadPoolExecutor(workers, thread_name_prefix="krum-mpi-ranges")
+            if old is not None:
+                old.shutdown(wait=False)
+        return _pool
+
+
+def _forget_pool():
+    """In a forked child: the parent's pool threads do not exist there, so start afresh."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def run_ranges(fn, ranges):
-    """fn(start, stop) for each range, in threads when there are several; results in order."""
+    """fn(start, stop) for each range, the first in the calling thread and the others in the shared
+    pool's threads when there are several; results in order."""
     if len(ranges) <= 1:
         return [fn(*r) for r in ranges]
-    budget = _state.budget
+    budget = getattr(_state, "budget", None)
 
     def in_thread(a, b):
         _state.budget = 1  # no nested splitting inside a worker thread
         return fn(a, b)
 
-    with ThreadPoolExecutor(len(ranges)) as pool:
-        futures = [pool.submit(in_thread, a, b) for a, b in ranges]
-        results = [future.result() for future in futures]
-    _state.budget = budget
-    return results
+    futures = [shared_pool(len(ranges) - 1).submit(in_thread, a, b) for a, b in ranges[1:]]
+    try:
+        first = in_thread(*ranges[0])
+    finally:
+        _state.budget = budget
+        rest = [future.result() for future in futures]  # never leave work running behind an error
+    return [first, *rest]

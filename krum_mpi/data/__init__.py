@@ -36,7 +36,11 @@ def open_dataset(data_cfg, seed: int = 0) -> Dataset:
     else:
         raise DataError(f"unknown data.name {name!r}: use spambase, mnist, synthetic, hdf5 or text")
     from .validation import with_validation
-    return with_validation(module.load(cfg, seed), cfg.validation_fraction, seed)
+    ds = with_validation(module.load(cfg, seed), cfg.validation_fraction, seed)
+    # the rows the workers are sharded from (after test and validation rows are taken out), so that a
+    # report can state epochs = samples drawn / training rows for every source alike
+    ds.provenance = {**ds.provenance, "train_rows": int(ds.n_train)}
+    return ds
 
 
 __all__ = ["open_dataset", "data_dir", "Dataset", "ArrayDataset", "Shard", "DataError"]

@@ -59,6 +59,7 @@ DEFAULTS: dict = {
         "name": "average",       # see krum_mpi.aggregators.names()
         "f": -1,                 # declared f given to the rule; -1: workers.byzantine
         "placement": "gather",   # gather (rank 0 holds every row) | sharded | per-shard (docs/sharded.md)
+        "sharded_min_d": 35_000,   # placement = sharded below this d: the gather's exchange (docs/sharded.md)
         "replicas": 1,           # sharded: ranks holding each coordinate block (odd); receivers take the
                                  # majority, so (replicas - 1) / 2 lying ranks per block change nothing
     },
@@ -127,6 +128,7 @@ BOUNDS = {
     "model.weight_decay": (0.0, None),
     "optimizer.momentum": (0.0, 1.0),
     "aggregator.f": (-1, None),
+    "aggregator.sharded_min_d": (0, None),
     "run.gather_deadline_s": (0.0, None),
     "run.watchdog_s": (0.0, None),
     "parallel.model": (1, None),

@@ -34,6 +34,9 @@ SIGNATURES = {
               "krum_exact_work_size": (_I64, [_I64, _I64]),  # (rows, block)
               # (X, row stride, rows, entries, count, col0, col1, block, S, C)
               "krum_dd_entries_f32": (_INT, [_PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR, _PTR]),
+              # (X, row stride, rows, r, pairs, count, col0, col1, block, work, S, C)
+              "krum_f64_pairs_f32": (_INT, [_PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64, _PTR, _PTR,
+                                            _PTR]),
               # (X, row stride, rows, r, entries, count, col0, col1, block, work, limbs out)
               "krum_exact_entries_f32": (_I64, [_PTR, _I64, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64, _PTR,
                                                 _PTR])},

@@ -79,6 +79,34 @@ int krum_dd_entries_f32(const float *X, int64_t stride, const int64_t *rows, con
     return 0;
 }
 
+/* The float64 level of the certified distances: adds each pair's squared distance over [col0, col1)
+ * to (S[e], C[e]) (S + C: the sum of the blocks' float64 sums, exactly). pairs: count pairs of
+ * positions in rows (r row indices of X), sorted by first position; work: r * block doubles. Each
+ * block's float64 sum is within gamma_H of the exact one (all its terms are >= 0),
+ * H = 3 + 2 block / lanes + 2 lanes (the difference, the square and its addition in the lane chain,
+ * the lanes and the odd columns in sequence). Returns 0. */
+int krum_f64_pairs_f32(const float *X, int64_t stride, const int64_t *rows, int64_t r, const int64_t *pairs,
+                       int64_t count, int64_t col0, int64_t col1, int64_t block, double *work, double *S,
+                       double *C)
+{
+    for (int64_t c0 = col0; c0 < col1; c0 += block) {
+        int64_t c1 = col1 - c0 < block ? col1 : c0 + block;
+#if KRUM_X86
+        int isa = krum_isa_selected();
+        if (isa == KRUM_ISA_AVX512) {
+            f64_block_avx512(X, stride, rows, r, pairs, count, c0, c1, work, S, C);
+            continue;
+        }
+        if (isa == KRUM_ISA_AVX2) {
+            f64_block_avx2(X, stride, rows, r, pairs, count, c0, c1, work, S, C);
+            continue;
+        }
+#endif
+        f64_block_generic(X, stride, rows, r, pairs, count, c0, c1, work, S, C);
+    }
+    return 0;
+}
+
 /* float32 bits -> m, p: the value is m 2^(p - 149), |m| < 2^24, 0 <= p <= 253 (finite input) */
 static inline void krum_exact_split(float v, int32_t *m, int32_t *p)
 {

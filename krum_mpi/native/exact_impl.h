@@ -70,3 +70,78 @@ KTARGET static void KFN(dd_entries)(const float *X, int64_t stride, const int64_
         KFN(dd_block)(X, stride, rows, entries, count, c0, c1, S, C);
     }
 }
+
+/* The float64 level (krum_f64_pairs_f32): each pair's sum over [c0, c1) of (a - b)^2 from the rows
+ * converted once per block to float64 (work: r rows x block). Pairs come sorted by their first row:
+ * a run of up to KRUM_F64_GROUP pairs sharing it keeps one accumulator each in registers and loads
+ * the shared row once per vector step. Per term: the difference rounds once (it is exact unless the
+ * exponents lie far apart), the square and its addition once or twice (contracted or not), in a
+ * chain of block / DW steps in its lane; then the DW lanes and the odd columns in sequence. The
+ * block's sum is TwoSum'd into (S, C) so that the chain does not grow with the number of blocks. */
+#ifndef KRUM_F64_GROUP
+#define KRUM_F64_GROUP 8
+/* G pairs (a, b[0..G)) over the whole vectors of a block: G accumulators in registers, a loaded once
+ * per step. G is a constant at every call: the inner loop unrolls. */
+#define KRUM_F64_RUN(G)                                            \
+    for (int64_t c = 0; c < whole; c += DW) {                      \
+        KFN(dvec) va, vb;                                          \
+        memcpy(&va, a + c, sizeof va);                             \
+        for (int t = 0; t < (G); t++) {                            \
+            memcpy(&vb, b[t] + c, sizeof vb);                      \
+            vb = va - vb;                                          \
+            acc[t] += vb * vb;                                     \
+        }                                                          \
+    }
+#endif
+KRUM_CONTRACT_BEGIN
+KTARGET KRUM_CONTRACT static void KFN(f64_block)(const float *X, int64_t stride, const int64_t *rows, int64_t r,
+                                                 const int64_t *pairs, int64_t count, int64_t c0, int64_t c1,
+                                                 double *work, double *S, double *C)
+{
+    int64_t cols = c1 - c0, whole = cols / DW * DW;
+    for (int64_t k = 0; k < r; k++) {
+        const float *x = X + rows[k] * stride + c0;
+        double *w = work + k * cols;
+        int64_t c = 0;
+        for (; c < whole; c += DW) {
+            KFN(dvec) v = KFN(dd_load)(x + c);
+            memcpy(w + c, &v, sizeof v);
+        }
+        for (; c < cols; c++)
+            w[c] = (double)x[c];
+    }
+    for (int64_t e = 0; e < count;) {
+        int64_t g = 1;
+        while (g < KRUM_F64_GROUP && e + g < count && pairs[2 * (e + g)] == pairs[2 * e])
+            g++;
+        g = g >= 8 ? 8 : g >= 4 ? 4 : g >= 2 ? 2 : 1;  /* a run of 8, 4, 2 or 1 pairs at a time */
+        const double *a = work + pairs[2 * e] * cols;
+        const double *b[KRUM_F64_GROUP];
+        KFN(dvec) acc[KRUM_F64_GROUP];
+        for (int64_t t = 0; t < g; t++) {
+            b[t] = work + pairs[2 * (e + t) + 1] * cols;
+            memset(&acc[t], 0, sizeof acc[t]);
+        }
+        if (g == 8) {
+            KRUM_F64_RUN(8)
+        } else if (g == 4) {
+            KRUM_F64_RUN(4)
+        } else if (g == 2) {
+            KRUM_F64_RUN(2)
+        } else {
+            KRUM_F64_RUN(1)
+        }
+        for (int64_t t = 0; t < g; t++) {
+            double sum = 0.0;
+            for (int l = 0; l < DW; l++)
+                sum += acc[t][l];
+            for (int64_t c = whole; c < cols; c++) {
+                double v = a[c] - b[t][c];
+                sum += v * v;
+            }
+            KRUM_TWO_SUM_INTO(S[e + t], C[e + t], sum);
+        }
+        e += g;
+    }
+}
+KRUM_CONTRACT_END

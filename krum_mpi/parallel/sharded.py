@@ -68,7 +68,8 @@ class Blocks(Rows):
     lie = None
 
     def certified(self):
-        return CertifiedDistances(ShardedRows(self), summed_distances(self))
+        distances, identical = summed_distances(self)
+        return CertifiedDistances(ShardedRows(self, identical), distances)
 
     def like(self, blocks):
         other = super().like(blocks)
@@ -81,13 +82,19 @@ class Blocks(Rows):
 
 
 class ShardedRows:
-    """certify's row source over blocks: each refinement level summed over the blocks."""
+    """certify's row source over blocks: each refinement level summed over the blocks.
+    ``identical``: the (n, n) bool answers of ``identical`` for pairs of finite rows, exchanged with
+    the distances (``summed_distances``), so that finding rows with identical contents costs no
+    collective of its own (certify asks only about finite rows); None: each question is one exchange."""
 
-    def __init__(self, blocks: Blocks):
+    def __init__(self, blocks: Blocks, identical=None):
         self.blocks = blocks
         self.dtype = host_dtype(blocks.blocks[0])
+        self.identical_table = identical   # not "identical_pairs": certify calls a method of that name
 
     def identical(self, i, j):
+        if self.identical_table is not None:
+            return bool(self.identical_table[i, j])
         return bool(self.blocks.every([[LocalRows(b).identical(i, j)] for b in self.blocks.blocks])[0])
 
     def level_one(self, pairs):
@@ -112,24 +119,45 @@ class ShardedRows:
                 for k in range(len(pairs))]
 
 
-def summed_distances(blocks: Blocks) -> Distances:
-    """The whole rows' squared distances with rigorous bounds, from the blocks' own (distances.py)."""
+def summed_distances(blocks: Blocks):
+    """The whole rows' squared distances with rigorous bounds, from the blocks' own (distances.py),
+    and which pairs of finite rows hold identical contents, in ONE exchange of partials: each block
+    sends its (n, n) distances and bounds, its (n,) finiteness and its (n, n) identical-pair flags.
+    A 0/1 flag summed over the P blocks is P exactly when every block says yes (such sums are exact
+    in float64). Rows identical on a block are at the exact distance 0 there, so that block's
+    interval holds 0 (sq <= err): only those pairs are compared; the others are not identical."""
     n = blocks.n
     per_block = []
-    for result in blocks.map(sq_distances):
+    for b, result in zip(blocks.blocks, blocks.map(sq_distances)):
         ok = result.finite[:, None] & result.finite[None, :]
         sq = np.where(ok, to_numpy(result.sq), 0.0)
         err = np.where(ok, result.err, 0.0)
+        same = identical_pairs(LocalRows(b), ok & (sq <= err))   # on the true values: this rank's rows
         sq, err = blocks.reported(sq), blocks.reported(err)
-        per_block.append(np.concatenate([sq, err, result.finite[None, :].astype(np.float64)]))
+        per_block.append(np.concatenate([sq, err, result.finite[None, :].astype(np.float64), same]))
     summed, absolute = blocks.total(per_block)
-    finite = blocks.every([p[2 * n] for p in per_block])
+    everywhere = blocks.parts - 0.5
+    finite, identical = summed[2 * n] > everywhere, summed[2 * n + 1:] > everywhere
     sq, err = summed[:n], blocks.rounded_up(summed[n:2 * n], absolute[:n])
     bad = ~(finite[:, None] & finite[None, :])
     sq[bad], err[bad] = np.inf, 0.0
     np.fill_diagonal(sq, 0.0)
     np.fill_diagonal(err, 0.0)
-    return Distances(sq, finite, err, None)
+    return Distances(sq, finite, err, None), identical & ~bad
+
+
+def identical_pairs(rows: LocalRows, candidates: np.ndarray) -> np.ndarray:
+    """(n, n) float64 flags: 1 where two rows hold identical contents on this block. Equality is
+    transitive, so each row is compared only with the first row of each group of identical rows
+    among its candidates: f identical Byzantine rows cost f comparisons, not f^2 / 2."""
+    n = candidates.shape[0]
+    group = np.arange(n)
+    for j in range(n):
+        for i in np.flatnonzero(candidates[:j, j]):
+            if group[i] == i and rows.identical(int(i), j):
+                group[j] = i
+                break
+    return (group[:, None] == group[None, :]).astype(np.float64)
 
 
 def certified(blocks: Blocks) -> CertifiedDistances:

@@ -33,6 +33,7 @@ class Run:
     labels: dict             # {swept key: value}: what tells this run apart in tables
     config: dict = field(repr=False, default_factory=dict)   # the resolved run config
     n_params: int | None = None                               # model size, when the data is readable
+    flops: float | None = None   # forward flops of one sample, counted for PyTorch models (else 2 d)
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Plan:
         """What study.json keeps: enough to run, submit and report without the spec."""
         return {"name": self.spec.name, "spec": str(self.spec.path), "description": self.spec.description,
                 "base": self.base_name, "base_source": self.spec.base_source,
-                "runs": [{k: v for k, v in asdict(r).items() if k not in ("config", "n_params")}
+                "runs": [{k: v for k, v in asdict(r).items() if k not in ("config", "n_params", "flops")}
                          for r in self.runs]}
 
 
@@ -125,7 +126,7 @@ def make_plan(spec: Spec, check_models: bool = True) -> Plan:
             what = f"run {index} (" + (" ".join(f"{k}={v}" for k, v in labels.items()) or "base") + ")"
             try:
                 cfg = config.validate(raw)
-                n_params = dims.n_params(cfg, notes) if dims is not None else None
+                n_params, flops = dims.size(cfg, notes) if dims is not None else (None, None)
             except ConfigError as exc:
                 invalid.append(f"{what}: {' '.join(str(exc).split())}")
                 continue
@@ -135,7 +136,7 @@ def make_plan(spec: Spec, check_models: bool = True) -> Plan:
             run = Run(id=run_id(cfg, launch["ranks"], launch["nodes"]), ranks=launch["ranks"],
                       nodes=launch["nodes"], gpus=launch["gpus"], time=launch["time"], group=launch["group"],
                       needs_gpu="gpu" in (cfg["run"]["device"], cfg["workers"]["device"]),
-                      overrides=sets, labels=labels, config=cfg, n_params=n_params)
+                      overrides=sets, labels=labels, config=cfg, n_params=n_params, flops=flops)
             if run.id in seen:
                 notes.append(f"{what} is the same run as {seen[run.id]} (same resolved config and ranks): kept once")
                 continue
@@ -166,7 +167,8 @@ class _Dims:
     """Data dimensions per data section (read once), to build each run's model as the run will."""
 
     def __init__(self):
-        self.cache = {}
+        self.cache = {}     # data section -> (features, classes) or None
+        self.models = {}    # (model section, dims) -> (parameters, forward flops)
 
     def get(self, data_cfg: dict, notes: list):
         key = json.dumps(data_cfg, sort_keys=True)
@@ -177,16 +179,22 @@ class _Dims:
                 ds = open_dataset(data_cfg, seed=0)
                 self.cache[key] = (ds.n_features, ds.n_classes)
             except KrumMPIError as exc:
-                self.cache[key] = None
+                from ..data.catalogue import planned_shape
+
+                known = planned_shape(data_cfg)   # a public set not downloaded here: its published shape
+                self.cache[key] = known[1:] if known else None
+                what = (f"sized from the published shape of {known[0]} ({known[1]} features, {known[2]} "
+                        "classes)") if known else "not checked"
                 notes.append(f"data {data_cfg['name']!r} not readable here, so models of runs using it are "
-                             f"not checked: {' '.join(str(exc).split())}")
+                             f"{what}: {' '.join(str(exc).split())}")
         return self.cache[key]
 
-    def n_params(self, cfg: dict, notes: list):
-        """The run's model size; ConfigError if the model does not fit the data (as the run would)."""
+    def size(self, cfg: dict, notes: list):
+        """(parameters, forward flops of one sample or None) of the run's model; ConfigError if the
+        model does not fit the data (as the run would). (None, None) when it cannot be built here."""
         dims = self.get(cfg["data"], notes)
         if dims is None:
-            return None
+            return None, None
         from .. import models
 
         # a study for a cluster may hold PyTorch cells that this machine cannot build: a note, as for data
@@ -195,9 +203,33 @@ class _Dims:
                     "(pip install 'krum-mpi[torch]' where they run)")
             if note not in notes:
                 notes.append(note)
-            return None
+            return None, None
+        key = json.dumps([cfg["model"], dims], sort_keys=True)
+        if key not in self.models:
+            model = models.make(cfg["model"], *dims)
+            self.models[key] = (model.n_params, forward_flops(model))
+        return self.models[key]
 
-        return models.make(cfg["model"], *dims).n_params
+
+def forward_flops(model) -> float | None:
+    """Forward flops of one sample of a PyTorch model, counted by torch on a zero input; None for the
+    NumPy models, whose dense layers cost 2 d (a convolution reuses each weight at every position:
+    LeNet-5 costs 13.5 d, ResNet-20 300 d, a multiply-add counted as 2) and for inputs the counter
+    cannot make."""
+    module = getattr(model, "module", None)
+    if module is None or getattr(model, "kind", None) not in ("image", "flat"):
+        return None
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    shape = model.input_shape if model.kind == "image" else (next(module.parameters()).shape[-1],)
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            module(torch.zeros((1, *shape)))
+    except (RuntimeError, ValueError, TypeError):
+        return None
+    return float(counter.get_total_flops()) or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,14 +251,15 @@ def estimate_seconds(run: Run) -> float | None:
     if run.n_params is None:
         return None
     cfg, d = run.config, run.n_params
+    forward = run.flops or 2 * d        # a gradient costs about 3 forward passes
     n, batch, steps = cfg["workers"]["n"], cfg["workers"]["batch_size"], cfg["run"]["steps"]
-    compute = math.ceil(n / run.ranks) * (WORKER_OVERHEAD_S + 6 * batch * d / FLOPS)
+    compute = math.ceil(n / run.ranks) * (WORKER_OVERHEAD_S + 3 * batch * forward / FLOPS)
     gather = n * d * 4 / GATHER_BYTES_S
     if "krum" in cfg["aggregator"]["name"]:   # pairwise distances: n^2 d
         aggregate = n * n * (2 * d / FLOPS + PAIR_OVERHEAD_S)
     else:
         aggregate = 2 * n * d / FLOPS
-    evaluate = 2 * EVAL_SAMPLES * d / EVAL_FLOPS / cfg["run"]["eval_every"]
+    evaluate = EVAL_SAMPLES * forward / EVAL_FLOPS / cfg["run"]["eval_every"]
     return STARTUP_S + steps * (STEP_OVERHEAD_S + compute + gather + aggregate + evaluate)
 
 
@@ -258,10 +291,18 @@ def format_table(plan: Plan) -> str:
     known = [(estimate_seconds(r), r.ranks) for r in plan.runs]
     total = sum(s * ranks for s, ranks in known if s is not None)
     unknown = sum(s is None for s, _ in known)
-    lines.append(f"{len(plan.runs)} runs, configs checked; rough cost ~{format_duration(total)} of "
-                 f"rank time ({total / 3600:.2f} core-hours)"
-                 + (f", {unknown} runs not estimated" if unknown else ""))
+    lines.append(f"{len(plan.runs)} runs, configs checked; rough cost {core_hours(total)} core-hours of rank time"
+                 + (f" for the {len(plan.runs) - unknown} runs estimated ({unknown} not)" if unknown else ""))
     return "\n".join(lines)
+
+
+def core_hours(seconds: float) -> str:
+    """Rank-seconds as core-hours to 3 significant digits (the cost model is good to a factor 2):
+    1.91, 48.2, 12,900. The one figure docs quote for a study."""
+    hours = float(f"{seconds / 3600:.3g}")
+    if hours <= 0:
+        return "0"
+    return f"{hours:,.{max(0, 2 - math.floor(math.log10(hours)))}f}"
 
 
 def _cell(value) -> str:

@@ -4,8 +4,9 @@
     gather with  DeadlinePlacement      rank 0 waits at most run.gather_deadline_s; late rows dropped
       a deadline
     sharded      ShardedPlacement       each rank a coordinate block; the exact rule over all blocks
+                 SmallShardedPlacement  below aggregator.sharded_min_d: the gather's exchange (blocks.py)
     sharded with ReplicatedPlacement    each block on aggregator.replicas ranks, majority on receipt;
-      replicas                          Byzantine ranks that lie in the sharded aggregation
+      replicas                          Byzantine ranks that lie in the sharded aggregation (any d)
     per-shard    PerShardPlacement      each rank the rule on its block alone (the naive baseline)
     model        ModelParallelPlacement the blocks are the split model's shards (parallel.model = p)
 
@@ -15,7 +16,7 @@ phases. Adding a placement is adding a class here and one line in ``build``.
 from __future__ import annotations
 
 from .base import Outcome, Placement, Turn  # noqa: F401  (the interface, for the loop and new placements)
-from .blocks import PerShardPlacement, ShardedPlacement
+from .blocks import PerShardPlacement, ShardedPlacement, SmallShardedPlacement, sharded_placement  # noqa: F401
 from .gather import DeadlinePlacement, GatherPlacement
 from .model import ModelParallelPlacement, connect
 from .replicated import ReplicatedPlacement
@@ -32,7 +33,7 @@ def build(setup, cfg, comm) -> Placement:
                                    or cfg.byzantine_ranks.behaviour in SHARDED_BEHAVIOURS):
         return ReplicatedPlacement(setup, cfg, comm)
     if placement == "sharded":
-        return ShardedPlacement(setup, cfg, comm)
+        return sharded_placement(setup, cfg, comm)
     if placement == "per-shard":
         return PerShardPlacement(setup, cfg, comm)
     if cfg.run.gather_deadline_s > 0:

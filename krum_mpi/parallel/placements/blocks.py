@@ -9,7 +9,14 @@ Rank r owns the coordinates bounds[r]:bounds[r + 1] of every vector (uneven widt
     per-shard: the rule on rank r's block alone (each block selects on its own)
     theta[block] <- SGD step; Allgatherv: every rank gets the whole new theta
 
-No rank ever holds another worker's whole gradient. Rank 0 records the step as in the gathered
+No rank ever holds another worker's whole gradient, at d >= ``aggregator.sharded_min_d``. Below it
+(``exchange_for``) a step costs its collectives, not its bytes, and ``placement = "sharded"`` makes
+the gather's exchange instead (``SmallShardedPlacement``: rank 0 holds every row and runs the same
+rule on them, so the selections and parameters are the same, bit for bit), unless Byzantine ranks
+or replicated blocks are configured: their threat and their defence live in the sharded exchange.
+The results file says which exchange ran and why (attributes ``exchange``, ``exchange_reason``).
+
+Rank 0 records the step as in the gathered
 placement, plus per step and rank the payload bytes sent and received (``comm/bytes_sent``,
 ``comm/bytes_received``), the seconds of each phase (``timing/rank_phase_s``, named by the
 attribute ``rank_phases``) and, for per-shard, each block's selection (``selection/per_block``).
@@ -22,9 +29,50 @@ from ... import aggregators
 from .. import sharded
 from ...run.server import SEED_ATTACK
 from .base import Outcome, Placement, Turn
+from .gather import GatherPlacement
 
 SHARDED_PHASES = ("stop check and compute, Alltoallv of row blocks (and crafting), rule, "
                   "update and allgather of the parameters")
+
+
+def exchange_for(cfg, d: int) -> tuple[str, str]:
+    """("sharded" or "gather", why): the exchange of ``placement = "sharded"`` for d parameters."""
+    least = cfg.aggregator.sharded_min_d
+    if d >= least:
+        return "sharded", f"d = {d} >= aggregator.sharded_min_d = {least}"
+    if cfg.byzantine_ranks.ranks:   # their lies (and any defence) live in the sharded exchange
+        return "sharded", f"byzantine_ranks.ranks = {list(cfg.byzantine_ranks.ranks)} lie in the sharded exchange"
+    replicas = getattr(cfg.aggregator, "replicas", 1)   # replicated blocks defend the sharded exchange
+    if replicas > 1:
+        return "sharded", f"aggregator.replicas = {replicas} replicate the sharded exchange's blocks"
+    return "gather", (f"d = {d} < aggregator.sharded_min_d = {least}: rank 0 gathers the rows (fewer "
+                      "collectives per step; the same rule, so the same selections)")
+
+
+def sharded_placement(setup, cfg, comm) -> Placement:
+    """``placement = "sharded"``: the exchange ``exchange_for`` chooses (module doc)."""
+    exchange, why = exchange_for(cfg, setup.d)
+    if exchange == "gather":
+        return SmallShardedPlacement(setup, cfg, comm, why)
+    return ShardedPlacement(setup, cfg, comm, why=why)
+
+
+def record_exchange(writer, exchange: str, why: str) -> None:
+    """Rank 0: which exchange the run makes, and why, as attributes of the results file."""
+    if writer is not None:
+        writer.extra_attrs.update(exchange=exchange, exchange_reason=why)
+
+
+class SmallShardedPlacement(GatherPlacement):
+    """``placement = "sharded"`` below ``aggregator.sharded_min_d``: the gather's exchange and rule."""
+
+    def __init__(self, setup, cfg, comm, why: str):
+        super().__init__(setup, cfg, comm)
+        self.why = why
+
+    def begin(self, theta: np.ndarray, save, writer, steps: int) -> None:
+        super().begin(theta, save, writer, steps)
+        record_exchange(writer, "gather", self.why)
 
 
 class BlockPlacement(Placement):
@@ -164,9 +212,15 @@ class BlockPlacement(Placement):
 class ShardedPlacement(BlockPlacement):
     """Exact: the rule's decision from distances summed over every block, the same on every rank."""
 
-    def __init__(self, setup, cfg, comm, bounds=None, index=None):
+    def __init__(self, setup, cfg, comm, bounds=None, index=None, why: str = ""):
         super().__init__(setup, cfg, comm, bounds, index)
         self.rule_state: dict = {}   # centered-clipping: {"center": [this rank's block of the last aggregate]}
+        self.why = why               # why the sharded exchange ("": model parallelism, always sharded)
+
+    def begin(self, theta: np.ndarray, save, writer, steps: int) -> None:
+        super().begin(theta, save, writer, steps)
+        if self.why:
+            record_exchange(writer, "sharded", self.why)
 
     def aggregate(self, present):
         result = sharded.aggregate(self.name, self.blocks, self.f, self.options, self.rule_state)

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import byzantine_ranks, sharded
 from ..replicas import Vote
-from .blocks import ShardedPlacement
+from .blocks import ShardedPlacement, exchange_for
 
 
 class ReplicatedPlacement(ShardedPlacement):
@@ -35,7 +35,8 @@ class ReplicatedPlacement(ShardedPlacement):
         r = cfg.aggregator.replicas
         self.vote = Vote(comm.size, r)
         index = int(self.vote.block_of_rank[comm.rank])
-        super().__init__(setup, cfg, comm, sharded.block_bounds(setup.d, self.vote.blocks), index)
+        super().__init__(setup, cfg, comm, sharded.block_bounds(setup.d, self.vote.blocks), index,
+                         why=exchange_for(cfg, setup.d)[1])   # the block exchange at any d: recorded why
         self.rank_widths = np.diff(self.bounds)[self.vote.block_of_rank]
         self.blocks = sharded.Blocks([self.block], self.gather_voted, self.vote.blocks)
         section = cfg.byzantine_ranks
