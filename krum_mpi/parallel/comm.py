@@ -55,18 +55,6 @@ class Comm:
         if self.audit is not None:
             self.audit.append({"op": op, "from": sorted(int(r) for r in sources)})
 
-    def write_audit(self) -> None:
-        if self.audit is None:
-            return
-        import json
-        from pathlib import Path
-        folder = Path(os.environ["KRUM_MPI_AUDIT_DIR"])
-        folder.mkdir(parents=True, exist_ok=True)
-        unique = {json.dumps(a, sort_keys=True) for a in self.audit}
-        received = [json.loads(u) for u in sorted(unique)]
-        record = {"rank": self.rank, "workers": list(self.worker_range()), "received": received}
-        (folder / f"rank{self.rank}.json").write_text(json.dumps(record))
-
     @property
     def is_root(self) -> bool:
         return self.rank == 0
@@ -252,15 +240,12 @@ class Comm:
         return [bytes(row).rstrip(b"\0").decode(errors="replace") for row in out]
 
     def finalize_within(self, seconds: float, code: int) -> None:
-        """Every rank, together: ``MPI_Finalize``, but never longer than ``seconds`` (then the
-        process ends with ``code`` at once). Finalizing matters: under ``mpiexec`` a rank that
-        leaves without it (``os._exit``) is seen as a crash, and the launcher kills the ranks still
-        leaving, so the job's status becomes 9 instead of ``code``. The bound matters too: under
-        ``srun`` after a forwarded signal, finalize sometimes stalled for minutes."""
+        """Every rank, together: ``MPI_Finalize``, but never longer than ``seconds`` (then the process
+        ends with ``code``). Under ``mpiexec`` a rank leaving without it is seen as a crash (status 9);
+        under ``srun`` after a forwarded signal it sometimes stalled for minutes: hence the bound."""
         import threading
 
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush()
         timer = threading.Timer(seconds, os._exit, (code,))
         timer.daemon = True
         timer.start()
@@ -271,12 +256,16 @@ class Comm:
 
     def abort(self, code: int = 1) -> None:
         """End every rank of the job now (after one rank hit an error the others cannot see)."""
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush()
         self.world.Abort(code)
 
     def wtime(self) -> float:
         return self.MPI.Wtime()
+
+
+def _flush() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 class DeadlineExchange:

@@ -78,11 +78,11 @@ class ShardedRows:
     def __init__(self, blocks: Blocks, identical=None):
         self.blocks = blocks
         self.dtype = host_dtype(blocks.blocks[0])
-        self.identical_pairs = identical
+        self.exchanged_identical = identical   # not "identical_pairs": that name is LocalRows' batched method
 
     def identical(self, i, j):
-        if self.identical_pairs is not None:
-            return bool(self.identical_pairs[i, j])
+        if self.exchanged_identical is not None:
+            return bool(self.exchanged_identical[i, j])
         return bool(self.blocks.every([[LocalRows(b).identical(i, j)] for b in self.blocks.blocks])[0])
 
     def level_one(self, pairs):
