@@ -90,11 +90,11 @@ class ShardedRows:
     def __init__(self, blocks: Blocks, identical=None):
         self.blocks = blocks
         self.dtype = host_dtype(blocks.blocks[0])
-        self.identical_table = identical   # not "identical_pairs": certify calls a method of that name
+        self.exchanged_identical = identical   # not "identical_pairs": that name is LocalRows' batched method
 
     def identical(self, i, j):
-        if self.identical_table is not None:
-            return bool(self.identical_table[i, j])
+        if self.exchanged_identical is not None:
+            return bool(self.exchanged_identical[i, j])
         return bool(self.blocks.every([[LocalRows(b).identical(i, j)] for b in self.blocks.blocks])[0])
 
     def level_one(self, pairs):

@@ -31,6 +31,7 @@ from ..parallel.comm import Comm, mpi_library_version
 from ..parallel.comm import block_counts as comm_block_counts
 from ..errors import ConfigError, KrumMPIError
 from .progress import Progress
+from .audit import write_audit
 from .steps import StepLoop, Watchdog, flush_or_note, peak_rss_mib
 from .stop import StopRequest  # noqa: F401  (krum_mpi.train.StopRequest, as before)
 from ..summary import summarize_arrays
@@ -278,7 +279,7 @@ def run(cfg: Config, out_path, comm: Comm | None = None, resume: bool = False,
         progress.close()
     status = "interrupted" if interrupted else "complete"
     save(step, status)
-    comm.write_audit()
+    write_audit(comm)
     if not comm.is_root:
         return {"status": status}
     return {**summarize(writer, s.byzantine), "status": status}
