@@ -151,7 +151,7 @@ def resolve(raw: dict) -> Config:
     _check_rule_and_attack(cfg)
     from .parallel import model_parallel
     cfg = model_parallel.resolve(cfg)   # parallel.model > 1: before the placement checks (placement sharded)
-    byzantine_ranks.check_config(cfg.to_dict())
+    byzantine_ranks.check_config(cfg)
     _check_placement(cfg)
     return cfg
 

@@ -15,7 +15,7 @@ BASE = ["workers.n=20", "aggregator.name=krum", "aggregator.f=6", "parallel.mode
 
 
 def cfg_with(*overrides):
-    return config.load_config(None, [*BASE, *overrides])
+    return config.load(None, [*BASE, *overrides])
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -33,9 +33,17 @@ def cfg_with(*overrides):
     (["byzantine_ranks.ranks=[3]", "parallel.model=1", "byzantine_ranks.behaviour=lie-distances"],
      "needs aggregator.placement = 'sharded', not 'gather'"),
     (["byzantine_ranks.ranks=[3]", "byzantine_ranks.behaviour=lie-distances"],
-     "'lie-distances' is not implemented yet: it needs the replicated-blocks placement"),
-    (["byzantine_ranks.ranks=[3]", "parallel.model=1", "aggregator.placement=sharded",
-      "byzantine_ranks.behaviour=corrupt-block"], "'corrupt-block' is not implemented yet"),
+     "'lie-distances' lies in the sharded aggregation of whole rows, which parallel.model = 2 does not run"),
+    (["byzantine_ranks.ranks=[3]", "parallel.model=1", "aggregator.placement=per-shard",
+      "byzantine_ranks.behaviour=corrupt-block"], "needs aggregator.placement = 'sharded', not 'per-shard'"),
+    (["byzantine_ranks.ranks=[3]", "parallel.model=1", "aggregator.placement=sharded", "aggregator.name=median",
+      "byzantine_ranks.behaviour=lie-distances"], "falsifies pairwise distances, which aggregator.name = 'median' "
+                                                  "never reads"),
+    (["parallel.model=1", "aggregator.placement=sharded", "aggregator.replicas=2"], "must be odd"),
+    (["parallel.model=1", "aggregator.placement=sharded", "aggregator.replicas=0"], "must be >= 1"),
+    (["parallel.model=1", "aggregator.replicas=3"], "replicates the coordinate blocks of aggregator.placement = "
+                                                    "'sharded', not 'gather'"),
+    (["aggregator.replicas=3", "byzantine_ranks.ranks=[3]"], "replicated model groups are not built"),
 ])
 def test_what_a_placement_cannot_express_is_refused_in_one_line(overrides, message):
     with pytest.raises(ConfigError) as caught:
@@ -47,9 +55,10 @@ def test_what_a_placement_cannot_express_is_refused_in_one_line(overrides, messa
 def test_defaults_keep_the_run_id_and_the_section_is_accepted():
     plain = config.load_config(None, ["workers.n=20", "aggregator.name=krum", "aggregator.f=6"])
     assert plain["byzantine_ranks"] == {"ranks": [], "behaviour": "none", "scale": -4.0, "sigma": 1.0}
+    assert plain["aggregator"]["replicas"] == 1 and "replicas" not in config.identity(plain)["aggregator"]
     assert "byzantine_ranks" not in config.identity(plain)   # run ids of existing runs unchanged
     cfg = cfg_with("byzantine_ranks.ranks=[5]")
-    assert cfg["byzantine_ranks"]["ranks"] == [5] and cfg["aggregator"]["placement"] == "sharded"
+    assert cfg.byzantine_ranks.ranks == (5,) and cfg.aggregator.placement == "sharded"
     assert config.run_id(cfg) != config.run_id(cfg_with("byzantine_ranks.ranks=[4]"))
 
 
@@ -71,6 +80,21 @@ def test_hosted_workers_are_the_groups_and_count_against_f():
         byzantine_ranks.check_f(cfg, overlapping, hosted)
     both = byzantine_ranks.hosted_workers(cfg_with("byzantine_ranks.ranks=[3, 4]"), 6, grid_for(0))
     assert both.sum() == 13
+
+
+@pytest.mark.parametrize("world, overrides, message", [
+    (6, ["byzantine_ranks.ranks=[6]"], "rank 6 does not exist in a run of 6 ranks (0 .. 5)"),
+    (2, ["aggregator.replicas=3"], "aggregator.replicas = 3 on 2 ranks: every coordinate block needs 3 ranks: "
+                                   "launch at least 3 ranks"),
+])
+def test_a_world_the_replicas_or_ranks_do_not_fit_is_refused(world, overrides, message):
+    cfg = config.load(None, ["workers.n=20", "aggregator.name=krum", "aggregator.f=4",
+                             "aggregator.placement=sharded", "byzantine_ranks.behaviour=corrupt-block",
+                             "byzantine_ranks.ranks=[2]", *overrides])
+    with pytest.raises(ConfigError) as caught:
+        byzantine_ranks.check_world(cfg, world)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    byzantine_ranks.check_world(cfg, 4 if world != 6 else 12)   # 4 ranks: one block, 4 replicas
 
 
 @pytest.mark.parametrize("ranks, message", [

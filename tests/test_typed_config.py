@@ -165,9 +165,9 @@ def test_a_bad_key_is_still_one_line():
 def test_modules_read_sections_by_attribute_not_the_dict():
     """The run, the parallel layer, the data and the models read a Config (cfg.run.steps), never a
     section of the dict (cfg["run"]). Left: the results file and resume, which keep the resolved dict
-    the file stores, and byzantine_ranks, which is handed that dict (cfg.to_dict())."""
+    the file stores."""
     package = REPO / "krum_mpi"
-    allowed = {"run/results.py", "run/resume.py", "run/runid.py", "parallel/byzantine_ranks.py"}
+    allowed = {"run/results.py", "run/resume.py", "run/runid.py"}
     pattern = re.compile(r"cfg\[\s*[\"'](" + "|".join(schema.DEFAULTS) + r")[\"']\s*\]")
     readers = sorted(p.relative_to(package).as_posix()
                      for folder in ("run", "parallel", "data", "torch_models") for p in (package / folder).rglob("*.py")

@@ -91,8 +91,7 @@ class CertifiedDistances:
         group = np.arange(self.n)
         close = [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(self.lo == 0.0, 1)))
                  if self.finite[i] and self.finite[j]]
-        # all at once (LocalRows: one search for clones); ShardedRows' identical_pairs is its answer matrix
-        if callable(getattr(self.rows, "identical_pairs", None)):
+        if hasattr(self.rows, "identical_pairs"):  # all at once (LocalRows: one search for clones)
             same = dict(zip(close, self.rows.identical_pairs(close)))
         else:
             same = None

@@ -15,6 +15,7 @@ tables (``tables/point*.csv``) hold no timing; timings are in ``tables/*_timing.
 """
 import pandas as pd
 
+from . import byzantine_ranks_section
 from . import review_figures as rfig
 from . import review_tables as rt
 from .answers import settings_table
@@ -302,7 +303,7 @@ def point_3(page, runs, table_dir):
         verdicts.append(f"{place} against gather: {pct(same)} of steps with the same selection at worst "
                         f"({'identical' if same == 1.0 else 'not identical'}), accuracy differs by at most "
                         f"{pct(g['accuracy_diff_max'].max())}.")
-    return verdicts
+    return verdicts + byzantine_ranks_section.section(page, runs, table_dir)   # Byzantine ranks, replicas
 
 
 def review_sections(page, study, points, table_dir, generic_point_3):

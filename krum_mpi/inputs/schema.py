@@ -60,6 +60,8 @@ DEFAULTS: dict = {
         "f": -1,                 # declared f given to the rule; -1: workers.byzantine
         "placement": "gather",   # gather (rank 0 holds every row) | sharded | per-shard (docs/sharded.md)
         "sharded_min_d": 35_000,   # placement = sharded below this d: the gather's exchange (docs/sharded.md)
+        "replicas": 1,           # sharded: ranks holding each coordinate block (odd); receivers take the
+                                 # majority, so (replicas - 1) / 2 lying ranks per block change nothing
     },
     "attack": {
         "name": "none",          # see krum_mpi.attacks.names()
@@ -70,8 +72,8 @@ DEFAULTS: dict = {
     },
     "byzantine_ranks": {         # MPI ranks that lie in what they send (docs/sharded.md "Byzantine ranks")
         "ranks": [],             # world ranks, never 0
-        "behaviour": "none",     # none | corrupt-activations | lie-distances | corrupt-block (the last two: not yet)
-        "scale": -4.0,           # corrupt-activations: each value x sent in the group becomes scale * x ...
+        "behaviour": "none",     # none | corrupt-activations | lie-distances | corrupt-block
+        "scale": -4.0,           # corrupt-activations, corrupt-block: each value x sent becomes scale * x ...
         "sigma": 1.0,            # ... + sigma * N(0, 1), drawn from the run seed
     },
     "faults": {                  # injected faults, to test the reliability paths (docs/reliability.md)
@@ -130,6 +132,7 @@ BOUNDS = {
     "run.gather_deadline_s": (0.0, None),
     "run.watchdog_s": (0.0, None),
     "parallel.model": (1, None),
+    "aggregator.replicas": (1, None),
     "byzantine_ranks.sigma": (0.0, None),
     "faults.slow_rank": (-1, None),
     "faults.slow_from": (0, None),

@@ -55,18 +55,6 @@ class Comm:
         if self.audit is not None:
             self.audit.append({"op": op, "from": sorted(int(r) for r in sources)})
 
-    def write_audit(self) -> None:
-        if self.audit is None:
-            return
-        import json
-        from pathlib import Path
-        folder = Path(os.environ["KRUM_MPI_AUDIT_DIR"])
-        folder.mkdir(parents=True, exist_ok=True)
-        unique = {json.dumps(a, sort_keys=True) for a in self.audit}
-        received = [json.loads(u) for u in sorted(unique)]
-        record = {"rank": self.rank, "workers": list(self.worker_range()), "received": received}
-        (folder / f"rank{self.rank}.json").write_text(json.dumps(record))
-
     @property
     def is_root(self) -> bool:
         return self.rank == 0
@@ -126,17 +114,19 @@ class Comm:
         entry[1] += int(received)
 
     # -- the sharded placement: coordinate blocks, every buffer typed (no pickling) ----------
-    def alltoall_row_blocks(self, rows: np.ndarray, bounds: np.ndarray, out: np.ndarray) -> None:
-        """Each rank's (k_r, d) float32 rows -> each rank q's (n, w_q) block: the columns
-        bounds[q]:bounds[q + 1] of every worker's row, in worker order (one Alltoallv)."""
+    def alltoall_row_blocks(self, rows: np.ndarray, bounds: np.ndarray, out: np.ndarray, block_of_rank=None) -> None:
+        """Each rank's (k_r, d) float32 rows -> rank q's (n, w) block: columns bounds[b]:bounds[b + 1] of every
+        row, b = block_of_rank[q] (default q; replicated blocks: ranks sharing a block), in worker order."""
         k, d = rows.shape
-        widths = np.diff(bounds).astype(np.int64)
-        if self._send_buffer is None or self._send_buffer.size != k * d:
-            self._send_buffer = np.empty(k * d, dtype=np.float32)
+        b = np.arange(self.size) if block_of_rank is None else np.asarray(block_of_rank)
+        lo, hi = np.asarray(bounds)[b], np.asarray(bounds)[b + 1]
+        widths = (hi - lo).astype(np.int64)
+        if self._send_buffer is None or self._send_buffer.size != k * int(widths.sum()):
+            self._send_buffer = np.empty(k * int(widths.sum()), dtype=np.float32)
         send, offset = self._send_buffer, 0
         for q in range(self.size):   # packed per destination: its (k, w_q) block, contiguous
             w = int(widths[q])
-            send[offset:offset + k * w].reshape(k, w)[...] = rows[:, bounds[q]:bounds[q + 1]]
+            send[offset:offset + k * w].reshape(k, w)[...] = rows[:, lo[q]:hi[q]]
             offset += k * w
         send_counts = k * widths
         send_displs = np.concatenate([[0], np.cumsum(send_counts)[:-1]])
@@ -144,7 +134,7 @@ class Comm:
         self.world.Alltoallv([send, send_counts, send_displs, self.MPI.FLOAT],
                              [out, self.counts * mine, self.displs * mine, self.MPI.FLOAT])
         self._log("alltoall_row_blocks", range(self.size))
-        self.count("alltoall_row_blocks", 4 * k * (d - mine), 4 * (self.n_workers - k) * mine)
+        self.count("alltoall_row_blocks", 4 * k * (int(widths.sum()) - mine), 4 * (self.n_workers - k) * mine)
 
     def allgather_parts(self, local: np.ndarray) -> np.ndarray:
         """Every rank's (k, ...) float64 or uint8 array, stacked in rank order: (size * k, ...)."""
@@ -252,15 +242,12 @@ class Comm:
         return [bytes(row).rstrip(b"\0").decode(errors="replace") for row in out]
 
     def finalize_within(self, seconds: float, code: int) -> None:
-        """Every rank, together: ``MPI_Finalize``, but never longer than ``seconds`` (then the
-        process ends with ``code`` at once). Finalizing matters: under ``mpiexec`` a rank that
-        leaves without it (``os._exit``) is seen as a crash, and the launcher kills the ranks still
-        leaving, so the job's status becomes 9 instead of ``code``. The bound matters too: under
-        ``srun`` after a forwarded signal, finalize sometimes stalled for minutes."""
+        """Every rank, together: ``MPI_Finalize``, but never longer than ``seconds`` (then the process
+        ends with ``code``). Under ``mpiexec`` a rank leaving without it is seen as a crash (status 9);
+        under ``srun`` after a forwarded signal it sometimes stalled for minutes: hence the bound."""
         import threading
 
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush()
         timer = threading.Timer(seconds, os._exit, (code,))
         timer.daemon = True
         timer.start()
@@ -271,12 +258,16 @@ class Comm:
 
     def abort(self, code: int = 1) -> None:
         """End every rank of the job now (after one rank hit an error the others cannot see)."""
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush()
         self.world.Abort(code)
 
     def wtime(self) -> float:
         return self.MPI.Wtime()
+
+
+def _flush() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 class DeadlineExchange:

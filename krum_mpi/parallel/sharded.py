@@ -62,11 +62,23 @@ class Blocks(Rows):
     """The sharded rows source: the blocks this process holds, in block order, and ``gather_parts``:
     a local (k, ...) array of partials, one per local block -> the (P, ...) partials of all P blocks.
     None means this process holds every block (nothing to exchange). Its certified distances are
-    the blocks' own, summed."""
+    the blocks' own, summed. ``lie``: a lie-distances rank's DistanceLie (parallel/byzantine_ranks.py),
+    applied to the partial distances this process reports at every refinement level; None: honest."""
+
+    lie = None
 
     def certified(self):
         distances, identical = summed_distances(self)
         return CertifiedDistances(ShardedRows(self, identical), distances)
+
+    def like(self, blocks):
+        other = super().like(blocks)
+        other.lie = self.lie   # the rows of a pre-step (nnm): the rank lies about them too
+        return other
+
+    def reported(self, values):
+        """This process's (n, n) partial distances (or their bounds), as it reports them."""
+        return values if self.lie is None else self.lie.matrix(values)
 
 
 class ShardedRows:
@@ -78,16 +90,18 @@ class ShardedRows:
     def __init__(self, blocks: Blocks, identical=None):
         self.blocks = blocks
         self.dtype = host_dtype(blocks.blocks[0])
-        self.identical_pairs = identical
+        self.exchanged_identical = identical   # not "identical_pairs": that name is LocalRows' batched method
 
     def identical(self, i, j):
-        if self.identical_pairs is not None:
-            return bool(self.identical_pairs[i, j])
+        if self.exchanged_identical is not None:
+            return bool(self.exchanged_identical[i, j])
         return bool(self.blocks.every([[LocalRows(b).identical(i, j)] for b in self.blocks.blocks])[0])
 
     def level_one(self, pairs):
         pairs = list(pairs)
         parts = [np.stack(LocalRows(b).level_one(pairs)) for b in self.blocks.blocks]  # (2, m) each
+        if self.blocks.lie is not None:
+            parts = [self.blocks.lie.pairs(pairs, p) for p in parts]
         summed, absolute = self.blocks.total(parts)
         return summed[0], self.blocks.rounded_up(summed[1], absolute[0])
 
@@ -96,6 +110,8 @@ class ShardedRows:
         local, size = [], EXACT_BYTES[self.dtype]
         for b in self.blocks.blocks:
             ints = LocalRows(b).exact(pairs)
+            if self.blocks.lie is not None:
+                ints = self.blocks.lie.exact(pairs, ints)
             local.append(np.frombuffer(b"".join(v.to_bytes(size, "little") for v in ints),
                                        dtype=np.uint8).reshape(len(pairs), size))
         parts = self.blocks.all_parts(np.stack(local))
@@ -116,8 +132,9 @@ def summed_distances(blocks: Blocks):
         ok = result.finite[:, None] & result.finite[None, :]
         sq = np.where(ok, to_numpy(result.sq), 0.0)
         err = np.where(ok, result.err, 0.0)
-        per_block.append(np.concatenate([sq, err, result.finite[None, :].astype(np.float64),
-                                         identical_pairs(LocalRows(b), ok & (sq <= err))]))
+        same = identical_pairs(LocalRows(b), ok & (sq <= err))   # on the true values: this rank's rows
+        sq, err = blocks.reported(sq), blocks.reported(err)
+        per_block.append(np.concatenate([sq, err, result.finite[None, :].astype(np.float64), same]))
     summed, absolute = blocks.total(per_block)
     everywhere = blocks.parts - 0.5
     finite, identical = summed[2 * n] > everywhere, summed[2 * n + 1:] > everywhere

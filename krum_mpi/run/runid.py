@@ -10,7 +10,7 @@ LATER_KEYS = (("model", "factory"), ("model", "kwargs"), ("model", "loss"), ("mo
               ("aggregator", "placement"), ("parallel", "model"),
               ("optimizer", "momentum_form"), ("data", "validation_fraction"),
               ("byzantine_ranks", "ranks"), ("byzantine_ranks", "behaviour"), ("byzantine_ranks", "scale"),
-              ("byzantine_ranks", "sigma"), ("aggregator", "sharded_min_d"))
+              ("byzantine_ranks", "sigma"), ("aggregator", "sharded_min_d"), ("aggregator", "replicas"))
 
 
 def identity(cfg: dict, defaults: dict) -> dict:

@@ -31,6 +31,7 @@ from ..parallel.comm import Comm, mpi_library_version
 from ..parallel.comm import block_counts as comm_block_counts
 from ..errors import ConfigError, KrumMPIError
 from .progress import Progress
+from .audit import write_audit
 from .steps import StepLoop, Watchdog, flush_or_note, peak_rss_mib
 from .stop import StopRequest  # noqa: F401  (krum_mpi.train.StopRequest, as before)
 from ..summary import summarize_arrays
@@ -96,8 +97,7 @@ class Setup:
             comm.set_layout(counts)
         else:
             self.byzantine = byzantine_mask(self.n, workers.byzantine, self.seed)
-        # workers of lying ranks (byzantine_ranks reads the resolved dict)
-        self.through_ranks = byzantine_ranks.attach(cfg.to_dict(), comm, self.grid, self.byzantine)
+        self.through_ranks = byzantine_ranks.attach(cfg, comm, self.grid, self.byzantine)   # workers of lying ranks
         self.local_workers = list(self.grid.workers if self.grid else comm.worker_range())
         self.shards = [self.dataset.shard(w, self.n) for w in self.local_workers]
         self.worker_xp = backend.namespace(backend.resolve_device(workers.device))
@@ -279,7 +279,7 @@ def run(cfg: Config, out_path, comm: Comm | None = None, resume: bool = False,
         progress.close()
     status = "interrupted" if interrupted else "complete"
     save(step, status)
-    comm.write_audit()
+    write_audit(comm)
     if not comm.is_root:
         return {"status": status}
     return {**summarize(writer, s.byzantine), "status": status}

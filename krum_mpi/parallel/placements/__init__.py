@@ -5,6 +5,8 @@
       a deadline
     sharded      ShardedPlacement       each rank a coordinate block; the exact rule over all blocks
                  SmallShardedPlacement  below aggregator.sharded_min_d: the gather's exchange (blocks.py)
+    sharded with ReplicatedPlacement    each block on aggregator.replicas ranks, majority on receipt;
+      replicas                          Byzantine ranks that lie in the sharded aggregation (any d)
     per-shard    PerShardPlacement      each rank the rule on its block alone (the naive baseline)
     model        ModelParallelPlacement the blocks are the split model's shards (parallel.model = p)
 
@@ -17,6 +19,8 @@ from .base import Outcome, Placement, Turn  # noqa: F401  (the interface, for th
 from .blocks import PerShardPlacement, ShardedPlacement, SmallShardedPlacement, sharded_placement  # noqa: F401
 from .gather import DeadlinePlacement, GatherPlacement
 from .model import ModelParallelPlacement, connect
+from .replicated import ReplicatedPlacement
+from ..byzantine_ranks import SHARDED_BEHAVIOURS
 from ...errors import ConfigError
 
 
@@ -25,6 +29,9 @@ def build(setup, cfg, comm) -> Placement:
     if setup.grid is not None:
         return ModelParallelPlacement(setup, cfg, comm, connect(setup, comm))
     placement = cfg.aggregator.placement
+    if placement == "sharded" and (cfg.aggregator.replicas > 1
+                                   or cfg.byzantine_ranks.behaviour in SHARDED_BEHAVIOURS):
+        return ReplicatedPlacement(setup, cfg, comm)
     if placement == "sharded":
         return sharded_placement(setup, cfg, comm)
     if placement == "per-shard":
