@@ -16,6 +16,7 @@ tables (``tables/point*.csv``) hold no timing; timings are in ``tables/*_timing.
 import pandas as pd
 
 from . import byzantine_ranks_section
+from . import point2_cells
 from . import review_figures as rfig
 from . import review_tables as rt
 from .answers import settings_table
@@ -210,6 +211,7 @@ def point_2(page, runs, table_dir):
                   "effect of the set's size beyond that; epochs over the large sets are the cluster version's.")
     _save(tables, table_dir)
     _point_2_flags(page, runs)
+    point2_cells.section(page, runs[runs["run.name"].astype(str).str.startswith("point2-")], table_dir)
     if panels:
         page.draw(rfig.scale_axes(panels), "point2_scale",
                   "Final accuracy against training samples, model size and minibatch size (solid: no attack)")
@@ -232,14 +234,7 @@ def _point_2_flags(page, runs):
                   "(covtype, SUSY, HIGGS) are the cluster version's.")
     if not (~runs["model.name"].isin(["mlp", "logistic", "softmax"])).any():
         page.flag("no PyTorch zoo model in point 2 (lenet5, resnet20): the cluster version's point2-zoo.")
-    samples = runs[runs["run.name"] == "point2-samples"]
-    if len(samples):
-        drawn = (samples["steps"].astype(float) * samples["n_workers"].astype(float)
-                 * samples["workers.batch_size"].astype(float))
-        if (drawn < samples["data.n_train"].astype(float)).any():
-            page.flag(f"point2-samples draws at most {int(drawn.max())} samples per run, fewer than its largest sets "
-                      "hold: the effect of data size beyond that is not measured.")
-
+    # samples drawn against the sets' sizes: the cell table (point2_cells.flags)
 
 def _trend(eff, title):
     """One verdict per robust rule: where its cost and payoff are decided, which way, and by how much."""
