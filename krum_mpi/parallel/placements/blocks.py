@@ -163,16 +163,21 @@ class BlockPlacement(Placement):
         self.saved = {}
         if "center" in self.state_keys:
             widths = np.diff(self.bounds)
-            padded = np.zeros(int(widths.max()), dtype=np.float64)
-            centre = self.centre_block()
-            if centre is not None:
-                padded[:widths[self.comm.rank]] = np.asarray(centre, dtype=np.float32)
-            parts = self.comm.gather_floats(padded)
+            parts = self.comm.gather_floats(self.padded_centre(widths))
             if self.comm.is_root:
                 self.saved["aggregator_state.center"] = np.concatenate(
                     [parts[r, :widths[r]] for r in range(self.comm.size)]).astype(np.float32)
         if self.comm.is_root:
             self.saved.update(self.scalar_state())
+
+    def padded_centre(self, widths) -> np.ndarray:
+        """This rank's block of the centre as float64, zero-padded to the widest block (zeros where
+        it holds none yet)."""
+        padded = np.zeros(int(widths.max()), dtype=np.float64)
+        centre = self.centre_block()
+        if centre is not None:
+            padded[:len(centre)] = np.asarray(centre, dtype=np.float32)
+        return padded
 
     def scalar_state(self) -> dict:
         return {}

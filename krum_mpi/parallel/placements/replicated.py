@@ -111,11 +111,7 @@ class ReplicatedPlacement(ShardedPlacement):
         self.saved = {}
         if "center" in self.state_keys:
             widths = np.diff(self.bounds)
-            padded = np.zeros(int(widths.max()), dtype=np.float64)
-            centre = self.centre_block()
-            if centre is not None:
-                padded[:len(centre)] = np.asarray(centre, dtype=np.float32)
-            parts = self.comm.gather_floats(padded)
+            parts = self.comm.gather_floats(self.padded_centre(widths))
             if self.comm.is_root:
                 voted = self.vote.parts(parts)
                 self.saved["aggregator_state.center"] = np.concatenate(
