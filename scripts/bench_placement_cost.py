@@ -15,6 +15,7 @@ on all of them alike:
                     which ran; it is recorded per run here)
     sharded-blocks  placement = "sharded" with sharded_min_d = 0: always the exchange of blocks
     model-2         parallel.model = 2 (the MLP split over pairs of ranks)
+    model-4         parallel.model = 4 (one model group of 4 ranks: its block exchange is the group's rows)
 
 Per run: the median ``timing/step_s`` over the steps after the first quarter (at most 5: imports and
 first calls), and the slowest rank's median of each of the four phases (``timing/rank_phase_s``).
@@ -42,7 +43,8 @@ PRESET = ROOT / "configs" / "synthetic-krum-f6.toml"
 PLACEMENTS = {"gather": [],
               "sharded": ["--set", "aggregator.placement=sharded"],
               "sharded-blocks": ["--set", "aggregator.placement=sharded", "--set", "aggregator.sharded_min_d=0"],
-              "model-2": ["--set", "parallel.model=2"]}
+              "model-2": ["--set", "parallel.model=2"],
+              "model-4": ["--set", "parallel.model=4"]}
 
 
 def one_run(config: Path, out: Path, placement: str, hidden: int, steps: int, ranks: int) -> dict:
@@ -59,7 +61,7 @@ def one_run(config: Path, out: Path, placement: str, hidden: int, steps: int, ra
         step_s = h5["timing/step_s"][skip:]
         phases = h5["timing/rank_phase_s"][skip:]          # (steps, ranks, 4)
         d = int(json.loads(h5.attrs["provenance"])["n_params"])
-        exchange = str(h5.attrs.get("exchange", "model groups" if placement == "model-2" else "gather"))
+        exchange = str(h5.attrs.get("exchange", "model groups" if placement.startswith("model") else "gather"))
     return {"placement": placement, "hidden": hidden, "d": d, "exchange": exchange,
             "step_s": float(np.median(step_s)),
             "phases_s": [float(v) for v in np.nanmedian(phases, axis=0).max(axis=0)]}

@@ -120,7 +120,8 @@ class SplitMLP:
         self.n_params = self.layout.sizes[self.local[0]]
         self.replicas: dict = {}   # (shard, layer) -> copy of a row-parallel bias owned by shard 0
         self.corrupt = None        # a Byzantine rank's ActivationCorruption (parallel/byzantine_ranks.py)
-        self._message = None       # (step, worker, count of messages sent) while a worker's gradient is computed
+        self._message = None       # (step, workers, count of messages sent) while gradients are computed
+        self._rows = [0]           # where each worker's rows start in a stacked exchange, and the end
 
     def set_threads(self, threads: int) -> None:
         """BLAS threads are limited by the training loop, as for the whole model."""
@@ -141,94 +142,130 @@ class SplitMLP:
         s = self.local[0]
         return [b for l, (W, b) in enumerate(self.layers(theta, s)) if self.layout.kinds[l] == "row"]
 
-    # -- the sums and gathers over the group ------------------------------------------------
+    # -- the sums and gathers over the group: one collective for all the workers of a call --------
     def _outgoing(self, parts):
-        """What this rank sends: its parts, or on a corrupt-activations rank their corruption. Only
-        while computing a worker's gradient: the test accuracy is a measurement, not training."""
+        """What this rank sends: parts[w][k] (worker w of the call, local shard k), or on a
+        corrupt-activations rank each worker's part corrupted under that worker's key, exactly as if
+        it were sent alone. Only while computing gradients: the test accuracy is a measurement."""
         if self.corrupt is None or self._message is None:
             return parts
-        step, worker, k = self._message
-        self._message = (step, worker, k + 1)
-        return [self.corrupt(x, step, worker, k) for x in parts]
+        step, workers, k = self._message
+        self._message = (step, workers, k + 1)
+        return [[self.corrupt(x, step, worker, k) for x in per] for worker, per in zip(workers, parts)]
+
+    def _exchange(self, parts, widths):
+        """One gather for every worker of the call: per local shard, the workers' parts stacked along
+        the batch rows in worker order -> every shard's stacked array, in shard order."""
+        sent = self._outgoing(parts)
+        stacked = [per[0] if len(per) == 1 else np.concatenate(per) for per in zip(*sent)]
+        return self.gather(stacked, widths)
+
+    def _per_worker(self, stacked):
+        """A stacked (rows, ...) array cut back into each worker's rows: per worker, the same view for
+        every local shard."""
+        return [[stacked[a:b]] * len(self.local) for a, b in zip(self._rows[:-1], self._rows[1:])]
 
     def _sum(self, partials):
-        """Sum over the group's shards, in shard order: the same array for every local shard."""
-        width = partials[0].shape[-1]
-        every = self.gather(self._outgoing(partials), [width] * self.layout.p)
+        """Sum over the group's shards, in shard order. Elementwise, so each worker's rows get the sums
+        they would get alone, bitwise."""
+        every = self._exchange(partials, [partials[0][0].shape[-1]] * self.layout.p)
         total = every[0].copy()
         for part in every[1:]:
             total += part
-        return [total] * len(partials)
+        return self._per_worker(total)
 
     def _concat(self, parts, l: int):
         split = self.layout.splits[l]
-        every = self.gather(self._outgoing(parts), [int(w) for w in np.diff(split)])
-        return [np.concatenate(every, axis=1)] * len(parts)
+        every = self._exchange(parts, [int(w) for w in np.diff(split)])
+        return self._per_worker(np.concatenate(every, axis=1))
 
     # -- forward and backward --------------------------------------------------------------
-    def _forward(self, thetas, X):
-        """(per local shard: its layers, per local shard: every layer's pre-activations)."""
+    def _forward(self, thetas, Xs):
+        """Every worker's batch in Xs through the split model: (per local shard: its layers; per worker,
+        per local shard: every layer's pre-activations). The products stay per worker (the same
+        BLAS calls as for one worker); only the exchanges are shared."""
         params = [self.layers(t, s) for s, t in zip(self.local, thetas)]
+        self._rows = np.cumsum([0] + [len(X) for X in Xs]).tolist()
         last = len(self.layout.kinds) - 1
-        a = [X] * len(self.local)
-        zs = [[] for _ in self.local]
+        a = [[X] * len(self.local) for X in Xs]
+        zs = [[[] for _ in self.local] for _ in Xs]
         for l, kind in enumerate(self.layout.kinds):
             if kind == "col":
-                z = []
-                for ai, p in zip(a, params):
-                    zi = ai @ p[l][0]
-                    zi += p[l][1]
-                    z.append(zi)
+                z = [[_affine(ai, p[l]) for ai, p in zip(aw, params)] for aw in a]
                 if l == last:
                     z = self._concat(z, l)
             else:
-                z = [zi + p[l][1] for zi, p in zip(self._sum([ai @ p[l][0] for ai, p in zip(a, params)]), params)]
-            for k, zi in enumerate(z):
-                zs[k].append(zi)
-            a = [np.maximum(zi, 0) for zi in z] if l < last else z
+                sums = self._sum([[ai @ p[l][0] for ai, p in zip(aw, params)] for aw in a])
+                z = [[zi + p[l][1] for zi, p in zip(zw, params)] for zw in sums]
+            for zw, into in zip(z, zs):
+                for zi, shard in zip(zw, into):
+                    shard.append(zi)
+            a = [[np.maximum(zi, 0) for zi in zw] for zw in z] if l < last else z
         return params, zs
 
-    def loss_and_grads(self, thetas, X, y, outs=None):
-        """Mean cross-entropy over the batch and each local shard's gradient block (in ``outs`` when given)."""
-        X = np.asarray(X, dtype=thetas[0].dtype)
-        y = np.asarray(y)
-        params, zs = self._forward(thetas, X)
-        loss, dz_full = models.cross_entropy(zs[0][-1], y, self.full.binary, np)
-        grads = [np.empty_like(t) for t in thetas] if outs is None else outs
-        grad_layers = [self.layout.views(g, s) for s, g in zip(self.local, grads)]
+    def _logit_grads(self, zs, ys):
+        """Per worker: its mean cross-entropy and each local shard's columns of the logit gradient."""
         last = len(self.layout.kinds) - 1
-        if self.layout.kinds[last] == "col":
-            split = self.layout.splits[last]
-            dz = [dz_full[:, int(split[s]):int(split[s + 1])] for s in self.local]
-        else:
-            dz = [dz_full] * len(self.local)
-        for l in range(last, -1, -1):
-            for k in range(len(self.local)):
-                a_prev = X if l == 0 else np.maximum(zs[k][l - 1], 0)
-                gW, gb = grad_layers[k][l]
-                np.matmul(a_prev.T, dz[k], out=gW)
-                if gb is not None:
-                    gb[...] = dz[k].sum(axis=0)
+        split = self.layout.splits[last]
+        losses, dz = [], []
+        for zw, y in zip(zs, ys):
+            loss, dz_full = models.cross_entropy(zw[0][-1], np.asarray(y), self.full.binary, np)
+            losses.append(float(loss.astype(np.float64).mean()))
+            if self.layout.kinds[last] == "col":
+                dz.append([dz_full[:, int(split[s]):int(split[s + 1])] for s in self.local])
+            else:
+                dz.append([dz_full] * len(self.local))
+        return losses, dz
+
+    def losses_and_grads(self, thetas, Xs, ys, outs=None):
+        """Per worker (one batch in Xs, ys each): its mean cross-entropy, and each local shard's gradient
+        block (outs[w][k] when given). One group collective per pair of layers for all the workers."""
+        Xs = [np.asarray(X, dtype=thetas[0].dtype) for X in Xs]
+        if not Xs:
+            return [], []
+        params, zs = self._forward(thetas, Xs)
+        losses, dz = self._logit_grads(zs, ys)
+        grads = [[np.empty_like(t) for t in thetas] for _ in Xs] if outs is None else outs
+        grad_layers = [[self.layout.views(g, s) for s, g in zip(self.local, gw)] for gw in grads]
+        for l in range(len(self.layout.kinds) - 1, -1, -1):
+            for w, X in enumerate(Xs):
+                for k in range(len(self.local)):
+                    a_prev = X if l == 0 else np.maximum(zs[w][k][l - 1], 0)
+                    gW, gb = grad_layers[w][k][l]
+                    np.matmul(a_prev.T, dz[w][k], out=gW)
+                    if gb is not None:
+                        gb[...] = dz[w][k].sum(axis=0)
             if l == 0:
                 break
-            da = [dk @ p[l][0].T for dk, p in zip(dz, params)]
+            da = [[dk @ p[l][0].T for dk, p in zip(dzw, params)] for dzw in dz]
             if self.layout.kinds[l] == "col":   # replicated input: the partial input gradients summed
                 da = self._sum(da)
-            dz = [dak * (zs[k][l - 1] > 0) for k, dak in enumerate(da)]
-        return float(loss.astype(np.float64).mean()), grads
+            dz = [[dak * (zs[w][k][l - 1] > 0) for k, dak in enumerate(daw)] for w, daw in enumerate(da)]
+        return losses, grads
+
+    def loss_and_grads(self, thetas, X, y, outs=None):
+        """One batch: its mean cross-entropy and each local shard's gradient block."""
+        losses, grads = self.losses_and_grads(thetas, [X], [y], None if outs is None else [outs])
+        return losses[0], grads[0]
+
+    def gradients_into(self, theta, Xs, ys, outs, *, seed: int = 0, workers=(0,), step: int = 0) -> list:
+        """Every hosted worker's gradient block into its row of ``outs`` at once (krum_mpi.run.workers),
+        one group collective per pair of layers for them all: each worker's loss and gradient are
+        bitwise those of gradient_into called for it alone."""
+        self._message = (step, tuple(workers), 0)
+        try:
+            losses, _ = self.losses_and_grads([theta], Xs, ys, [[out] for out in outs])
+        finally:
+            self._message = None
+        return losses
 
     def gradient_into(self, theta, X, y, out, *, seed: int = 0, worker: int = 0, step: int = 0) -> float:
         """The worker interface (models.py) for the one local shard: its gradient block into ``out``."""
-        self._message = (step, worker, 0)
-        try:
-            loss, _ = self.loss_and_grads([theta], X, y, [out])
-        finally:
-            self._message = None
-        return loss
+        return self.gradients_into(theta, [X], [y], [out], seed=seed, workers=(worker,), step=step)[0]
 
     def logits(self, thetas, X):
-        _, zs = self._forward(thetas, np.asarray(X, dtype=thetas[0].dtype))
-        return zs[0][-1]
+        _, zs = self._forward(thetas, [np.asarray(X, dtype=thetas[0].dtype)])
+        return zs[0][0][-1]
 
     def accuracy(self, theta, X, y, chunk: int = 8192) -> float:
         """Fraction of correct predictions; collective over the group (every shard passes the same X)."""
@@ -238,6 +275,12 @@ class SplitMLP:
             pred = (z[:, 0] > 0) if self.full.binary else z.argmax(axis=1)
             correct += int((pred.astype(np.int64) == np.asarray(y[a:a + chunk])).sum())
         return correct / max(len(y), 1)
+
+
+def _affine(a, layer):
+    z = a @ layer[0]
+    z += layer[1]
+    return z
 
 
 class Grid:
