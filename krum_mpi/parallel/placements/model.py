@@ -3,8 +3,9 @@
 Rank (g, s) = g * p + s holds shard s of the parameters (model_parallel.ShardLayout), never the
 whole vector. A step, in the one step loop (krum_mpi.run.steps):
 
-    every rank of group g: for each worker of the group, the split MLP's forward and backward
-        (sums over the group) -> the gradient block of shard s: rows (k_g, m_s)
+    every rank of group g: the split MLP's forward and backward for all the group's workers at once
+        (one sum over the group per exchange point, for them all) -> the gradient block of shard s:
+        rows (k_g, m_s)
     shard column s: Alltoallv -> block (n, w): every worker's coordinates of sub-block g of shard s
     sharded.aggregate over all R blocks (Allgather of partials, fixed order): the same certified
         selection on every rank, and this rank's block of the aggregate
