@@ -92,6 +92,23 @@ def test_hosted_workers_computed_together_equal_one_call_per_worker(sizes, p):
         assert all(a.tobytes() == b.tobytes() for a, b in zip(grad, alone))
 
 
+@pytest.mark.parametrize("sizes", SHAPES, ids=["-".join(map(str, s)) for s in SHAPES])
+@pytest.mark.parametrize("rows", [(3,) * 7, (3, 3, 5, 5, 5, 1, 3), (1, 1), (32, 32, 7)])
+def test_stacked_workers_equal_the_unsplit_model_per_worker(sizes, rows):
+    """Runs of equal batches are computed as stacks (one matmul over the run): with one shard every
+    worker's loss and gradient are bitwise the unsplit model's 2-D call for it alone (models.py),
+    so stacking changes no BLAS call, however the batches are cut into runs."""
+    model = model_of(sizes)
+    theta = model.init(np.random.default_rng([7, 2]))
+    theta += np.random.default_rng(4).standard_normal(theta.size).astype(np.float32) * np.float32(0.1)
+    Xs, ys = worker_batches(sizes, rows)
+    split = local_group(model, 1)
+    losses, grads = split.losses_and_grads(split_params(split, theta), Xs, ys)
+    for X, y, loss, grad in zip(Xs, ys, losses, grads):
+        want_loss, want = model.loss_and_grad(theta, X, y)
+        assert loss == want_loss and natural(split.layout, grad, model.n_params).tobytes() == want.tobytes()
+
+
 def test_corrupted_activations_computed_together_equal_one_call_per_worker():
     """A corrupt-activations rank corrupts each worker's part of a shared exchange under that
     worker's own key: the values of one call per worker, and different per worker."""

@@ -77,12 +77,13 @@ class ShardLayout:
         return np.concatenate(parts).astype(np.int64)
 
     def views(self, flat, s: int):
-        """Per layer: (W piece, bias piece or None) as views into shard s's flat vector."""
-        out, at = [], 0
+        """Per layer: (W piece, bias piece or None) as views into shard s's flat vector, or into each
+        row of a stack of them (..., size): then (..., rows, columns) and (..., length)."""
+        out, at, lead = [], 0, flat.shape[:-1]
         for (rows, cols, nb), kind in zip(self.piece_shapes(s), self.kinds):
-            W = flat[at:at + rows * cols].reshape(rows, cols)
+            W = flat[..., at:at + rows * cols].reshape(*lead, rows, cols)
             at += rows * cols
-            out.append((W, flat[at:at + nb] if kind == "col" or s == 0 else None))
+            out.append((W, flat[..., at:at + nb] if kind == "col" or s == 0 else None))
             at += nb
         return out
 
@@ -126,6 +127,7 @@ class SplitMLP:
         self.corrupt = None        # a Byzantine rank's ActivationCorruption (parallel/byzantine_ranks.py)
         self._message = None       # (step, workers, count of messages sent) while gradients are computed
         self._rows = [0]           # where each worker's rows start in a stacked exchange, and the end
+        self._runs = []            # (first, end) workers of each run of equal batch sizes in a call
 
     def set_threads(self, threads: int) -> None:
         """BLAS threads are limited by the training loop, as for the whole model."""
@@ -147,27 +149,35 @@ class SplitMLP:
         return [b for l, (W, b) in enumerate(self.layers(theta, s)) if self.layout.kinds[l] == "row"]
 
     # -- the sums and gathers over the group: one collective for all the workers of a call --------
+    # The workers of a call travel in runs: consecutive workers with the same batch size, stacked
+    # (count, batch, ...). A product on a stack is NumPy's matmul over it, one BLAS call per worker
+    # with that worker's operands, so bitwise the worker's own product (tests/test_model_parallel.py);
+    # elementwise steps are elementwise. Stacking spares the Python of one call per worker and layer.
     def _outgoing(self, parts):
-        """What this rank sends: parts[w][k] (worker w of the call, local shard k), or on a
+        """What this rank sends: parts[r][k] (run r of the call, local shard k), or on a
         corrupt-activations rank each worker's part corrupted under that worker's key, exactly as if
         it were sent alone. Only while computing gradients: the test accuracy is a measurement."""
         if self.corrupt is None or self._message is None:
             return parts
         step, workers, k = self._message
         self._message = (step, workers, k + 1)
-        return [[self.corrupt(x, step, worker, k) for x in per] for worker, per in zip(workers, parts)]
+        return [[np.stack([self.corrupt(x, step, workers[w], k) for w, x in zip(range(lo, hi), stack)])
+                 for stack in per] for (lo, hi), per in zip(self._runs, parts)]
 
     def _exchange(self, parts, widths):
         """One gather for every worker of the call: per local shard, the workers' parts stacked along
         the batch rows in worker order -> every shard's stacked array, in shard order."""
         sent = self._outgoing(parts)
-        stacked = [per[0] if len(per) == 1 else np.concatenate(per) for per in zip(*sent)]
+        stacked = [_rows_of(per[0]) if len(per) == 1 else np.concatenate([_rows_of(x) for x in per])
+                   for per in zip(*sent)]
         return self.gather(stacked, widths)
 
-    def _per_worker(self, stacked):
-        """A stacked (rows, ...) array cut back into each worker's rows: per worker, the same view for
-        every local shard."""
-        return [[stacked[a:b]] * len(self.local) for a, b in zip(self._rows[:-1], self._rows[1:])]
+    def _per_run(self, stacked):
+        """A stacked (rows, w) array cut back into the runs, (count, batch, w) each: per run, the same
+        view for every local shard."""
+        rows = self._rows
+        return [[stacked[rows[lo]:rows[hi]].reshape(hi - lo, (rows[hi] - rows[lo]) // (hi - lo), stacked.shape[-1])]
+                * len(self.local) for lo, hi in self._runs]
 
     def _sum(self, partials):
         """Sum over the group's shards, in shard order. Elementwise, so each worker's rows get the sums
@@ -176,49 +186,57 @@ class SplitMLP:
         total = every[0].copy()
         for part in every[1:]:
             total += part
-        return self._per_worker(total)
+        return self._per_run(total)
 
     def _concat(self, parts, l: int):
         split = self.layout.splits[l]
         every = self._exchange(parts, [int(w) for w in np.diff(split)])
-        return self._per_worker(np.concatenate(every, axis=1))
+        return self._per_run(np.concatenate(every, axis=1))
 
     # -- forward and backward --------------------------------------------------------------
     def _forward(self, thetas, Xs):
-        """Every worker's batch in Xs through the split model: (per local shard: its layers; per worker,
-        per local shard: every layer's pre-activations). The products stay per worker (the same
-        BLAS calls as for one worker); only the exchanges are shared."""
+        """Every worker's batch in Xs through the split model: (per local shard: its layers; per run,
+        the stacked batches; per run, per local shard: every layer's pre-activations)."""
         params = [self.layers(t, s) for s, t in zip(self.local, thetas)]
-        self._rows = np.cumsum([0] + [len(X) for X in Xs]).tolist()
+        sizes = [len(X) for X in Xs]
+        self._rows = np.cumsum([0] + sizes).tolist()
+        cuts = [0] + [w for w in range(1, len(Xs)) if sizes[w] != sizes[w - 1]] + [len(Xs)]
+        self._runs = list(zip(cuts[:-1], cuts[1:]))
         last = len(self.layout.kinds) - 1
-        a = [[X] * len(self.local) for X in Xs]
-        zs = [[[] for _ in self.local] for _ in Xs]
+        xs = [np.stack(Xs[lo:hi]) for lo, hi in self._runs]
+        a = [[x] * len(self.local) for x in xs]
+        zs = [[[] for _ in self.local] for _ in xs]
         for l, kind in enumerate(self.layout.kinds):
             if kind == "col":
-                z = [[_affine(ai, p[l]) for ai, p in zip(aw, params)] for aw in a]
+                z = [[_affine(ai, p[l]) for ai, p in zip(ar, params)] for ar in a]
                 if l == last:
                     z = self._concat(z, l)
             else:
-                sums = self._sum([[ai @ p[l][0] for ai, p in zip(aw, params)] for aw in a])
-                z = [[zi + p[l][1] for zi, p in zip(zw, params)] for zw in sums]
-            for zw, into in zip(z, zs):
-                for zi, shard in zip(zw, into):
+                sums = self._sum([[ai @ p[l][0] for ai, p in zip(ar, params)] for ar in a])
+                z = [[zi + p[l][1] for zi, p in zip(zr, params)] for zr in sums]
+            for zr, into in zip(z, zs):
+                for zi, shard in zip(zr, into):
                     shard.append(zi)
-            a = [[np.maximum(zi, 0) for zi in zw] for zw in z] if l < last else z
-        return params, zs
+            a = [[np.maximum(zi, 0) for zi in zr] for zr in z] if l < last else z
+        return params, xs, zs
 
     def _logit_grads(self, zs, ys):
-        """Per worker: its mean cross-entropy and each local shard's columns of the logit gradient."""
+        """Per worker: its mean cross-entropy; per run and local shard: the stacked columns of the
+        logit gradients (each worker's batch mean its own)."""
         last = len(self.layout.kinds) - 1
         split = self.layout.splits[last]
         losses, dz = [], []
-        for zw, y in zip(zs, ys):
-            loss, dz_full = models.cross_entropy(zw[0][-1], np.asarray(y), self.full.binary, np)
-            losses.append(float(loss.astype(np.float64).mean()))
+        for (lo, hi), zr in zip(self._runs, zs):
+            logits = zr[0][-1]   # (count, batch, classes): the run's batches one after another
+            count, batch = logits.shape[:2]
+            loss, full = models.cross_entropy(logits.reshape(count * batch, -1), np.concatenate(ys[lo:hi]),
+                                              self.full.binary, np, batch=batch)
+            losses += [float(m) for m in loss.astype(np.float64).reshape(count, batch).mean(axis=1)]
+            full = full.reshape(count, batch, -1)
             if self.layout.kinds[last] == "col":
-                dz.append([dz_full[:, int(split[s]):int(split[s + 1])] for s in self.local])
+                dz.append([full[..., int(split[s]):int(split[s + 1])] for s in self.local])
             else:
-                dz.append([dz_full] * len(self.local))
+                dz.append([full] * len(self.local))
         return losses, dz
 
     def losses_and_grads(self, thetas, Xs, ys, outs=None):
@@ -227,25 +245,30 @@ class SplitMLP:
         Xs = [np.asarray(X, dtype=thetas[0].dtype) for X in Xs]
         if not Xs:
             return [], []
-        params, zs = self._forward(thetas, Xs)
+        params, xs, zs = self._forward(thetas, Xs)
         losses, dz = self._logit_grads(zs, ys)
-        grads = [[np.empty_like(t) for t in thetas] for _ in Xs] if outs is None else outs
-        grad_layers = [[self.layout.views(g, s) for s, g in zip(self.local, gw)] for gw in grads]
+        stacks = [[np.empty((hi - lo, t.size), dtype=t.dtype) for t in thetas] for lo, hi in self._runs]
+        layers = [[self.layout.views(G, s) for s, G in zip(self.local, per)] for per in stacks]
         for l in range(len(self.layout.kinds) - 1, -1, -1):
-            for w, X in enumerate(Xs):
+            for r, x in enumerate(xs):
                 for k in range(len(self.local)):
-                    a_prev = X if l == 0 else np.maximum(zs[w][k][l - 1], 0)
-                    gW, gb = grad_layers[w][k][l]
-                    np.matmul(a_prev.T, dz[w][k], out=gW)
+                    a_prev = x if l == 0 else np.maximum(zs[r][k][l - 1], 0)
+                    gW, gb = layers[r][k][l]
+                    np.matmul(a_prev.transpose(0, 2, 1), dz[r][k], out=gW)
                     if gb is not None:
-                        gb[...] = dz[w][k].sum(axis=0)
+                        gb[...] = dz[r][k].sum(axis=1)
             if l == 0:
                 break
-            da = [[dk @ p[l][0].T for dk, p in zip(dzw, params)] for dzw in dz]
+            da = [[dk @ p[l][0].T for dk, p in zip(dzr, params)] for dzr in dz]
             if self.layout.kinds[l] == "col":   # replicated input: the partial input gradients summed
                 da = self._sum(da)
-            dz = [[dak * (zs[w][k][l - 1] > 0) for k, dak in enumerate(daw)] for w, daw in enumerate(da)]
-        return losses, grads
+            dz = [[dak * (zs[r][k][l - 1] > 0) for k, dak in enumerate(dar)] for r, dar in enumerate(da)]
+        grads = [list(per) for (lo, hi), G in zip(self._runs, stacks) for per in zip(*G)]
+        if outs is not None:
+            for into, per in zip(outs, grads):
+                for out, g in zip(into, per):
+                    out[...] = g
+        return losses, grads if outs is None else outs
 
     def loss_and_grads(self, thetas, X, y, outs=None):
         """One batch: its mean cross-entropy and each local shard's gradient block."""
@@ -268,8 +291,8 @@ class SplitMLP:
         return self.gradients_into(theta, [X], [y], [out], seed=seed, workers=(worker,), step=step)[0]
 
     def logits(self, thetas, X):
-        _, zs = self._forward(thetas, [np.asarray(X, dtype=thetas[0].dtype)])
-        return zs[0][0][-1]
+        _, _, zs = self._forward(thetas, [np.asarray(X, dtype=thetas[0].dtype)])
+        return zs[0][0][-1][0]
 
     def accuracy(self, theta, X, y, chunk: int = 8192) -> float:
         """Fraction of correct predictions; collective over the group (every shard passes the same X)."""
@@ -279,6 +302,11 @@ class SplitMLP:
             pred = (z[:, 0] > 0) if self.full.binary else z.argmax(axis=1)
             correct += int((pred.astype(np.int64) == np.asarray(y[a:a + chunk])).sum())
         return correct / max(len(y), 1)
+
+
+def _rows_of(stack):
+    """A run's (count, batch, w) stack as (count * batch, w) rows (explicit: w may be 0)."""
+    return stack.reshape(stack.shape[0] * stack.shape[1], stack.shape[2])
 
 
 def _affine(a, layer):
