@@ -104,7 +104,7 @@ class SmallModelPlacement(GatherPlacement):
     """Model parallelism below ``aggregator.sharded_min_d``: the gather's exchange, server and rule on
     the whole model's rows (module doc). Every rank keeps its shard: nothing but the update travels back."""
 
-    PHASES = ("stop check, compute, Gatherv of the shards' rows and metadata, rule (rank 0), Bcast of the "
+    PHASES = ("stop check, compute, Gatherv of the shards' rows with the metadata, rule (rank 0), Bcast of the "
               "update and the step of every shard")
     splits_params = True
 
@@ -117,8 +117,13 @@ class SmallModelPlacement(GatherPlacement):
         self.lr = np.float32(cfg.optimizer.lr)
         sizes = grid.layout.sizes
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)   # shard s: starts[s]:starts[s + 1]
-        self.counts = [int(grid.counts[r // grid.p]) * sizes[r % grid.p] for r in range(comm.size)]
-        self.incoming = np.empty(sum(self.counts), dtype=np.float32) if comm.is_root else None
+        # what rank r = (g, s) sends: its (k_g, m_s) float32 rows, then (shard 0) its workers' (k_g, 2)
+        # float64 metadata, as raw bytes: one Gatherv for both (a collective is the step's cost here)
+        self.row_bytes = [4 * int(grid.counts[r // grid.p]) * sizes[r % grid.p] for r in range(comm.size)]
+        self.counts = [b + (16 * int(grid.counts[r // grid.p]) if r % grid.p == 0 else 0)
+                       for r, b in enumerate(self.row_bytes)]
+        self.sent = np.empty(self.counts[comm.rank], dtype=np.uint8)
+        self.incoming = np.empty(sum(self.counts), dtype=np.uint8) if comm.is_root else None
         self.update = np.empty(setup.d_total, dtype=np.float32)
 
     def begin(self, theta: np.ndarray, save, writer, steps: int) -> None:
@@ -132,18 +137,24 @@ class SmallModelPlacement(GatherPlacement):
         return Turn(step)
 
     def exchange(self, step: int, workers):
-        grid, X = self.grid, None if self.server is None else self.server.X
-        self.groups.gather_rows(workers.rows, self.incoming, self.counts)
-        if X is not None:   # rank r = (g, s)'s (k_g, m_s) rows: group g's workers, shard s's columns
-            at = 0
-            for r, count in enumerate(self.counts):
-                g, s = divmod(r, grid.p)
-                rows = X[int(grid.displs[g]):int(grid.displs[g] + grid.counts[g]), self.starts[s]:self.starts[s + 1]]
-                rows[...] = self.incoming[at:at + count].reshape(rows.shape)
-                at += count
-        meta = workers.meta   # every shard of a group has its workers' losses: shard 0 reports them
-        self.comm.gather_rows(meta if grid.shard == 0 else meta[:0], self.meta, phase="gather_meta")
-        return None if X is None else self.everyone
+        grid, X, sent = self.grid, None if self.server is None else self.server.X, self.sent
+        at = self.row_bytes[self.comm.rank]
+        sent[:at] = workers.rows.reshape(-1).view(np.uint8)
+        if grid.shard == 0:   # every shard of a group has its workers' losses: shard 0 reports them
+            sent[at:] = np.ascontiguousarray(workers.meta).reshape(-1).view(np.uint8)
+        self.groups.gather_bytes(sent, self.incoming, self.counts)
+        if X is None:
+            return None
+        at = 0
+        for r, count in enumerate(self.counts):   # rank (g, s): group g's workers, shard s's columns
+            g, s = divmod(r, grid.p)
+            ids = slice(int(grid.displs[g]), int(grid.displs[g] + grid.counts[g]))
+            rows = X[ids, self.starts[s]:self.starts[s + 1]]
+            rows[...] = self.incoming[at:at + self.row_bytes[r]].view(np.float32).reshape(rows.shape)
+            if s == 0:
+                self.meta[ids] = self.incoming[at + self.row_bytes[r]:at + count].view(np.float64).reshape(-1, 2)
+            at += count
+        return self.everyone
 
     def apply(self, theta: np.ndarray, outcome) -> None:
         """theta <- theta - lr * update, elementwise as the blocks' step; shard 0's row-parallel biases
