@@ -143,9 +143,11 @@ class Model:
         return correct / max(len(y), 1)
 
 
-def cross_entropy(logits, y, binary: bool, xp):
-    """(per-sample loss, gradient of the batch-mean loss with respect to the logits)."""
-    n = logits.shape[0]
+def cross_entropy(logits, y, binary: bool, xp, batch: int | None = None):
+    """(per-sample loss, gradient of the batch-mean loss with respect to the logits). ``batch``: the
+    rows of each batch when ``logits`` holds several batches of that size one after another (each
+    gradient the mean over its own batch; every step is row by row); default: one batch."""
+    n = logits.shape[0] if batch is None else batch
     if binary:
         z = logits[:, 0]
         yf = y.astype(logits.dtype)
@@ -155,7 +157,7 @@ def cross_entropy(logits, y, binary: bool, xp):
     shifted = logits - logits.max(axis=1, keepdims=True)
     lse = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
     log_probs = shifted - lse
-    rows = xp.arange(n)
+    rows = xp.arange(logits.shape[0])
     loss = -log_probs[rows, y]
     dz = xp.exp(log_probs)
     dz[rows, y] -= 1

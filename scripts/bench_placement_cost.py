@@ -14,7 +14,11 @@ on all of them alike:
                     it makes the gather's exchange (the results file's attribute ``exchange`` says
                     which ran; it is recorded per run here)
     sharded-blocks  placement = "sharded" with sharded_min_d = 0: always the exchange of blocks
-    model-2         parallel.model = 2 (the MLP split over pairs of ranks)
+    model-2         parallel.model = 2 (the MLP split over pairs of ranks); below sharded_min_d (the
+                    whole model's d) rank 0 gathers the shards' rows, as the gather does
+    model-4         parallel.model = 4 (one model group of 4 ranks)
+    model-2-blocks, parallel.model = 2 or 4 with sharded_min_d = 0: always the block exchange
+    model-4-blocks  (rank (g, s) aggregates sub-block g of shard s)
 
 Per run: the median ``timing/step_s`` over the steps after the first quarter (at most 5: imports and
 first calls), and the slowest rank's median of each of the four phases (``timing/rank_phase_s``).
@@ -42,7 +46,10 @@ PRESET = ROOT / "configs" / "synthetic-krum-f6.toml"
 PLACEMENTS = {"gather": [],
               "sharded": ["--set", "aggregator.placement=sharded"],
               "sharded-blocks": ["--set", "aggregator.placement=sharded", "--set", "aggregator.sharded_min_d=0"],
-              "model-2": ["--set", "parallel.model=2"]}
+              "model-2": ["--set", "parallel.model=2"],
+              "model-4": ["--set", "parallel.model=4"],
+              "model-2-blocks": ["--set", "parallel.model=2", "--set", "aggregator.sharded_min_d=0"],
+              "model-4-blocks": ["--set", "parallel.model=4", "--set", "aggregator.sharded_min_d=0"]}
 
 
 def one_run(config: Path, out: Path, placement: str, hidden: int, steps: int, ranks: int) -> dict:
@@ -59,7 +66,7 @@ def one_run(config: Path, out: Path, placement: str, hidden: int, steps: int, ra
         step_s = h5["timing/step_s"][skip:]
         phases = h5["timing/rank_phase_s"][skip:]          # (steps, ranks, 4)
         d = int(json.loads(h5.attrs["provenance"])["n_params"])
-        exchange = str(h5.attrs.get("exchange", "model groups" if placement == "model-2" else "gather"))
+        exchange = str(h5.attrs.get("exchange", "model groups" if placement.startswith("model") else "gather"))
     return {"placement": placement, "hidden": hidden, "d": d, "exchange": exchange,
             "step_s": float(np.median(step_s)),
             "phases_s": [float(v) for v in np.nanmedian(phases, axis=0).max(axis=0)]}
@@ -100,7 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=12, help="steps per run (the first quarter, at most 5, skipped)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--ranks", type=int, default=4)
-    ap.add_argument("--placements", nargs="+", default=list(PLACEMENTS), choices=list(PLACEMENTS))
+    ap.add_argument("--placements", nargs="+", default=[p for p in PLACEMENTS if not p.startswith("model-") or
+                                                        not p.endswith("-blocks")], choices=list(PLACEMENTS))
     ap.add_argument("--out", type=Path, required=True, help="JSON file (the summary also as .csv next to it)")
     args = ap.parse_args(argv)
     placements = ["gather"] + [p for p in args.placements if p != "gather"]   # the reference runs too

@@ -1,6 +1,8 @@
 """Run under ``mpiexec -n R`` (tests/test_model_parallel_mpi.py): for every p dividing R, the split
 MLP over real group communicators gives each rank its shard of the unsplit model's gradient (to
-float32 rounding), and the same loss and accuracy. Rank 0 prints one JSON line."""
+float32 rounding), and the same loss and accuracy; three workers computed together (one exchange per
+pair of layers, the last rank corrupting what it sends) bitwise equal one call per worker. Rank 0
+prints one JSON line."""
 import json
 
 import numpy as np
@@ -8,9 +10,13 @@ import numpy as np
 from krum_mpi import models
 from krum_mpi.parallel.comm import Comm
 from krum_mpi.parallel.groups import ModelGroups
+from krum_mpi import config
+from krum_mpi.parallel.byzantine_ranks import ActivationCorruption
 from krum_mpi.parallel.model_parallel import SplitMLP
 
 SHAPES = [[7, 5, 3], [57, 20, 20, 2], [9, 5, 7, 4, 3], [8, 6, 1]]
+CORRUPT = config.load(None, ["run.seed=4", "parallel.model=2", "byzantine_ranks.ranks=[3]",
+                                "byzantine_ranks.behaviour=corrupt-activations"])   # its scale and sigma
 
 
 def check(comm, p, sizes, failures):
@@ -33,6 +39,23 @@ def check(comm, p, sizes, failures):
         failures.append(f"p={p} {sizes}: rank {comm.rank} max error {float(np.abs(out - want[index]).max())}")
     if split.accuracy(mine, X, y) != model.accuracy(theta, X, y):
         failures.append(f"p={p} {sizes}: accuracy differs on rank {comm.rank}")
+    check_together(comm, p, split, mine, rng, sizes, failures)
+
+
+def check_together(comm, p, split, theta, rng, sizes, failures):
+    """Three hosted workers (uneven batches) in one call, the last rank corrupting what it sends:
+    every worker's loss and gradient block bitwise those of one call per worker."""
+    if comm.rank == comm.size - 1:
+        split.corrupt = ActivationCorruption(CORRUPT, comm.rank)
+    Xs = [rng.standard_normal((r, sizes[0])).astype(np.float32) for r in (4, 2, 3)]
+    ys = [rng.integers(0, 2 if sizes[-1] == 1 else sizes[-1], len(X)) for X in Xs]
+    rows = np.empty((3, theta.size), dtype=np.float32)
+    losses = split.gradients_into(theta, Xs, ys, list(rows), workers=[5, 6, 7], step=3)
+    for j, worker in enumerate([5, 6, 7]):
+        alone = np.empty_like(theta)
+        loss = split.gradient_into(theta, Xs[j], ys[j], alone, worker=worker, step=3)
+        if loss != losses[j] or alone.tobytes() != rows[j].tobytes():
+            failures.append(f"p={p} {sizes}: worker {worker} computed together differs on rank {comm.rank}")
 
 
 def main():

@@ -90,9 +90,25 @@ def test_takeover_and_defence_from_the_files(runs):
     group = rows["parallel.model=2, corrupt-activations [5]"]
     with h5py.File(runs.loc[runs["byzantine_ranks.behaviour"].eq("corrupt-activations"), "file"].iloc[0], "r") as h5:
         through, selected = h5["selection/byzantine_through_ranks"][()], h5["selection/selected"][()][:, 0]
-        only = through & ~h5["selection/byzantine"][()]
-    assert list(np.flatnonzero(through)) == [10, 11, 12, 13]    # group 2 (ranks 4, 5) hosts workers 10 .. 13
-    assert group["through_selected"] == int(only[selected].sum()) and pd.isna(group["outvoted"])
+        only = through & ~h5["selection/byzantine"][()][None, :]
+    assert through.shape == (len(selected), only.shape[1])       # recorded per step
+    for row in through:                                           # group 2 (ranks 4, 5) hosts workers 10 .. 13
+        assert list(np.flatnonzero(row)) == [10, 11, 12, 13]
+    assert group["through_selected"] == int(only[np.arange(len(selected)), selected].sum())
+    assert pd.isna(group["outvoted"])
+
+
+def test_the_reader_takes_the_per_step_record_and_the_older_per_run_one():
+    once = np.zeros(6, dtype=bool)
+    once[4:] = True
+    per_step = section._per_step(once, 3)                          # an older file: (n,), the same every step
+    assert per_step.shape == (3, 6) and all(list(np.flatnonzero(r)) == [4, 5] for r in per_step)
+    steps = np.zeros((3, 6), dtype=bool)
+    steps[1, 2] = True
+    assert section._per_step(steps, 3) is not None and section._per_step(steps, 3)[1, 2]
+    assert section._per_step(None, 3) is None
+    # the selected worker counted at the steps where it was Byzantine through a rank, not at the others
+    assert list(section._at_selected(steps, np.array([2, 2, 2]))) == [False, True, False]
 
 
 def test_cost_is_the_files_bytes_and_times(runs):

@@ -1,5 +1,6 @@
 """Model parallelism in one process: the split MLP with all p shards local (the group's sums and
-gathers are the list itself), against models.Model; the layout, the seeded initialisation, the
+gathers are the list itself), against models.Model; the hosted workers computed together against
+one call per worker (bitwise, corrupted activations included); the layout, the seeded initialisation, the
 config checks and the streamed checkpoint arrays."""
 import numpy as np
 import pytest
@@ -64,6 +65,71 @@ def test_split_gradient_equals_the_unsplit_model(sizes, p):
     np.testing.assert_allclose(got, want, rtol=0, atol=64 * np.finfo(np.float32).eps * scale)
     assert abs(loss - want_loss) <= 1e-6 * max(1.0, abs(want_loss))
     assert not np.array_equal(got, np.zeros_like(got))
+
+
+def worker_batches(sizes, rows=(5, 3, 1)):
+    """One batch per hosted worker, of uneven lengths."""
+    rng = np.random.default_rng([len(sizes), sum(rows)])
+    return ([rng.standard_normal((r, sizes[0])).astype(np.float32) for r in rows],
+            [rng.integers(0, 2 if sizes[-1] == 1 else sizes[-1], r) for r in rows])
+
+
+@pytest.mark.parametrize("sizes", SHAPES, ids=["-".join(map(str, s)) for s in SHAPES])
+@pytest.mark.parametrize("p", [1, 2, 3, 4])
+def test_hosted_workers_computed_together_equal_one_call_per_worker(sizes, p):
+    """The workers a group hosts share each exchange (one per pair of layers); every worker's loss
+    and gradient are bitwise those of a call for it alone."""
+    model = model_of(sizes)
+    theta = model.init(np.random.default_rng([7, 1]))
+    theta += np.random.default_rng(2).standard_normal(theta.size).astype(np.float32) * np.float32(0.1)
+    Xs, ys = worker_batches(sizes)
+    split = local_group(model, p)
+    thetas = split_params(split, theta)
+    losses, grads = split.losses_and_grads(thetas, Xs, ys)
+    for X, y, loss, grad in zip(Xs, ys, losses, grads):
+        alone_loss, alone = split.loss_and_grads(thetas, X, y)
+        assert loss == alone_loss
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(grad, alone))
+
+
+@pytest.mark.parametrize("sizes", SHAPES, ids=["-".join(map(str, s)) for s in SHAPES])
+@pytest.mark.parametrize("rows", [(3,) * 7, (3, 3, 5, 5, 5, 1, 3), (1, 1), (32, 32, 7)])
+def test_stacked_workers_equal_the_unsplit_model_per_worker(sizes, rows):
+    """Runs of equal batches are computed as stacks (one matmul over the run): with one shard every
+    worker's loss and gradient are bitwise the unsplit model's 2-D call for it alone (models.py),
+    so stacking changes no BLAS call, however the batches are cut into runs."""
+    model = model_of(sizes)
+    theta = model.init(np.random.default_rng([7, 2]))
+    theta += np.random.default_rng(4).standard_normal(theta.size).astype(np.float32) * np.float32(0.1)
+    Xs, ys = worker_batches(sizes, rows)
+    split = local_group(model, 1)
+    losses, grads = split.losses_and_grads(split_params(split, theta), Xs, ys)
+    for X, y, loss, grad in zip(Xs, ys, losses, grads):
+        want_loss, want = model.loss_and_grad(theta, X, y)
+        assert loss == want_loss and natural(split.layout, grad, model.n_params).tobytes() == want.tobytes()
+
+
+def test_corrupted_activations_computed_together_equal_one_call_per_worker():
+    """A corrupt-activations rank corrupts each worker's part of a shared exchange under that
+    worker's own key: the values of one call per worker, and different per worker."""
+    cfg = config.load(None, ["workers.n=20", "aggregator.f=6", "parallel.model=2", "run.seed=3",
+                             "byzantine_ranks.ranks=[3]", "byzantine_ranks.behaviour=corrupt-activations"])
+    from krum_mpi.parallel.byzantine_ranks import ActivationCorruption
+    for sizes in ([9, 5, 7, 4, 3], [57, 20, 20, 2], [7, 5, 3]):
+        model = model_of(sizes)
+        split = SplitMLP(model, 1, [0], gather=lambda parts, widths: list(parts))
+        split.corrupt = ActivationCorruption(cfg, 3)
+        theta = model.init(np.random.default_rng(0))
+        Xs, ys = worker_batches(sizes, rows=(4, 4, 2))
+        Xs[1] = Xs[0]; ys[1] = ys[0]   # two workers on the same batch: only their keys differ
+        together = [np.empty_like(theta) for _ in Xs]
+        losses = split.gradients_into(theta, Xs, ys, together, workers=[11, 12, 13], step=9)
+        for worker, X, y, loss, row in zip([11, 12, 13], Xs, ys, losses, together):
+            alone = np.empty_like(theta)
+            assert split.gradient_into(theta, X, y, alone, worker=worker, step=9) == loss
+            assert alone.tobytes() == row.tobytes()
+        assert together[0].tobytes() != together[1].tobytes()
+        assert split._message is None
 
 
 @pytest.mark.parametrize("p", [2, 3, 4])

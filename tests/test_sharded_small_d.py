@@ -33,10 +33,10 @@ def test_the_exchange_follows_the_threshold():
 
 
 def test_byzantine_ranks_keep_the_block_exchange_at_small_d():
-    """A gather-style exchange would take the Byzantine ranks' lies out of the run without a word."""
-    cfg = config.load(None, ["parallel.model=2", "byzantine_ranks.ranks=[3]",
-                             "byzantine_ranks.behaviour=corrupt-activations"])
-    assert cfg.aggregator.placement == "sharded" and cfg.aggregator.sharded_min_d > D
+    """A gather-style exchange would take the Byzantine ranks' lies out of the run without a word
+    (corrupt activations lie in the model groups' compute instead: tests/test_model_parallel_small_d.py)."""
+    cfg = load("byzantine_ranks.ranks=[3]", "byzantine_ranks.behaviour=lie-distances")
+    assert cfg.aggregator.sharded_min_d > D
     exchange, why = exchange_for(cfg, D)
     assert exchange == "sharded" and "byzantine_ranks.ranks = [3]" in why
 

@@ -38,7 +38,8 @@ def test_every_placement_is_a_class_of_the_one_interface():
     from krum_mpi.parallel.placements.base import Placement
     phases = ("start_step", "exchange", "craft", "aggregate", "apply")
     classes = [placements.GatherPlacement, placements.DeadlinePlacement, placements.ShardedPlacement,
-               placements.PerShardPlacement, placements.ModelParallelPlacement]
+               placements.PerShardPlacement, placements.ModelParallelPlacement, placements.SmallShardedPlacement,
+               placements.SmallModelPlacement]
     for cls in classes:
         assert issubclass(cls, Placement)
         for phase in phases:   # each phase filled in, none left to the interface's NotImplementedError

@@ -3,7 +3,7 @@
 From the runs table of a study (one row per complete run: the flattened config, ``n_ranks``,
 ``seed``, ``final_accuracy``, ``file``) and, per run, what its results file records per step
 (``selection/selected``, ``byzantine_ranks/wanted``, ``replicas/outvoted``,
-``selection/byzantine_through_ranks``, ``comm/bytes_sent`` and ``comm/bytes_received``,
+``selection/byzantine_through_ranks`` (steps x n; (n,) in older files), ``comm/bytes_sent`` and ``comm/bytes_received``,
 ``timing/step_s``), three tables:
 
 - takeover: a run with a Byzantine rank in the sharded aggregation and no replicas against the
@@ -75,11 +75,26 @@ def read_records(path):
         return {"selected": h5["selection/selected"][()].reshape(steps, -1)[:, 0],
                 "wanted": None if get("byzantine_ranks/wanted") is None else get("byzantine_ranks/wanted")[:, 0],
                 "byzantine": h5["selection/byzantine"][()].astype(bool),
-                "through": get("selection/byzantine_through_ranks"), "outvoted": get("replicas/outvoted"),
+                "through": _per_step(get("selection/byzantine_through_ranks"), steps),
+                "outvoted": get("replicas/outvoted"),
                 "params": get("checkpoint/params").tobytes() if "checkpoint/params" in h5 else None,
                 "busiest_sent": np.nan if sent is None else float(np.median(sent[timed].max(axis=1))),
                 "busiest_received": np.nan if received is None else float(np.median(received[timed].max(axis=1))),
                 "step_s": float(np.median(h5["timing/step_s"][timed]))}
+
+
+def _per_step(through, steps: int):
+    """The workers Byzantine through a rank as (steps, n) bool: recorded per step, or (files written
+    before it was) once per run as (n,), the same at every step."""
+    if through is None:
+        return None
+    through = np.asarray(through, dtype=bool)
+    return np.broadcast_to(through, (steps, through.shape[-1])) if through.ndim == 1 else through
+
+
+def _at_selected(per_step, sel):
+    """Per step: whether the worker selected at that step is marked in (steps, n) ``per_step``."""
+    return per_step[np.arange(len(sel)), sel]
 
 
 def _reference(s, row, **want):
@@ -103,12 +118,13 @@ def compared(s):
         gather = _reference(s, r, placement="gather", p=1)
         same = _reference(s, r, placement=r["placement"], replicas=r["replicas"], p=r["p"])
         sel, steps = r["selected"], len(r["selected"])
-        byz = r["byzantine"] | (r["through"].astype(bool) if r["through"] is not None else False)
+        through = r["through"] if r["through"] is not None else np.zeros((steps, len(r["byzantine"])), dtype=bool)
+        byz = r["byzantine"][None, :] | through   # per step: declared, or Byzantine through a rank at that step
         row = {"variant": r["variant"], "setting": r["setting"], "seed": r["seed"], "behaviour": r["behaviour"],
                "replicas": r["replicas"], "p": r["p"], "steps": steps, "accuracy": r["final_accuracy"],
-               "byzantine_selected": int(byz[sel].sum()),
-               "through_selected": None if r["through"] is None else int((r["through"].astype(bool)
-                                                                             & ~r["byzantine"])[sel].sum()),
+               "byzantine_selected": int(_at_selected(byz, sel).sum()),
+               "through_selected": None if r["through"] is None else int(_at_selected(
+                   through & ~r["byzantine"][None, :], sel).sum()),
                "wanted_selected": None if r["wanted"] is None else int(np.sum(r["wanted"] == sel)),
                "outvoted": _outvoted(r["outvoted"])}
         for name, ref in (("gather", gather), ("same", same)):

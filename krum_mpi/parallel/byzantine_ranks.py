@@ -7,7 +7,7 @@ A behaviour says what a Byzantine rank falsifies:
   each of its forward partial sums, backward partial input gradients and gathered logits x,
   ``scale * x + sigma * N(0, 1)``. Every shard of the group uses those values, so the gradient of
   every worker the group hosts is Byzantine; which workers is known before the run (the group's
-  worker range) and recorded (``selection/byzantine_through_ranks``). Krum across workers then sees
+  worker range) and recorded per step (``selection/byzantine_through_ranks``). Krum across workers then sees
   them as Byzantine workers: they count against ``aggregator.f``. The noise is drawn from
   (run seed, rank, step, worker, message index): a rerun or a resume draws the same values.
 - ``lie-distances`` (``aggregator.placement = "sharded"``, ``DistanceLie``): each step the rank picks

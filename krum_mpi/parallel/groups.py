@@ -53,6 +53,18 @@ class ModelGroups:
             nbytes = a.nbytes * (self.p - 1) if self.shard == 0 else 0
             self.comm.count("model_group_bcast", nbytes, 0 if self.shard == 0 else a.nbytes)
 
+    def gather_bytes(self, sent: np.ndarray, out: np.ndarray | None, counts) -> None:
+        """Every rank's bytes (``counts[r]`` from rank r) into rank 0's ``out``, in world-rank order: one
+        Gatherv for the model shards' rows, whose widths differ by rank, with their metadata."""
+        comm, send = self.comm, [sent, sent.size, self.MPI.BYTE]
+        if comm.is_root:
+            displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            comm.world.Gatherv(send, [out, np.asarray(counts, dtype=np.int64), displs, self.MPI.BYTE], root=0)
+            comm.count("gather_rows", 0, out.nbytes - sent.nbytes)
+        else:
+            comm.world.Gatherv(send, None, root=0)
+            comm.count("gather_rows", sent.nbytes, 0)
+
     # -- checkpoints: shards travel to and from rank 0 one at a time ------------------------
     def send_to_root(self, a: np.ndarray) -> None:
         self.comm.world.Send([np.ascontiguousarray(a), self._type(a)], dest=0, tag=21)

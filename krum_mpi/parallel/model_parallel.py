@@ -15,7 +15,13 @@ in the group, so every shard computes the same loss and the same logit gradient.
 output unit of a layer (2 classes over 4 shards): its arrays are empty.
 
 Every sum over the group is an allgather of the partials followed by a sum in shard order: every
-shard gets bitwise the same values whatever reduction algorithm the MPI library picks.
+shard gets bitwise the same values whatever reduction algorithm the MPI library picks. The workers
+a group hosts are computed together (``gradients_into``): each exchange carries all their partials,
+stacked along the batch rows, so a step costs one group collective per exchange point, not one per
+worker. Consecutive workers with the same batch size are one stack: a layer's products for them
+are one matmul over it (one BLAS call per worker, with its operands), the sums and the activations
+elementwise, the cross-entropy row by row, so every worker's values are bitwise those of a call for
+it alone, at a fraction of the Python (at d = 1,622 collectives and Python, not bytes, are the cost).
 
 A parameter belongs to exactly one shard. The replicated bias of a row-parallel layer belongs to
 shard 0; the other shards keep a copy (``replica_views``), refreshed from shard 0 after each update.
@@ -73,12 +79,13 @@ class ShardLayout:
         return np.concatenate(parts).astype(np.int64)
 
     def views(self, flat, s: int):
-        """Per layer: (W piece, bias piece or None) as views into shard s's flat vector."""
-        out, at = [], 0
+        """Per layer: (W piece, bias piece or None) as views into shard s's flat vector, or into each
+        row of a stack of them (..., size): then (..., rows, columns) and (..., length)."""
+        out, at, lead = [], 0, flat.shape[:-1]
         for (rows, cols, nb), kind in zip(self.piece_shapes(s), self.kinds):
-            W = flat[at:at + rows * cols].reshape(rows, cols)
+            W = flat[..., at:at + rows * cols].reshape(*lead, rows, cols)
             at += rows * cols
-            out.append((W, flat[at:at + nb] if kind == "col" or s == 0 else None))
+            out.append((W, flat[..., at:at + nb] if kind == "col" or s == 0 else None))
             at += nb
         return out
 
@@ -120,7 +127,9 @@ class SplitMLP:
         self.n_params = self.layout.sizes[self.local[0]]
         self.replicas: dict = {}   # (shard, layer) -> copy of a row-parallel bias owned by shard 0
         self.corrupt = None        # a Byzantine rank's ActivationCorruption (parallel/byzantine_ranks.py)
-        self._message = None       # (step, worker, count of messages sent) while a worker's gradient is computed
+        self._message = None       # (step, workers, count of messages sent) while gradients are computed
+        self._rows = [0]           # where each worker's rows start in a stacked exchange, and the end
+        self._runs = []            # (first, end) workers of each run of equal batch sizes in a call
 
     def set_threads(self, threads: int) -> None:
         """BLAS threads are limited by the training loop, as for the whole model."""
@@ -141,94 +150,151 @@ class SplitMLP:
         s = self.local[0]
         return [b for l, (W, b) in enumerate(self.layers(theta, s)) if self.layout.kinds[l] == "row"]
 
-    # -- the sums and gathers over the group ------------------------------------------------
+    # -- the sums and gathers over the group: one collective for all the workers of a call --------
+    # The workers of a call travel in runs: consecutive workers with the same batch size, stacked
+    # (count, batch, ...). A product on a stack is NumPy's matmul over it, one BLAS call per worker
+    # with that worker's operands, so bitwise the worker's own product (tests/test_model_parallel.py);
+    # elementwise steps are elementwise. Stacking spares the Python of one call per worker and layer.
     def _outgoing(self, parts):
-        """What this rank sends: its parts, or on a corrupt-activations rank their corruption. Only
-        while computing a worker's gradient: the test accuracy is a measurement, not training."""
+        """What this rank sends: parts[r][k] (run r of the call, local shard k), or on a
+        corrupt-activations rank each worker's part corrupted under that worker's key, exactly as if
+        it were sent alone. Only while computing gradients: the test accuracy is a measurement."""
         if self.corrupt is None or self._message is None:
             return parts
-        step, worker, k = self._message
-        self._message = (step, worker, k + 1)
-        return [self.corrupt(x, step, worker, k) for x in parts]
+        step, workers, k = self._message
+        self._message = (step, workers, k + 1)
+        return [[np.stack([self.corrupt(x, step, workers[w], k) for w, x in zip(range(lo, hi), stack)])
+                 for stack in per] for (lo, hi), per in zip(self._runs, parts)]
+
+    def _exchange(self, parts, widths):
+        """One gather for every worker of the call: per local shard, the workers' parts stacked along
+        the batch rows in worker order -> every shard's stacked array, in shard order."""
+        sent = self._outgoing(parts)
+        stacked = [_rows_of(per[0]) if len(per) == 1 else np.concatenate([_rows_of(x) for x in per])
+                   for per in zip(*sent)]
+        return self.gather(stacked, widths)
+
+    def _per_run(self, stacked):
+        """A stacked (rows, w) array cut back into the runs, (count, batch, w) each: per run, the same
+        view for every local shard."""
+        rows = self._rows
+        return [[stacked[rows[lo]:rows[hi]].reshape(hi - lo, (rows[hi] - rows[lo]) // (hi - lo), stacked.shape[-1])]
+                * len(self.local) for lo, hi in self._runs]
 
     def _sum(self, partials):
-        """Sum over the group's shards, in shard order: the same array for every local shard."""
-        width = partials[0].shape[-1]
-        every = self.gather(self._outgoing(partials), [width] * self.layout.p)
+        """Sum over the group's shards, in shard order. Elementwise, so each worker's rows get the sums
+        they would get alone, bitwise."""
+        every = self._exchange(partials, [partials[0][0].shape[-1]] * self.layout.p)
         total = every[0].copy()
         for part in every[1:]:
             total += part
-        return [total] * len(partials)
+        return self._per_run(total)
 
     def _concat(self, parts, l: int):
         split = self.layout.splits[l]
-        every = self.gather(self._outgoing(parts), [int(w) for w in np.diff(split)])
-        return [np.concatenate(every, axis=1)] * len(parts)
+        every = self._exchange(parts, [int(w) for w in np.diff(split)])
+        return self._per_run(np.concatenate(every, axis=1))
 
     # -- forward and backward --------------------------------------------------------------
-    def _forward(self, thetas, X):
-        """(per local shard: its layers, per local shard: every layer's pre-activations)."""
+    def _forward(self, thetas, Xs):
+        """Every worker's batch in Xs through the split model: (per local shard: its layers; per run,
+        the stacked batches; per run, per local shard: every layer's pre-activations)."""
         params = [self.layers(t, s) for s, t in zip(self.local, thetas)]
+        sizes = [len(X) for X in Xs]
+        self._rows = np.cumsum([0] + sizes).tolist()
+        cuts = [0] + [w for w in range(1, len(Xs)) if sizes[w] != sizes[w - 1]] + [len(Xs)]
+        self._runs = list(zip(cuts[:-1], cuts[1:]))
         last = len(self.layout.kinds) - 1
-        a = [X] * len(self.local)
-        zs = [[] for _ in self.local]
+        xs = [np.stack(Xs[lo:hi]) for lo, hi in self._runs]
+        a = [[x] * len(self.local) for x in xs]
+        zs = [[[] for _ in self.local] for _ in xs]
         for l, kind in enumerate(self.layout.kinds):
             if kind == "col":
-                z = []
-                for ai, p in zip(a, params):
-                    zi = ai @ p[l][0]
-                    zi += p[l][1]
-                    z.append(zi)
+                z = [[_affine(ai, p[l]) for ai, p in zip(ar, params)] for ar in a]
                 if l == last:
                     z = self._concat(z, l)
             else:
-                z = [zi + p[l][1] for zi, p in zip(self._sum([ai @ p[l][0] for ai, p in zip(a, params)]), params)]
-            for k, zi in enumerate(z):
-                zs[k].append(zi)
-            a = [np.maximum(zi, 0) for zi in z] if l < last else z
-        return params, zs
+                sums = self._sum([[ai @ p[l][0] for ai, p in zip(ar, params)] for ar in a])
+                z = [[zi + p[l][1] for zi, p in zip(zr, params)] for zr in sums]
+            for zr, into in zip(z, zs):
+                for zi, shard in zip(zr, into):
+                    shard.append(zi)
+            a = [[np.maximum(zi, 0) for zi in zr] for zr in z] if l < last else z
+        return params, xs, zs
 
-    def loss_and_grads(self, thetas, X, y, outs=None):
-        """Mean cross-entropy over the batch and each local shard's gradient block (in ``outs`` when given)."""
-        X = np.asarray(X, dtype=thetas[0].dtype)
-        y = np.asarray(y)
-        params, zs = self._forward(thetas, X)
-        loss, dz_full = models.cross_entropy(zs[0][-1], y, self.full.binary, np)
-        grads = [np.empty_like(t) for t in thetas] if outs is None else outs
-        grad_layers = [self.layout.views(g, s) for s, g in zip(self.local, grads)]
+    def _logit_grads(self, zs, ys):
+        """Per worker: its mean cross-entropy; per run and local shard: the stacked columns of the
+        logit gradients (each worker's batch mean its own)."""
         last = len(self.layout.kinds) - 1
-        if self.layout.kinds[last] == "col":
-            split = self.layout.splits[last]
-            dz = [dz_full[:, int(split[s]):int(split[s + 1])] for s in self.local]
-        else:
-            dz = [dz_full] * len(self.local)
-        for l in range(last, -1, -1):
-            for k in range(len(self.local)):
-                a_prev = X if l == 0 else np.maximum(zs[k][l - 1], 0)
-                gW, gb = grad_layers[k][l]
-                np.matmul(a_prev.T, dz[k], out=gW)
-                if gb is not None:
-                    gb[...] = dz[k].sum(axis=0)
+        split = self.layout.splits[last]
+        losses, dz = [], []
+        for (lo, hi), zr in zip(self._runs, zs):
+            logits = zr[0][-1]   # (count, batch, classes): the run's batches one after another
+            count, batch = logits.shape[:2]
+            loss, full = models.cross_entropy(logits.reshape(count * batch, -1), np.concatenate(ys[lo:hi]),
+                                              self.full.binary, np, batch=batch)
+            losses += [float(m) for m in loss.astype(np.float64).reshape(count, batch).mean(axis=1)]
+            full = full.reshape(count, batch, -1)
+            if self.layout.kinds[last] == "col":
+                dz.append([full[..., int(split[s]):int(split[s + 1])] for s in self.local])
+            else:
+                dz.append([full] * len(self.local))
+        return losses, dz
+
+    def losses_and_grads(self, thetas, Xs, ys, outs=None):
+        """Per worker (one batch in Xs, ys each): its mean cross-entropy, and each local shard's gradient
+        block (outs[w][k] when given). One group collective per pair of layers for all the workers."""
+        Xs = [np.asarray(X, dtype=thetas[0].dtype) for X in Xs]
+        if not Xs:
+            return [], []
+        params, xs, zs = self._forward(thetas, Xs)
+        losses, dz = self._logit_grads(zs, ys)
+        stacks = [[np.empty((hi - lo, t.size), dtype=t.dtype) for t in thetas] for lo, hi in self._runs]
+        layers = [[self.layout.views(G, s) for s, G in zip(self.local, per)] for per in stacks]
+        for l in range(len(self.layout.kinds) - 1, -1, -1):
+            for r, x in enumerate(xs):
+                for k in range(len(self.local)):
+                    a_prev = x if l == 0 else np.maximum(zs[r][k][l - 1], 0)
+                    gW, gb = layers[r][k][l]
+                    np.matmul(a_prev.transpose(0, 2, 1), dz[r][k], out=gW)
+                    if gb is not None:
+                        gb[...] = dz[r][k].sum(axis=1)
             if l == 0:
                 break
-            da = [dk @ p[l][0].T for dk, p in zip(dz, params)]
+            da = [[dk @ p[l][0].T for dk, p in zip(dzr, params)] for dzr in dz]
             if self.layout.kinds[l] == "col":   # replicated input: the partial input gradients summed
                 da = self._sum(da)
-            dz = [dak * (zs[k][l - 1] > 0) for k, dak in enumerate(da)]
-        return float(loss.astype(np.float64).mean()), grads
+            dz = [[dak * (zs[r][k][l - 1] > 0) for k, dak in enumerate(dar)] for r, dar in enumerate(da)]
+        grads = [list(per) for (lo, hi), G in zip(self._runs, stacks) for per in zip(*G)]
+        if outs is not None:
+            for into, per in zip(outs, grads):
+                for out, g in zip(into, per):
+                    out[...] = g
+        return losses, grads if outs is None else outs
+
+    def loss_and_grads(self, thetas, X, y, outs=None):
+        """One batch: its mean cross-entropy and each local shard's gradient block."""
+        losses, grads = self.losses_and_grads(thetas, [X], [y], None if outs is None else [outs])
+        return losses[0], grads[0]
+
+    def gradients_into(self, theta, Xs, ys, outs, *, seed: int = 0, workers=(0,), step: int = 0) -> list:
+        """Every hosted worker's gradient block into its row of ``outs`` at once (krum_mpi.run.workers),
+        one group collective per pair of layers for them all: each worker's loss and gradient are
+        bitwise those of gradient_into called for it alone."""
+        self._message = (step, tuple(workers), 0)
+        try:
+            losses, _ = self.losses_and_grads([theta], Xs, ys, [[out] for out in outs])
+        finally:
+            self._message = None
+        return losses
 
     def gradient_into(self, theta, X, y, out, *, seed: int = 0, worker: int = 0, step: int = 0) -> float:
         """The worker interface (models.py) for the one local shard: its gradient block into ``out``."""
-        self._message = (step, worker, 0)
-        try:
-            loss, _ = self.loss_and_grads([theta], X, y, [out])
-        finally:
-            self._message = None
-        return loss
+        return self.gradients_into(theta, [X], [y], [out], seed=seed, workers=(worker,), step=step)[0]
 
     def logits(self, thetas, X):
-        _, zs = self._forward(thetas, np.asarray(X, dtype=thetas[0].dtype))
-        return zs[0][-1]
+        _, _, zs = self._forward(thetas, [np.asarray(X, dtype=thetas[0].dtype)])
+        return zs[0][0][-1][0]
 
     def accuracy(self, theta, X, y, chunk: int = 8192) -> float:
         """Fraction of correct predictions; collective over the group (every shard passes the same X)."""
@@ -238,6 +304,17 @@ class SplitMLP:
             pred = (z[:, 0] > 0) if self.full.binary else z.argmax(axis=1)
             correct += int((pred.astype(np.int64) == np.asarray(y[a:a + chunk])).sum())
         return correct / max(len(y), 1)
+
+
+def _rows_of(stack):
+    """A run's (count, batch, w) stack as (count * batch, w) rows (explicit: w may be 0)."""
+    return stack.reshape(stack.shape[0] * stack.shape[1], stack.shape[2])
+
+
+def _affine(a, layer):
+    z = a @ layer[0]
+    z += layer[1]
+    return z
 
 
 class Grid:

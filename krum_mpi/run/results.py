@@ -9,7 +9,8 @@ Schema (version 1; docs/results-schema.md is the reference for users):
     per-step datasets (PER_STEP below), each (steps_done, ...), chunked and resizable
     /selection/byzantine    bool    (n,)
     /selection/worker_rank  int32   (n,)  the MPI rank that hosted each worker
-    /selection/byzantine_through_ranks  bool (n,)  with [byzantine_ranks]: workers a Byzantine rank's group hosts
+    /selection/byzantine_through_ranks  bool (steps_done, n), per step with [byzantine_ranks]: the workers a
+                            Byzantine rank's group hosts (files written before it was per step: (n,))
     /checkpoint/            only in a complete run: attrs step; params float32 (d,), the final parameters
 
 What a resume needs (parameters, momentum, rule state) lives in its own file, ``<out>.ckpt``
@@ -69,6 +70,8 @@ PER_STEP = (
     PerStep("selection/weights", np.float32, np.nan, "n", "weights"),
     PerStep("selection/absent", np.bool_, False, "n", "absent"),   # missed the gather deadline
     PerStep("selection/recomputed", np.int32, 0),  # distances the certified selection recomputed
+    # with [byzantine_ranks]: the workers a Byzantine rank made Byzantine at that step
+    PerStep("selection/byzantine_through_ranks", np.bool_, False, "n", "byzantine_ranks"),
 )
 CHUNK_BYTES = 1 << 14
 LINK_UNSUPPORTED = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
@@ -132,7 +135,8 @@ class ResultsWriter:
         self.byzantine = np.asarray(byzantine, dtype=bool)
         self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         flags = {"": True, "weights": record_weights, "absent": record_absent,
-                 "validation": cfg["data"].get("validation_fraction", 0) > 0}
+                 "validation": cfg["data"].get("validation_fraction", 0) > 0,
+                 "byzantine_ranks": bool(cfg.get("byzantine_ranks", {}).get("ranks"))}
         self.specs = [s for s in PER_STEP if flags[s.when]]
         widths = {"": (), "n": (n,), "selected": (max_selected,)}
         self.tails = {s.name: widths[s.width] for s in self.specs}
@@ -141,6 +145,7 @@ class ResultsWriter:
         self.last_checkpoint_step = -1   # the checkpoint file on disk holds this step (-1: none yet)
         self.extra_attrs: dict = {}
         self.extra_selection: dict = {}       # per-worker arrays, e.g. worker_rank
+        self.every_step: dict = {}            # per-step values recorded in every row unless the step gives its own
         suffix = unique_suffix()
         self.spares = [self.path.with_name(f".{self.path.name}.{suffix}.{x}") for x in "ab"]
         self.spare_rows: list = [None, None]   # rows each spare holds (None: not created yet)
@@ -160,7 +165,8 @@ class ResultsWriter:
         """One step's row. ``values``: more per-step values by dataset name (see PER_STEP)."""
         row = {"metrics/step": step, "metrics/loss": loss, "metrics/test_accuracy": test_accuracy,
                **{f"timing/{k}": timing[k] for k in TIMINGS}, "selection/weights": weights,
-               "selection/absent": absent, "timing/worker_compute_s": worker_compute_s, **(values or {})}
+               "selection/absent": absent, "timing/worker_compute_s": worker_compute_s, **self.every_step,
+               **(values or {})}
         if selected is not None:
             width = self.tails["selection/selected"][0]
             sel = np.asarray(selected)[:width]

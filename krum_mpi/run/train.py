@@ -182,8 +182,8 @@ def _open_results(s: Setup, cfg: Config, out_path, comm: Comm, resume_run: bool,
     outfiles.remove_stale_files(out_path)
     writer.extra_attrs["adversary"] = cfg.attack.adversary if s.colluding else "omniscient"
     writer.extra_selection["worker_rank"] = np.repeat(np.arange(comm.size, dtype=np.int32), comm.counts)
-    if cfg.byzantine_ranks.ranks:
-        writer.extra_selection["byzantine_through_ranks"] = s.through_ranks
+    if cfg.byzantine_ranks.ranks:   # a per-step record (results.PER_STEP): today the same workers at every step
+        writer.every_step["selection/byzantine_through_ranks"] = s.through_ranks
     return writer, start, arrays
 
 

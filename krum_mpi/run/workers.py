@@ -42,21 +42,44 @@ class LocalWorkers:
         """Each worker's minibatch gradient at ``theta`` (label-flipped for Byzantine data attacks),
         written by the model straight into the worker's row of the send buffer."""
         s = self.setup
-        xp = s.worker_xp
-        theta_w = backend.to_device(theta, xp)
+        theta_w = backend.to_device(theta, s.worker_xp)
+        if hasattr(s.model, "gradients_into"):   # a split model: all at once, one group exchange per layer pair
+            self._compute_together(theta, theta_w, step)
+            return
         for j, worker in enumerate(s.local_workers):
             t0 = time.perf_counter()
-            xb, yb = s.shards[j].batch(step, self.batch_size)
-            if self.flip_labels and self.is_byzantine[j]:
-                yb = s.attack.label_map(yb, s.dataset.n_classes)
-            loss = s.model.gradient_into(theta_w, backend.to_device(xb, xp), backend.to_device(yb, xp),
-                                         self.rows[j], seed=s.seed, worker=worker, step=step)
-            if self.weight_decay > 0:       # L2 term of the worker's loss, as ByzFL's clients add it
-                self.rows[j] += self.weight_decay * theta
-            if self.momentum is not None:   # the momentum must outlive the row: one copy back
-                momentum_step(self.momentum[j], self.rows[j], self.mu, self.momentum_form)
-                self.rows[j] = self.momentum[j]
-            self.meta[j] = (loss, time.perf_counter() - t0)
+            xb, yb = self._batch(j, step)
+            loss = s.model.gradient_into(theta_w, xb, yb, self.rows[j], seed=s.seed, worker=worker, step=step)
+            self._finish(j, theta, loss)
+            self.meta[j, 1] = time.perf_counter() - t0
+
+    def _compute_together(self, theta: np.ndarray, theta_w, step: int) -> None:
+        """The hosted workers' gradients in one call of the split model (the same values as one call
+        per worker); each worker is given an equal share of the call's seconds."""
+        s, t0 = self.setup, time.perf_counter()
+        batches = [self._batch(j, step) for j in range(len(s.local_workers))]
+        losses = s.model.gradients_into(theta_w, [b[0] for b in batches], [b[1] for b in batches], list(self.rows),
+                                        seed=s.seed, workers=list(s.local_workers), step=step)
+        for j, loss in enumerate(losses):
+            self._finish(j, theta, loss)
+        self.meta[:, 1] = (time.perf_counter() - t0) / max(1, len(losses))
+
+    def _batch(self, j: int, step: int):
+        """Worker j's minibatch at ``step`` on the worker device, label-flipped for a data attack."""
+        s = self.setup
+        xb, yb = s.shards[j].batch(step, self.batch_size)
+        if self.flip_labels and self.is_byzantine[j]:
+            yb = s.attack.label_map(yb, s.dataset.n_classes)
+        return backend.to_device(xb, s.worker_xp), backend.to_device(yb, s.worker_xp)
+
+    def _finish(self, j: int, theta: np.ndarray, loss: float) -> None:
+        """Worker j's row after its gradient: the L2 term, then its momentum; its loss recorded."""
+        if self.weight_decay > 0:       # L2 term of the worker's loss, as ByzFL's clients add it
+            self.rows[j] += self.weight_decay * theta
+        if self.momentum is not None:   # the momentum must outlive the row: one copy back
+            momentum_step(self.momentum[j], self.rows[j], self.mu, self.momentum_form)
+            self.rows[j] = self.momentum[j]
+        self.meta[j, 0] = loss
 
     def collude(self, step: int) -> None:
         """Colluding adversary: the Byzantine ranks share their own honest rows and replace them with

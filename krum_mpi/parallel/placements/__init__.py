@@ -9,6 +9,7 @@
       replicas                          Byzantine ranks that lie in the sharded aggregation (any d)
     per-shard    PerShardPlacement      each rank the rule on its block alone (the naive baseline)
     model        ModelParallelPlacement the blocks are the split model's shards (parallel.model = p)
+                 SmallModelPlacement    below aggregator.sharded_min_d: the gather's exchange (model.py)
 
 ``build`` is the one place that reads which placement a run has; the step loop only calls the
 phases. Adding a placement is adding a class here and one line in ``build``.
@@ -18,7 +19,7 @@ from __future__ import annotations
 from .base import Outcome, Placement, Turn  # noqa: F401  (the interface, for the loop and new placements)
 from .blocks import PerShardPlacement, ShardedPlacement, SmallShardedPlacement, sharded_placement  # noqa: F401
 from .gather import DeadlinePlacement, GatherPlacement
-from .model import ModelParallelPlacement, connect
+from .model import ModelParallelPlacement, SmallModelPlacement, connect, model_placement  # noqa: F401
 from .replicated import ReplicatedPlacement
 from ..byzantine_ranks import SHARDED_BEHAVIOURS
 from ...errors import ConfigError
@@ -27,7 +28,7 @@ from ...errors import ConfigError
 def build(setup, cfg, comm) -> Placement:
     """Collective for model parallelism (its group communicators): this rank's placement object."""
     if setup.grid is not None:
-        return ModelParallelPlacement(setup, cfg, comm, connect(setup, comm))
+        return model_placement(setup, cfg, comm)
     placement = cfg.aggregator.placement
     if placement == "sharded" and (cfg.aggregator.replicas > 1
                                    or cfg.byzantine_ranks.behaviour in SHARDED_BEHAVIOURS):

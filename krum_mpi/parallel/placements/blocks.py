@@ -27,6 +27,7 @@ import numpy as np
 
 from ... import aggregators
 from .. import sharded
+from ..byzantine_ranks import SHARDED_BEHAVIOURS
 from ...run.server import SEED_ATTACK
 from .base import Outcome, Placement, Turn
 from .gather import GatherPlacement
@@ -36,11 +37,13 @@ SHARDED_PHASES = ("stop check and compute, Alltoallv of row blocks (and crafting
 
 
 def exchange_for(cfg, d: int) -> tuple[str, str]:
-    """("sharded" or "gather", why): the exchange of ``placement = "sharded"`` for d parameters."""
+    """("sharded" or "gather", why): the exchange of ``placement = "sharded"`` (and of model
+    parallelism, d its whole model) for d parameters. Corrupt activations lie inside the model
+    groups' compute, not in the exchange: they leave the choice to d."""
     least = cfg.aggregator.sharded_min_d
     if d >= least:
         return "sharded", f"d = {d} >= aggregator.sharded_min_d = {least}"
-    if cfg.byzantine_ranks.ranks:   # their lies (and any defence) live in the sharded exchange
+    if cfg.byzantine_ranks.behaviour in SHARDED_BEHAVIOURS:   # their lies (and any defence) live there
         return "sharded", f"byzantine_ranks.ranks = {list(cfg.byzantine_ranks.ranks)} lie in the sharded exchange"
     replicas = getattr(cfg.aggregator, "replicas", 1)   # replicated blocks defend the sharded exchange
     if replicas > 1:
