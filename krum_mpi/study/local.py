@@ -19,7 +19,7 @@ import sys
 import time
 from datetime import datetime
 
-from ..launch import mpiexec_path, stop_with_parent
+from ..launch import mpiexec_path, rank_command, stop_with_parent
 from ..run.outfiles import lock_holder
 from .folder import StudyFolder, is_complete
 
@@ -38,12 +38,13 @@ class StudyStopped(Exception):
 
 
 def run_command(folder: StudyFolder, base_name: str, run: dict, mpiexec: str) -> list[str]:
-    """The command of one run: ``mpiexec -n R python -m krum_mpi run BASE --set ... --out runs/ID.h5``."""
-    cmd = [mpiexec, "-n", str(run["ranks"]), sys.executable, "-m", "krum_mpi", "run",
-           str(folder.path / base_name)]
+    """The command of one run: ``mpiexec -n R [env --block-signal=...] python -m krum_mpi run BASE
+    --set ... --out runs/ID.h5 --resume`` (each rank starts with the stop signals blocked until its
+    handlers are installed: krum_mpi.launch.rank_command)."""
+    args = ["run", folder.path / base_name]
     for item in run["overrides"]:
-        cmd += ["--set", item]
-    return cmd + ["--out", str(folder.result(run["id"])), "--resume"]
+        args += ["--set", item]
+    return rank_command(mpiexec, int(run["ranks"]), args + ["--out", folder.result(run["id"]), "--resume"])
 
 
 class Progress:
