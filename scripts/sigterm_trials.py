@@ -3,7 +3,7 @@ with status 3 (then ``--resume`` must end bitwise equal to an uninterrupted run)
 signal came after the file was complete, 0 with the complete file bitwise equal; never 15.
 
     python scripts/sigterm_trials.py --trials 20 --ranks 2 [--signal USR1|INT] [--steps 1200]
-        [--seed 0] [--table docs-table.md] [--bare]
+        [--seed 0] [--table docs-table.md] [--bare] [--kinds "launch,ranks started"]
 
 Runs on seeded synthetic data (no dataset needed), with worker momentum (per-worker state in the
 checkpoint). Each rank is started as krum-mpi starts ranks itself, ``mpiexec -n R env
@@ -59,9 +59,10 @@ def _parent(pid: int) -> int:
         return int(f.read().rsplit(b")", 1)[1].split()[1])     # after the command name, which may hold spaces
 
 
-def rank_pids(root: int, marker: bytes = b"krum_mpi") -> list[int]:
+def rank_pids(root: int, marker: bytes = b"krum") -> list[int]:
     """The processes below ``root`` (mpiexec) whose command line holds ``marker``: the ranks, from the
-    moment they exec ``env`` (or Python, without the prefix). Linux /proc; [] where it cannot be read."""
+    moment they exec ``env`` (or Python, without the prefix; ``krum_mpi`` or the ``krum-mpi`` script).
+    Linux /proc; [] where it cannot be read."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -131,7 +132,8 @@ def wait_for_results_line(proc) -> None:
 def trial(args, rng, folder: Path, number: int, expected: dict, signum) -> dict:
     """One run signalled at a drawn moment: what it exited with, what the file held, and the verdict."""
     out = folder / f"t{number}.h5"
-    kind = rng.choices(KINDS, WEIGHTS)[0]
+    kinds = [(k, w) for k, w in zip(KINDS, WEIGHTS) if k in args.kinds]
+    kind = rng.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
     delay = {"launch": rng.uniform(0.0, 0.3), "ranks started": rng.uniform(0.0, 0.05)}.get(kind, rng.uniform(0.3, 1.0))
     target = rng.randrange(1, int(0.8 * args.steps))
     t_launch = time.monotonic()
@@ -191,7 +193,12 @@ def main() -> int:
     p.add_argument("--table", type=Path, help="also write the trials as a Markdown table to this file")
     p.add_argument("--bare", action="store_true",
                    help="start the ranks without the env --block-signal prefix (as a hand-typed mpiexec does)")
+    p.add_argument("--kinds", default=",".join(KINDS),
+                   help=f"the kinds of moment to draw from, comma-separated (default: all: {','.join(KINDS)})")
     args = p.parse_args()
+    args.kinds = [k.strip() for k in args.kinds.split(",")]
+    if not args.kinds or any(k not in KINDS for k in args.kinds):
+        p.error(f"--kinds: choose among {', '.join(KINDS)}")
     global BARE
     BARE = args.bare
     rng = random.Random(args.seed)
