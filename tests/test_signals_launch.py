@@ -148,6 +148,26 @@ def test_the_job_scripts_start_ranks_with_the_prefix(tmp_path):
     assert probe.returncode == 0, probe.stderr
     assert "ranks start with the stop signals blocked" in probe.stdout
     assert probe.stdout.strip().splitlines()[-1] == str(stops), probe.stdout
+    # a launcher (or nodes) where the probe fails: the ranks start without the prefix, and the log says so
+    fallback = subprocess.run(["bash", "-c", text[start:end] + 'LAUNCH=false\npick_block_stops\necho "[$BLOCK_STOPS]"'],
+                              capture_output=True, text=True, timeout=60)
+    assert "stop signals unblocked" in fallback.stdout and fallback.stdout.strip().endswith("[]"), fallback.stdout
+
+
+def test_where_env_has_no_block_signal_the_ranks_start_without_the_prefix(tmp_path, monkeypatch):
+    """An env without --block-signal (macOS, the BSDs, coreutils before 8.31: it refuses the option)
+    gives no prefix: the command is the plain mpiexec one, which still runs."""
+    fake = tmp_path / "env"
+    fake.write_text('#!/bin/sh\necho "env: illegal option -- -" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    block_stops_prefix.cache_clear()
+    try:
+        assert block_stops_prefix() == ()
+        assert rank_command("mpiexec", 2, ["run", "x.toml"]) == ["mpiexec", "-n", "2", sys.executable, "-m", "krum_mpi",
+                                                                 "run", "x.toml"]
+    finally:
+        block_stops_prefix.cache_clear()
 
 
 @pytest.mark.mpi

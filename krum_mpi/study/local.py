@@ -8,7 +8,9 @@ results file another process holds (its lock, krum_mpi.run.outfiles) is left to 
 SIGTERM or SIGINT to ``study run`` stops every running run as a scheduler would (SIGTERM to its
 process group: each checkpoints and exits 3), waits for them, and ends ``study run`` with status 3.
 Each run's launcher also gets SIGTERM if ``study run`` itself dies (Linux: PR_SET_PDEATHSIG), so a
-killed ``study run`` leaves no run writing on its own.
+killed ``study run`` leaves no run writing on its own. Each rank starts with the stop signals blocked
+until its handlers are installed (krum_mpi.launch.rank_command), so a run stopped while its ranks
+start checkpoints and exits 3 too.
 """
 from __future__ import annotations
 
@@ -178,8 +180,9 @@ def run_local(plan: dict, folder: StudyFolder, jobs: int = 1, mpiexec: str | Non
                 rc = r.proc.wait()
                 rc = rc if rc >= 0 else 128 - rc
                 if stop.signum and rc in KILLED_BEFORE_START and not folder.result(r.run["id"]).exists():
-                    # signalled before its handlers were installed (interpreter start-up): nothing was
-                    # written, so it is what a stop with a checkpoint is, a run to start again
+                    # signalled before its handlers were installed (interpreter start-up, where env has
+                    # no --block-signal to hold the signal until then): nothing was written, so it is
+                    # what a stop with a checkpoint is, a run to start again
                     r.log.write("== stopped before start (the signal came before the run could checkpoint)\n")
                     rc = 3
                 r.finish(rc)
