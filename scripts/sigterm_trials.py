@@ -3,7 +3,7 @@ with status 3 (then ``--resume`` must end bitwise equal to an uninterrupted run)
 signal came after the file was complete, 0 with the complete file bitwise equal; never 15.
 
     python scripts/sigterm_trials.py --trials 20 --ranks 2 [--signal USR1|INT] [--steps 1200]
-        [--seed 0] [--table docs-table.md] [--bare] [--kinds "launch,ranks started"]
+        [--seed 0] [--table docs-table.md] [--bare] [--kinds "launch,ranks started"] [--launch-s 0.3] [--show-tree]
 
 Runs on seeded synthetic data (no dataset needed), with worker momentum (per-worker state in the
 checkpoint). Each rank is started as krum-mpi starts ranks itself, ``mpiexec -n R env
@@ -59,10 +59,8 @@ def _parent(pid: int) -> int:
         return int(f.read().rsplit(b")", 1)[1].split()[1])     # after the command name, which may hold spaces
 
 
-def rank_pids(root: int, marker: bytes = b"krum") -> list[int]:
-    """The processes below ``root`` (mpiexec) whose command line holds ``marker``: the ranks, from the
-    moment they exec ``env`` (or Python, without the prefix; ``krum_mpi`` or the ``krum-mpi`` script).
-    Linux /proc; [] where it cannot be read."""
+def _children() -> dict[int, list[int]]:
+    """Every process's children, from /proc (Linux; {} where it cannot be read)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -70,17 +68,36 @@ def rank_pids(root: int, marker: bytes = b"krum") -> list[int]:
                 children.setdefault(_parent(int(entry)), []).append(int(entry))
             except (OSError, ValueError, IndexError):
                 continue          # ended meanwhile
-    found, todo = [], list(children.get(root, []))
+    return children
+
+
+def _descendants(root: int) -> list[tuple[int, int, bytes]]:
+    """(pid, depth, command line) of every process below ``root``, parents first."""
+    children, found = _children(), []
+    todo = [(pid, 1) for pid in children.get(root, [])]
     while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
+        pid, depth = todo.pop(0)
+        todo += [(child, depth + 1) for child in children.get(pid, [])]
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker in f.read():
-                    found.append(pid)
+                found.append((pid, depth, f.read()))
         except OSError:
             continue
     return found
+
+
+def rank_pids(root: int, marker: bytes = b"krum") -> list[int]:
+    """The processes below ``root`` (mpiexec) whose command line holds ``marker``: the ranks, from the
+    moment they exec ``env`` (or Python, without the prefix; ``krum_mpi`` or the ``krum-mpi`` script)."""
+    return [pid for pid, _, cmdline in _descendants(root) if marker in cmdline]
+
+
+def process_tree(root: int) -> str:
+    """The processes below ``root`` as ``depth:program`` (``2:hydra_pmi_proxy 2:python``): which ranks
+    had exec'd their command when the signal came (--show-tree)."""
+    names = [(depth, os.path.basename(cmdline.split(b"\0")[0].decode(errors="replace")))
+             for _, depth, cmdline in _descendants(root)]
+    return " ".join(f"{depth}:{name}" for depth, name in names) or "(none)"
 
 
 def wait_for_ranks(proc, ranks: int, timeout_s: float = 60) -> bool:
@@ -134,7 +151,8 @@ def trial(args, rng, folder: Path, number: int, expected: dict, signum) -> dict:
     out = folder / f"t{number}.h5"
     kinds = [(k, w) for k, w in zip(KINDS, WEIGHTS) if k in args.kinds]
     kind = rng.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
-    delay = {"launch": rng.uniform(0.0, 0.3), "ranks started": rng.uniform(0.0, 0.05)}.get(kind, rng.uniform(0.3, 1.0))
+    delay = {"launch": rng.uniform(0.0, args.launch_s), "ranks started": rng.uniform(0.0, 0.05)}.get(
+        kind, rng.uniform(0.3, 1.0))
     target = rng.randrange(1, int(0.8 * args.steps))
     t_launch = time.monotonic()
     proc = subprocess.Popen(command(args.ranks, out, args.steps, quiet=kind != "after results"), cwd=REPO,
@@ -148,6 +166,7 @@ def trial(args, rng, folder: Path, number: int, expected: dict, signum) -> dict:
         wait_for_step(proc, out, target)
     else:
         wait_for_results_line(proc)
+    tree = process_tree(proc.pid) if args.show_tree else ""
     at = time.monotonic() - t_launch
     proc.send_signal(signum)
     try:
@@ -171,7 +190,7 @@ def trial(args, rng, folder: Path, number: int, expected: dict, signum) -> dict:
         ok = equal
     return {"number": number, "kind": kind, "at": at, "rc": rc, "status": status, "steps_done": done,
             "resume_rc": None if resumed is None else resumed.returncode, "equal": equal, "ok": ok,
-            "banner": "BAD TERMINATION" in err, "err": err, "resume_err": "" if resumed is None else resumed.stderr}
+            "banner": "BAD TERMINATION" in err, "tree": tree, "err": err, "resume_err": "" if resumed is None else resumed.stderr}
 
 
 def table(rows: list) -> str:
@@ -193,6 +212,10 @@ def main() -> int:
     p.add_argument("--table", type=Path, help="also write the trials as a Markdown table to this file")
     p.add_argument("--bare", action="store_true",
                    help="start the ranks without the env --block-signal prefix (as a hand-typed mpiexec does)")
+    p.add_argument("--launch-s", type=float, default=0.3,
+                   help="a 'launch' moment is drawn from 0 to this many seconds after mpiexec starts (default 0.3)")
+    p.add_argument("--show-tree", action="store_true",
+                   help="print the processes below mpiexec at each signal (which ranks had exec'd their command)")
     p.add_argument("--kinds", default=",".join(KINDS),
                    help=f"the kinds of moment to draw from, comma-separated (default: all: {','.join(KINDS)})")
     args = p.parse_args()
@@ -221,7 +244,8 @@ def main() -> int:
         rows.append(r)
         print(f"trial {number + 1:2d}: {r['kind']:13s} signal at {r['at']:5.2f} s, exit {r['rc']:3d} "
               f"({r['status']}, {max(r['steps_done'], 0)} steps), resume exit {r['resume_rc']}, "
-              f"bitwise equal: {r['equal']}  {'ok' if r['ok'] else 'FAILED'}", flush=True)
+              f"bitwise equal: {r['equal']}  {'ok' if r['ok'] else 'FAILED'}"
+              + (f"\n  processes below mpiexec at the signal: {r['tree']}" if r["tree"] else ""), flush=True)
         if not r["ok"]:
             print(f"  stderr: {r['err'].strip()[-600:]}\n  resume stderr: {r['resume_err'].strip()[-600:]}", flush=True)
     passed = sum(r["ok"] for r in rows)
