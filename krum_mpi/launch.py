@@ -10,7 +10,8 @@ stops at its first check with a checkpoint and exits 3, as for a signal a moment
 GNU coreutils (8.31 or later) does the blocking, a small C program that starts in about a
 millisecond; it cannot be done in ``mpiexec`` itself, which then forwards nothing. Where ``env``
 has no ``--block-signal`` (macOS and BSD, older coreutils), ranks start as before and the window
-stays (docs/reliability.md).
+stays. What no prefix covers is the launcher's own part, from its ``fork`` of a rank to ``env``'s
+block: milliseconds, longer on a loaded machine (docs/reliability.md).
 """
 from __future__ import annotations
 
