@@ -254,3 +254,27 @@ def test_the_review_spec_is_on_the_protocol():
             point3.setdefault(json.dumps({k: v for k, v in r.labels.items() if k != "run.seed"}), set()).add(
                 r.config["run"]["seed"])
     assert point3 and min(len(s) for s in point3.values()) >= MIN_SEEDS
+
+
+def test_a_choice_on_the_edge_of_its_grid_is_named():
+    """A chosen value that is the largest or smallest of a numeric grid of >= 3 values may not be the
+    best: the study run notes it and the report flags it; an interior choice, a 2-value grid and a
+    non-numeric grid are not named."""
+    from krum_mpi.study.tuning import at_grid_edge
+
+    def entry(grid, chosen, rule="krum"):
+        return {"grid": grid, "choices": [{"group": {"aggregator.name": rule, "optimizer.momentum": 0.0},
+                                           "chosen": chosen}]}
+
+    lr = {"optimizer.lr": {"*": [0.02, 0.05, 0.2]}}
+    assert at_grid_edge(entry(lr, {"optimizer.lr": 0.05})) == []
+    top = at_grid_edge(entry(lr, {"optimizer.lr": 0.2}))
+    assert len(top) == 1 and "optimizer.lr = 0.2 is the largest value of its grid (0.02, 0.05, 0.2)" in top[0]
+    assert "aggregator.name = krum" in top[0]
+    assert "smallest" in at_grid_edge(entry(lr, {"optimizer.lr": 0.02}))[0]
+    assert at_grid_edge(entry({"optimizer.lr": {"*": [0.05, 0.2]}}, {"optimizer.lr": 0.2})) == []
+    # a per-rule grid: the rule's own values count, not another rule's
+    tau = {"aggregator.tau": {"centered-clipping": [1.0, 10.0, 100.0]}}
+    both = at_grid_edge(entry({**lr, **tau}, {"optimizer.lr": 0.05, "aggregator.tau": 1.0}, "centered-clipping"))
+    assert len(both) == 1 and "aggregator.tau = 1 is the smallest" in both[0]
+    assert at_grid_edge(entry({"workers.attack": {"*": ["a", "b", "c"]}}, {"workers.attack": "c"})) == []

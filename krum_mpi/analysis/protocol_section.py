@@ -14,6 +14,7 @@ from . import protocol_figures as pfig
 from . import review_tables as rt
 from .convergence import cell_converged
 from .derived import experiment_keys
+from ..study.tuning import at_grid_edge
 from .protocol import CONVERGENCE_TOLERANCE, CONVERGENCE_WINDOW, MIN_SEEDS
 
 GROUP_LABELS = {"aggregator.name": "rule", "optimizer.momentum": "momentum", "optimizer.momentum_at": "momentum at",
@@ -79,6 +80,9 @@ def tuning(page, study_dir):
                                  "seeds": len(next(iter(c["sensitivity"]))["by_seed"])}
                                 for c in entry["choices"]]))
         rep.items(never_clips(entry))
+        for line in at_grid_edge(entry):
+            page.flag(f"tuning part `{part}`: {line}: the best value may lie beyond the grid, so this group "
+                      "is not shown tuned (widen the grid).")
         page.draw(pfig.sensitivity(part, entry), "tuning_sensitivity" if len(record) == 1 else f"tuning_{part}",
                   "Sensitivity: mean final validation accuracy against the learning rate per rule, without attack "
                   "(star: the chosen point)")

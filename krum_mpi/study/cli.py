@@ -116,6 +116,9 @@ def cmd_run(args) -> int:
     if rc is not None or not wanted or (args.limit and limit <= 0):
         return rc or 0
     plan = _planned(spec, folder=folder)      # the tuning stage has run: the choice, then its parts
+    for part, entry in tuning.read_record(folder.path).items():
+        for line in tuning.at_grid_edge(entry):
+            print(f"note: tuning part {part}: {line}: the best value may lie beyond the grid", file=sys.stderr)
     if plan.awaiting:
         for name, why in plan.waiting.items():
             print(f"krum-mpi study: {len(wanted)} runs wait for tuning part {name}, which cannot choose: {why}",

@@ -187,6 +187,24 @@ def choose(spec, plan, folder, record_choice: bool = True) -> tuple[dict, dict]:
     return choices, waiting
 
 
+def at_grid_edge(entry: dict) -> list:
+    """The choices of one tuning part that sit on the edge of a numeric grid of three or more values,
+    one line each: the best value may lie beyond the grid, so the rule is not tuned there (widen it)."""
+    lines = []
+    for choice in entry["choices"]:
+        rule = choice["group"].get("aggregator.name", ALL_RULES)
+        for key, value in choice["chosen"].items():
+            by_rule = entry["grid"].get(key, {})
+            values = by_rule.get(rule, by_rule.get(ALL_RULES, []))
+            numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if len(numbers) >= 3 and len(numbers) == len(values) and value in (min(numbers), max(numbers)):
+                side = "largest" if value == max(numbers) else "smallest"
+                group = ", ".join(f"{k} = {v}" for k, v in choice["group"].items())
+                lines.append(f"{group}: {key} = {value:g} is the {side} value of its grid "
+                             f"({', '.join(f'{v:g}' for v in numbers)})")
+    return lines
+
+
 def write_record(folder, record: dict) -> None:
     """``STUDY/tuning.json``: every tuning part's grid, groups, choices and sensitivity (rewritten
     whenever the choice is made again, so it always says what the planned runs use)."""
