@@ -228,6 +228,9 @@ COMMANDS = {"run": cmd_run, "summary": cmd_summary, "demo": cmd_demo}
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .run.stop import process_stop, unblock_stops
+    if argv[:1] != ["run"]:
+        unblock_stops()      # no handler but run's: a stop signal ends any other command, as for any program
     names = sorted(list(COMMANDS) + list(DELEGATED))
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -239,7 +242,6 @@ def main(argv=None) -> int:
     sub, rest = argv[0], argv[1:]
     try:
         if sub == "run":     # stop signals handled from the first moment (see krum_mpi/run/stop.py)
-            from .run.stop import process_stop
             return cmd_run(rest, process_stop())
         if sub in COMMANDS:
             return COMMANDS[sub](rest)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import KrumMPIError
-from .launch import mpiexec_path
+from .launch import mpiexec_path, rank_command
 
 SETTINGS = ["average-f0", "average-f6", "krum-f0", "krum-f6"]
 PAPER, OFFLINE = "paper-fig4", "synthetic"   # the presets' prefixes: spambase, or its synthetic twin
@@ -65,8 +65,7 @@ def main(argv) -> int:
     for setting in SETTINGS:
         name = f"{prefix}-{setting}"
         path = out / f"{name}.h5"
-        cmd = [mpiexec, "-n", str(args.ranks), sys.executable, "-m", "krum_mpi", "run",
-               str(cfg_dir / f"{name}.toml"), "--out", str(path), "--force", "--quiet"]
+        cmd = rank_command(mpiexec, args.ranks, ["run", cfg_dir / f"{name}.toml", "--out", path, "--force", "--quiet"])
         for item in extra:
             cmd += ["--set", item]
         print(f"running {name} on {args.ranks} MPI ranks ...", flush=True)

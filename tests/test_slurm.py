@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from krum_mpi.launch import block_stops_prefix
 from krum_mpi.study import load_spec, make_plan
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mpi, pytest.mark.slow]  # slow: minutes (left out of a plain run)
@@ -301,6 +302,8 @@ def test_preempted_run_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path)
     log = h5.with_suffix(".log").read_text()
     assert "interrupted with a checkpoint, requeueing" in log
     assert "interrupted by a signal" in log
+    if block_stops_prefix():   # each rank started with the stop signals blocked until its handlers are in
+        assert " env --block-signal=TERM --block-signal=INT --block-signal=USR1 " in log
 
 
 def test_a_two_task_slice_of_the_review_cluster_spec_completes(slurm_cluster, tmp_path, spambase_file):

@@ -8,7 +8,9 @@ results file another process holds (its lock, krum_mpi.run.outfiles) is left to 
 SIGTERM or SIGINT to ``study run`` stops every running run as a scheduler would (SIGTERM to its
 process group: each checkpoints and exits 3), waits for them, and ends ``study run`` with status 3.
 Each run's launcher also gets SIGTERM if ``study run`` itself dies (Linux: PR_SET_PDEATHSIG), so a
-killed ``study run`` leaves no run writing on its own.
+killed ``study run`` leaves no run writing on its own. Each rank starts with the stop signals blocked
+until its handlers are installed (krum_mpi.launch.rank_command), so a run stopped while its ranks
+start checkpoints and exits 3 too.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import sys
 import time
 from datetime import datetime
 
-from ..launch import mpiexec_path, stop_with_parent
+from ..launch import mpiexec_path, rank_command, stop_with_parent
 from ..run.outfiles import lock_holder
 from .folder import StudyFolder, is_complete
 
@@ -38,12 +40,13 @@ class StudyStopped(Exception):
 
 
 def run_command(folder: StudyFolder, base_name: str, run: dict, mpiexec: str) -> list[str]:
-    """The command of one run: ``mpiexec -n R python -m krum_mpi run BASE --set ... --out runs/ID.h5``."""
-    cmd = [mpiexec, "-n", str(run["ranks"]), sys.executable, "-m", "krum_mpi", "run",
-           str(folder.path / base_name)]
+    """The command of one run: ``mpiexec -n R [env --block-signal=...] python -m krum_mpi run BASE
+    --set ... --out runs/ID.h5 --resume`` (each rank starts with the stop signals blocked until its
+    handlers are installed: krum_mpi.launch.rank_command)."""
+    args = ["run", folder.path / base_name]
     for item in run["overrides"]:
-        cmd += ["--set", item]
-    return cmd + ["--out", str(folder.result(run["id"])), "--resume"]
+        args += ["--set", item]
+    return rank_command(mpiexec, int(run["ranks"]), args + ["--out", folder.result(run["id"]), "--resume"])
 
 
 class Progress:
@@ -177,8 +180,9 @@ def run_local(plan: dict, folder: StudyFolder, jobs: int = 1, mpiexec: str | Non
                 rc = r.proc.wait()
                 rc = rc if rc >= 0 else 128 - rc
                 if stop.signum and rc in KILLED_BEFORE_START and not folder.result(r.run["id"]).exists():
-                    # signalled before its handlers were installed (interpreter start-up): nothing was
-                    # written, so it is what a stop with a checkpoint is, a run to start again
+                    # signalled before its handlers were installed (interpreter start-up, where env has
+                    # no --block-signal to hold the signal until then): nothing was written, so it is
+                    # what a stop with a checkpoint is, a run to start again
                     r.log.write("== stopped before start (the signal came before the run could checkpoint)\n")
                     rc = 3
                 r.finish(rc)

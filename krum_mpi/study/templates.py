@@ -89,6 +89,21 @@ if world.rank == 0: print(world.size, *sorted(set(nodes)))')
     return 1
 }
 
+# Each rank starts with the stop signals blocked until krum-mpi has installed its handlers (env
+# --block-signal, GNU coreutils 8.31 or later): a signal the launcher passes on while a rank's Python
+# is still starting then stops the run with a checkpoint (status 3) instead of killing the rank
+# (status 15 or 10, nothing written). Probed through the launcher, so on the nodes of the ranks.
+BLOCK_STOPS=""
+pick_block_stops() {
+    local prefix="@{BLOCK_STOPS}"
+    if [ -n "$LAUNCH" ] && $LAUNCH $prefix true >/dev/null 2>&1; then
+        BLOCK_STOPS=$prefix
+        echo "ranks start with the stop signals blocked: $prefix"
+    elif [ -n "$LAUNCH" ]; then
+        echo "ranks start with the stop signals unblocked (no env --block-signal on the nodes): a stop while a rank starts kills it, nothing written"
+    fi
+}
+
 # run_one ID [--set KEY=VALUE ...]: one training run, skipped when its results are complete.
 FAILED=0
 run_one() {
@@ -104,8 +119,8 @@ run_one() {
         echo "== no MPI launcher gives $SLURM_NTASKS ranks: see @{LOG_DIR}/${SLURM_JOB_NAME}-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.out" >> "$log"
         rc=3
     else
-        echo "== $LAUNCH $PYTHON -m krum_mpi run $BASE $* --out $out --resume" >> "$log"
-        $LAUNCH "$PYTHON" -m krum_mpi run "$BASE" "$@" --out "$out" --resume >> "$log" 2>&1 &
+        echo "== $LAUNCH $BLOCK_STOPS $PYTHON -m krum_mpi run $BASE $* --out $out --resume" >> "$log"
+        $LAUNCH $BLOCK_STOPS "$PYTHON" -m krum_mpi run "$BASE" "$@" --out "$out" --resume >> "$log" 2>&1 &
         RUN_PID=$!
         while :; do                  # a trapped signal ends `wait` early: wait again for the run
             wait "$RUN_PID"; rc=$?
@@ -126,6 +141,7 @@ run_one() {
 
 write_base
 pick_launcher
+pick_block_stops
 case $SLURM_ARRAY_TASK_ID in
 @{TASKS}*)  echo "array task $SLURM_ARRAY_TASK_ID has no runs"; exit 1 ;;
 esac
