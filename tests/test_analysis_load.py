@@ -172,3 +172,24 @@ def test_a_config_key_added_later_does_not_split_experiments(tmp_path):
     from krum_mpi.analysis import tables
     acc = tables.accuracy_table(tables.run_summary(study))
     assert len(acc) == 1 and acc["n_seeds"].item() == 2
+
+
+def test_runs_left_from_an_earlier_plan_of_a_study_folder_are_skipped(tmp_path):
+    """A study folder (study.json beside runs/) keeps only the runs of its present plan: a run file
+    whose id the plan no longer lists (a tuning choice made again gives the tuned parts new ids) is
+    skipped with its reason instead of being pooled as an extra seed; files outside runs/ and
+    folders without a plan are read as before."""
+    import json
+
+    folder = tmp_path / "study"
+    make_fake_study(folder / "runs")
+    names = sorted(p.name for p in (folder / "runs").glob("*.h5"))
+    ids = [n.split(".", 1)[0] for n in names]
+    plan = {"name": "s", "runs": [{"id": i} for i in ids[:-2]]}
+    (folder / "study.json").write_text(json.dumps(plan))
+    study = load_study(folder)
+    assert len(study.runs) == len(names) - 2
+    stale = study.skipped[study.skipped["reason"].str.contains("not a run of the study's present plan")]
+    assert sorted(stale["file"].map(lambda f: f.rsplit("/", 1)[-1])) == names[-2:]
+    (folder / "study.json").unlink()          # no plan: every file is read
+    assert len(load_study(folder).runs) == len(names)

@@ -15,6 +15,7 @@ One HDF5 file per run (schema in ``krum_mpi.run.results``). What comes out:
 Works the same on the default threaded scheduler and on a ``dask.distributed`` cluster (a Client
 created before loading is used for every compute).
 """
+import json
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -221,7 +222,7 @@ def discover(source):
             paths = [root]
     else:
         paths = [Path(p) for p in source]
-    candidates, bench, skipped, other = [], [], [], Counter()
+    candidates, bench, skipped, other, plans = [], [], [], Counter(), {}
     for p in paths:
         name = p.name.lower()
         if name.endswith(".tmp"):
@@ -229,7 +230,11 @@ def discover(source):
         elif not p.is_file():
             skipped.append((str(p), "no such file"))
         elif name.endswith(RESULTS_SUFFIXES):
-            candidates.append(p)
+            stale = _not_planned(p, plans)
+            if stale:
+                skipped.append((str(p), stale))
+            else:
+                candidates.append(p)
         elif name.endswith(".meta.json"):   # beside a bench CSV: read with it
             other[".meta.json"] += 1
         elif "bench" in name and name.endswith((".json", ".csv")):
@@ -237,6 +242,30 @@ def discover(source):
         else:
             other[p.suffix.lower() or "(no suffix)"] += 1
     return candidates, bench, skipped, dict(other)
+
+
+def _not_planned(path: Path, plans: dict) -> str:
+    """Why a run file in a study folder (``STUDY/runs/ID.h5`` beside ``STUDY/study.json``) is not one
+    of the study's planned runs, or "": a file left from an earlier plan (a tuning choice made again
+    after its grid changed gives the tuned parts new run ids) must not be pooled with the runs of
+    the present plan as extra seeds."""
+    from ..study.folder import PLAN_FILE, RUNS_DIR
+
+    if path.parent.name != RUNS_DIR or not (path.parent.parent / PLAN_FILE).is_file():
+        return ""
+    folder = path.parent.parent
+    if folder not in plans:
+        try:
+            plan = json.loads((folder / PLAN_FILE).read_text())
+            plans[folder] = {r["id"] for r in plan.get("runs", [])}
+        except (OSError, ValueError, KeyError, TypeError):
+            plans[folder] = None            # an unreadable plan decides nothing: keep the files
+    ids = plans[folder]
+    run_id = path.name.split(".", 1)[0]
+    if ids is None or run_id in ids:
+        return ""
+    return (f"not a run of the study's present plan ({folder.name}/{PLAN_FILE}): left from an earlier "
+            "plan (for instance a tuning choice since made again); move it out of the study folder")
 
 
 def load_study(source, files_per_partition=1):
