@@ -82,6 +82,19 @@ def why(ref: pd.Series, new: pd.Series) -> str:
     return "same kernel, threads and code version: not explained by the recorded conditions"
 
 
+# Display labels name a rule or an attack with the keys the whole study varies ("krum(placement=gather)",
+# "alie(z_formula=paper)"): a slice that does not vary them labels the same run "krum", "alie". The run
+# is matched by its id (a digest of its config), so a slice compares these labels by their base name.
+LABEL_COLUMNS = ("rule", "attack_label")
+
+
+def _cell(row: pd.Series, column: str, in_slice) -> object:
+    value = row.get(column, "<no column>")
+    if in_slice and column in LABEL_COLUMNS and isinstance(value, str):
+        return value.split("(", 1)[0]
+    return value
+
+
 def compare_runs(ref: pd.DataFrame, new: pd.DataFrame, parts=(), slice_only=False):
     """(lines, n_agree, n_differ, n_missing): one line per compared run, in the reference's order."""
     if parts:
@@ -101,7 +114,7 @@ def compare_runs(ref: pd.DataFrame, new: pd.DataFrame, parts=(), slice_only=Fals
             if not (parts or slice_only):
                 lines.append(f"missing {row['run']}: not in the rerun")
             continue
-        changed = [c for c in columns if row[c] != other.get(c, "<no column>")]
+        changed = [c for c in columns if _cell(row, c, parts or slice_only) != _cell(other, c, parts or slice_only)]
         if not changed:
             agree += 1
             conditions = differing_conditions(row, other)

@@ -91,6 +91,24 @@ def test_a_slice_compares_only_the_rows_the_rerun_holds(tmp_path):
     assert "point1_accuracy.csv: row 0, accuracy: '0.85' against '0.5'" in out
 
 
+def test_a_slice_compares_rule_labels_by_their_base_name(tmp_path):
+    """The whole study labels a rule with the keys it varies ("krum(placement=gather)"); a slice that
+    does not vary them says "krum" for the same run: agree. Another base name still differs, and a
+    whole-report comparison keeps the labels as they are."""
+    full = runs_table()
+    full["rule"] = full["rule"].map(lambda r: f"{r}(placement=gather)")
+    ref = write(tmp_path / "a", full)
+    part = write(tmp_path / "b", runs_table(drop=(2, 3)))
+    rc, out, _ = check(ref, part, "--slice")
+    assert rc == 0 and "runs: 2 agree, 0 differ" in out, out
+    other = runs_table(drop=(2, 3))
+    other.loc[0, "rule"] = "median"
+    rc, out, _ = check(ref, write(tmp_path / "c", other), "--slice")
+    assert rc == 1 and "rule 'krum(placement=gather)' against 'median'" in out, out
+    rc, out, _ = check(ref, write(tmp_path / "d", runs_table()))
+    assert rc == 1 and "rule 'krum(placement=gather)' against 'krum'" in out, out
+
+
 def test_part_picks_the_runs_of_a_study_part(tmp_path):
     ref = write(tmp_path / "a", runs_table())
     changed = runs_table(kernel=SKYLAKE)
