@@ -1,8 +1,9 @@
 """Run under ``mpiexec -n R`` (tests/test_model_parallel_mpi.py): for every p dividing R, the split
 MLP over real group communicators gives each rank its shard of the unsplit model's gradient (to
 float32 rounding), and the same loss and accuracy; three workers computed together (one exchange per
-pair of layers, the last rank corrupting what it sends) bitwise equal one call per worker. Rank 0
-prints one JSON line."""
+pair of layers, the last rank corrupting what it sends) bitwise equal one call per worker; the hosted
+workers' minibatches, each drawn by one shard and shared in the group, bitwise the ones drawn alone.
+Rank 0 prints one JSON line."""
 import json
 
 import numpy as np
@@ -40,6 +41,7 @@ def check(comm, p, sizes, failures):
     if split.accuracy(mine, X, y) != model.accuracy(theta, X, y):
         failures.append(f"p={p} {sizes}: accuracy differs on rank {comm.rank}")
     check_together(comm, p, split, mine, rng, sizes, failures)
+    check_shared_batches(comm, p, groups, split, sizes, failures)
 
 
 def check_together(comm, p, split, theta, rng, sizes, failures):
@@ -56,6 +58,28 @@ def check_together(comm, p, split, theta, rng, sizes, failures):
         loss = split.gradient_into(theta, Xs[j], ys[j], alone, worker=worker, step=3)
         if loss != losses[j] or alone.tobytes() != rows[j].tobytes():
             failures.append(f"p={p} {sizes}: worker {worker} computed together differs on rank {comm.rank}")
+
+
+def check_shared_batches(comm, p, groups, split, sizes, failures):
+    """Seven hosted workers' minibatches: each shard draws only its block of them, and after the
+    group's allgather every shard holds every batch, bitwise the one it would have drawn itself."""
+    def batch(j):
+        rng = np.random.default_rng([11, j])
+        return rng.standard_normal((3, sizes[0])).astype(np.float32), rng.integers(0, 5, 3)
+
+    drawn = []
+    split.share = groups.allgather_bytes
+    try:
+        got = split.draw_batches(lambda j: drawn.append(j) or batch(j), 7, 3)
+    finally:
+        split.share = None
+    mine = np.array_split(np.arange(7), p)[groups.shard].tolist()
+    if drawn != mine:
+        failures.append(f"p={p} {sizes}: shard {groups.shard} drew workers {drawn}, not its block {mine}")
+    for j, (X, y) in enumerate(got):
+        want_X, want_y = batch(j)
+        if X.tobytes() != want_X.tobytes() or y.dtype != np.int64 or not np.array_equal(y, want_y):
+            failures.append(f"p={p} {sizes}: shared batch of worker {j} differs on rank {comm.rank}")
 
 
 def main():

@@ -46,6 +46,16 @@ class ModelGroups:
         self.comm.count("model_group_gather", item * local.size * (self.p - 1), item * (out.size - local.size))
         return [out[displs[q]:displs[q] + counts[q]].reshape(*lead, int(widths[q])) for q in range(self.p)]
 
+    def allgather_bytes(self, sent: np.ndarray, counts) -> np.ndarray:
+        """Every shard's bytes (``counts[q]`` from shard q), concatenated in shard order, on every shard
+        of the group (one Allgatherv): the hosted workers' minibatches, each drawn by one shard."""
+        counts = np.asarray(counts, dtype=np.int64)
+        displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        out = np.empty(int(counts.sum()), dtype=np.uint8)
+        self.group.Allgatherv([sent, sent.size, self.MPI.BYTE], [out, counts, displs, self.MPI.BYTE])
+        self.comm.count("model_group_batches", sent.nbytes * (self.p - 1), out.nbytes - sent.nbytes)
+        return out
+
     def bcast_from_shard0(self, arrays) -> None:
         """Shard 0's arrays into the same arrays of every shard of the group (in place)."""
         for a in arrays:

@@ -130,9 +130,37 @@ class SplitMLP:
         self._message = None       # (step, workers, count of messages sent) while gradients are computed
         self._rows = [0]           # where each worker's rows start in a stacked exchange, and the end
         self._runs = []            # (first, end) workers of each run of equal batch sizes in a call
+        self.share = None          # bytes -> every shard's bytes in shard order (groups.allgather_bytes)
 
     def set_threads(self, threads: int) -> None:
         """BLAS threads are limited by the training loop, as for the whole model."""
+
+    def draw_batches(self, draw, count: int, batch_size: int) -> list:
+        """The hosted workers' minibatches, ``draw(j)`` -> (X float32 (b, features), y int64 (b,)) for
+        worker j of ``count``. Every shard of a group needs every batch: under MPI shard s draws the
+        contiguous block s of them and one allgather in the group shares them, bitwise the batches
+        each shard would draw (a batch is a pure function of seed, worker and step). Drawing them all
+        on every shard cost p times the sampling: at d = 1,622 on synthetic data, more than the
+        split model's arithmetic and its exchanges together."""
+        p = self.layout.p
+        if self.share is None or len(self.local) != 1 or p == 1:
+            return [draw(j) for j in range(count)]
+        s, features = self.local[0], self.full.layer_sizes[0]
+        x_bytes, y_bytes = 4 * batch_size * features, 8 * batch_size
+        starts = np.concatenate([[0], np.cumsum(block_counts(count, p))]).astype(np.int64)
+        mine = [draw(j) for j in range(int(starts[s]), int(starts[s + 1]))]
+        sent = np.empty(len(mine) * (x_bytes + y_bytes), dtype=np.uint8)
+        for k, (X, y) in enumerate(mine):
+            at = k * (x_bytes + y_bytes)
+            sent[at:at + x_bytes] = np.ascontiguousarray(X, dtype=np.float32).reshape(-1).view(np.uint8)
+            sent[at + x_bytes:at + x_bytes + y_bytes] = np.ascontiguousarray(y, dtype=np.int64).view(np.uint8)
+        every = self.share(sent, np.diff(starts) * (x_bytes + y_bytes))
+        batches = []
+        for j in range(count):
+            at = j * (x_bytes + y_bytes)
+            batches.append((every[at:at + x_bytes].view(np.float32).reshape(batch_size, features),
+                            every[at + x_bytes:at + x_bytes + y_bytes].view(np.int64)))
+        return batches
 
     def layers(self, theta, s: int):
         """Per layer: (W piece, bias) of shard s, the bias a replica where shard s does not own it."""

@@ -57,7 +57,7 @@ class LocalWorkers:
         """The hosted workers' gradients in one call of the split model (the same values as one call
         per worker); each worker is given an equal share of the call's seconds."""
         s, t0 = self.setup, time.perf_counter()
-        batches = [self._batch(j, step) for j in range(len(s.local_workers))]
+        batches = s.model.draw_batches(lambda j: self._batch(j, step), len(s.local_workers), self.batch_size)
         losses = s.model.gradients_into(theta_w, [b[0] for b in batches], [b[1] for b in batches], list(self.rows),
                                         seed=s.seed, workers=list(s.local_workers), step=step)
         for j, loss in enumerate(losses):

@@ -40,9 +40,10 @@ UPDATE_CHUNK = 1 << 20
 
 
 def connect(setup, comm) -> ModelGroups:
-    """Collective: the group and column communicators, and the split model's gather over its group."""
+    """Collective: the group and column communicators, and the split model's gather and sharing of
+    minibatches over its group."""
     groups = ModelGroups(comm, setup.grid.p, setup.n)
-    setup.model.gather = groups.gather
+    setup.model.gather, setup.model.share = groups.gather, groups.allgather_bytes
     return groups
 
 
