@@ -120,6 +120,7 @@ def cmd_run(argv, stop=None) -> int:
     args = run_parser().parse_args(argv)
 
     from .run import results, train
+    from .launch import mark_started
     from .parallel.comm import Comm, launched_under_mpi
     from .run.stop import process_stop
 
@@ -144,6 +145,7 @@ def cmd_run(argv, stop=None) -> int:
             except Exception as exc:    # any failure: the other ranks must not wait for a verdict
                 error = exc
             verdict = comm.bcast_flag(1 if error is not None else 2 if state == "complete" else 0)
+            mark_started(comm.size)     # past MPI_Init, whose PMI exchange every rank has joined
             if error is not None:
                 raise error
         else:

@@ -80,3 +80,30 @@ def rank_command(mpiexec: str, ranks: int, args: list[str]) -> list[str]:
     """``mpiexec -n RANKS [env --block-signal=...] python -m krum_mpi ARGS``: every rank of a run
     krum-mpi starts itself (``study run``, the demo) is started this way."""
     return [mpiexec, "-n", str(ranks), *block_stops_prefix(), sys.executable, "-m", "krum_mpi", *map(str, args)]
+
+
+STARTED_FILE_ENV = "KRUM_MPI_STARTED_FILE"   # set by the SLURM job scripts (krum_mpi/study/templates.py)
+
+
+def mark_started(n_ranks: int) -> None:
+    """Rank 0, once every rank of the run is in one MPI world: create the file named by
+    $KRUM_MPI_STARTED_FILE, if set. A job script that started the run waits for it: a launcher and an
+    MPI library that do not agree on PMI can leave every rank blocked in MPI_Init, holding the
+    allocation until its time limit, and a run without this file after the profile's start limit is
+    stopped and started again with the next launcher. The file is created new (never replacing one)
+    and holds the world's size."""
+    path = os.environ.get(STARTED_FILE_ENV)
+    if not path:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return
+    except OSError as exc:   # the job script then sees no file and starts the run again elsewhere: say why
+        print(f"krum-mpi: warning: cannot create {path} (${STARTED_FILE_ENV}): {exc.strerror}", file=sys.stderr,
+              flush=True)
+        return
+    try:
+        os.write(fd, f"{n_ranks}\n".encode())
+    finally:
+        os.close(fd)

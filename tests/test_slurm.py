@@ -246,6 +246,39 @@ def test_a_launcher_that_starts_singletons_is_caught_and_mpiexec_takes_over(slur
         assert f.attrs["status"] == "complete" and json.loads(f.attrs["provenance"])["n_ranks"] == 2
 
 
+def test_a_run_whose_world_never_comes_up_is_stopped_and_started_with_the_next_launcher(slurm_cluster, tmp_path):
+    """A launcher that passes the probe but leaves the run's ranks blocked before their world is up
+    (srun's PMI-2 has done it on two nodes, ranks stuck in MPI_Init): here a wrapper around srun
+    whose run ranks never start krum-mpi. After the profile's mpi.start_s without the run's
+    .started file, the job stops that run and starts it again under mpiexec, which completes it."""
+    wrapper = tmp_path / "srun-stuck-run"
+    wrapper.write_text('#!/bin/bash\ncase " $* " in *" -m krum_mpi run "*) exec srun --mpi=pmi2 sleep 600 ;; esac\n'
+                       'exec srun --mpi=pmi2 "$@"\n')
+    wrapper.chmod(0o755)
+    profile = tmp_path / "stuck.toml"
+    profile.write_text((REPO / "hpc" / "profiles" / "local-test.toml").read_text()
+                       .replace('srun = "srun --mpi=pmi2"', f'srun = "{wrapper}"')
+                       .replace("start_s = 30 ", "start_s = 5 "))
+    spec = tmp_path / "study.toml"
+    spec.write_text(textwrap.dedent(SPEC).split("[sweep]")[0] + '[sweep]\n"aggregator.name" = ["krum"]\n')
+    submit = run_cli(["study", "submit", spec, "--profile", profile, "--dir", tmp_path / "out", "--no-report"],
+                     env=slurm_cluster.env, cwd=tmp_path, timeout=120)
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    (record,) = json.loads((tmp_path / "out" / "slurm" / "submissions.json").read_text())
+    (job,) = record["arrays"].values()
+    assert slurm_cluster.wait([job]) == {f"{job}_0": "COMPLETED"}
+    text = next((tmp_path / "out" / "slurm" / "logs").glob(f"*-{job}_0.out")).read_text()
+    assert f"launcher: {wrapper} gives one MPI world of 2 ranks" in text
+    assert "mpiexec -n 2 gives one MPI world of 2 ranks" in text
+    (h5,) = (tmp_path / "out" / "runs").glob("*.h5")
+    log = h5.with_suffix(".log").read_text()
+    assert f"== the run's MPI world was not up after 5 s under {wrapper}: stopping it" in log
+    assert log.count("-m krum_mpi run") == 2 and "== exit 0" in log
+    assert not h5.with_suffix(".started").exists()       # removed once the run has ended
+    with h5py.File(h5, "r") as f:
+        assert f.attrs["status"] == "complete" and json.loads(f.attrs["provenance"])["n_ranks"] == 2
+
+
 def test_preempted_run_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
     """SIGTERM to the batch script (as preemption sends it; `--signal=B:USR1@120` before a time limit
     goes the same way) is forwarded through srun to every rank: they stop at one step, rank 0

@@ -311,6 +311,12 @@ def test_bad_profiles(tmp_path):
     bad.write_text('[slurm]\npartiton = "x"\n')
     with pytest.raises(ConfigError, match="unknown profile key slurm.partiton"):
         slurm.load_profile(str(bad))
+    bad.write_text('[mpi]\nstart_s = -1\n')
+    with pytest.raises(ConfigError, match="mpi.start_s = -1 must be 0 .no limit. or a number of seconds"):
+        slurm.load_profile(str(bad))
+    bad.write_text('[mpi]\nstart_s = "60"\n')
+    with pytest.raises(ConfigError, match="mpi.start_s = '60' must be a int"):
+        slurm.load_profile(str(bad))
 
 
 def test_unreachable_slurm_is_one_line(tmp_path, monkeypatch):

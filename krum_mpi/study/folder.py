@@ -27,6 +27,7 @@ from ..errors import KrumMPIError
 PLAN_FILE = "study.json"
 RUNS_DIR = "runs"                  # runs/<id>.h5, runs/<id>.log, runs/<id>.exit
 RESULT, LOG, EXIT = ".h5", ".log", ".exit"
+STARTED = ".started"               # runs/<id>.started while a job's run is up (krum_mpi.launch.mark_started)
 SLURM_DIR = "slurm"                # slurm/NNN/ scripts of submission NNN, slurm/logs/, submissions.json
 LOGS_DIR = f"{SLURM_DIR}/logs"
 SUBMISSIONS_FILE = "submissions.json"

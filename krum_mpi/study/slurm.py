@@ -20,7 +20,7 @@ from .. import config
 from ..errors import ConfigError, KrumMPIError
 from ..launch import BLOCK_STOPS
 from . import templates
-from .folder import EXIT, LOG, LOGS_DIR, RESULT, RUNS_DIR
+from .folder import EXIT, LOG, LOGS_DIR, RESULT, RUNS_DIR, STARTED
 from .spec import format_time, parse_time
 
 PROFILE_DIRS = [Path(__file__).resolve().parents[2] / "hpc" / "profiles", Path("hpc") / "profiles"]
@@ -46,6 +46,9 @@ PROFILE_DEFAULTS = {
     "mpi": {
         "srun": "srun --mpi=pmi2",  # first choice of launcher (PMI-2 works with the mpich wheel)
         "mpiexec": "mpiexec",       # fallback inside the allocation, if none is found beside python
+        "start_s": 300,             # a run whose MPI world is not up after this many seconds (every
+                                    # rank blocked in MPI_Init) is stopped and started again with the
+                                    # next launcher; 0: wait as long as the job lasts
     },
 }
 QUERY_TIMEOUT_S = 15
@@ -81,6 +84,9 @@ def load_profile(name: str) -> dict:
             if type(value) is not type(default):
                 raise ConfigError(f"{path}: {section}.{key} = {value!r} must be a {type(default).__name__}")
             profile[section][key] = value
+    if profile["mpi"]["start_s"] < 0:
+        raise ConfigError(f"{path}: mpi.start_s = {profile['mpi']['start_s']} must be 0 (no limit) or a number of "
+                          "seconds")
     profile["name"] = name or "(defaults)"
     return profile
 
@@ -160,6 +166,7 @@ def render(plan: dict, runs: list, profile: dict, study_path: str, base_text: st
             "BASE_NAME": plan["base"], "BASE_TEXT": base_text, "RUNS_DIR": RUNS_DIR,
             "RESULT": RESULT, "LOG": LOG, "EXIT": EXIT,
             "MPIEXEC": shlex.quote(profile["mpi"]["mpiexec"]), "SRUN": profile["mpi"]["srun"],
+            "START_S": profile["mpi"]["start_s"], "STARTED": STARTED,
             "BLOCK_STOPS": " ".join(BLOCK_STOPS),
             "TASKS": body})
         tasks_of[f"{name}.sbatch"] = [[r["id"] for r in task] for task in tasks]

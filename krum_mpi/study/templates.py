@@ -70,12 +70,22 @@ write_base() {
 # for one) silently starts SLURM_NTASKS singletons of size 1 instead of one world.
 MPIEXEC=$(dirname "$(command -v "$PYTHON")")/mpiexec   # the mpich wheel installs it beside python
 [ -x "$MPIEXEC" ] || MPIEXEC=@{MPIEXEC}
+# A launcher can also pass the probe and then leave a run's ranks blocked in MPI_Init (seen with
+# srun's PMI-2 on two nodes): each run is given START_S seconds to bring its world up (rank 0 then
+# creates RUNS/ID@{STARTED}), else it is stopped and started again with the next launcher that passes
+# the probe; the probe itself is bounded the same way. 0: no limit.
+START_S=@{START_S}
+LIMIT=""
+[ "$START_S" -gt 0 ] && command -v timeout >/dev/null && LIMIT="timeout --kill-after=10 $START_S"
 LAUNCH=""
+SKIP=""        # launchers that left a run's world down, one per line
 pick_launcher() {
     local launcher probe
+    LAUNCH=""
     for launcher in "@{SRUN}" "$MPIEXEC -n $SLURM_NTASKS"; do
+        if printf '%s\n' "$SKIP" | grep -qxF -- "$launcher"; then continue; fi
         # rank 0 of each world prints its size and the nodes of its ranks: one line "SIZE NODE..."
-        probe=$($launcher "$PYTHON" -c 'import os, socket; from mpi4py import MPI
+        probe=$($LIMIT $launcher "$PYTHON" -c 'import os, socket; from mpi4py import MPI
 world = MPI.COMM_WORLD
 nodes = world.gather(os.environ.get("SLURMD_NODENAME") or socket.gethostname())
 if world.rank == 0: print(world.size, *sorted(set(nodes)))')
@@ -104,11 +114,33 @@ pick_block_stops() {
     fi
 }
 
+# wait_started FILE: 0 once the run in the background (RUN_PID) has brought its MPI world up (rank
+# 0 created FILE) or has ended; 1 when START_S seconds pass without either.
+wait_started() {
+    local end=$((SECONDS + START_S))
+    while [ "$START_S" -gt 0 ] && [ ! -e "$1" ] && kill -0 "$RUN_PID" 2>/dev/null; do
+        [ "$SECONDS" -ge "$end" ] && return 1
+        sleep 1
+    done
+    return 0
+}
+
+# stop_run: end the run in the background whose world never came up (its ranks may have the stop
+# signals blocked: the launcher's SIGTERM is followed by a SIGKILL), and wait for it.
+stop_run() {
+    local pid=$RUN_PID
+    RUN_PID=""
+    kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+}
+
 # run_one ID [--set KEY=VALUE ...]: one training run, skipped when its results are complete.
 FAILED=0
 run_one() {
     local id=$1; shift
-    local out="$RUNS/$id@{RESULT}" log="$RUNS/$id@{LOG}" rc
+    local out="$RUNS/$id@{RESULT}" log="$RUNS/$id@{LOG}" started="$RUNS/$id@{STARTED}" rc
     if [ -f "$out" ] && "$PYTHON" -m krum_mpi.study.folder --complete "$out"; then
         echo "run $id: results complete, skipped"
         return 0
@@ -119,14 +151,27 @@ run_one() {
         echo "== no MPI launcher gives $SLURM_NTASKS ranks: see @{LOG_DIR}/${SLURM_JOB_NAME}-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}.out" >> "$log"
         rc=3
     else
-        echo "== $LAUNCH $BLOCK_STOPS $PYTHON -m krum_mpi run $BASE $* --out $out --resume" >> "$log"
-        $LAUNCH $BLOCK_STOPS "$PYTHON" -m krum_mpi run "$BASE" "$@" --out "$out" --resume >> "$log" 2>&1 &
-        RUN_PID=$!
-        while :; do                  # a trapped signal ends `wait` early: wait again for the run
-            wait "$RUN_PID"; rc=$?
-            kill -0 "$RUN_PID" 2>/dev/null || break
+        while :; do
+            rm -f "$started"
+            echo "== $LAUNCH $BLOCK_STOPS $PYTHON -m krum_mpi run $BASE $* --out $out --resume" >> "$log"
+            KRUM_MPI_STARTED_FILE=$started $LAUNCH $BLOCK_STOPS "$PYTHON" -m krum_mpi run "$BASE" "$@" \
+                --out "$out" --resume >> "$log" 2>&1 &
+            RUN_PID=$!
+            wait_started "$started" && break
+            echo "== the run's MPI world was not up after $START_S s under $LAUNCH: stopping it, $(date -Is)" >> "$log"
+            stop_run
+            echo "launcher: $LAUNCH left run $id's MPI world down for $START_S s: trying the next"
+            SKIP+="$LAUNCH"$'\n'
+            pick_launcher && pick_block_stops && continue
+            echo "== no other MPI launcher gives $SLURM_NTASKS ranks" >> "$log"
+            rc=124
+            break
         done
-        RUN_PID=""
+        while [ -n "$RUN_PID" ]; do  # a trapped signal ends `wait` early: wait again for the run
+            wait "$RUN_PID"; rc=$?
+            kill -0 "$RUN_PID" 2>/dev/null || RUN_PID=""
+        done
+        rm -f "$started"
     fi
     if [ "$rc" = 3 ]; then           # interrupted with a checkpoint: requeue this array task
         echo "== interrupted with a checkpoint, requeueing, $(date -Is)" >> "$log"
