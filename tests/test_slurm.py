@@ -224,12 +224,9 @@ def test_unreachable_slurm_is_reported_before_anything_is_written(slurm_cluster,
     assert not (tmp_path / "out").exists()
 
 
-def test_a_launcher_that_starts_singletons_is_caught_and_mpiexec_takes_over(slurm_cluster, tmp_path):
-    """`srun --mpi=none` starts SLURM_NTASKS worlds of size 1: the job's probe sees it and falls back
-    to mpiexec inside the allocation, which gives one world of SLURM_NTASKS ranks."""
-    profile = tmp_path / "singletons.toml"
-    profile.write_text((REPO / "hpc" / "profiles" / "local-test.toml").read_text()
-                       .replace('srun = "srun --mpi=pmi2"', 'srun = "srun --mpi=none"'))
+def _one_krum_run_under(profile, slurm_cluster, tmp_path) -> str:
+    """Submit one Krum run of SPEC (2 ranks, one node) with the site profile ``profile``, wait for its
+    array task to complete; return the task's log."""
     spec = tmp_path / "study.toml"
     spec.write_text(textwrap.dedent(SPEC).split("[sweep]")[0] + '[sweep]\n"aggregator.name" = ["krum"]\n')
     submit = run_cli(["study", "submit", spec, "--profile", profile, "--dir", tmp_path / "out", "--no-report"],
@@ -238,7 +235,16 @@ def test_a_launcher_that_starts_singletons_is_caught_and_mpiexec_takes_over(slur
     (record,) = json.loads((tmp_path / "out" / "slurm" / "submissions.json").read_text())
     (job,) = record["arrays"].values()
     assert slurm_cluster.wait([job]) == {f"{job}_0": "COMPLETED"}
-    text = next((tmp_path / "out" / "slurm" / "logs").glob(f"*-{job}_0.out")).read_text()
+    return next((tmp_path / "out" / "slurm" / "logs").glob(f"*-{job}_0.out")).read_text()
+
+
+def test_a_launcher_that_starts_singletons_is_caught_and_mpiexec_takes_over(slurm_cluster, tmp_path):
+    """`srun --mpi=none` starts SLURM_NTASKS worlds of size 1: the job's probe sees it and falls back
+    to mpiexec inside the allocation, which gives one world of SLURM_NTASKS ranks."""
+    profile = tmp_path / "singletons.toml"
+    profile.write_text((REPO / "hpc" / "profiles" / "local-test.toml").read_text()
+                       .replace('srun = "srun --mpi=pmi2"', 'srun = "srun --mpi=none"'))
+    text = _one_krum_run_under(profile, slurm_cluster, tmp_path)
     assert "launcher: srun --mpi=none does not give one MPI world of 2 ranks (got: 1 n1 1 n1)" in text
     assert "mpiexec -n 2 gives one MPI world of 2 ranks" in text
     (h5,) = (tmp_path / "out" / "runs").glob("*.h5")
@@ -259,15 +265,7 @@ def test_a_run_whose_world_never_comes_up_is_stopped_and_started_with_the_next_l
     profile.write_text((REPO / "hpc" / "profiles" / "local-test.toml").read_text()
                        .replace('srun = "srun --mpi=pmi2"', f'srun = "{wrapper}"')
                        .replace("start_s = 30 ", "start_s = 5 "))
-    spec = tmp_path / "study.toml"
-    spec.write_text(textwrap.dedent(SPEC).split("[sweep]")[0] + '[sweep]\n"aggregator.name" = ["krum"]\n')
-    submit = run_cli(["study", "submit", spec, "--profile", profile, "--dir", tmp_path / "out", "--no-report"],
-                     env=slurm_cluster.env, cwd=tmp_path, timeout=120)
-    assert submit.returncode == 0, submit.stdout + submit.stderr
-    (record,) = json.loads((tmp_path / "out" / "slurm" / "submissions.json").read_text())
-    (job,) = record["arrays"].values()
-    assert slurm_cluster.wait([job]) == {f"{job}_0": "COMPLETED"}
-    text = next((tmp_path / "out" / "slurm" / "logs").glob(f"*-{job}_0.out")).read_text()
+    text = _one_krum_run_under(profile, slurm_cluster, tmp_path)
     assert f"launcher: {wrapper} gives one MPI world of 2 ranks" in text
     assert "mpiexec -n 2 gives one MPI world of 2 ranks" in text
     (h5,) = (tmp_path / "out" / "runs").glob("*.h5")
