@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import config
 from ..errors import ConfigError, KrumMPIError
-from ..launch import BLOCK_STOPS
+from ..launch import BLOCK_STOPS, STARTED_FILE_ENV
 from . import templates
 from .folder import EXIT, LOG, LOGS_DIR, RESULT, RUNS_DIR, STARTED
 from .spec import format_time, parse_time
@@ -166,7 +166,7 @@ def render(plan: dict, runs: list, profile: dict, study_path: str, base_text: st
             "BASE_NAME": plan["base"], "BASE_TEXT": base_text, "RUNS_DIR": RUNS_DIR,
             "RESULT": RESULT, "LOG": LOG, "EXIT": EXIT,
             "MPIEXEC": shlex.quote(profile["mpi"]["mpiexec"]), "SRUN": profile["mpi"]["srun"],
-            "START_S": profile["mpi"]["start_s"], "STARTED": STARTED,
+            "START_S": profile["mpi"]["start_s"], "STARTED": STARTED, "STARTED_ENV": STARTED_FILE_ENV,
             "BLOCK_STOPS": " ".join(BLOCK_STOPS),
             "TASKS": body})
         tasks_of[f"{name}.sbatch"] = [[r["id"] for r in task] for task in tasks]

@@ -154,7 +154,7 @@ run_one() {
         while :; do
             rm -f "$started"
             echo "== $LAUNCH $BLOCK_STOPS $PYTHON -m krum_mpi run $BASE $* --out $out --resume" >> "$log"
-            KRUM_MPI_STARTED_FILE=$started $LAUNCH $BLOCK_STOPS "$PYTHON" -m krum_mpi run "$BASE" "$@" \
+            @{STARTED_ENV}=$started $LAUNCH $BLOCK_STOPS "$PYTHON" -m krum_mpi run "$BASE" "$@" \
                 --out "$out" --resume >> "$log" 2>&1 &
             RUN_PID=$!
             wait_started "$started" && break
