@@ -107,17 +107,54 @@ def test_truncation_keeps_grid_bits():
 
 
 @pytest.mark.skipif(native.library("point") is None, reason="compiled kernels not built")
-def test_compiled_and_numpy_passes_agree(monkeypatch):
-    """The compiled pass forms the same point bitwise and, through the canonical values, the same
-    distances as the NumPy pass."""
-    rng = np.random.default_rng(3)
-    X = rng.standard_normal((13, 5000)).astype(np.float32)
-    X[4] *= 1e30
-    weights = rng.random(13)
-    weights[7] = 0.0
-    centre = rng.standard_normal(5000).astype(np.float32)
-    compiled = Rows([X]).point_pass(weights / weights.sum(), centre, 0.25)
-    monkeypatch.setattr(rows_module, "native_block_pass", lambda *args: None)
-    reference = Rows([X]).point_pass(weights / weights.sum(), centre, 0.25)
-    assert np.array_equal(compiled[0][0], reference[0][0])
+@pytest.mark.parametrize("n, d, zero_rows", [
+    (13, 5000, [7]),          # 12 rows used: one group of 8 and a remainder of 4
+    (1, 37, []),              # one row, fewer columns than a lane group
+    (8, 1024, [3]),           # exactly one column block; 7 rows: only the remainder loop
+    (9, 2049, []),            # a group of 8 and one row; a last block of one column
+    (20, 3333, [0, 19, 8]),   # two groups of 8 and a remainder of 1 (the first used row is row 1)
+])
+def test_compiled_and_numpy_passes_agree(monkeypatch, native_isa, n, d, zero_rows):
+    """The compiled pass (each ISA variant) forms the same point bitwise and, through the canonical
+    values, the same distances as the NumPy pass, for any grouping of the used rows and any width;
+    also on rows read in place from a wider array (a row stride larger than d)."""
+    rng = np.random.default_rng(3 + n)
+    wide = rng.standard_normal((n, d + 5)).astype(np.float32)
+    X = wide[:, 2:d + 2]                 # rows with a stride of d + 5 floats, read in place
+    X[n // 2] *= 1e30
+    X[0, : min(d, 3)] = -0.0              # -0.0 terms: 0.0 + (-0.0) is +0.0 on both paths
+    weights = rng.random(n)
+    weights[zero_rows] = 0.0
+    weights[-1] = -weights[-1]
+    centre = rng.standard_normal(d).astype(np.float32)
+    compiled = Rows([X]).point_pass(weights / np.abs(weights).sum(), centre, 0.25)
+    only_point = Rows([X]).point_pass(weights / np.abs(weights).sum(), centre, 0.25, distances=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(rows_module, "native_block_pass", lambda *args: None)
+        reference = Rows([X]).point_pass(weights / np.abs(weights).sum(), centre, 0.25)
+    assert np.array_equal(compiled[0][0].view(np.uint32), reference[0][0].view(np.uint32))
+    assert np.array_equal(only_point[0][0].view(np.uint32), reference[0][0].view(np.uint32))
     assert compiled[1].tolist() == reference[1].tolist()
+
+
+@pytest.mark.skipif(native.library("point") is None, reason="compiled kernels not built")
+@pytest.mark.parametrize("n", [3, 10, 20])
+def test_compiled_pass_adds_the_rows_in_increasing_order(native_isa, n):
+    """In column j, rows a < b < c hold 2^60, 1 and -2^60 (a, b, c drawn per column): added in
+    increasing row order, one float64 rounding per sum, the 1 survives only when row b is not
+    between rows a and c, so the compiled point equals that order's result in every column."""
+    rng = np.random.default_rng(n)
+    d = 3000
+    X = np.zeros((n, d), np.float32)
+    want = np.zeros(d, np.float32)
+    for j in range(d):
+        rows = rng.choice(n, size=3, replace=False)
+        big, one, minus = rows
+        X[big, j], X[one, j], X[minus, j] = 2.0**60, 1.0, -(2.0**60)
+        total = 0.0
+        for i in sorted(rows):
+            total = total + 0.125 * float(X[i, j])
+        want[j] = total
+    assert 0 < np.count_nonzero(want) < d        # both outcomes occur
+    point, _ = Rows([X]).point_pass(np.full(n, 0.125), distances=False)
+    assert np.array_equal(point[0], want)

@@ -8,8 +8,10 @@
  *   sums_i  = sum_j t_ij, t_ij = ((double)x_ij - (double)point_j)^2 (when sums is not NULL),
  *             accumulated while the block is in cache: the rows are read from memory once.
  * The t_ij are summed in a tree whose depth the call returns (the caller bounds the rounding with
- * it and decides the canonical value, rows.py): 8 lanes of BLOCK / 8 terms each, combined pairwise,
- * block sums in groups of GROUP, group sums in order. Returns the depth, or -1 when out of memory.
+ * it and decides the canonical value, rows.py): LANES lanes of BLOCK / LANES terms each, combined
+ * pairwise, block sums in groups of GROUP, group sums in order. Returns the depth, or -1 when out of
+ * memory. The arithmetic is float64 without FMA: on 2 cores the pass is bound by its float64
+ * operations (about 7 per 8 values), not by the read of the rows (docs/performance.md).
  * Single-threaded; the caller splits columns over its threads.
  */
 #include <math.h>
@@ -19,50 +21,57 @@
 #include "isa.h"
 
 #define BLOCK 1024  /* columns per block: 64 rows of it stay in L2 between the two uses */
-#define LANES 8
+#define LANES 32    /* independent float64 sums per row: enough chains to hide the add latency */
+#define LANE_DEPTH 5 /* log2(LANES): the pairwise combination of the lanes */
 #define GROUP 128   /* block sums per group sum */
 
-static inline __attribute__((always_inline)) void point_block(const float *X, int64_t n, int64_t stride,
-                                                              const double *w, const int64_t *used, int64_t count,
-                                                              const float *centre, double keep, int64_t c0,
-                                                              int64_t width, float *point, double *z)
+/* z[0..width) += w_0 x_0 + ... + w_{R-1} x_{R-1} in float64, one rounding per product and per sum,
+ * the rows' terms added to each column one after another in the order given: the caller passes the
+ * rows in increasing order, so each column's sum is the same chain of roundings as NumPy's
+ * z = z + w * x row by row. R rows stream together (the hardware prefetcher follows a few streams,
+ * not 64), z stays in L1 and is loaded and stored once per R rows. */
+#define ROWS_AT_ONCE 8
+static inline __attribute__((always_inline)) void add_weighted_rows(double *restrict z, const float *const *x,
+                                                                    const double *wr, int rows, int64_t width)
 {
-    /* LANES columns at a time, the rows' products added in registers in increasing row order */
-    int64_t j = 0;
-    for (; j + LANES <= width; j += LANES) {
-        double acc[LANES] = {0};
-        for (int64_t u = 0; u < count; u++) {
-            const float *x = X + used[u] * stride + c0 + j;
-            const double wi = w[used[u]];
-            for (int k = 0; k < LANES; k++) {
-                double product = wi * (double)x[k];
-                acc[k] = acc[k] + product;
-            }
+    if (rows == ROWS_AT_ONCE) {
+        const float *restrict x0 = x[0], *restrict x1 = x[1], *restrict x2 = x[2], *restrict x3 = x[3];
+        const float *restrict x4 = x[4], *restrict x5 = x[5], *restrict x6 = x[6], *restrict x7 = x[7];
+        const double w0 = wr[0], w1 = wr[1], w2 = wr[2], w3 = wr[3];
+        const double w4 = wr[4], w5 = wr[5], w6 = wr[6], w7 = wr[7];
+        for (int64_t j = 0; j < width; j++) {
+            double s = z[j];
+            double p0 = w0 * (double)x0[j];
+            s = s + p0;
+            double p1 = w1 * (double)x1[j];
+            s = s + p1;
+            double p2 = w2 * (double)x2[j];
+            s = s + p2;
+            double p3 = w3 * (double)x3[j];
+            s = s + p3;
+            double p4 = w4 * (double)x4[j];
+            s = s + p4;
+            double p5 = w5 * (double)x5[j];
+            s = s + p5;
+            double p6 = w6 * (double)x6[j];
+            s = s + p6;
+            double p7 = w7 * (double)x7[j];
+            z[j] = s + p7;
         }
-        if (centre != NULL && keep != 0.0)
-            for (int k = 0; k < LANES; k++) {
-                double product = keep * (double)centre[c0 + j + k];
-                acc[k] = acc[k] + product;
-            }
-        for (int k = 0; k < LANES; k++)
-            point[c0 + j + k] = (float)acc[k];
+        return;
     }
-    for (; j < width; j++) {
-        double acc = 0.0;
-        for (int64_t u = 0; u < count; u++) {
-            double product = w[used[u]] * (double)X[used[u] * stride + c0 + j];
-            acc = acc + product;
+    for (int r = 0; r < rows; r++) {
+        const float *restrict xr = x[r];
+        const double wv = wr[r];
+        for (int64_t j = 0; j < width; j++) {
+            double product = wv * (double)xr[j];
+            z[j] = z[j] + product;
         }
-        if (centre != NULL && keep != 0.0) {
-            double product = keep * (double)centre[c0 + j];
-            acc = acc + product;
-        }
-        point[c0 + j] = (float)acc;
     }
-    (void)n;
 }
 
-static inline __attribute__((always_inline)) double row_block_sum(const float *x, const double *p, int64_t width)
+static inline __attribute__((always_inline)) double row_block_sum(const float *restrict x,
+                                                                  const double *restrict p, int64_t width)
 {
     double acc[LANES] = {0};
     int64_t j = 0;
@@ -75,7 +84,10 @@ static inline __attribute__((always_inline)) double row_block_sum(const float *x
         double diff = (double)x[j] - p[j];
         acc[k] += diff * diff;
     }
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (int half = LANES / 2; half >= 1; half /= 2)   /* pairwise: LANE_DEPTH levels */
+        for (int k = 0; k < half; k++)
+            acc[k] = acc[k] + acc[k + half];
+    return acc[0];
 }
 
 #define POINT_PASS_BODY                                                                                   \
@@ -96,11 +108,29 @@ static inline __attribute__((always_inline)) double row_block_sum(const float *x
     int64_t blocks = 0, groups = 0;                                                                       \
     for (int64_t c0 = col0; c0 < col1; c0 += BLOCK) {                                                     \
         int64_t width = col1 - c0 < BLOCK ? col1 - c0 : BLOCK;                                            \
-        point_block(X, n, stride, w, used, count, centre, keep, c0, width, point, z);                     \
+        for (int64_t j = 0; j < width; j++)                                                               \
+            z[j] = 0.0;                                                                                   \
+        for (int64_t u = 0; u < count; u += ROWS_AT_ONCE) {                                                \
+            const float *x[ROWS_AT_ONCE];                                                                 \
+            double wr[ROWS_AT_ONCE];                                                                      \
+            int rows = count - u < ROWS_AT_ONCE ? (int)(count - u) : ROWS_AT_ONCE;                        \
+            for (int r = 0; r < rows; r++) {                                                              \
+                x[r] = X + used[u + r] * stride + c0;                                                     \
+                wr[r] = w[used[u + r]];                                                                   \
+            }                                                                                             \
+            add_weighted_rows(z, x, wr, rows, width);                                                     \
+        }                                                                                                 \
+        if (centre != NULL && keep != 0.0)                                                                \
+            for (int64_t j = 0; j < width; j++) {                                                         \
+                double product = keep * (double)centre[c0 + j];                                           \
+                z[j] = z[j] + product;                                                                    \
+            }                                                                                             \
+        for (int64_t j = 0; j < width; j++) {   /* the point, and its block in float64 for the rows */    \
+            point[c0 + j] = (float)z[j];                                                                  \
+            z[j] = (double)point[c0 + j];                                                                 \
+        }                                                                                                 \
         if (sums == NULL)                                                                                 \
             continue;                                                                                     \
-        for (int64_t j = 0; j < width; j++) /* the point's block in float64 once, for every row */        \
-            z[j] = (double)point[c0 + j];                                                                 \
         for (int64_t i = 0; i < n; i++)                                                                   \
             group[i] += row_block_sum(X + i * stride + c0, z, width);                                     \
         if (++blocks == GROUP) {                                                                          \
@@ -118,8 +148,8 @@ static inline __attribute__((always_inline)) double row_block_sum(const float *x
         groups++;                                                                                         \
     }                                                                                                     \
     free(used); free(z); free(group);                                                                     \
-    /* depth: a lane's BLOCK / LANES terms, 3 pairwise sums, GROUP blocks, the groups in order */         \
-    return BLOCK / LANES + 3 + GROUP + groups;
+    /* depth: a lane's BLOCK / LANES terms, the lanes pairwise, GROUP blocks, the groups in order */      \
+    return BLOCK / LANES + LANE_DEPTH + GROUP + groups;
 
 static int64_t point_pass_generic(const float *X, int64_t n, int64_t stride, const double *w, const float *centre,
                                   double keep, int64_t col0, int64_t col1, float *point, double *sums)
@@ -134,12 +164,21 @@ KRUM_TARGET_AVX2 static int64_t point_pass_avx2(const float *X, int64_t n, int64
 {
     POINT_PASS_BODY
 }
+
+KRUM_TARGET_AVX512 static int64_t point_pass_avx512(const float *X, int64_t n, int64_t stride, const double *w,
+                                                    const float *centre, double keep, int64_t col0, int64_t col1,
+                                                    float *point, double *sums)
+{
+    POINT_PASS_BODY
+}
 #endif
 
 int64_t krum_point_pass(const float *X, int64_t n, int64_t stride, const double *w, const float *centre, double keep,
                         int64_t col0, int64_t col1, float *point, double *sums)
 {
 #if KRUM_X86
+    if (krum_isa_selected() >= KRUM_ISA_AVX512)
+        return point_pass_avx512(X, n, stride, w, centre, keep, col0, col1, point, sums);
     if (krum_isa_selected() >= KRUM_ISA_AVX2)
         return point_pass_avx2(X, n, stride, w, centre, keep, col0, col1, point, sums);
 #endif
