@@ -80,6 +80,7 @@ KTARGET static void KFN(dd_entries)(const float *X, int64_t stride, const int64_
  * block's sum is TwoSum'd into (S, C) so that the chain does not grow with the number of blocks. */
 #ifndef KRUM_F64_GROUP
 #define KRUM_F64_GROUP 8
+#define KRUM_F64_STREAMS 8
 /* G pairs (a, b[0..G)) over the whole vectors of a block: G accumulators in registers, a loaded once
  * per step. G is a constant at every call: the inner loop unrolls. */
 #define KRUM_F64_RUN(G)                                            \
@@ -99,16 +100,19 @@ KTARGET KRUM_CONTRACT static void KFN(f64_block)(const float *X, int64_t stride,
                                                  double *work, double *S, double *C)
 {
     int64_t cols = c1 - c0, whole = cols / DW * DW;
-    for (int64_t k = 0; k < r; k++) {
-        const float *x = X + rows[k] * stride + c0;
-        double *w = work + k * cols;
+    /* the rows' block converted to float64, KRUM_F64_STREAMS rows side by side: the hardware
+     * prefetchers follow several streams at once, where one row after another waits on each */
+    for (int64_t k0 = 0; k0 < r; k0 += KRUM_F64_STREAMS) {
+        int64_t k1 = r - k0 < KRUM_F64_STREAMS ? r : k0 + KRUM_F64_STREAMS;
         int64_t c = 0;
-        for (; c < whole; c += DW) {
-            KFN(dvec) v = KFN(dd_load)(x + c);
-            memcpy(w + c, &v, sizeof v);
-        }
-        for (; c < cols; c++)
-            w[c] = (double)x[c];
+        for (; c < whole; c += DW)
+            for (int64_t k = k0; k < k1; k++) {
+                KFN(dvec) v = KFN(dd_load)(X + rows[k] * stride + c0 + c);
+                memcpy(work + k * cols + c, &v, sizeof v);
+            }
+        for (int64_t k = k0; k < k1; k++)
+            for (int64_t t = c; t < cols; t++)
+                work[k * cols + t] = (double)X[rows[k] * stride + c0 + t];
     }
     for (int64_t e = 0; e < count;) {
         int64_t g = 1;
