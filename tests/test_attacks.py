@@ -320,6 +320,30 @@ def test_params_are_recorded_with_their_defaults():
     assert attacks.make("alie", 20, 6, 6).params == {"z": None, "z_formula": "paper"}
 
 
+# ---- the honest moments: chunked, the same values as NumPy's mean and std on the whole array -------
+
+@pytest.mark.parametrize("h", [1, 2, 16])
+def test_honest_moments_equal_numpy_mean_and_std_bitwise_over_chunks(h):
+    """Columns over several chunks (and a short last one), magnitudes from 1e-30 to 1e30: the
+    adversary's statistics are NumPy's, bit for bit, whatever the chunking."""
+    from krum_mpi.attacks.base import MOMENT_CHUNK, honest_mean, honest_moments, honest_std
+    g = np.random.default_rng(h)
+    d = 3 * MOMENT_CHUNK + 7
+    X = (g.standard_normal((h, d)) * 10.0 ** g.integers(-30, 30, size=(h, d))).astype(np.float32)
+    mean = np.mean(X, axis=0, dtype=np.float64)
+    std = np.std(X, axis=0, ddof=1, dtype=np.float64) if h > 1 else np.zeros(d)
+    both = honest_moments(np, X)
+    for got, want in ((honest_mean(np, X), mean), (honest_std(np, X), std), (both[0], mean), (both[1], std)):
+        assert got.dtype == np.float64 and got.view(np.uint64).tolist() == want.view(np.uint64).tolist()
+
+
+def test_honest_moments_run_on_the_strict_array_namespace():
+    import array_api_strict as xp
+    from krum_mpi.attacks.base import honest_moments
+    mean, std = honest_moments(xp, xp.asarray(H))
+    assert np.asarray(mean).tolist() == [3.0, 6.0] and np.asarray(std).tolist() == [2.0, 4.0]
+
+
 # ---- CuPy -------------------------------------------------------------------------------------------
 
 @pytest.mark.gpu

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
-from .base import Attack, check_real, honest_mean, honest_std, repeat_rows
+from .base import Attack, check_real, honest_moments, repeat_rows
 from .line_search import check_grid, check_objective, line_search, unit
 
 Z_FORMULAS = ("paper", "honest")
@@ -39,7 +39,8 @@ def alie_z(n: int, m: int, formula: str = "paper") -> float:
 
 
 def alie_vectors(xp, honest, z: float, n_byzantine: int):
-    return repeat_rows(xp, honest_mean(xp, honest) - z * honest_std(xp, honest), n_byzantine)
+    mean, std = honest_moments(xp, honest)
+    return repeat_rows(xp, mean - z * std, n_byzantine)
 
 
 def _check_counts(attack: Attack) -> None:
@@ -81,7 +82,7 @@ class ALIEOpt(Attack):
         self.last_choice = None
 
     def _craft(self, xp, honest, n_byzantine, rng, aggregate):
-        mu, sigma = honest_mean(xp, honest), honest_std(xp, honest)
+        mu, sigma = honest_moments(xp, honest)
         craft_at = lambda z, k: repeat_rows(xp, mu - z * sigma, k)  # noqa: E731
         self.last_choice, _ = line_search(self, xp, honest, rng, aggregate, self.grid, craft_at, unit(xp, -sigma))
         return craft_at(self.last_choice, n_byzantine)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import check_real, check_rng, honest_mean, honest_std
+from .base import check_real, check_rng, honest_mean, honest_moments
 
 
 OBJECTIVES = ("inner", "distance", "along")
@@ -57,7 +57,7 @@ def simulated_honest(xp, honest, n_honest: int, rng, attack: str):
     if honest.shape[0] == n_honest:
         return honest
     rng = check_rng(rng, attack)
-    mu, sigma = honest_mean(xp, honest), honest_std(xp, honest)
+    mu, sigma = honest_moments(xp, honest)
     noise = xp.asarray(rng.standard_normal((n_honest, honest.shape[1]), dtype="float32"))
     return (mu + sigma * noise).astype(xp.float32)
 

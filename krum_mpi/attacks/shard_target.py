@@ -17,7 +17,7 @@ says that ``honest`` holds coordinates first..first + w - 1 of d-long vectors.
 from __future__ import annotations
 
 from .alie import alie_z
-from .base import Attack, check_int, check_real, honest_mean, honest_std
+from .base import Attack, check_int, check_real, honest_mean, honest_moments
 
 STRONG = ("alie", "sign-flip")
 COVERS = ("own", "mean")
@@ -72,7 +72,8 @@ class ShardTarget(Attack):
         if lo < hi:
             part = honest[:, lo:hi]
             if self.strong == "alie":
-                out[:, lo:hi] = (honest_mean(xp, part) - self.z * honest_std(xp, part)).astype(xp.float32)
+                mean, std = honest_moments(xp, part)
+                out[:, lo:hi] = (mean - self.z * std).astype(xp.float32)
             else:
                 out[:, lo:hi] = -self.scale * part[rows].astype(xp.float32)
         return out
