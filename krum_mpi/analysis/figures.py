@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from .runtable import PHASES
 
 PHASE_LABELS = {"compute_s": "compute (slowest worker)", "gather_s": "gather", "aggregate_s": "aggregate",
-                "update_s": "update", "other_s": "other"}
+                "update_s": "update", "craft_s": "craft (the adversary)", "other_s": "other"}
 _TREATMENT = ("rule", "attack_label", "byz_fraction", "aggregator.f")
 
 
@@ -207,6 +207,8 @@ def phase_stack(phase_table, keys, max_rows=40, modal=None):
     for phase in (*PHASES, "other_s"):
         ms = 1e3 * table[phase].to_numpy(dtype=float)
         measured = np.isfinite(ms)   # a phase a run did not record gets no bar, not a zero one
+        if not measured.any():
+            continue                 # nor a legend entry (craft_s in files written before it)
         ax.barh(y[measured], ms[measured], left=left[measured], label=PHASE_LABELS[phase])
         left += np.nan_to_num(ms)
     ax.set_yticks(y, labels, fontsize=7)

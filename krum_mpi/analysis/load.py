@@ -31,7 +31,7 @@ import pandas as pd
 from ..bench import schema as benchfile
 from ..errors import ResultsError
 from .derived import add_derived_columns
-from .runtable import TIMINGS, probe_batch
+from .runtable import LATER_TIMINGS, STEP_TIMINGS, probe_batch
 
 RESULTS_SUFFIXES = (".h5", ".hdf5")
 # Written by ``krum-mpi report`` into its output folder, so a report inside a study is not re-read.
@@ -65,9 +65,15 @@ def _metrics_frame(h5, run, columns=None):
 
 
 def _timings_frame(h5, run, columns=None):
+    """Per step: the timings; those added after a file was written (LATER_TIMINGS) are NaN there."""
+    absent = {name for name in LATER_TIMINGS if f"timing/{name}" not in h5}
     sources = {"step": ("metrics/step", np.int64),
-               **{name: (f"timing/{name}", np.float64) for name in TIMINGS}}
-    return _columns_frame(h5, run, sources, columns)
+               **{name: (f"timing/{name}", np.float64) for name in STEP_TIMINGS if name not in absent}}
+    frame = _columns_frame(h5, run, sources, columns)
+    for name in sorted(absent):
+        if columns is None or name in columns:
+            frame[name] = np.nan
+    return frame[[c for c in ("run", "step", *STEP_TIMINGS) if c in frame.columns]]
 
 
 def _selections_frame(h5, run, columns=None):
@@ -185,7 +191,7 @@ class Study:
 
     @cached_property
     def timings(self):
-        """Lazy: run, step, compute_s, gather_s, aggregate_s, update_s, step_s."""
+        """Lazy: run, step, compute_s, gather_s, aggregate_s, update_s, step_s, craft_s (NaN in older files)."""
         return self._frame("timings")
 
     @cached_property

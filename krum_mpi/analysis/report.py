@@ -22,7 +22,7 @@ from .markup import Report
 from .protocol_section import protocol_section
 
 RUN_COLUMNS = ("run", "status", "seed", "n_workers", "n_byzantine", "steps_done", "final_accuracy", "best_accuracy",
-               "final_loss", "compute_s", "gather_s", "aggregate_s", "update_s", "step_s", "byz_selected_frac",
+               "final_loss", "compute_s", "gather_s", "aggregate_s", "update_s", "craft_s", "step_s", "byz_selected_frac",
                "top_byzantine_frac", "byz_weight_mean", "prov.n_params",
                # what scripts/check_review_reproduces.py compares a rerun by
                "run.name", "prov.blas_kernel", "prov.blas_threads", "prov.git_commit")

@@ -11,10 +11,11 @@ import h5py
 import numpy as np
 
 from ..run.results import METRICS as RESULT_METRICS
-from ..run.results import SCHEMA_VERSION, TIMINGS
+from ..run.results import LATER_TIMINGS, SCHEMA_VERSION, TIMINGS
 
 METRICS = ("step",) + RESULT_METRICS
-PHASES = TIMINGS[:-1]   # every timing but step_s, the whole step
+PHASES = TIMINGS[:-1] + LATER_TIMINGS   # every timing but step_s, the whole step (later ones: NaN in older files)
+STEP_TIMINGS = TIMINGS + LATER_TIMINGS
 QUICK_ATTRS = ("n_workers", "n_byzantine", "f", "aggregator", "attack", "seed", "steps")
 
 

@@ -184,9 +184,12 @@ def point_3_time(page):
                   "coefficient of variation over seeds): the machine was probably shared or oversubscribed while "
                   "the runs ran, so time ratios here are indicative only.")
     rep.p("Mean milliseconds per step in each phase (compute: the slowest worker; the first step is left out):")
-    rep.table(show(page.t["phases"], {
+    phases = page.t["phases"]
+    if "craft_s" in phases and not np.isfinite(phases["craft_s"].to_numpy(dtype=float)).any():
+        phases = phases.drop(columns="craft_s")   # no run recorded it (files written before it existed)
+    rep.table(show(phases, {
         **page.kc, "compute_s": ("compute", ms), "gather_s": ("gather", ms), "aggregate_s": ("aggregate", ms),
-        "update_s": ("update", ms), "other_s": ("other", ms), "step_s": ("step", ms),
+        "update_s": ("update", ms), "craft_s": ("craft", ms), "other_s": ("other", ms), "step_s": ("step", ms),
         "aggregate_share": ("aggregate share", pct)}))
     page.draw(figures.phase_stack(page.t["phases"], keys, modal=modal), "time_per_phase", "Time per phase per step")
     if "workers.n" in keys:

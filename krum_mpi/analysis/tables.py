@@ -15,7 +15,7 @@ import pandas as pd
 
 from .derived import experiment_keys
 from .load import _scheduler
-from .runtable import PHASES, TIMINGS
+from .runtable import PHASES, STEP_TIMINGS
 from .stats import mean_ci, welch_diff_ci
 
 BASELINE_RULE = "average"
@@ -52,9 +52,9 @@ def _reduce_timings(part, warmup_steps):
     for run, g in part.groupby("run", sort=False):
         timed = g.iloc[warmup_steps:] if len(g) > warmup_steps else g
         row = {"run": run, "n_timed": len(timed)}
-        row.update({name: float(timed[name].mean()) for name in TIMINGS})
+        row.update({name: float(timed[name].mean()) for name in STEP_TIMINGS})
         rows.append(row)
-    return pd.DataFrame(rows, columns=["run", "n_timed", *TIMINGS])
+    return pd.DataFrame(rows, columns=["run", "n_timed", *STEP_TIMINGS])
 
 
 def _reduce_selections(part):
@@ -205,18 +205,18 @@ def resilience_cost(summary, keys=None, level=0.95):
 
 
 def phase_times(summary, keys=None):
-    """Mean seconds per step in each phase (compute, gather, aggregate, update, other) per experiment.
-
-    ``other_s`` is the step time not covered by the four phases (evaluation, bookkeeping), at least 0.
+    """Mean seconds per step in each phase (compute, gather, aggregate, update, craft, other) per
+    experiment. ``craft_s`` is NaN where no run of the experiment recorded it (older files, sharded
+    placements). ``other_s`` is the step time not covered by the phases, at least 0.
     """
     keys = _keys(summary, keys)
     rows = []
     for values, g in _groups(summary, keys):
         row = {**_row(keys, values), "n_runs": len(g)}
         for phase in PHASES:
-            row[phase] = g[phase].mean()
+            row[phase] = g[phase].mean() if phase in g else np.nan
         row["step_s"] = g["step_s"].mean()
-        row["other_s"] = max(0.0, row["step_s"] - sum(row[p] for p in PHASES))
+        row["other_s"] = max(0.0, row["step_s"] - float(np.nansum([row[p] for p in PHASES])))
         row["aggregate_share"] = row["aggregate_s"] / row["step_s"] if row["step_s"] > 0 else np.nan
         rows.append(row)
     return pd.DataFrame(rows)

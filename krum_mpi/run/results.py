@@ -45,6 +45,9 @@ from .provenance import blas_info, provenance  # noqa: F401  (part of the result
 SCHEMA_VERSION = 1
 METRICS = ("loss", "test_accuracy")
 TIMINGS = ("compute_s", "gather_s", "aggregate_s", "update_s", "step_s")
+# Timings added after schema 1's first files: a file written before lacks them (readers give NaN,
+# a resume keeps the file without them). craft_s: rank 0 crafting the omniscient attack's rows.
+LATER_TIMINGS = ("craft_s",)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ PER_STEP = (
     PerStep("metrics/test_accuracy", np.float64, np.nan),     # NaN where not evaluated
     PerStep("metrics/validation_accuracy", np.float64, np.nan, "", "validation"),  # with data.validation_fraction
     *(PerStep(f"timing/{k}", np.float64, np.nan) for k in TIMINGS),
+    *(PerStep(f"timing/{k}", np.float64, np.nan, "", k) for k in LATER_TIMINGS),   # NaN: not measured
     PerStep("timing/worker_compute_s", np.float64, np.nan, "n"),   # NaN: absent
     PerStep("selection/selected", np.int32, -1, "selected"),  # worker ids, best first, -1 padded
     PerStep("selection/weights", np.float32, np.nan, "n", "weights"),
@@ -128,7 +132,8 @@ class ResultsWriter:
     """Collects per-step records and appends them to the results file at each flush (rank 0)."""
 
     def __init__(self, path, cfg: dict, run_id: str, provenance: dict, byzantine: np.ndarray,
-                 max_selected: int, record_weights: bool, record_absent: bool = False):
+                 max_selected: int, record_weights: bool, record_absent: bool = False,
+                 later_timings=LATER_TIMINGS):
         self.path = Path(path)
         n = cfg["workers"]["n"]
         self.cfg, self.run_id, self.provenance = cfg, run_id, provenance
@@ -136,7 +141,8 @@ class ResultsWriter:
         self.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         flags = {"": True, "weights": record_weights, "absent": record_absent,
                  "validation": cfg["data"].get("validation_fraction", 0) > 0,
-                 "byzantine_ranks": bool(cfg.get("byzantine_ranks", {}).get("ranks"))}
+                 "byzantine_ranks": bool(cfg.get("byzantine_ranks", {}).get("ranks")),
+                 **{k: k in later_timings for k in LATER_TIMINGS}}
         self.specs = [s for s in PER_STEP if flags[s.when]]
         widths = {"": (), "n": (n,), "selected": (max_selected,)}
         self.tails = {s.name: widths[s.width] for s in self.specs}
@@ -164,7 +170,7 @@ class ResultsWriter:
                weights=None, absent=None, worker_compute_s=None, values: dict | None = None) -> None:
         """One step's row. ``values``: more per-step values by dataset name (see PER_STEP)."""
         row = {"metrics/step": step, "metrics/loss": loss, "metrics/test_accuracy": test_accuracy,
-               **{f"timing/{k}": timing[k] for k in TIMINGS}, "selection/weights": weights,
+               **{f"timing/{k}": timing.get(k) for k in TIMINGS + LATER_TIMINGS}, "selection/weights": weights,
                "selection/absent": absent, "timing/worker_compute_s": worker_compute_s, **self.every_step,
                **(values or {})}
         if selected is not None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import checkpoint, digests
 from ..errors import ResultsError
-from .results import ResultsWriter, read_run
+from .results import LATER_TIMINGS, ResultsWriter, read_run
 
 STATE_PREFIX = "aggregator_state."
 STATUSES = ("running", "interrupted", "failed", "complete")
@@ -92,7 +92,8 @@ def reopen(path, cfg: dict, run_id: str, provenance: dict, byzantine, max_select
     if attrs["run_id"] != run_id:
         raise ResultsError(f"{path} holds another run (run_id {attrs['run_id']}, this config is {run_id}): "
                            "resume with the same config and overrides, or choose another --out")
-    w = ResultsWriter(path, cfg, run_id, provenance, byzantine, max_selected, record_weights, record_absent)
+    w = ResultsWriter(path, cfg, run_id, provenance, byzantine, max_selected, record_weights, record_absent,
+                      later_timings=[k for k in LATER_TIMINGS if k in old.get("timing", {})])
     done = attrs.get("steps_done")
     if type(done) is not int or not 0 <= done <= cfg["run"]["steps"]:
         raise ResultsError(f"{path}: steps_done = {done!r} is not a step count of this run "

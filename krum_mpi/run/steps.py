@@ -166,7 +166,9 @@ class StepLoop:
         lo, hi = p.EXCHANGE_MARKS
         step_s = marks[6] - marks[0]
         timing = {"compute_s": float(meta[present, 1].max()), "gather_s": marks[hi] - marks[lo],
-                  "aggregate_s": marks[5] - marks[4], "update_s": marks[6] - marks[5], "step_s": step_s}
+                  "aggregate_s": marks[5] - marks[4], "update_s": marks[6] - marks[5], "step_s": step_s,
+                  # the adversary's crafting on rank 0, where gather_s does not already hold it
+                  "craft_s": marks[4] - marks[3] if hi <= 3 else float("nan")}
         counted = p.honest & present
         loss = float(np.mean(meta[counted, 0])) if counted.any() else float("nan")
         self.writer.record(step, loss, acc, timing, outcome.selected, outcome.weights, absent=~present,
