@@ -34,29 +34,14 @@
 static inline __attribute__((always_inline)) void add_weighted_rows(double *restrict z, const float *const *x,
                                                                     const double *wr, int rows, int64_t width)
 {
-    if (rows == ROWS_AT_ONCE) {
-        const float *restrict x0 = x[0], *restrict x1 = x[1], *restrict x2 = x[2], *restrict x3 = x[3];
-        const float *restrict x4 = x[4], *restrict x5 = x[5], *restrict x6 = x[6], *restrict x7 = x[7];
-        const double w0 = wr[0], w1 = wr[1], w2 = wr[2], w3 = wr[3];
-        const double w4 = wr[4], w5 = wr[5], w6 = wr[6], w7 = wr[7];
+    if (rows == ROWS_AT_ONCE) {   /* a constant trip count: the r loop unrolls, the j loop vectorizes */
         for (int64_t j = 0; j < width; j++) {
             double s = z[j];
-            double p0 = w0 * (double)x0[j];
-            s = s + p0;
-            double p1 = w1 * (double)x1[j];
-            s = s + p1;
-            double p2 = w2 * (double)x2[j];
-            s = s + p2;
-            double p3 = w3 * (double)x3[j];
-            s = s + p3;
-            double p4 = w4 * (double)x4[j];
-            s = s + p4;
-            double p5 = w5 * (double)x5[j];
-            s = s + p5;
-            double p6 = w6 * (double)x6[j];
-            s = s + p6;
-            double p7 = w7 * (double)x7[j];
-            z[j] = s + p7;
+            for (int r = 0; r < ROWS_AT_ONCE; r++) {
+                double product = wr[r] * (double)x[r][j];
+                s = s + product;
+            }
+            z[j] = s;
         }
         return;
     }
