@@ -110,12 +110,12 @@ static inline __attribute__((always_inline)) double row_block_sum(const float *r
                 double product = keep * (double)centre[c0 + j];                                           \
                 z[j] = z[j] + product;                                                                    \
             }                                                                                             \
-        for (int64_t j = 0; j < width; j++) {   /* the point, and its block in float64 for the rows */    \
+        for (int64_t j = 0; j < width; j++)                                                               \
             point[c0 + j] = (float)z[j];                                                                  \
-            z[j] = (double)point[c0 + j];                                                                 \
-        }                                                                                                 \
         if (sums == NULL)                                                                                 \
             continue;                                                                                     \
+        for (int64_t j = 0; j < width; j++) /* the point's block in float64 once, for every row */        \
+            z[j] = (double)point[c0 + j];                                                                 \
         for (int64_t i = 0; i < n; i++)                                                                   \
             group[i] += row_block_sum(X + i * stride + c0, z, width);                                     \
         if (++blocks == GROUP) {                                                                          \
