@@ -257,8 +257,12 @@ class Comm:
         timer.cancel()
 
     def abort(self, code: int = 1) -> None:
-        """End every rank of the job now (after one rank hit an error the others cannot see)."""
+        """End every rank of the job now (after one rank hit an error the others cannot see). The
+        message printed just before must reach the user first: the process manager kills every
+        rank on MPI_Abort, and a line still in this rank's output pipe is lost with it (seen once in
+        CI: a watchdog run ended with status 4 and an empty stderr)."""
         _flush()
+        wait_until_output_is_read(OUTPUT_DRAIN_S)
         self.world.Abort(code)
 
     def wtime(self) -> float:
@@ -268,6 +272,46 @@ class Comm:
 def _flush() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
+
+
+OUTPUT_DRAIN_S = 2.0    # the longest an abort waits for its last lines to be read
+FORWARD_GRACE_S = 0.2   # then the process manager's time to pass on what it read
+
+
+def wait_until_output_is_read(limit_s: float, fds: tuple[int, ...] = (1, 2)) -> bool:
+    """Waits until nothing is left unread in the pipes behind ``fds`` (what mpiexec's or srun's
+    proxy reads and forwards), ``limit_s`` at most, then gives the reader FORWARD_GRACE_S to pass it
+    on. True if every pipe was drained; output that is not a pipe (a file, a terminal) has nothing
+    to wait for."""
+    import array
+    import fcntl
+    import stat
+    import termios
+
+    pipes = []
+    for fd in fds:
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                pipes.append(fd)
+        except OSError:
+            pass
+    if not pipes:
+        return True
+    count = array.array("i", [0])
+    deadline = time.monotonic() + limit_s
+    while True:
+        unread = 0
+        for fd in pipes:
+            try:
+                fcntl.ioctl(fd, termios.FIONREAD, count)
+                unread += int(count[0])
+            except OSError:
+                pass
+        if unread == 0 or time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    time.sleep(FORWARD_GRACE_S)
+    return unread == 0
 
 
 class DeadlineExchange:
