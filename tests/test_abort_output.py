@@ -5,7 +5,7 @@ import os
 import threading
 import time
 
-from krum_mpi.parallel.comm import wait_until_output_is_read
+from krum_mpi.parallel.drain import wait_until_output_is_read
 
 
 def test_waits_for_a_reader_to_drain_the_pipe():

@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from .drain import wait_until_output_is_read
+
 HOSTNAME_BYTES = 64
 TAG_ROWS, TAG_META, TAG_TASK, TAG_PARAMS, TAG_STATUS = 11, 12, 13, 14, 15
 TASK_STEP, TASK_SAVE, TASK_END = 0, 1, 2    # what rank 0 asks of a rank, with a gather deadline
@@ -262,7 +264,7 @@ class Comm:
         rank on MPI_Abort, and a line still in this rank's output pipe is lost with it (seen once in
         CI: a watchdog run ended with status 4 and an empty stderr)."""
         _flush()
-        wait_until_output_is_read(OUTPUT_DRAIN_S)
+        wait_until_output_is_read()
         self.world.Abort(code)
 
     def wtime(self) -> float:
@@ -272,46 +274,6 @@ class Comm:
 def _flush() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
-
-
-OUTPUT_DRAIN_S = 2.0    # the longest an abort waits for its last lines to be read
-FORWARD_GRACE_S = 0.2   # then the process manager's time to pass on what it read
-
-
-def wait_until_output_is_read(limit_s: float, fds: tuple[int, ...] = (1, 2)) -> bool:
-    """Waits until nothing is left unread in the pipes behind ``fds`` (what mpiexec's or srun's
-    proxy reads and forwards), ``limit_s`` at most, then gives the reader FORWARD_GRACE_S to pass it
-    on. True if every pipe was drained; output that is not a pipe (a file, a terminal) has nothing
-    to wait for."""
-    import array
-    import fcntl
-    import stat
-    import termios
-
-    pipes = []
-    for fd in fds:
-        try:
-            if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                pipes.append(fd)
-        except OSError:
-            pass
-    if not pipes:
-        return True
-    count = array.array("i", [0])
-    deadline = time.monotonic() + limit_s
-    while True:
-        unread = 0
-        for fd in pipes:
-            try:
-                fcntl.ioctl(fd, termios.FIONREAD, count)
-                unread += int(count[0])
-            except OSError:
-                pass
-        if unread == 0 or time.monotonic() >= deadline:
-            break
-        time.sleep(0.01)
-    time.sleep(FORWARD_GRACE_S)
-    return unread == 0
 
 
 class DeadlineExchange:
